@@ -19,8 +19,7 @@ import onnx
 import onnxruntime as ort
 
 from segc.lowering import lower_for_reference
-
-MAX_IR_VERSION = 10  # onnxruntime 1.31 reads <= 13; 10 keeps older runtimes (and vendors) happy
+from segc.modelio import readable_ir
 
 
 @dataclass(frozen=True)
@@ -68,10 +67,7 @@ def session_options(config: SessionConfig) -> ort.SessionOptions:
 def runnable_bytes(model: onnx.ModelProto) -> bytes:
     """Serialise ``model`` for onnxruntime: vendor ops lowered, IR version readable."""
     model, _ = lower_for_reference(model)
-    if model.ir_version > MAX_IR_VERSION:
-        model = onnx.ModelProto.FromString(model.SerializeToString())
-        model.ir_version = MAX_IR_VERSION
-    return model.SerializeToString()
+    return readable_ir(model).SerializeToString()
 
 
 def make_session(model: onnx.ModelProto, config: SessionConfig | None = None) -> ort.InferenceSession:

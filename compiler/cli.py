@@ -1,0 +1,138 @@
+"""The ``segc`` command line (DESIGN.md, "Command line contract").
+
+Exit status: 0 done; 1 verification failed (artefacts and report still written, naming the
+pass); 2 bad usage or bad input, as one line ``segc: error: ...`` and never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn, Sequence
+
+import segc
+from segc.errors import SegcError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse prints the whole usage block on error; segc's contract is one line, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise SegcError(message)
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="segc", description="Compile segmentation and text-detection models to verified vendor builds.")
+    parser.add_argument("--version", action="version", version=f"segc {segc.__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for internal errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    exp = sub.add_parser("export", help="export a seed model from PyTorch to ONNX (needs the export extra)")
+    try:
+        from segc.models.export import add_export_arguments
+    except ImportError:  # the zoo is optional; its absence is reported when export is used
+        add_export_arguments = None
+    if add_export_arguments is not None:
+        add_export_arguments(exp)
+
+    c = sub.add_parser("compile", help="run the verified pass pipeline and emit a vendor build")
+    c.add_argument("model", help="input .onnx")
+    c.add_argument("--target", required=True, help="ascend | magicmind | tensorrt | onnxruntime")
+    c.add_argument("-o", "--output", dest="outdir", help="output folder (default: <model stem>.<target>/ beside the model)")
+    c.add_argument("--recipe", help="model recipe (default: the one named in the model's metadata)")
+    c.add_argument("--passes", type=_csv, help="comma-separated pass list (replaces the recipe's or target's)")
+    c.add_argument("--skip", type=_csv, default=[], help="passes to leave out")
+    c.add_argument("--option", action="append", default=[], metavar="PASS.KEY=VALUE",
+                   help="a pass option, e.g. resize_to_nearest.preset=hrnet_branches (repeatable)")
+    c.add_argument("--input-shape", action="append", default=[], metavar="NAME:1,3,640~4096,640~4096",
+                   help="input shape or range, ATC syntax (repeatable)")
+    c.add_argument("--opt-shape", action="append", default=[], metavar="NAME:1,3,1280,1280")
+    c.add_argument("--batch", type=_csv, help="batch sizes, e.g. 1,4,8,16 (one static build each where the target does that)")
+    c.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="build precision (default: the recipe's, else fp32)")
+    c.add_argument("--soc", help="Ascend chip, e.g. Ascend310P3")
+    c.add_argument("--cann-version", help="CANN version the ATC command is written for (default: newest)")
+    c.add_argument("--workspace-mb", type=int, help="TensorRT workspace pool in MiB")
+    c.add_argument("--calib-images", help="folder of calibration images (int8)")
+    c.add_argument("--outputs", type=_csv, help="selectors of the tensors to keep as outputs (adds prune_outputs)")
+    c.add_argument("--no-prune", action="store_true", help="keep the graph whole; pass chosen outputs to the vendor tool")
+    c.add_argument("--nearest-resize", type=_csv, help="selectors of Resizes to switch to nearest (adds resize_to_nearest)")
+    c.add_argument("--verify", default="each", choices=["each", "end", "none"])
+    c.add_argument("--verify-inputs", help=".npy, .npz or a folder of images to verify with")
+    c.add_argument("--tolerance", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a judgement threshold: rtol, atol, exact_agreement, cosine, agreement")
+    c.add_argument("--pixel-budget", type=int, help="largest N*H*W verified at (default 2.2M)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
+    c.add_argument("--dump-dir", help="write the graph after each pass into this folder")
+    c.add_argument("--force", action="store_true", help="write into an output folder that already has a build")
+
+    p = sub.add_parser("passes", help="list the registered passes")
+    p.add_argument("--json", action="store_true")
+
+    i = sub.add_parser("inspect", help="describe a model and what a target would reject")
+    i.add_argument("model")
+    i.add_argument("--target")
+    i.add_argument("--json", action="store_true")
+
+    v = sub.add_parser("verify", help="compare two models in onnxruntime")
+    v.add_argument("reference")
+    v.add_argument("candidate")
+    v.add_argument("--input-shape", action="append", default=[])
+    v.add_argument("--contract", default="exact", choices=["exact", "approximate"])
+    v.add_argument("--verify-inputs")
+    v.add_argument("--tolerance", action="append", default=[])
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    debug = "--debug" in argv
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return _dispatch(args, argv)
+    except SegcError as exc:
+        print(f"segc: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("segc: error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into one line
+        if debug:
+            raise
+        print(f"segc: error: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.command == "export":
+        try:
+            from segc.models.export import run_export
+        except ImportError as exc:
+            raise SegcError(f"`segc export` is not available: {exc}") from None
+        return run_export(args)
+    if args.command == "compile":
+        from segc.compile_cmd import run_compile
+
+        return run_compile(args, argv)
+    from segc import inspect_cmd
+
+    if args.command == "passes":
+        return inspect_cmd.run_passes(args)
+    if args.command == "inspect":
+        return inspect_cmd.run_inspect(args)
+    if args.command == "verify":
+        return inspect_cmd.run_verify(args)
+    raise SegcError(f"unknown command {args.command!r}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""``segc compile``: load, plan the pipeline, run and verify it, check legality, emit.
+
+Everything the user can get wrong is checked before the first pass runs (unknown pass or
+target, malformed shape, bad option), so a mistake costs seconds, not a half-hour compile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+import segc
+from segc.errors import SegcError
+from segc.metrics import Tolerances
+from segc.modelio import file_sha256, load_model, save_model
+from segc.ortrun import SESSION_STATS, SessionConfig
+from segc.pipeline import DumpInstrument, Instrument, PassRecord, PassSpec, PipelineResult, run_pipeline
+from segc.recipe import RECIPE_METADATA_KEY, Recipe, get_recipe
+from segc.report import PASS_COLUMNS, build_report, pass_rows, write_reports
+from segc.shapes import ShapeRange, parse_shape_range, parse_static_shape, ranges_from_metadata
+from segc.targets.base import BuildOptions, Target, get_target
+from segc.verify import Verifier
+from segc.verify_inputs import DEFAULT_PIXEL_BUDGET, graph_inputs, input_dims
+
+
+class ProgressInstrument(Instrument):
+    """One line per pass on stderr, so long compiles show where they are."""
+
+    def __init__(self, total: int) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True, highlight=False)
+        self.total = total
+
+    def before_pass(self, record: PassRecord, model: onnx.ModelProto) -> None:
+        self.console.print(f"[{record.index + 1}/{self.total}] {record.name} ...", end="")
+
+    def after_pass(self, record: PassRecord, model: onnx.ModelProto) -> None:
+        v = f" {record.verify_seconds:.1f}s verify" if record.verify_seconds else ""
+        self.console.print(f" {record.status} ({record.seconds:.2f}s{v})")
+
+
+def resolve_recipe(name: str | None, model: onnx.ModelProto) -> Recipe | None:
+    if name:
+        return get_recipe(name)
+    meta = {p.key: p.value for p in model.metadata_props}
+    if RECIPE_METADATA_KEY in meta:
+        try:
+            return get_recipe(meta[RECIPE_METADATA_KEY])
+        except SegcError:
+            return None  # a model exported by a newer segc: compile without the recipe
+    return None
+
+
+def parse_option(text: str) -> tuple[str, str, Any]:
+    """``pass.key=value``; the value is read as JSON when it parses (lists, numbers), else a string."""
+    head, sep, raw = text.partition("=")
+    pass_name, dot, key = head.partition(".")
+    if not sep or not dot or not pass_name or not key:
+        raise SegcError(f"malformed --option {text!r}: expected PASS.KEY=VALUE")
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return pass_name.strip(), key.strip(), value
+
+
+def plan_passes(args: argparse.Namespace, target: Target, recipe: Recipe | None) -> list[PassSpec]:
+    """The pass list and each pass's options: target default < recipe < command line."""
+    names = list(args.passes) if args.passes else target.pipeline(recipe)
+    options = target.pass_options(recipe)
+
+    def ensure(name: str) -> None:
+        if name not in names:
+            at = names.index("cleanup") if "cleanup" in names else len(names)
+            names.insert(at, name)
+
+    if args.nearest_resize:
+        ensure("resize_to_nearest")
+        options["resize_to_nearest"] = {"select": args.nearest_resize}
+    if args.outputs and not args.no_prune:
+        ensure("prune_outputs")
+        options["prune_outputs"] = {"outputs": args.outputs}
+    ranges = [parse_shape_range(s) for s in args.input_shape]
+    if any(not r.is_static for r in ranges):
+        ensure("set_shape_range")
+        options["set_shape_range"] = {"ranges": [r.atc() for r in ranges if not r.is_static]}
+        if args.opt_shape:
+            options["set_shape_range"]["opt"] = list(args.opt_shape)
+    for text in args.option:
+        pass_name, key, value = parse_option(text)
+        options.setdefault(pass_name, {})[key] = value
+    skip = set(args.skip or [])
+    from segc.passbase import get_pass
+
+    for name in list(skip) + list(names) + list(options):
+        get_pass(name)  # unknown names fail here, with suggestions
+    return [PassSpec(n, dict(options.get(n, {}))) for n in names if n not in skip]
+
+
+def cli_ranges(args: argparse.Namespace) -> dict[str, ShapeRange]:
+    ranges = {r.name: r for r in (parse_shape_range(s) for s in args.input_shape)}
+    for text in args.opt_shape:
+        name, dims = parse_static_shape(text)
+        if name not in ranges:
+            raise SegcError(f"--opt-shape names {name!r}, which no --input-shape gives a range for")
+        ranges[name] = ranges[name].with_opt(dims)
+    return ranges
+
+
+def final_shapes(model: onnx.ModelProto, cli: dict[str, ShapeRange], recipe: Recipe | None) -> list[ShapeRange]:
+    """The input shapes the vendor build is for: command line, then model metadata, then static dims."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    known = {r.name: r for r in ranges_from_metadata(meta)}
+    known.update(cli)
+    shapes = []
+    for vi in graph_inputs(model):
+        if vi.name in known:
+            shapes.append(known[vi.name])
+            continue
+        dims = input_dims(vi)
+        if all(isinstance(d, int) for d in dims):
+            static = tuple(int(d) for d in dims)  # type: ignore[arg-type]
+            shapes.append(ShapeRange(vi.name, static, static, static))
+        elif recipe is not None and len(recipe.seed_shape) == len(dims):
+            seed = tuple(d if isinstance(d, int) else recipe.seed_shape[i] for i, d in enumerate(dims))
+            shapes.append(ShapeRange(vi.name, seed, seed, seed))
+        else:
+            raise SegcError(f"input {vi.name!r} has dynamic dims {dims}: give --input-shape {vi.name}:... (a shape or a range)")
+    return shapes
+
+
+def _validate_inputs(model: onnx.ModelProto, ranges: dict[str, ShapeRange]) -> None:
+    names = {vi.name: input_dims(vi) for vi in graph_inputs(model)}
+    for name, rng in ranges.items():
+        if name not in names:
+            raise SegcError(f"--input-shape names {name!r}, but the model's inputs are: {', '.join(names)}")
+        if len(rng.min) != len(names[name]):
+            raise SegcError(f"--input-shape {rng.atc()!r} has {len(rng.min)} dims; input {name!r} has {len(names[name])}")
+
+
+def _model_info(path: Path, model: onnx.ModelProto | None = None) -> dict[str, Any]:
+    info: dict[str, Any] = {"path": str(path), "sha256": file_sha256(path), "bytes": path.stat().st_size}
+    if model is not None:
+        info["nodes"] = len(model.graph.node)
+    return info
+
+
+def build_options(args: argparse.Namespace, recipe: Recipe | None, target: Target, shapes: list[ShapeRange],
+                  chosen_outputs: list[str], argv: list[str], input_hash: str) -> BuildOptions:
+    extra: dict[str, Any] = {}
+    precision = "fp32"
+    batch: tuple[int, ...] = ()
+    if recipe is not None:
+        t = recipe.for_target(target.name)
+        extra.update(t.extra)
+        precision = t.extra.get("precision", precision)
+        batch = tuple(t.extra.get("batch_sizes", recipe.batch_sizes if recipe.batch_sizes != (1,) else ()))
+    if args.precision:
+        precision = args.precision
+    if args.batch:
+        try:
+            batch = tuple(int(b) for b in args.batch)
+        except ValueError:
+            raise SegcError(f"malformed --batch {','.join(args.batch)!r}: expected sizes like 1,4,8,16") from None
+        if any(b < 1 for b in batch):
+            raise SegcError("--batch sizes must be positive")
+    for key, value in (("cann", args.cann_version), ("workspace_mb", args.workspace_mb), ("calib_images", args.calib_images)):
+        if value is not None:
+            extra[key] = value
+    extra.pop("precision", None)
+    extra.pop("batch_sizes", None)
+    if recipe is not None:
+        extra.setdefault("recipe", recipe.name)
+        spec = recipe.inputs[0] if recipe.inputs else None
+        if spec is not None:
+            extra.setdefault("normalisation", {"mean": list(spec.mean), "std": list(spec.std),
+                                               "pixel_scale": spec.pixel_scale, "channel_order": spec.channel_order})
+    return BuildOptions(precision=precision, batch_sizes=batch, shape_ranges=shapes, soc=args.soc, outputs=chosen_outputs,
+                        extra=extra, command_line=shlex.join(["segc", *argv]), input_sha256=input_hash,
+                        segc_version=segc.__version__)
+
+
+def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
+    started = time.perf_counter()
+    src = Path(args.model)
+    model = load_model(src)
+    target = get_target(args.target)
+    recipe = resolve_recipe(args.recipe, model)
+    specs = plan_passes(args, target, recipe)
+    ranges = cli_ranges(args)
+    _validate_inputs(model, ranges)
+    tolerances = Tolerances.parse(args.tolerance)
+    outdir = Path(args.outdir) if args.outdir else src.parent / f"{src.stem}.{target.name}"
+    if outdir.exists() and not outdir.is_dir():
+        raise SegcError(f"{outdir}: exists and is not a folder")
+    if outdir.is_dir() and (outdir / "build.sh").exists() and not args.force:
+        raise SegcError(f"{outdir} already holds a build; use --force to replace it or choose another -o")
+    stem = src.stem
+    out_model = outdir / f"{stem}.{target.name}.onnx"
+    if out_model.resolve() == src.resolve():
+        raise SegcError(f"{out_model}: refusing to write over the input model")
+    input_hash = file_sha256(src)
+
+    config = SessionConfig()
+    verifier = None
+    if args.verify != "none":
+        verifier = Verifier(recipe=recipe, ranges=ranges, tolerances=tolerances, config=config, seed=args.seed,
+                            user_inputs=args.verify_inputs, pixel_budget=args.pixel_budget or DEFAULT_PIXEL_BUDGET)
+    instruments: list[Instrument] = [ProgressInstrument(len(specs))]
+    if args.dump_dir:
+        instruments.append(DumpInstrument(args.dump_dir))
+    SESSION_STATS.reset()
+    result = run_pipeline(model, specs, target=target.name, recipe=recipe, verify=args.verify, verifier=verifier,
+                          instruments=instruments)
+
+    report_fields: dict[str, Any] = {
+        "command_line": shlex.join(["segc", *argv]),
+        "target": target.name,
+        "recipe": recipe.name if recipe else None,
+        "input": _model_info(src, model),
+        "tolerances": tolerances.to_dict(),
+        "session_config": config.to_dict(),
+        "verified_shapes": verifier.feed_labels if verifier else [],
+    }
+    chosen_outputs = list(args.outputs or []) if args.no_prune else []
+    shapes = final_shapes(result.model, ranges, recipe)
+    options = build_options(args, recipe, target, shapes, chosen_outputs, argv, input_hash)
+    violations = target.check(result.model, options) if result.ok else []
+    report_fields["violations"] = [str(v) for v in violations]
+    report_fields["build"] = {"precision": options.precision, "batch_sizes": list(options.batch_sizes),
+                              "shapes": [s.atc() for s in shapes], "soc": options.soc, "extra": options.extra}
+
+    if violations:
+        report_fields["status"] = "illegal"
+        report_fields["verification_cost"] = {"sessions": SESSION_STATS.sessions, "runs": SESSION_STATS.runs}
+        write_reports(outdir, build_report(result, **report_fields))
+        listed = "; ".join(str(v) for v in violations[:5]) + (f"; and {len(violations) - 5} more" if len(violations) > 5 else "")
+        raise SegcError(f"target {target.name} cannot build this model: {listed} (see {outdir / 'report.md'})")
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    save_model(result.model, out_model, protect=[src])
+    artefacts = [{"path": str(out_model), "kind": "model"}]
+    if result.ok:
+        for art in target.emit(result.model, out_model, outdir, options):
+            artefacts.append({"path": str(art.path), "kind": art.kind})
+    report_fields.update({
+        "status": "ok" if result.ok else "failed",
+        "output": _model_info(out_model, result.model),
+        "artefacts": artefacts,
+        "verification_cost": {"sessions": SESSION_STATS.sessions, "runs": SESSION_STATS.runs},
+        "seconds": round(time.perf_counter() - started, 3),
+    })
+    report = build_report(result, **report_fields)
+    json_path, md_path = write_reports(outdir, report)
+    _print_summary(report, result, outdir)
+    return 0 if result.ok else 1
+
+
+def _print_summary(report: dict[str, Any], result: PipelineResult, outdir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True, highlight=False)
+    table = Table(*PASS_COLUMNS, title=f"segc compile -> {report['target']}")
+    for row in pass_rows(report):
+        table.add_row(*row)
+    console.print(table)
+    if result.ok:
+        console.print(f"done in {report['seconds']:.1f}s; artefacts in {outdir}/ (build.sh, report.md, report.json)")
+    else:
+        before = ", ".join(result.passes_before(result.failed_pass)) or "none"
+        console.print(f"FAILED: {result.failure}\n  passes before it: {before}\n  report: {outdir / 'report.md'}")
+    sys.stderr.flush()

@@ -1,0 +1,126 @@
+"""``segc passes``, ``segc inspect`` and ``segc verify``: the read-only commands."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from segc.errors import SegcError
+from segc.metrics import Tolerances
+from segc.modelio import default_opset, load_model
+from segc.passbase import Contract, all_passes
+from segc.shapes import parse_shape_range, ranges_from_metadata
+from segc.verify import Verifier
+from segc.verify_inputs import graph_inputs, input_dims
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def run_passes(args: argparse.Namespace) -> int:
+    rows = []
+    for name, cls in all_passes().items():
+        contract = cls.contract.value
+        if callable(getattr(cls, "contract_for", None)):
+            contract += " (depends on options)"
+        rows.append({"name": name, "contract": contract, "summary": cls.summary, "options": dict(cls.options)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.table import Table
+
+    table = Table("pass", "contract", "what it does", "options")
+    for r in rows:
+        table.add_row(r["name"], r["contract"], r["summary"], "\n".join(f"{k}: {v}" for k, v in r["options"].items()) or "-")
+    _console().print(table)
+    return 0
+
+
+def describe(model: onnx.ModelProto) -> dict[str, Any]:
+    """The facts ``segc inspect`` shows (also used by the benchmark)."""
+    ops = collections.Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in model.graph.node)
+    params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    meta = {p.key: p.value for p in model.metadata_props}
+    return {
+        "ir_version": model.ir_version,
+        "opset": default_opset(model),
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "inputs": [{"name": vi.name, "dims": input_dims(vi)} for vi in graph_inputs(model)],
+        "outputs": [{"name": vi.name, "dims": input_dims(vi)} for vi in model.graph.output],
+        "nodes": len(model.graph.node),
+        "parameters": params,
+        "ops": dict(ops.most_common()),
+        "metadata": meta,
+        "shape_ranges": [r.atc() for r in ranges_from_metadata(meta)],
+    }
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    model = load_model(args.model)
+    info = describe(model)
+    if args.target:
+        from segc.targets.base import BuildOptions, get_target
+
+        target = get_target(args.target)
+        info["target"] = target.name
+        info["violations"] = [
+            {"node": v.node, "op": v.op, "reason": v.reason, "fixed_by": v.fixed_by} for v in target.check(model, BuildOptions())
+        ]
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    con = _console()
+    con.print(f"[bold]{Path(args.model).name}[/bold]: opset {info['opset']}, IR {info['ir_version']}, "
+              f"{info['nodes']} nodes, {info['parameters']:,} parameters ({info['producer'] or 'unknown producer'})")
+    for key in ("inputs", "outputs"):
+        for t in info[key]:
+            con.print(f"  {key[:-1]:6} {t['name']}: {t['dims']}")
+    con.print("  ops: " + ", ".join(f"{k} {v}" for k, v in info["ops"].items()))
+    for k, v in info["metadata"].items():
+        con.print(f"  metadata {k} = {v}")
+    if args.target:
+        if not info["violations"]:
+            con.print(f"target {info['target']}: nothing the compiler would reject")
+        for v in info["violations"]:
+            fix = f" -> fixed by pass {v['fixed_by']}" if v["fixed_by"] else " -> no pass fixes this"
+            con.print(f"  {v['node']} [{v['op']}]: {v['reason']}{fix}")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    ref_model = load_model(args.reference)
+    cand_model = load_model(args.candidate)
+    ref_inputs = {vi.name for vi in graph_inputs(ref_model)}
+    cand_inputs = {vi.name for vi in graph_inputs(cand_model)}
+    if ref_inputs != cand_inputs:
+        raise SegcError(f"the models take different inputs: {sorted(ref_inputs)} vs {sorted(cand_inputs)}")
+    ranges = {r.name: r for r in (parse_shape_range(s) for s in args.input_shape)}
+    verifier = Verifier(ranges=ranges, tolerances=Tolerances.parse(args.tolerance), seed=args.seed,
+                        user_inputs=args.verify_inputs)
+    reference = verifier.initial_state(ref_model)
+    verdict = verifier.compare(reference, verifier.new_state(cand_model, "candidate"), Contract(args.contract))
+    if args.json:
+        print(json.dumps(verdict.to_dict(), indent=2, default=str))
+    else:
+        from rich.table import Table
+
+        table = Table("output", "input", "max abs", "max rel", "cosine", "agreement")
+        for m in verdict.metrics:
+            table.add_row(m.output, m.feed, *(("-" if x is None else f"{x:.4g}") for x in (m.max_abs, m.max_rel, m.cosine, m.agreement)))
+        con = _console()
+        con.print(table)
+        for w in verdict.warnings:
+            con.print(f"warning: {w}")
+        for r in verdict.reasons:
+            con.print(f"mismatch: {r}")
+        con.print(f"{'equivalent' if verdict.ok else 'NOT equivalent'} ({args.contract})")
+    return 0 if verdict.ok else 1

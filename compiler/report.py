@@ -1,0 +1,124 @@
+"""report.json and report.md: every figure of a compile, in one place.
+
+The JSON is for machines (CI dashboards, the benchmark); the Markdown is the same facts for a
+person reviewing a build. Both say, per pass, its time, stats, contract, metrics and verdict,
+plus hashes of the input and output, the exact command line and the versions of every tool
+that touched the model, so a result can be reproduced or questioned later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import segc
+from segc.pipeline import PipelineResult
+
+TOOLS = ("onnx", "onnxruntime", "onnx-graphsurgeon", "onnxsim", "numpy", "torch")
+
+
+def versions() -> dict[str, str]:
+    found = {"segc": segc.__version__, "python": platform.python_version()}
+    for name in TOOLS:
+        try:
+            found[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Reports are written like models: a temp file, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def build_report(result: PipelineResult | None, **fields: Any) -> dict[str, Any]:
+    """Assemble report.json's content; ``fields`` carries the command's own facts."""
+    report: dict[str, Any] = {"segc_version": segc.__version__, "versions": versions()}
+    report.update(fields)
+    if result is not None:
+        report["verify_mode"] = result.verify_mode
+        report["passes"] = [r.to_dict() for r in result.records]
+        report["failed_pass"] = result.failed_pass
+        report["failure"] = result.failure
+        report["ran_before_failure"] = result.passes_before(result.failed_pass) if result.failed_pass else None
+        report["end_verdict"] = result.end_verdict.to_dict() if result.end_verdict else None
+        report["bisect_probes"] = result.bisect_probes
+    return report
+
+
+def _fmt(value: Any, spec: str = ".3g") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return format(value, spec)
+    return str(value)
+
+
+def pass_rows(report: dict[str, Any]) -> list[list[str]]:
+    """One row per pass: the columns of both the Markdown table and the terminal summary."""
+    rows = []
+    for p in report.get("passes", []):
+        summary = (p.get("verdict") or {}).get("summary") or {}
+        rows.append([
+            str(p["index"] + 1), p["name"], p["contract"], "yes" if p["changed"] else "no",
+            f"{p['seconds']:.2f}s", f"{p['verify_seconds']:.2f}s", p["status"],
+            _fmt(summary.get("max_rel")), _fmt(summary.get("cosine"), ".6f"), _fmt(summary.get("agreement"), ".4f"),
+        ])
+    return rows
+
+
+PASS_COLUMNS = ["#", "pass", "contract", "changed", "time", "verify", "verdict", "max rel err", "cosine", "agreement"]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# segc report: {Path(report.get('input', {}).get('path', '?')).name} -> {report.get('target', '?')}", ""]
+    status = report.get("status", "?")
+    lines.append(f"**Status: {status}**" + (f" — {report['failure']}" if report.get("failure") else ""))
+    lines += ["", f"Command: `{report.get('command_line', '')}`", ""]
+    for key in ("input", "output"):
+        info = report.get(key)
+        if info:
+            lines.append(f"- {key}: `{info.get('path')}` sha256 `{info.get('sha256', '-')}`, "
+                         f"{info.get('nodes', '-')} nodes, {info.get('bytes', '-')} bytes")
+    if report.get("recipe"):
+        lines.append(f"- recipe: {report['recipe']}")
+    lines.append(f"- verification: {report.get('verify_mode', '-')}, shapes {report.get('verified_shapes', '-')}")
+    cost = report.get("verification_cost")
+    if cost:
+        lines.append(f"- onnxruntime sessions {cost.get('sessions')}, runs {cost.get('runs')}")
+    lines += ["", "| " + " | ".join(PASS_COLUMNS) + " |", "|" + "---|" * len(PASS_COLUMNS)]
+    for row in pass_rows(report):
+        lines.append("| " + " | ".join(row) + " |")
+    notes = [(p["name"], n) for p in report.get("passes", []) for n in p.get("notes", []) if "Traceback" not in n]
+    reasons = [(p["name"], r) for p in report.get("passes", []) for r in ((p.get("verdict") or {}).get("reasons") or [])]
+    if reasons or notes:
+        lines += ["", "## Notes", ""]
+        lines += [f"- **{name}** (failed): {r}" for name, r in reasons]
+        lines += [f"- {name}: {n}" for name, n in notes]
+    if report.get("violations"):
+        lines += ["", "## Target legality", ""] + [f"- {v}" for v in report["violations"]]
+    if report.get("artefacts"):
+        lines += ["", "## Artefacts", ""] + [f"- `{a['path']}` ({a['kind']})" for a in report["artefacts"]]
+    lines += ["", "## Versions", ""] + [f"- {k} {v}" for k, v in report.get("versions", {}).items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(outdir: Path, report: dict[str, Any]) -> tuple[Path, Path]:
+    json_path, md_path = outdir / "report.json", outdir / "report.md"
+    write_atomic(json_path, json.dumps(report, indent=2, default=str) + "\n")
+    write_atomic(md_path, render_markdown(report))
+    return json_path, md_path

@@ -1,0 +1,188 @@
+"""Verification: run graph states in onnxruntime and judge each pass by its contract.
+
+Each verified graph state gets exactly one onnxruntime session, and each input one run per
+state: the outputs of the state before a pass are the reference for the state after it, so
+a pipeline of k passes costs k+1 sessions, not 2k. Ops onnxruntime cannot run are lowered
+to a runnable reference first (segc.lowering) inside ``make_session``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from segc.errors import SegcError
+from segc.metrics import OutputMetrics, Tolerances, Verdict, compare_output, judge
+from segc.modelio import readable_ir
+from segc.ortrun import SessionConfig, make_session, run_session
+from segc.passbase import Contract
+from segc.recipe import Recipe
+from segc.shapes import ShapeRange, ranges_from_metadata
+from segc.verify_inputs import DEFAULT_PIXEL_BUDGET, Feed, load_user_feeds, random_feed, verification_shapes
+
+Outputs = dict[str, np.ndarray]
+
+
+@dataclass
+class GraphState:
+    """One version of the model, its session, and its outputs per feed (computed lazily, once)."""
+
+    model: onnx.ModelProto
+    label: str
+    config: SessionConfig
+    session: ort.InferenceSession | None = None
+    outputs: dict[str, Outputs | None] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.model.graph.output]
+
+    def open(self) -> None:
+        if self.session is None:
+            self.session = make_session(self.model, self.config)
+
+    def run(self, feed: Feed) -> Outputs | None:
+        """Outputs for ``feed``; None (with the error kept) when onnxruntime cannot run it."""
+        if feed.label not in self.outputs:
+            self.open()
+            assert self.session is not None
+            try:
+                self.outputs[feed.label] = run_session(self.session, feed.arrays)
+            except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no useful base class
+                self.outputs[feed.label] = None
+                self.errors[feed.label] = _first_line(exc)
+        return self.outputs[feed.label]
+
+
+class Verifier:
+    """Creates graph states and compares them (see module docstring)."""
+
+    def __init__(self, *, recipe: Recipe | None = None, ranges: dict[str, ShapeRange] | None = None,
+                 tolerances: Tolerances | None = None, config: SessionConfig | None = None, seed: int = 0,
+                 user_inputs: str | Path | None = None, pixel_budget: int = DEFAULT_PIXEL_BUDGET) -> None:
+        self.recipe = recipe
+        self.ranges = dict(ranges or {})
+        self.tolerances = tolerances or Tolerances()
+        self.config = config or SessionConfig()
+        self.seed = seed
+        self.user_inputs = Path(user_inputs) if user_inputs else None
+        self.pixel_budget = pixel_budget
+        self._feeds: dict[tuple, Feed] = {}
+        self._user_feeds: list[Feed] | None = None
+
+    @property
+    def feed_labels(self) -> list[str]:
+        """Every input set used so far (for the report)."""
+        feeds = list(self._feeds.values()) + list(self._user_feeds or [])
+        return [f.label for f in feeds]
+
+    # -- inputs ---------------------------------------------------------------------------
+    def _ranges_for(self, model: onnx.ModelProto) -> dict[str, ShapeRange]:
+        meta = {p.key: p.value for p in model.metadata_props}
+        ranges = {r.name: r for r in ranges_from_metadata(meta)}
+        ranges.update(self.ranges)  # the command line wins over what the model says
+        return ranges
+
+    def feeds_for(self, model: onnx.ModelProto) -> list[Feed]:
+        """The inputs this state is checked with; identical shapes give the identical Feed object."""
+        shape_sets = verification_shapes(model, self._ranges_for(model), self.recipe, self.pixel_budget)
+        if self.user_inputs is not None:
+            if self._user_feeds is None:
+                self._user_feeds = load_user_feeds(self.user_inputs, model, self.recipe,
+                                                   shape_sets[0] if shape_sets else None)
+            return self._user_feeds
+        feeds = []
+        for i, shapes in enumerate(shape_sets):
+            key = tuple(sorted(shapes.items()))
+            if key not in self._feeds:
+                self._feeds[key] = random_feed(model, shapes, self.recipe, self.seed + len(self._feeds))
+            feeds.append(self._feeds[key])
+        return feeds
+
+    # -- states ---------------------------------------------------------------------------
+    def initial_state(self, model: onnx.ModelProto) -> GraphState:
+        """The reference state; an input model onnxruntime cannot run is a usage error."""
+        state = GraphState(model, "input model", self.config)
+        try:
+            state.open()
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; all mean "cannot run"
+            raise SegcError(f"onnxruntime cannot load the input model ({_first_line(exc)}); use --verify none to skip verification") from None
+        for feed in self.feeds_for(model):
+            if state.run(feed) is None:
+                raise SegcError(f"onnxruntime cannot run the input model at {feed.label}: {state.errors[feed.label]}")
+        return state
+
+    def new_state(self, model: onnx.ModelProto, label: str) -> GraphState:
+        return GraphState(model, label, self.config)
+
+    def compare(self, before: GraphState, after: GraphState, contract: Contract) -> Verdict:
+        """Judge ``after`` against ``before`` by ``contract``."""
+        try:
+            after.open()
+        except Exception as exc:  # noqa: BLE001
+            return Verdict(ok=False, contract=contract.value, reasons=[f"onnxruntime cannot load the graph: {_first_line(exc)}"])
+        # a pass may make intermediate tensors outputs (pruning): compare them with the same
+        # tensors exposed in the graph before it
+        reference = self._exposing(before, after.output_names)
+        metrics: list[OutputMetrics] = []
+        warnings: list[str] = []
+        reasons: list[str] = []
+        for feed in self.feeds_for(after.model):
+            cand = after.run(feed)
+            if cand is None:
+                reasons.append(f"onnxruntime failed at {feed.label}: {after.errors[feed.label]}")
+                continue
+            ref = reference.run(feed)
+            if ref is None:
+                warnings.append(f"{feed.label}: the graph before this pass cannot take this shape; "
+                                f"the new graph ran and its outputs are the reference from here on")
+                continue
+            for name in after.output_names:
+                if name not in ref:
+                    warnings.append(f"{name}: no such output before the pass, not compared")
+                    continue
+                metrics.append(compare_output(name, feed.label, ref[name], cand[name]))
+        verdict = judge(contract, metrics, self.tolerances)
+        verdict.reasons = reasons + verdict.reasons
+        verdict.warnings = warnings + verdict.warnings
+        verdict.ok = not verdict.reasons
+        return verdict
+
+    def _exposing(self, state: GraphState, names: list[str]) -> GraphState:
+        """``state`` itself when it already has ``names`` as outputs, else a copy exposing them."""
+        missing = [n for n in names if n not in state.output_names]
+        if not missing:
+            return state
+        return GraphState(expose_tensors(state.model, missing), f"{state.label} (exposing {len(missing)} tensors)", self.config)
+
+
+def expose_tensors(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` with the given intermediate tensors added as graph outputs."""
+    out = onnx.ModelProto()
+    out.CopyFrom(readable_ir(model))
+    known = {vi.name: vi for vi in out.graph.value_info}
+    if any(n not in known for n in names):
+        try:
+            inferred = onnx.shape_inference.infer_shapes(out)
+            known.update({vi.name: vi for vi in inferred.graph.value_info})
+        except Exception:  # noqa: BLE001 - inference is a help here, not a requirement
+            pass
+    for name in names:
+        vi = onnx.ValueInfoProto()
+        if name in known:
+            vi.CopyFrom(known[name])
+        else:
+            vi.name = name
+            vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+        out.graph.output.append(vi)
+    return out
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

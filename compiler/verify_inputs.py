@@ -1,0 +1,220 @@
+"""What the verifier feeds a model: which shapes, and which values.
+
+Shapes. A static model is checked at its one shape. A dynamic one is checked at the minimum
+and optimum of its range and at one more shape inside it that is neither (so a graph that
+only works at "round" sizes is caught), all within a pixel budget: a 4096x4096 DBNet input
+would take minutes per run on a CPU and prove no more than 672x704 does.
+
+Values. Seeded random images in the model's real value range: smooth pixel fields in
+[0, 255] (coarse noise upsampled plus fine noise, closer to photographs than white noise, so
+argmax maps are not a coin toss at every pixel), normalised as the model's recipe says. Or
+the user's own data: ``.npy`` (one input), ``.npz`` (by input name) or a folder of images,
+preprocessed with the recipe's normalisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from segc.errors import SegcError
+from segc.recipe import InputSpec, Recipe
+from segc.shapes import ShapeRange
+
+DEFAULT_PIXEL_BUDGET = 2_200_000  # covers the seeds' 1x3x1024x2048 in one run
+DEFAULT_SPATIAL = (256, 256)  # for a dynamic model with no range, recipe or user data
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+Shape = tuple[int, ...]
+ShapeSet = dict[str, Shape]  # input name -> concrete shape
+
+
+@dataclass(frozen=True)
+class Feed:
+    """One set of inputs: a label for reports and the arrays by input name."""
+
+    label: str
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def shape_key(self) -> tuple[tuple[str, Shape], ...]:
+        return tuple(sorted((k, tuple(v.shape)) for k, v in self.arrays.items()))
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Real inputs (old exporters also list initializers as inputs)."""
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def input_dims(vi: onnx.ValueInfoProto) -> list[int | str | None]:
+    dims: list[int | str | None] = []
+    for d in vi.type.tensor_type.shape.dim:
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(d.dim_value)
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return dims
+
+
+def _pixels(shape: Shape) -> int:
+    return int(np.prod(shape[:1] + shape[2:])) if len(shape) >= 3 else int(np.prod(shape))
+
+
+def _round_to(value: int, multiple: int) -> int:
+    return max(multiple, (value // multiple) * multiple)
+
+
+def _shapes_for_input(dims: list[int | str | None], rng: ShapeRange | None, recipe: Recipe | None,
+                      multiple: int, budget: int) -> list[Shape]:
+    if all(isinstance(d, int) for d in dims):
+        return [tuple(dims)]  # type: ignore[arg-type]
+    if rng is not None:
+        shapes = [rng.min]
+        if rng.opt != rng.min:
+            shapes.append(rng.opt)
+        # one more shape: step past the minimum by different amounts in each dynamic axis
+        other = list(rng.min)
+        for k, axis in enumerate(a for a in rng.dynamic_axes if a >= 2):
+            other[axis] = min(rng.max[axis], rng.min[axis] + multiple * (k + 1))
+        if tuple(other) not in shapes:
+            shapes.append(tuple(other))
+        kept = [shapes[0]] + [s for s in shapes[1:] if _pixels(s) <= budget]
+        return kept
+    # no range: the recipe's seed shape where it fits, else a default, plus a second shape
+    base: list[int] = []
+    seed = recipe.seed_shape if recipe and len(recipe.seed_shape) == len(dims) else None
+    for i, d in enumerate(dims):
+        if isinstance(d, int):
+            base.append(d)
+        elif i == 0:
+            base.append(1)
+        elif seed is not None:
+            base.append(seed[i])
+        else:
+            base.append(DEFAULT_SPATIAL[min(i - 2, 1)] if i >= 2 else 1)
+    while _pixels(tuple(base)) > budget and len(base) >= 4:
+        base[2] = _round_to(base[2] // 2, multiple)
+        base[3] = _round_to(base[3] // 2, multiple)
+    shapes = [tuple(base)]
+    second = list(base)
+    for k, i in enumerate(i for i, d in enumerate(dims) if not isinstance(d, int) and i >= 2):
+        second[i] = base[i] + multiple * (k + 1)
+    if tuple(second) != tuple(base):
+        shapes.append(tuple(second))
+    return shapes
+
+
+def verification_shapes(model: onnx.ModelProto, ranges: dict[str, ShapeRange], recipe: Recipe | None = None,
+                        budget: int = DEFAULT_PIXEL_BUDGET) -> list[ShapeSet]:
+    """The input shapes a model state is checked at (see module docstring)."""
+    multiple = recipe.spatial_multiple if recipe else 32
+    per_input: dict[str, list[Shape]] = {}
+    for vi in graph_inputs(model):
+        dims = input_dims(vi)
+        rng = ranges.get(vi.name)
+        if rng is not None and len(rng.min) != len(dims):
+            raise SegcError(f"--input-shape {rng.atc()!r} has {len(rng.min)} dims, input {vi.name!r} has {len(dims)}")
+        if rng is not None and all(isinstance(d, int) for d in dims) and rng.is_static:
+            per_input[vi.name] = [rng.min]  # a static override of a static input: trust the user
+            continue
+        per_input[vi.name] = _shapes_for_input(dims, rng, recipe, multiple, budget)
+    count = max((len(v) for v in per_input.values()), default=0)
+    return [{name: shapes[min(i, len(shapes) - 1)] for name, shapes in per_input.items()} for i in range(count)]
+
+
+def _elem_type(vi: onnx.ValueInfoProto) -> np.dtype:
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+
+
+def smooth_pixels(rng: np.random.Generator, shape: Shape) -> np.ndarray:
+    """An NCHW float32 field of pixel values in [0, 255] with image-like spatial structure."""
+    n, c, h, w = shape
+    ch, cw = max(1, h // 16), max(1, w // 16)
+    coarse = rng.uniform(0, 255, size=(n, c, ch, cw)).astype(np.float32)
+    rows = np.minimum((np.arange(h) * ch) // h, ch - 1)
+    cols = np.minimum((np.arange(w) * cw) // w, cw - 1)
+    field = coarse[:, :, rows][:, :, :, cols]
+    field += rng.normal(0, 12, size=shape).astype(np.float32)
+    return np.clip(field, 0, 255)
+
+
+def random_feed(model: onnx.ModelProto, shapes: ShapeSet, recipe: Recipe | None, seed: int) -> Feed:
+    """Seeded inputs for one shape set, in each input's real value range."""
+    rng = np.random.default_rng(seed)
+    arrays: dict[str, np.ndarray] = {}
+    for vi in graph_inputs(model):
+        shape = shapes[vi.name]
+        dtype = _elem_type(vi)
+        spec = recipe.input(vi.name) if recipe else None
+        if len(shape) == 4 and shape[1] == 3 and dtype.kind == "f":
+            spec = spec or InputSpec(name=vi.name)  # ImageNet normalisation: the common case
+            arrays[vi.name] = spec.normalise(smooth_pixels(rng, shape)).astype(dtype)
+        elif dtype.kind == "f":
+            arrays[vi.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype.kind == "b":
+            arrays[vi.name] = rng.integers(0, 2, size=shape).astype(dtype)
+        else:
+            arrays[vi.name] = np.zeros(shape, dtype=dtype)
+    label = ";".join(f"{k}:{'x'.join(map(str, v))}" for k, v in shapes.items())
+    return Feed(label=f"random[{label}]", arrays=arrays)
+
+
+def load_user_feeds(path: str | Path, model: onnx.ModelProto, recipe: Recipe | None,
+                    default_shapes: ShapeSet | None, limit: int = 4) -> list[Feed]:
+    """Feeds from ``.npy`` / ``.npz`` / a folder of images (preprocessed by the recipe)."""
+    path = Path(path)
+    inputs = graph_inputs(model)
+    names = [vi.name for vi in inputs]
+    if not path.exists():
+        raise SegcError(f"--verify-inputs {path}: no such file or folder")
+    if path.is_dir():
+        return _image_feeds(path, inputs, recipe, default_shapes, limit)
+    try:
+        if path.suffix == ".npy":
+            if len(names) != 1:
+                raise SegcError(f"--verify-inputs {path}: a .npy gives one array but the model has inputs {names}; use .npz")
+            arrays = {names[0]: np.load(path, allow_pickle=False)}
+        elif path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        else:
+            raise SegcError(f"--verify-inputs {path}: expected a .npy, a .npz or a folder of images")
+    except (ValueError, OSError) as exc:
+        raise SegcError(f"--verify-inputs {path}: cannot read it: {exc}") from None
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise SegcError(f"--verify-inputs {path}: no array for input(s) {missing}; it has {sorted(arrays)}")
+    feed = {vi.name: np.asarray(arrays[vi.name]).astype(_elem_type(vi)) for vi in inputs}
+    return [Feed(label=path.name, arrays=feed)]
+
+
+def _image_feeds(folder: Path, inputs: list[onnx.ValueInfoProto], recipe: Recipe | None,
+                 default_shapes: ShapeSet | None, limit: int) -> list[Feed]:
+    from PIL import Image
+
+    if len(inputs) != 1:
+        raise SegcError(f"--verify-inputs {folder}: images can feed a model with one input, this one has {len(inputs)}")
+    vi = inputs[0]
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    if not files:
+        raise SegcError(f"--verify-inputs {folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the folder")
+    if not default_shapes or vi.name not in default_shapes:
+        raise SegcError(f"--verify-inputs {folder}: cannot tell which size to resize images to; give --input-shape")
+    n, _, h, w = default_shapes[vi.name]
+    spec = (recipe.input(vi.name) if recipe else None) or InputSpec(name=vi.name)
+    feeds = []
+    for f in files:
+        try:
+            img = Image.open(f).convert("RGB").resize((w, h), Image.BILINEAR)
+        except OSError as exc:
+            raise SegcError(f"--verify-inputs {f}: not a readable image: {exc}") from None
+        pixels = np.asarray(img, dtype=np.float32).transpose(2, 0, 1)[None]
+        batch = np.repeat(pixels, n, axis=0)
+        feeds.append(Feed(label=f.name, arrays={vi.name: spec.normalise(batch).astype(_elem_type(vi))}))
+    return feeds

@@ -1,0 +1,147 @@
+"""simplify: onnx-simplifier (constant folding + shape inference), kept on a leash.
+
+onnx-simplifier is what every seed pipeline ran first, and the tool users complain about
+most: it can freeze dynamic dimensions, and folding a broadcast can turn a small graph into a
+huge one. segc runs it with shape inference and no input-shape overrides, then checks the
+two properties it must keep:
+
+- every symbolic input and output dimension stays symbolic (otherwise the result is thrown
+  away and the pass reports why);
+- the model does not grow: if it does, onnx-simplifier runs again with a tensor-size
+  threshold no larger than the biggest initializer the model already had, and if it still
+  grows, without constant folding.
+
+Ops onnx-simplifier does not know (vendor ops) make it fail: the pass then leaves the graph
+alone and says so; it does not guess.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import onnx
+
+from segc.passbase import Contract, GraphPass, PassContext, PassResult, carry_model_fields, register_pass
+
+GROWTH_ALLOWANCE = 1.02  # folding may legitimately add a little (e.g. a folded shape constant)
+GROWTH_SLACK = 4096  # bytes: small constants never count as growth
+
+
+@register_pass
+class Simplify(GraphPass):
+    name = "simplify"
+    contract = Contract.EXACT
+    summary = "onnx-simplifier with shape inference; keeps dynamic dims, never grows the model"
+    options = {"fold_constants": "fold constant subgraphs (default true)"}
+
+    def run(self, graph, ctx):  # pragma: no cover - apply is overridden
+        raise NotImplementedError
+
+    def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
+        notes: list[str] = []
+        size_before = weight_bytes(model)
+        attempts: list[dict[str, Any]] = [{}]
+        if not ctx.option("fold_constants", True):
+            attempts = [{"skip_constant_folding": True}]
+        else:
+            biggest = max((t.ByteSize() for t in model.graph.initializer), default=0)
+            attempts += [{"tensor_size_threshold": f"{max(biggest, 1024)}B"}, {"skip_constant_folding": True}]
+        for kwargs in attempts:
+            simplified = _run_onnxsim(model, kwargs, notes)
+            if simplified is None:
+                return model, PassResult(changed=False, stats={"skipped": True}, notes=notes)
+            frozen = _frozen_dims(model, simplified)
+            if frozen:
+                notes.append(f"onnx-simplifier froze dynamic dimensions ({', '.join(frozen)}): result discarded")
+                return model, PassResult(changed=False, stats={"skipped": True}, notes=notes)
+            size_after = weight_bytes(simplified)
+            if size_after <= size_before * GROWTH_ALLOWANCE + GROWTH_SLACK:
+                break
+            notes.append(f"folding with {kwargs or 'defaults'} grew the model {size_before} -> {size_after} bytes; retrying")
+        else:
+            notes.append("every attempt grew the model: graph left as it was")
+            return model, PassResult(changed=False, stats={"skipped": True}, notes=notes)
+
+        carry_model_fields(model, simplified)
+        changed = _structure(simplified) != _structure(model)
+        stats = {
+            "nodes_before": len(model.graph.node),
+            "nodes_after": len(simplified.graph.node),
+            "weight_bytes_before": size_before,
+            "weight_bytes_after": size_after,
+            "settings": kwargs or "defaults",
+        }
+        return (simplified if changed else model), PassResult(changed=changed, stats=stats, notes=notes)
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of constant data (initializers and Constant nodes): what folding can inflate.
+
+    The whole message size is the wrong measure: onnx-simplifier adds value_info for every
+    intermediate tensor, which is useful and small per tensor but not weight growth.
+    """
+    total = sum(t.ByteSize() for t in model.graph.initializer)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            total += sum(a.t.ByteSize() for a in node.attribute if a.type == onnx.AttributeProto.TENSOR)
+    return total
+
+
+def _run_onnxsim(model: onnx.ModelProto, kwargs: dict[str, Any], notes: list[str]) -> onnx.ModelProto | None:
+    import onnxsim
+
+    model = _with_output_shapes(model)
+    try:
+        simplified, ok = onnxsim.simplify(model, check_n=0, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - onnxsim raises bare RuntimeErrors from C++
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        notes.append(f"onnx-simplifier could not process the model: {first[:300]}")
+        return None
+    if not ok:
+        notes.append("onnx-simplifier reported that its result may be wrong: result discarded")
+        return None
+    return simplified
+
+
+def _structure(model: onnx.ModelProto) -> bytes:
+    """The graph without value_info: what 'changed' means (shape annotations alone are not a change)."""
+    graph = onnx.GraphProto()
+    graph.CopyFrom(model.graph)
+    del graph.value_info[:]
+    return graph.SerializeToString(deterministic=True)
+
+
+def _with_output_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnx-simplifier rejects outputs whose type has no shape field; give them an empty one."""
+    missing = [o for o in model.graph.output if not o.type.tensor_type.HasField("shape")]
+    if not missing:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for o in out.graph.output:
+        if not o.type.tensor_type.HasField("shape"):
+            o.type.tensor_type.shape.SetInParent()
+    return out
+
+
+def _dims(values: Any) -> dict[str, list[int | str | None]]:
+    out = {}
+    for vi in values:
+        dims: list[int | str | None] = []
+        for d in vi.type.tensor_type.shape.dim:
+            dims.append(d.dim_param if d.HasField("dim_param") else (d.dim_value if d.HasField("dim_value") else None))
+        out[vi.name] = dims
+    return out
+
+
+def _frozen_dims(before: onnx.ModelProto, after: onnx.ModelProto) -> list[str]:
+    """Input/output dims that were symbolic (or unknown) before and are fixed numbers after."""
+    frozen = []
+    for group in ("input", "output"):
+        old = _dims(getattr(before.graph, group))
+        new = _dims(getattr(after.graph, group))
+        for name, dims in old.items():
+            for i, (a, b) in enumerate(zip(dims, new.get(name, dims))):
+                if isinstance(a, str) and isinstance(b, int) and b > 0:
+                    frozen.append(f"{name}[{i}] {a}->{b}")
+    return frozen
