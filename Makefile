@@ -1,0 +1,39 @@
+# segc: `make demo` and `make test` each set up .venv on first use, then run.
+# torch is installed first and pinned: a looser requirement on a machine without torch
+# would pull several GB of CUDA wheels (the export extra leaves torch unpinned on purpose).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.segc-installed
+TORCH  := torch==2.13.0
+DEMO   := build/demo
+
+.PHONY: setup test demo bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[export,dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -p no:cacheprovider --durations=15
+
+demo: $(STAMP)
+	@mkdir -p $(DEMO)
+	$(BIN)/segc export dbnet_r50 -o $(DEMO)/dbnet_r50.onnx --force
+	$(BIN)/segc inspect $(DEMO)/dbnet_r50.onnx --target ascend
+	$(BIN)/segc compile $(DEMO)/dbnet_r50.onnx --target ascend -o $(DEMO)/ascend --force
+	$(BIN)/segc compile $(DEMO)/dbnet_r50.onnx --target tensorrt -o $(DEMO)/tensorrt --force
+	@echo
+	@echo "demo artefacts: $(DEMO)/ascend and $(DEMO)/tensorrt (build.sh, report.md, report.json, the compiled .onnx)"
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_bench.py --out build/bench
+
+clean:
+	rm -rf build .pytest_cache

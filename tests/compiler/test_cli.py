@@ -1,0 +1,131 @@
+"""The command line contract: exit 0/1/2, one-line errors, no tracebacks, inputs never touched."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from segc.cli import main
+
+
+def tiny(dynamic: bool = False) -> onnx.ModelProto:
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    dims = ["N", 3, "H", "W"] if dynamic else [1, 3, 16, 16]
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1]), helper.make_node("Identity", ["a"], ["b"]),
+         helper.make_node("Relu", ["b"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+@pytest.fixture
+def model_path(tmp_path: Path) -> Path:
+    path = tmp_path / "m.onnx"
+    path.write_bytes(tiny().SerializeToString())
+    return path
+
+
+def one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    errors = [line for line in err if line.startswith("segc: error:")]
+    assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
+    return errors[0]
+
+
+@pytest.mark.parametrize("content, fragment", [(None, "no such file"), (b"", "empty"), (b"not onnx at all", "not")])
+def test_bad_model_files(tmp_path: Path, capsys, content, fragment) -> None:
+    path = tmp_path / "bad.onnx"
+    if content is not None:
+        path.write_bytes(content)
+    for argv in (["compile", str(path), "--target", "onnxruntime"], ["inspect", str(path)]):
+        assert fragment in one_line_error(capsys, argv)
+
+
+def test_truncated_model(tmp_path: Path, capsys) -> None:
+    data = tiny().SerializeToString()
+    path = tmp_path / "cut.onnx"
+    path.write_bytes(data[: len(data) - 40])
+    one_line_error(capsys, ["compile", str(path), "--target", "onnxruntime"])
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--target", "nvdla"], "unknown target 'nvdla'"),
+    (["--target", "onnxruntime", "--passes", "simplfy"], "did you mean simplify"),
+    (["--target", "onnxruntime", "--skip", "nothing_like_this"], "unknown pass"),
+    (["--target", "onnxruntime", "--input-shape", "x1,3,16,16"], "malformed --input-shape"),
+    (["--target", "onnxruntime", "--input-shape", "x:1,3,16~8,16"], "malformed --input-shape"),
+    (["--target", "onnxruntime", "--input-shape", "x:1,3,a,16"], "malformed --input-shape"),
+    (["--target", "onnxruntime", "--input-shape", "nope:1,3,16,16"], "the model's inputs are: x"),
+    (["--target", "onnxruntime", "--input-shape", "x:1,3,16"], "has 3 dims"),
+    (["--target", "onnxruntime", "--option", "cleanup.x=1"], "has no option x"),
+    (["--target", "onnxruntime", "--option", "cleanup"], "malformed --option"),
+    (["--target", "onnxruntime", "--tolerance", "rtol=fast"], "malformed --tolerance"),
+    (["--target", "onnxruntime", "--verify", "sometimes"], "invalid choice"),
+    (["--target", "onnxruntime", "--batch", "1,x"], "malformed --batch"),
+    ([], "required"),
+])
+def test_usage_errors(model_path: Path, capsys, extra: list[str], fragment: str) -> None:
+    before = model_path.read_bytes()
+    assert fragment in one_line_error(capsys, ["compile", str(model_path), *extra])
+    assert model_path.read_bytes() == before
+    assert sorted(p.name for p in model_path.parent.iterdir()) == ["m.onnx"]  # nothing written
+
+
+def test_compile_writes_everything_and_keeps_the_input(model_path: Path, capsys) -> None:
+    before = model_path.read_bytes()
+    out = model_path.parent / "out dir"
+    assert main(["compile", str(model_path), "--target", "onnxruntime", "-o", str(out), "--passes", "cleanup"]) == 0
+    assert model_path.read_bytes() == before
+    names = {p.name for p in out.iterdir()}
+    assert {"m.onnxruntime.onnx", "build.sh", "report.json", "report.md"} <= names
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "ok" and report["input"]["sha256"] and report["output"]["sha256"]
+    assert report["passes"][0]["name"] == "cleanup" and report["passes"][0]["changed"]
+    assert report["versions"]["onnxruntime"] and report["session_config"]["optimization"] == "basic"
+    assert report["command_line"].startswith("segc compile")
+    # a second run into the same folder is refused without --force
+    assert "already holds a build" in one_line_error(capsys, ["compile", str(model_path), "--target", "onnxruntime", "-o", str(out)])
+    assert main(["compile", str(model_path), "--target", "onnxruntime", "-o", str(out), "--passes", "cleanup", "--force"]) == 0
+
+
+def test_dynamic_input_needs_a_shape_for_the_build(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "d.onnx"
+    path.write_bytes(tiny(dynamic=True).SerializeToString())
+    code = main(["compile", str(path), "--target", "onnxruntime", "-o", str(tmp_path / "o"), "--passes", "cleanup",
+                 "--input-shape", "x:1,3,32,48"])
+    assert code == 0
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["verified_shapes"] == ["random[x:1x3x32x48]"]
+
+
+def test_passes_and_inspect_and_verify(model_path: Path, tmp_path: Path, capsys) -> None:
+    assert main(["passes", "--json"]) == 0
+    listed = {p["name"] for p in json.loads(capsys.readouterr().out)}
+    assert {"simplify", "cleanup"} <= listed
+    assert main(["inspect", str(model_path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["nodes"] == 3 and info["inputs"][0]["dims"] == [1, 3, 16, 16] and info["parameters"] == 108
+    other = tmp_path / "other.onnx"
+    broken = tiny()
+    broken.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.zeros((4, 3, 3, 3), np.float32), "w"))
+    other.write_bytes(broken.SerializeToString())
+    assert main(["verify", str(model_path), str(model_path)]) == 0
+    assert main(["verify", str(model_path), str(other)]) == 1
+
+
+@pytest.mark.parametrize("launcher", [[sys.executable, "-m", "segc"], [str(Path(sys.executable).parent / "segc")]])
+def test_real_process_prints_one_line(tmp_path: Path, launcher: list[str]) -> None:
+    proc = subprocess.run([*launcher, "compile", str(tmp_path / "missing.onnx"), "--target", "onnxruntime"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"segc: error: {tmp_path / 'missing.onnx'}: no such file"
