@@ -17,6 +17,8 @@ alone and says so; it does not guess.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import Any
 
 import onnx
@@ -91,12 +93,15 @@ def _run_onnxsim(model: onnx.ModelProto, kwargs: dict[str, Any], notes: list[str
     import onnxsim
 
     model = _with_output_shapes(model)
+    chatter = io.StringIO()
     try:
-        simplified, ok = onnxsim.simplify(model, check_n=0, **kwargs)
+        with contextlib.redirect_stdout(chatter):  # keep segc's own output readable
+            simplified, ok = onnxsim.simplify(model, check_n=0, **kwargs)
     except Exception as exc:  # noqa: BLE001 - onnxsim raises bare RuntimeErrors from C++
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         notes.append(f"onnx-simplifier could not process the model: {first[:300]}")
         return None
+    notes.extend(f"onnx-simplifier: {line.strip()}" for line in chatter.getvalue().splitlines() if line.strip())
     if not ok:
         notes.append("onnx-simplifier reported that its result may be wrong: result discarded")
         return None
