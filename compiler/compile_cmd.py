@@ -162,7 +162,9 @@ def build_options(args: argparse.Namespace, recipe: Recipe | None, target: Targe
         t = recipe.for_target(target.name)
         extra.update(t.extra)
         precision = t.extra.get("precision", precision)
-        batch = tuple(t.extra.get("batch_sizes", recipe.batch_sizes if recipe.batch_sizes != (1,) else ()))
+        # batch sizes are per target: the seeds built one static Ascend model per batch size,
+        # but ran TensorRT at the exported batch; a recipe says which target wants what
+        batch = tuple(t.extra.get("batch_sizes", ()))
     if args.precision:
         precision = args.precision
     if args.batch:
@@ -172,7 +174,8 @@ def build_options(args: argparse.Namespace, recipe: Recipe | None, target: Targe
             raise SegcError(f"malformed --batch {','.join(args.batch)!r}: expected sizes like 1,4,8,16") from None
         if any(b < 1 for b in batch):
             raise SegcError("--batch sizes must be positive")
-    for key, value in (("cann", args.cann_version), ("workspace_mb", args.workspace_mb), ("calib_images", args.calib_images)):
+    for key, value in (("cann", args.cann_version), ("workspace_mb", args.workspace_mb), ("calib_images", args.calib_images),
+                       ("allow_unlisted_ops", args.allow_unlisted_ops or None)):
         if value is not None:
             extra[key] = value
     extra.pop("precision", None)

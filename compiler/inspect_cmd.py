@@ -73,7 +73,8 @@ def run_inspect(args: argparse.Namespace) -> int:
         target = get_target(args.target)
         info["target"] = target.name
         info["violations"] = [
-            {"node": v.node, "op": v.op, "reason": v.reason, "fixed_by": v.fixed_by} for v in target.check(model, BuildOptions())
+            {"node": v.node, "op": v.op, "reason": v.reason, "fixed_by": v.fixed_by}
+            for v in target.check(model, BuildOptions(shape_ranges=ranges_from_metadata(info["metadata"])))
         ]
     if args.json:
         print(json.dumps(info, indent=2, default=str))

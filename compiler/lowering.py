@@ -41,12 +41,17 @@ def lower_for_reference(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """Return a runnable copy of ``model`` and how many nodes were lowered (0: same model)."""
     load_builtin_passes()
     graph = gs.import_onnx(model)
-    targets = [n for n in graph.nodes if n.op in _LOWERINGS]
-    if not targets:
-        return model, 0
-    for node in targets:
+    lowered = 0
+    # re-scan after every lowering: one lowering may rewrite more than its own node (e.g. a
+    # version conversion of the whole graph), so a list taken up front could hold stale nodes
+    while (node := next((n for n in graph.nodes if n.op in _LOWERINGS and n.outputs), None)) is not None:
         _LOWERINGS[node.op](graph, node)
+        lowered += 1
+        if lowered > 100_000:
+            raise RuntimeError(f"reference lowering of {node.op} does not terminate")
+    if not lowered:
+        return model, 0
     graph.cleanup().toposort()
     out = gs.export_onnx(graph)
     carry_model_fields(model, out)
-    return out, len(targets)
+    return out, lowered

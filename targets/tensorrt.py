@@ -1,0 +1,180 @@
+"""NVIDIA TensorRT: a ``trtexec`` build and a ``polygraphy`` comparison with onnxruntime.
+
+``build.sh`` runs ``trtexec --onnx=M --saveEngine=M.engine`` with:
+
+* ``--shapes`` for a static build, or one optimisation profile
+  ``--minShapes/--optShapes/--maxShapes`` for a range (DBNet: 640 / 1280 / 4096), written only
+  for inputs the model leaves dynamic (a static model takes its shapes from the graph);
+* ``--fp16`` or ``--int8`` (``--int8`` also allows fp16 fallback; with
+  ``extra["calib_cache"]`` trtexec reads that calibration cache, otherwise the int8 engine only
+  serves timing, and the script says so);
+* ``--memPoolSize=workspace:<MiB>M`` from ``extra["workspace_mb"]``; never the old
+  ``--workspace`` (deprecated since TensorRT 8.4, gone in 10), which the OCRNet seed still used.
+
+``compare_tensorrt.sh`` runs ``polygraphy run M --trt --onnxrt`` at the same shapes and
+precision, with tolerances loose enough for fp16 (``1e-2``) and tight for fp32 (``1e-4``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from segc.errors import SegcError
+from segc.shapes import ShapeRange
+from segc.targets.base import Artefact, BuildOptions, Target, Violation, register_target
+from segc.targets.buildscript import Requirement, Step, relative_name, write_build_script, write_script
+from segc.targets.legality import check_model, load_profile
+
+TRTEXEC_HINT = "install TensorRT and put its bin/ folder (trtexec) on PATH"
+POLYGRAPHY_HINT = "pip install polygraphy tensorrt onnxruntime"
+TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "int8": 1e-1}
+
+
+def _dims(shape: tuple[int, ...], sep: str = "x") -> str:
+    return sep.join(str(d) for d in shape)
+
+
+def dynamic_inputs(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Real inputs and their dims (None where symbolic)."""
+    init = {t.name for t in model.graph.initializer}
+    out: dict[str, list[int | None]] = {}
+    for value in model.graph.input:
+        if value.name in init:
+            continue
+        out[value.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in value.type.tensor_type.shape.dim]
+    return out
+
+
+def build_ranges(model: onnx.ModelProto, options: BuildOptions) -> list[ShapeRange]:
+    """Ranges for the inputs TensorRT needs told about (those with symbolic dims).
+
+    ``batch_sizes`` widen a dynamic batch dimension to min..max of the sizes, the optimum
+    being the largest (TensorRT picks kernels for the opt shape; throughput matters most at
+    the largest batch).
+    """
+    inputs = dynamic_inputs(model)
+    given = {r.name: r for r in options.shape_ranges}
+    ranges: list[ShapeRange] = []
+    for name, dims in inputs.items():
+        if all(d is not None for d in dims):
+            continue  # static input: trtexec takes its shape from the graph
+        if name not in given:
+            raise SegcError(f"tensorrt needs a shape for input {name!r} (its dims are not all fixed): give --input-shape {name}:N,C,H,W or a range")
+        r = given[name]
+        if options.batch_sizes and dims and dims[0] is None:
+            lo, hi, opt = list(r.min), list(r.max), list(r.opt)
+            lo[0], hi[0], opt[0] = min(options.batch_sizes), max(options.batch_sizes), max(options.batch_sizes)
+            r = ShapeRange(r.name, tuple(lo), tuple(hi), tuple(opt))
+        ranges.append(r)
+    return ranges
+
+
+def shape_flags(ranges: list[ShapeRange]) -> list[str]:
+    """trtexec shape flags: ``--shapes`` when every range is a point, else a profile."""
+    if not ranges:
+        return []
+    if all(r.is_static for r in ranges):
+        return ["--shapes=" + ",".join(f"{r.name}:{_dims(r.min)}" for r in ranges)]
+    return [
+        "--minShapes=" + ",".join(f"{r.name}:{_dims(r.min)}" for r in ranges),
+        "--optShapes=" + ",".join(f"{r.name}:{_dims(r.opt)}" for r in ranges),
+        "--maxShapes=" + ",".join(f"{r.name}:{_dims(r.max)}" for r in ranges),
+    ]
+
+
+def precision_flags(options: BuildOptions) -> list[str]:
+    if options.precision == "fp32":
+        return []
+    if options.precision == "fp16":
+        return ["--fp16"]
+    if options.precision == "int8":
+        flags = ["--int8", "--fp16"]
+        cache = options.extra.get("calib_cache")
+        if cache:
+            flags.append(f"--calib={cache}")
+        return flags
+    raise SegcError(f"unknown precision {options.precision!r}; use fp32, fp16 or int8")
+
+
+def workspace_flags(options: BuildOptions) -> list[str]:
+    mb = options.extra.get("workspace_mb")
+    if mb is None:
+        return []
+    try:
+        value = int(mb)
+    except (TypeError, ValueError):
+        raise SegcError(f"workspace_mb must be a whole number of MiB, got {mb!r}") from None
+    if value <= 0:
+        raise SegcError(f"workspace_mb must be positive, got {value}")
+    return [f"--memPoolSize=workspace:{value}M"]
+
+
+def trtexec_argv(model: onnx.ModelProto, model_path: Path, outdir: Path, options: BuildOptions) -> tuple[str, ...]:
+    name = Path(model_path).name
+    stem = name[: -len(".onnx")] if name.endswith(".onnx") else name
+    return (
+        "trtexec",
+        f"--onnx={relative_name(Path(model_path), outdir)}",
+        f"--saveEngine={stem}.engine",
+        *precision_flags(options),
+        *shape_flags(build_ranges(model, options)),
+        *workspace_flags(options),
+    )
+
+
+def polygraphy_argv(model: onnx.ModelProto, model_path: Path, outdir: Path, options: BuildOptions) -> tuple[str, ...]:
+    """``polygraphy run M --trt --onnxrt`` at the build's shapes and precision."""
+    ranges = build_ranges(model, options)
+    argv: list[str] = ["polygraphy", "run", relative_name(Path(model_path), outdir), "--trt", "--onnxrt"]
+    if options.precision in ("fp16", "int8"):
+        argv.append("--fp16")
+    if options.precision == "int8":
+        argv.append("--int8")
+        if options.extra.get("calib_cache"):
+            argv += ["--calibration-cache", str(options.extra["calib_cache"])]
+    if ranges:
+        argv.append("--input-shapes")
+        argv += [f"{r.name}:[{_dims(r.opt, ',')}]" for r in ranges]
+        if not all(r.is_static for r in ranges):
+            for flag, pick in (("--trt-min-shapes", "min"), ("--trt-opt-shapes", "opt"), ("--trt-max-shapes", "max")):
+                argv.append(flag)
+                argv += [f"{r.name}:[{_dims(getattr(r, pick), ',')}]" for r in ranges]
+    mb = options.extra.get("workspace_mb")
+    if mb is not None:
+        argv += ["--pool-limit", f"workspace:{int(mb)}M"]
+    tol = TOLERANCE.get(options.precision, 1e-4)
+    argv += ["--atol", f"{tol:g}", "--rtol", f"{tol:g}"]
+    return tuple(argv)
+
+
+@register_target
+class TensorRTTarget(Target):
+    """NVIDIA GPUs through TensorRT's ONNX parser (trtexec)."""
+
+    name = "tensorrt"
+    description = "NVIDIA TensorRT: trtexec engine build and a polygraphy comparison with onnxruntime"
+    default_passes = ("simplify", "cleanup")
+
+    def check(self, model: onnx.ModelProto, options: BuildOptions) -> list[Violation]:
+        precision_flags(options)  # unknown precision: user error before anything is written
+        return check_model(model, load_profile(self.name), options)
+
+    def emit(self, model: onnx.ModelProto, model_path: Path, outdir: Path, options: BuildOptions) -> list[Artefact]:
+        outdir = Path(outdir)
+        notes = []
+        if options.precision == "int8" and not options.extra.get("calib_cache"):
+            notes.append("int8 without extra['calib_cache']: trtexec uses placeholder scales, so this engine is for timing only")
+        build = Step(trtexec_argv(model, Path(model_path), outdir, options), comment="build the engine (and time it)")
+        script = write_build_script(outdir, options, [Requirement("trtexec", TRTEXEC_HINT)], [build], title="TensorRT build", notes=notes)
+        compare = Step(polygraphy_argv(model, Path(model_path), outdir, options), comment="compare TensorRT with onnxruntime on the same random inputs")
+        compare_script = write_script(
+            outdir / "compare_tensorrt.sh",
+            options,
+            [Requirement("polygraphy", POLYGRAPHY_HINT)],
+            [compare],
+            title="TensorRT vs onnxruntime comparison",
+            notes=notes,
+        )
+        return [script, compare_script]

@@ -1,0 +1,68 @@
+"""convert_opset: down-conversion for vendor parsers, vendor ops kept, exact in onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from segc.errors import SegcError
+from segc.ortrun import run_model
+from segc.passbase import PassContext
+from segc.passes.convert_opset import ConvertOpset
+from segc.passes.rewrite_deform_conv import RewriteDeformConv
+
+
+def resize_model(opset: int = 19) -> onnx.ModelProto:
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1]),
+         helper.make_node("Resize", ["a", "", "scales"], ["y"], mode="linear")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])], [w, scales])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def test_converts_down_and_stays_exact() -> None:
+    model = resize_model()
+    out, result = ConvertOpset().apply(model, PassContext(options={"version": 16}))
+    assert result.changed and opset_of(out) == 16 and result.stats == {"from": 19, "to": 16}
+    x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(run_model(out, {"x": x})["y"], run_model(model, {"x": x})["y"], rtol=1e-6, atol=1e-6)
+    again, second = ConvertOpset().apply(out, PassContext(options={"version": 16}))
+    assert not second.changed and again is out
+
+
+def test_negative_cases() -> None:
+    model = resize_model(opset=16)
+    assert not ConvertOpset().apply(model, PassContext(options={"version": 16}))[1].changed
+    assert not ConvertOpset().apply(model, PassContext(options={"version": 18}))[1].changed  # only down by default
+    with pytest.raises(SegcError, match="needs option version"):
+        ConvertOpset().apply(model, PassContext())
+
+
+def test_impossible_conversion_is_one_clear_error() -> None:
+    g = helper.make_graph([helper.make_node("DeformConv", ["x", "w", "off"], ["y"])], "g",
+                          [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("x", "w", "off")],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)], ir_version=10)
+    with pytest.raises(SegcError, match="convert_opset: cannot convert the graph from opset 19 to 16"):
+        ConvertOpset().apply(model, PassContext(options={"version": 16}))
+
+
+def test_seed_model_dbnet_dcn_for_ascend(seed_onnx) -> None:
+    """The Ascend DCN path: DeformConv -> DeformableConv2D, then opset 19 -> 16 for ATC's parser."""
+    model = onnx.load(str(seed_onnx("dbnet_r50_dcn", shape=(1, 3, 128, 160))))
+    ascend, _ = RewriteDeformConv().apply(model, PassContext(options={"form": "ascend"}))
+    out, result = ConvertOpset().apply(ascend, PassContext(options={"version": 16}))
+    assert result.changed and opset_of(out) == 16
+    assert sum(n.op_type == "DeformableConv2D" for n in out.graph.node) == 13
+    x = np.random.default_rng(2).standard_normal((1, 3, 128, 160)).astype(np.float32)
+    np.testing.assert_allclose(run_model(out, {"input": x})["output"], run_model(model, {"input": x})["output"],
+                               rtol=1e-4, atol=1e-6)
