@@ -36,7 +36,7 @@ class ProgressInstrument(Instrument):
     def __init__(self, total: int) -> None:
         from rich.console import Console
 
-        self.console = Console(stderr=True, highlight=False)
+        self.console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 140)
         self.total = total
 
     def before_pass(self, record: PassRecord, model: onnx.ModelProto) -> None:
@@ -271,7 +271,7 @@ def _print_summary(report: dict[str, Any], result: PipelineResult, outdir: Path)
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 140)
     table = Table(*PASS_COLUMNS, title=f"segc compile -> {report['target']}")
     for row in pass_rows(report):
         table.add_row(*row)

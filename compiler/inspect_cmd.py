@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ from segc.verify_inputs import graph_inputs, input_dims
 def _console():
     from rich.console import Console
 
-    return Console(highlight=False)
+    # a pipe or CI log is not 80 columns wide; don't wrap tables and commands there
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 
 
 def run_passes(args: argparse.Namespace) -> int:
@@ -41,7 +43,14 @@ def run_passes(args: argparse.Namespace) -> int:
     table = Table("pass", "contract", "what it does", "options")
     for r in rows:
         table.add_row(r["name"], r["contract"], r["summary"], "\n".join(f"{k}: {v}" for k, v in r["options"].items()) or "-")
-    _console().print(table)
+    con = _console()
+    con.print(table)
+    import segc.selectors
+
+    # the selector grammar is the part of the syntax users need while choosing options
+    doc = segc.selectors.__doc__ or ""
+    start = doc.find("Syntax")
+    con.print(doc[start: doc.find("Resolution order")].rstrip() if start >= 0 else doc, markup=False)
     return 0
 
 
