@@ -175,7 +175,11 @@ def run_pipeline(model: onnx.ModelProto, specs: list[PassSpec], *, target: str |
         started = time.perf_counter()
         try:
             new_model, outcome = pass_obj.apply(result.model, ctx)
-            new_model = _write_metadata(new_model, ctx.metadata)
+            with_meta = _write_metadata(new_model, ctx.metadata)
+            if with_meta is not new_model and not outcome.changed:
+                # metadata is not a graph change (nothing to re-verify), but say it happened
+                outcome.notes.append(f"stored metadata: {', '.join(sorted(ctx.metadata))}")
+            new_model = with_meta
         except SegcError:
             raise
         except Exception as exc:  # noqa: BLE001 - a crashing pass is a pipeline failure, reported as such
