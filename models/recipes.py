@@ -1,0 +1,170 @@
+"""One recipe per seed model: the facts the five hand-made deployment guides encoded.
+
+Each guide (see /work/shared/seeds and REFERENCE.md) hard-wired a model's normalisation, its
+shapes and batch sizes, and the graph edits each vendor needed. segc keeps those facts here as
+plain data so that ``segc compile`` can use them on a machine without PyTorch: this module
+must import nothing heavier than ``segc.recipe`` (a test imports it with ``torch`` blocked).
+
+The exporter (segc.models.zoo) writes the recipe name into every exported model's metadata
+(``segc.recipe``), so a later ``segc compile`` picks the right recipe without being told.
+
+Selectors used below (see segc.selectors): ``Conv before output2`` is the nearest Conv
+upstream of tensor ``output2``, i.e. the OCR head's classifier. Pruning names the two
+classifier convolutions *structurally*, instead of the legacy exporter's numbered
+``Conv_1380:0`` and ``Conv_1453:0`` that the 3D_HRNet guide passed to ATC and that break with
+every re-export.
+"""
+
+from __future__ import annotations
+
+from segc.recipe import InputSpec, Recipe, TargetRecipe
+
+# --- normalisations --------------------------------------------------------------------------
+
+#: mmsegmentation's Cityscapes normalisation (ImageNet statistics in 0..255, RGB).
+MMSEG_RGB = dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), pixel_scale=255.0, channel_order="RGB")
+
+#: HRNet-Semantic-Segmentation: ImageNet statistics on pixels scaled to 0..1.
+HRNET_SEG_RGB = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), pixel_scale=1.0, channel_order="RGB")
+
+#: ADVENT / IntraDA DeepLabv2 (Caffe ResNet): BGR, mean subtraction only, 0..255.
+DEEPLAB_CAFFE_BGR = dict(
+    mean=(104.00698793, 116.66876762, 122.67891434), std=(1.0, 1.0, 1.0), pixel_scale=255.0, channel_order="BGR"
+)
+
+#: MhLiao/DB: subtract its RGB_MEAN and divide by 255.
+DB_RGB = dict(
+    mean=(122.67891434, 116.66876762, 104.00698793), std=(255.0, 255.0, 255.0), pixel_scale=255.0, channel_order="RGB"
+)
+
+# --- shared pass lists -----------------------------------------------------------------------
+
+#: The DB_Dynamic guide's edit (fold the nearest-upsample scale chains into constants) plus
+#: the dynamic range ATC and TensorRT were given.
+DB_SHAPE_RANGE = "input:1,3,640~4096,640~4096"
+DB_OPT_SHAPE = "input:1,3,1280,1280"
+_DB_PASSES = ("simplify", "fold_resize_scales", "set_shape_range", "cleanup")
+
+
+def _db_range_options() -> dict[str, dict[str, object]]:
+    """Fresh option dicts per target, so no two recipes share a mutable list."""
+    return {"set_shape_range": {"ranges": [DB_SHAPE_RANGE], "opt": [DB_OPT_SHAPE]}}
+
+
+#: Where in the DB pipelines the deformable-conv rewrite goes: after simplify (which must see
+#: the exporter's standard DeformConv) and before the shape-range work.
+_DB_DCN_PASSES = ("simplify", "rewrite_deform_conv", "fold_resize_scales", "set_shape_range", "cleanup")
+
+
+def _db_dcn_target(form: str, **extra: object) -> TargetRecipe:
+    """A DBNet-DCN target: the DB pipeline plus the deformable-conv rewrite in ``form``."""
+    options = _db_range_options() | {"rewrite_deform_conv": {"form": form}}
+    return TargetRecipe(passes=_DB_DCN_PASSES, options=options, extra=dict(extra))
+
+
+#: The 3D_HRNet guide cut the graph at the auxiliary and the OCR classifier convolutions.
+#: Each is named by the head output it feeds, which survives renumbering and any
+#: post-processing an exporter appends after the classifiers.
+HRNET_W48_CLASSIFIERS = ["Conv before output1", "Conv before output2"]
+
+# --- the recipes -----------------------------------------------------------------------------
+
+RECIPES: dict[str, Recipe] = {
+    "ocrnet_hrnetw18": Recipe(
+        name="ocrnet_hrnetw18",
+        description="OCRNet with an HRNetV2-W18 backbone (Cityscapes, 19 classes); argmax inside the graph",
+        inputs=(InputSpec("x", **MMSEG_RGB),),
+        output_names=("output",),
+        seed_shape=(1, 3, 1024, 2048),
+        batch_sizes=(1, 4, 8, 16),
+        spatial_multiple=32,
+        num_classes=19,
+        label_outputs=("output",),
+        targets={
+            # guide 000: ~14 chosen Resize nodes linear -> nearest (mIoU 80.67 -> 79.89)
+            "ascend": TargetRecipe(
+                passes=("simplify", "resize_to_nearest", "cleanup"),
+                options={"resize_to_nearest": {"preset": "hrnet_branches"}},
+            ),
+            # guide 001: graph_shape_mutable with dim_range batch 1..16
+            "magicmind": TargetRecipe(passes=("simplify", "cleanup"), extra={"batch_range": (1, 16)}),
+            # guide 000: trtexec --fp16 --workspace=15000
+            "tensorrt": TargetRecipe(
+                passes=("simplify", "cleanup"), extra={"precision": "fp16", "workspace_mb": 15000}
+            ),
+            "onnxruntime": TargetRecipe(),
+        },
+    ),
+    "hrnet_w48_ocr": Recipe(
+        name="hrnet_w48_ocr",
+        description="HRNetV2-W48 + OCR head (HRNet-Semantic-Segmentation, Cityscapes); aux and OCR logits at 1/4",
+        inputs=(InputSpec("image", **HRNET_SEG_RGB),),
+        output_names=("output1", "output2"),
+        seed_shape=(1, 3, 1024, 2048),
+        batch_sizes=(1, 4),  # the guide: memory limits the model to bs1 / bs4
+        spatial_multiple=32,
+        num_classes=19,
+        targets={
+            # guide 003: four Resize nodes to nearest, then ATC --out_nodes at the two classifiers
+            "ascend": TargetRecipe(
+                passes=("simplify", "resize_to_nearest", "prune_outputs", "cleanup"),
+                options={
+                    "resize_to_nearest": {"preset": "hrnet_branches"},
+                    "prune_outputs": {"outputs": list(HRNET_W48_CLASSIFIERS)},
+                },
+            ),
+            "tensorrt": TargetRecipe(passes=("simplify", "cleanup"), extra={"precision": "fp16"}),
+            "onnxruntime": TargetRecipe(),
+        },
+    ),
+    "deeplabv2_r101": Recipe(
+        name="deeplabv2_r101",
+        description="IntraDA DeepLabv2 (ResNet-101 + ASPP, stride 8, multi-level); two logit outputs",
+        inputs=(InputSpec("image", **DEEPLAB_CAFFE_BGR),),
+        output_names=("output1", "output2"),
+        seed_shape=(1, 3, 512, 1024),
+        batch_sizes=(1, 2, 4, 8, 16, 32, 64),
+        spatial_multiple=8,
+        num_classes=19,
+        targets={},  # guide 002 made no graph edit: every target runs its default pipeline
+    ),
+    "dbnet_r50": Recipe(
+        name="dbnet_r50",
+        description="DBNet text detector, ResNet-50 (plain convs), dynamic H and W; sigmoid probability map",
+        inputs=(InputSpec("input", **DB_RGB),),
+        output_names=("output",),
+        seed_shape=(1, 3, 640, 640),
+        batch_sizes=(1,),
+        shape_range=DB_SHAPE_RANGE,
+        opt_shape=DB_OPT_SHAPE,
+        spatial_multiple=32,
+        targets={
+            "ascend": TargetRecipe(passes=_DB_PASSES, options=_db_range_options()),
+            "tensorrt": TargetRecipe(passes=_DB_PASSES, options=_db_range_options(), extra={"precision": "fp16"}),
+            "magicmind": TargetRecipe(passes=_DB_PASSES, options=_db_range_options()),
+        },
+    ),
+    "dbnet_r50_dcn": Recipe(
+        name="dbnet_r50_dcn",
+        description="DBNet text detector, ResNet-50 with deformable conv v2 (stages 3-5), dynamic H and W",
+        inputs=(InputSpec("input", **DB_RGB),),
+        output_names=("output",),
+        seed_shape=(1, 3, 640, 640),
+        batch_sizes=(1,),
+        shape_range=DB_SHAPE_RANGE,
+        opt_shape=DB_OPT_SHAPE,
+        spatial_multiple=32,
+        targets={
+            # Ascend's DeformableConv2D (x/y/mask channel layout, data_format NCHW)
+            "ascend": _db_dcn_target("ascend"),
+            # TensorRT and onnxruntime take the standard ONNX DeformConv (opset 19)
+            "tensorrt": _db_dcn_target("onnx", precision="fp16"),
+            "onnxruntime": TargetRecipe(
+                passes=("simplify", "rewrite_deform_conv", "cleanup"),
+                options={"rewrite_deform_conv": {"form": "onnx"}},
+            ),
+            # MagicMind: no deformable op, so decompose into gather + matmul
+            "magicmind": _db_dcn_target("decomposed"),
+        },
+    ),
+}
