@@ -56,10 +56,18 @@ def _db_range_options() -> dict[str, dict[str, object]]:
 _DB_DCN_PASSES = ("simplify", "rewrite_deform_conv", "fold_resize_scales", "set_shape_range", "cleanup")
 
 
-def _db_dcn_target(form: str, **extra: object) -> TargetRecipe:
-    """A DBNet-DCN target: the DB pipeline plus the deformable-conv rewrite in ``form``."""
+def _db_dcn_target(form: str, *, opset: int | None = None, **extra: object) -> TargetRecipe:
+    """A DBNet-DCN target: the DB pipeline plus the deformable-conv rewrite in ``form``.
+
+    ``opset``: convert the graph down afterwards (ATC's parser registers DeformableConv2D for
+    opsets 9-16 only, while the exported DeformConv needs 19).
+    """
     options = _db_range_options() | {"rewrite_deform_conv": {"form": form}}
-    return TargetRecipe(passes=_DB_DCN_PASSES, options=options, extra=dict(extra))
+    passes = _DB_DCN_PASSES
+    if opset is not None:
+        passes = passes[:-1] + ("convert_opset",) + passes[-1:]
+        options["convert_opset"] = {"version": opset}
+    return TargetRecipe(passes=passes, options=options, extra=dict(extra))
 
 
 #: The 3D_HRNet guide cut the graph at the auxiliary and the OCR classifier convolutions.
@@ -83,8 +91,10 @@ RECIPES: dict[str, Recipe] = {
         targets={
             # guide 000: ~14 chosen Resize nodes linear -> nearest (mIoU 80.67 -> 79.89)
             "ascend": TargetRecipe(
-                passes=("simplify", "resize_to_nearest", "cleanup"),
+                # ATC wants constant Resize scales: fold the shape-computed ones first
+                passes=("simplify", "fold_resize_scales", "resize_to_nearest", "cleanup"),
                 options={"resize_to_nearest": {"preset": "hrnet_branches"}},
+                extra={"batch_sizes": (1, 4, 8, 16)},  # one .om per batch size, as the guide built
             ),
             # guide 001: graph_shape_mutable with dim_range batch 1..16
             "magicmind": TargetRecipe(passes=("simplify", "cleanup"), extra={"batch_range": (1, 16)}),
@@ -107,7 +117,7 @@ RECIPES: dict[str, Recipe] = {
         targets={
             # guide 003: four Resize nodes to nearest, then ATC --out_nodes at the two classifiers
             "ascend": TargetRecipe(
-                passes=("simplify", "resize_to_nearest", "prune_outputs", "cleanup"),
+                passes=("simplify", "fold_resize_scales", "resize_to_nearest", "prune_outputs", "cleanup"),
                 options={
                     "resize_to_nearest": {"preset": "hrnet_branches"},
                     "prune_outputs": {"outputs": list(HRNET_W48_CLASSIFIERS)},
@@ -126,7 +136,9 @@ RECIPES: dict[str, Recipe] = {
         batch_sizes=(1, 2, 4, 8, 16, 32, 64),
         spatial_multiple=8,
         num_classes=19,
-        targets={},  # guide 002 made no graph edit: every target runs its default pipeline
+        # guide 002 made no graph edit: every target runs its default pipeline; ATC got one
+        # static model per batch size (the export has a dynamic batch)
+        targets={"ascend": TargetRecipe(extra={"batch_sizes": (1, 2, 4, 8, 16, 32, 64)})},
     ),
     "dbnet_r50": Recipe(
         name="dbnet_r50",
@@ -156,7 +168,7 @@ RECIPES: dict[str, Recipe] = {
         spatial_multiple=32,
         targets={
             # Ascend's DeformableConv2D (x/y/mask channel layout, data_format NCHW)
-            "ascend": _db_dcn_target("ascend"),
+            "ascend": _db_dcn_target("ascend", opset=16),
             # TensorRT and onnxruntime take the standard ONNX DeformConv (opset 19)
             "tensorrt": _db_dcn_target("onnx", precision="fp16"),
             "onnxruntime": TargetRecipe(

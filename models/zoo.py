@@ -103,7 +103,10 @@ ZOO: dict[str, ZooEntry] = {
             default_opset=11,
             spatial_multiple=32,
             recipe="ocrnet_hrnetw18",
-            description="OCRNet + HRNetV2-W18, Cityscapes, label map (argmax in graph)",
+            description="OCRNet + HRNetV2-W18, Cityscapes, label map (argmax in graph), dynamic batch",
+            # the guide built one model per batch size (1, 4, 8, 16): a dynamic batch lets segc
+            # emit those builds from one verified graph
+            dynamic_by_default=True,
             has_logits_switch=True,
             bilinear=True,
         ),
@@ -233,6 +236,10 @@ def build(name: str, *, weights: str | Path | None = None, logits: bool = False,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = arch.build_model(**kwargs)
+        if state is None and kwargs.get("dcn"):
+            # random offsets, not DB's zero init: with zero offsets DCNv2 is a plain conv and no
+            # verifier could tell a wrong sampling layout from a right one
+            arch.perturb_offsets(model)
     if state is not None:
         apply_state_dict(model, state, source=weights)
     return model.eval()

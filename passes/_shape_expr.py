@@ -212,8 +212,11 @@ class ShapeAnalysis:
         elif not t.inputs:  # graph input
             s = self.input_dims.get(t.name)
             if s is None and t.shape is not None:
+                # a fixed input dim is a fact of this graph (it accepts nothing else), so it is a
+                # constant; named or unknown dims stay symbols
                 s = tuple(
-                    Poly.symbol(d) if isinstance(d, str) and d else Poly.symbol(f"{t.name}.{i}")
+                    Poly.const(d) if isinstance(d, int) and d > 0
+                    else Poly.symbol(d) if isinstance(d, str) and d else Poly.symbol(f"{t.name}.{i}")
                     for i, d in enumerate(t.shape)
                 )
         elif id(producer(t)) not in self._visited:

@@ -147,7 +147,15 @@ def is_identity_resize(node: gs.Node, opset: int, reference: gs.Tensor | None = 
         return True
     if isinstance(scales, gs.Constant) and scales.values.size and np.all(scales.values == 1):
         return True
-    return _static(data.shape) and _static(out.shape) and list(data.shape) == list(out.shape)
+    return _same_spatial_size(data.shape, out.shape)
+
+
+def _same_spatial_size(a: Any, b: Any) -> bool:
+    """Known, equal H and W (a dynamic batch dim does not make a Resize less of an identity)."""
+    if a is None or b is None or len(a) != len(b) or len(a) < 3:
+        return False
+    spatial = list(a[2:]) + list(b[2:])
+    return all(isinstance(d, int) and d > 0 for d in spatial) and list(a[2:]) == list(b[2:])
 
 
 def _size_reference(resizes: list[gs.Node], opset: int) -> gs.Tensor | None:
@@ -166,6 +174,25 @@ def _static(shape: Any) -> bool:
     return shape is not None and len(shape) > 0 and all(isinstance(d, int) and d > 0 for d in shape)
 
 
+def _without_full_resolution(resizes: list[gs.Node]) -> list[gs.Node]:
+    """Drop the Resize of the full-resolution branch when identity could not be proved.
+
+    After simplification of a dynamic-batch export the output sizes of mmseg's
+    ``resize_concat`` are unknown, but the input sizes are not: the branch with the strictly
+    largest H*W is the one every other branch is resized to, so its own Resize is a no-op.
+    """
+    areas = []
+    for node in resizes:
+        shape = node.inputs[0].shape
+        if shape is None or len(shape) < 4 or not all(isinstance(d, int) and d > 0 for d in shape[2:]):
+            return resizes
+        areas.append(int(np.prod(shape[2:])))
+    top = max(areas)
+    if areas.count(top) != 1:
+        return resizes
+    return [n for n, a in zip(resizes, areas) if a != top]
+
+
 def hrnet_branch_resizes(graph: gs.Graph) -> list[gs.Node]:
     """Upsampling Resizes feeding a Concat of >= 3 inputs of which all but one are such Resizes."""
     opset = graph.opset or 11
@@ -177,6 +204,8 @@ def hrnet_branch_resizes(graph: gs.Graph) -> list[gs.Node]:
         resizes = [s for s in sources if s is not None and _is_resize(s)]
         reference = _size_reference(resizes, opset)
         ups = [s for s in resizes if not is_identity_resize(s, opset, reference)]
+        if len(ups) == len(concat.inputs):
+            ups = _without_full_resolution(ups)
         if len(ups) == len(concat.inputs) - 1:
             found.extend(u for u in ups if all(u is not f for f in found))
     return found

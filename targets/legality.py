@@ -57,7 +57,6 @@ DEFORM_CONV_FORMS: dict[tuple[str, str], str] = {
 DEFORM_FIX = "rewrite_deform_conv"
 RESIZE_FOLD_FIX = "fold_resize_scales"
 RANGE_FIX = "set_shape_range"
-SIMPLIFY_FIX = "simplify"
 
 MODEL = "<model>"  # the ``node`` of a violation that concerns the whole model
 
@@ -383,9 +382,10 @@ def _check_resize(
         size_inputs = [t for t in node.input[1:] if t]
         computed = [t for t in size_inputs if t not in constants and _derives_from_shape(t, producers, constants)]
         if computed:
-            # For a shape range only a provably shape-independent fold is valid; for static
-            # shapes onnx-simplifier folds the whole shape computation to a constant.
-            fix = RESIZE_FOLD_FIX if ranged else SIMPLIFY_FIX
+            # fold_resize_scales folds what is provably constant over the shapes the graph takes:
+            # every shape of a range, or the one shape of a static input. (onnx-simplifier also
+            # folds static chains, but not when another dim, such as the batch, is dynamic.)
+            fix = RESIZE_FOLD_FIX
             when = "for a shape range" if ranged else "unless they are constants"
             found.append(
                 Violation(name, node.op_type, f"Resize scales/sizes computed at run time; {profile.vendor} cannot build that {when}", fixed_by=fix)

@@ -122,7 +122,7 @@ def test_shape_computed_scales_on_ranged_ascend_build(resize_model, options) -> 
 def test_shape_computed_scales_on_static_ascend_build(resize_model, options) -> None:
     """ATC wants constants even for static shapes; there onnx-simplifier folds the chain."""
     found = get_target("ascend").check(resize_model(shape_scales=True), options("x:1,3,64,64"))
-    assert _triples(found) == [("resize_up", "Resize", "simplify")]
+    assert _triples(found) == [("resize_up", "Resize", "fold_resize_scales")]
 
 
 def test_constant_scales_pass_everywhere(resize_model, options) -> None:
