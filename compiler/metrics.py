@@ -9,7 +9,7 @@ into overflow, and a comparison against garbage would pass or fail by accident.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,17 @@ class Tolerances:
     exact_agreement: float = 0.999  # exact: label maps may flip only at float-noise ties
     cosine: float = 0.99  # approximate: minimum cosine similarity
     agreement: float = 0.98  # approximate: minimum argmax label agreement
+    user_set: set[str] = field(default_factory=set, compare=False, repr=False)  # keys from --tolerance
+
+    def relaxed(self, defaults: dict[str, float], keep: set[str]) -> "Tolerances":
+        """These tolerances with a pass's own defaults applied, except the keys in ``keep``.
+
+        A pass whose rewrite reorders float arithmetic through many layers (a deformable conv
+        decomposed into GridSample + Conv) adds more rounding noise than a fold does; it may
+        say so, and the user's explicit ``--tolerance`` still wins.
+        """
+        changes = {k: v for k, v in defaults.items() if k not in keep and hasattr(self, k)}
+        return replace(self, **changes) if changes else self
 
     @classmethod
     def parse(cls, items: list[str]) -> "Tolerances":
@@ -47,10 +58,12 @@ class Tolerances:
                     values[key] = float(value)
                 except ValueError:
                     raise SegcError(f"malformed --tolerance {part!r}: {value!r} is not a number") from None
-        return cls(**values)
+        tol = cls(**values)
+        tol.user_set = set(values)
+        return tol
 
     def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "user_set"}
 
 
 @dataclass

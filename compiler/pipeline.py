@@ -120,6 +120,12 @@ def contract_of(pass_obj: GraphPass, options: dict[str, Any]) -> Contract:
     return contract_for(options) if callable(contract_for) else pass_obj.contract
 
 
+def tolerances_of(pass_obj: GraphPass, options: dict[str, Any]) -> dict[str, float]:
+    """A pass's own tolerance defaults (``tolerance_for(options)``), e.g. for noisier rewrites."""
+    tolerance_for = getattr(pass_obj, "tolerance_for", None)
+    return dict(tolerance_for(options) or {}) if callable(tolerance_for) else {}
+
+
 def combined_contract(contracts: list[Contract]) -> Contract:
     """How to judge several passes at once: approximate if any is, else exact."""
     return Contract.APPROXIMATE if Contract.APPROXIMATE in contracts else Contract.EXACT
@@ -195,7 +201,7 @@ def run_pipeline(model: onnx.ModelProto, specs: list[PassSpec], *, target: str |
         if verify == "each" and outcome.changed and verifier is not None and state is not None:
             t0 = time.perf_counter()
             after = verifier.new_state(new_model, f"after {spec.name}")
-            record.verdict = verifier.compare(state, after, Contract(record.contract))
+            record.verdict = verifier.compare(state, after, Contract(record.contract), tolerances_of(pass_obj, spec.options))
             record.verify_seconds = time.perf_counter() - t0
             record.status = "ok" if record.verdict.ok else "failed"
             if not record.verdict.ok:
@@ -217,7 +223,8 @@ def run_pipeline(model: onnx.ModelProto, specs: list[PassSpec], *, target: str |
             inst.after_pass(record, new_model)
 
     if verify == "end" and verifier is not None and reference is not None and len(history) > 1:
-        _verify_end(result, history, verifier, reference)
+        pass_tolerances = {r.index: tolerances_of(p, s.options) for r, p, s in zip(records, passes, specs)}
+        _verify_end(result, history, verifier, reference, pass_tolerances)
     return result
 
 
@@ -227,7 +234,8 @@ def _take(record: PassRecord, outcome: PassResult) -> None:
     record.notes.extend(outcome.notes)
 
 
-def _verify_end(result: PipelineResult, history: list[onnx.ModelProto], verifier: Verifier, reference: GraphState) -> None:
+def _verify_end(result: PipelineResult, history: list[onnx.ModelProto], verifier: Verifier, reference: GraphState,
+                pass_tolerances: dict[int, dict[str, float]]) -> None:
     """Judge the final graph against the input; on failure bisect to the first bad pass."""
     contracts = [Contract(r.contract) for r in result.records]
     changed_models = history  # history[i] is the model after the i-th *changing* pass
@@ -236,7 +244,11 @@ def _verify_end(result: PipelineResult, history: list[onnx.ModelProto], verifier
     def probe(k: int) -> Verdict:
         state = verifier.new_state(changed_models[k], f"after {changing[k - 1].name}")
         contract = combined_contract([Contract(r.contract) for r in changing[:k]])
-        verdict = verifier.compare(reference, state, contract)
+        loosest: dict[str, float] = {}
+        for r in changing[:k]:
+            for key, value in pass_tolerances.get(r.index, {}).items():
+                loosest[key] = max(loosest.get(key, value), value)
+        verdict = verifier.compare(reference, state, contract, loosest)
         result.bisect_probes.append({"passes": [r.name for r in changing[:k]], "ok": verdict.ok, "reasons": verdict.reasons[:3]})
         return verdict
 

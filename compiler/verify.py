@@ -120,8 +120,9 @@ class Verifier:
     def new_state(self, model: onnx.ModelProto, label: str) -> GraphState:
         return GraphState(model, label, self.config)
 
-    def compare(self, before: GraphState, after: GraphState, contract: Contract) -> Verdict:
-        """Judge ``after`` against ``before`` by ``contract``."""
+    def compare(self, before: GraphState, after: GraphState, contract: Contract,
+                pass_tolerances: dict[str, float] | None = None) -> Verdict:
+        """Judge ``after`` against ``before`` by ``contract`` (and a pass's own tolerance defaults)."""
         try:
             after.open()
         except Exception as exc:  # noqa: BLE001
@@ -147,7 +148,8 @@ class Verifier:
                     warnings.append(f"{name}: no such output before the pass, not compared")
                     continue
                 metrics.append(compare_output(name, feed.label, ref[name], cand[name]))
-        verdict = judge(contract, metrics, self.tolerances)
+        tolerances = self.tolerances.relaxed(pass_tolerances or {}, keep=self.tolerances.user_set)
+        verdict = judge(contract, metrics, tolerances)
         verdict.reasons = reasons + verdict.reasons
         verdict.warnings = warnings + verdict.warnings
         verdict.ok = not verdict.reasons

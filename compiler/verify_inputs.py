@@ -105,7 +105,9 @@ def _shapes_for_input(dims: list[int | str | None], rng: ShapeRange | None, reci
     second = list(base)
     for k, i in enumerate(i for i, d in enumerate(dims) if not isinstance(d, int) and i >= 2):
         second[i] = base[i] + multiple * (k + 1)
-    if tuple(second) != tuple(base):
+    if dims and not isinstance(dims[0], int):
+        second[0] = 2  # a dynamic batch is checked above 1 too: batched builds must be right
+    if tuple(second) != tuple(base) and _pixels(tuple(second)) <= budget:
         shapes.append(tuple(second))
     return shapes
 

@@ -65,6 +65,7 @@ __all__ = [
     "build_model",
     "inference_parameter_count",
     "perturb_offsets",
+    "calibrate_offsets",
     "upsample_nearest",
 ]
 
@@ -241,6 +242,39 @@ def perturb_offsets(model: nn.Module, std: float = 0.02, generator: torch.Genera
             conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator) * 0.5)
             changed += 1
     return changed
+
+
+@torch.no_grad()
+def calibrate_offsets(model: nn.Module, example: torch.Tensor, pixels: float = 0.5,
+                      generator: torch.Generator | None = None) -> int:
+    """Random offset convs whose offsets are about ``pixels`` pixels in *every* layer.
+
+    ``perturb_offsets`` uses one weight scale for all layers, and deep layers, whose inputs are
+    larger, then sample tens of pixels away: the random-weight network turns chaotic (its own
+    fp32 and fp64 outputs disagree), and no verifier can judge a rewrite of it. Here each
+    offset conv's weights are scaled, while one forward pass runs, by the RMS of the input it
+    actually sees. Returns the number of offset convs set.
+    """
+    handles = []
+    count = 0
+
+    def scale_to_input(conv: nn.Conv2d, inputs: tuple[torch.Tensor, ...]) -> None:
+        fan_in = conv.weight[0].numel()
+        rms = float(inputs[0].pow(2).mean().sqrt()) or 1.0
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * (pixels / (rms * fan_in ** 0.5)))
+        conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator) * pixels)
+
+    for m in model.modules():
+        conv = getattr(m, "conv2_offset", None)
+        if isinstance(conv, nn.Conv2d):
+            handles.append(conv.register_forward_pre_hook(scale_to_input))
+            count += 1
+    try:
+        model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return count
 
 
 def build_model(dcn: bool = False) -> DBNet:

@@ -51,9 +51,10 @@ def _db_range_options() -> dict[str, dict[str, object]]:
     return {"set_shape_range": {"ranges": [DB_SHAPE_RANGE], "opt": [DB_OPT_SHAPE]}}
 
 
-#: Where in the DB pipelines the deformable-conv rewrite goes: after simplify (which must see
-#: the exporter's standard DeformConv) and before the shape-range work.
-_DB_DCN_PASSES = ("simplify", "rewrite_deform_conv", "fold_resize_scales", "set_shape_range", "cleanup")
+#: Where in the DB pipelines the deformable-conv rewrite goes: after simplify and the scale
+#: folding (both reason about the standard DeformConv, whose shapes are known to ONNX) and
+#: before the shape-range work.
+_DB_DCN_PASSES = ("simplify", "fold_resize_scales", "rewrite_deform_conv", "set_shape_range", "cleanup")
 
 
 def _db_dcn_target(form: str, *, opset: int | None = None, **extra: object) -> TargetRecipe:

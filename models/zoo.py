@@ -239,7 +239,7 @@ def build(name: str, *, weights: str | Path | None = None, logits: bool = False,
         if state is None and kwargs.get("dcn"):
             # random offsets, not DB's zero init: with zero offsets DCNv2 is a plain conv and no
             # verifier could tell a wrong sampling layout from a right one
-            arch.perturb_offsets(model)
+            arch.calibrate_offsets(model, torch.randn(1, 3, 128, 128) * 0.25)
     if state is not None:
         apply_state_dict(model, state, source=weights)
     return model.eval()

@@ -193,6 +193,14 @@ class RewriteDeformConv(GraphPass):
         """target-only for vendor forms (onnxruntime runs them only after lowering), else exact."""
         return Contract.TARGET_ONLY if parse_form(options) in ("ascend", "mmcv") else Contract.EXACT
 
+    @classmethod
+    def tolerance_for(cls, options: dict[str, Any]) -> dict[str, float]:
+        """The decomposition samples with GridSample and sums taps in another order: exact in
+        arithmetic, but its rounding differs from DeformConv's in every one of DBNet's 13
+        layers, which adds up to ~1e-4 of the output's magnitude. Judged at rtol 1e-3 (a
+        wrong layout or sampling rule errs by orders of magnitude more)."""
+        return {"rtol": 1e-3} if parse_form(options) == "decomposed" else {}
+
     def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         """Upgrade the model's opset first when the target op needs it and a re-declaration won't do."""
         form = parse_form(ctx.options)

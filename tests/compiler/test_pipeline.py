@@ -210,3 +210,28 @@ def test_cli_exits_1_and_the_report_names_the_pass(tmp_path: Path, mode: str, ca
     assert report["ran_before_failure"] == ["test_add_identity"]
     assert "test_scale_weights" in (out / "report.md").read_text()
     assert "test_scale_weights" in capsys.readouterr().err
+
+
+class NoisyButDeclared(ScaleWeights):
+    """A pass that declares its own, looser exact tolerance (like a DCN decomposition)."""
+
+    name = "test_noisy_declared"
+
+    @classmethod
+    def tolerance_for(cls, options):
+        return {"rtol": 1e-2}
+
+
+def test_a_pass_may_declare_looser_exact_tolerance_but_the_user_wins() -> None:
+    from segc.metrics import Tolerances
+
+    register_pass(NoisyButDeclared)
+    try:
+        nudge = [PassSpec("test_noisy_declared", {"factor": 1.002})]
+        assert run_pipeline(conv_model(), [PassSpec("test_scale_weights", {"factor": 1.002})]).failed_pass
+        assert run_pipeline(conv_model(), nudge).ok
+        strict = Verifier(tolerances=Tolerances.parse(["rtol=1e-4"]))
+        assert run_pipeline(conv_model(), nudge, verifier=strict).failed_pass == "test_noisy_declared"
+        assert run_pipeline(conv_model(), nudge, verify="end").ok
+    finally:
+        unregister_pass("test_noisy_declared")

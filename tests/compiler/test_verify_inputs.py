@@ -42,8 +42,16 @@ def test_pixel_budget_drops_large_shapes_but_keeps_the_minimum() -> None:
 def test_dynamic_without_range_uses_the_recipe_within_budget() -> None:
     recipe = Recipe(name="r", description="", inputs=(InputSpec("x"),), output_names=("y",), seed_shape=(1, 3, 1024, 2048),
                     spatial_multiple=32)
-    shapes = [s["x"] for s in verification_shapes(model(["N", 3, "H", "W"]), {}, recipe, budget=600_000)]
-    assert shapes[0] == (1, 3, 512, 1024) and shapes[1] == (1, 3, 544, 1088)
+    shapes = [s["x"] for s in verification_shapes(model(["N", 3, "H", "W"]), {}, recipe, budget=1_300_000)]
+    # halved until within budget; the second shape also checks a batch above 1
+    assert shapes == [(1, 3, 512, 1024), (2, 3, 544, 1088)]
+    tight = [s["x"] for s in verification_shapes(model(["N", 3, "H", "W"]), {}, recipe, budget=600_000)]
+    assert tight == [(1, 3, 512, 1024)]  # the second shape would exceed the budget
+
+
+def test_dynamic_batch_is_checked_above_one() -> None:
+    shapes = [s["x"] for s in verification_shapes(model(["batch", 3, 64, 128]), {})]
+    assert shapes == [(1, 3, 64, 128), (2, 3, 64, 128)]
 
 
 def test_random_feeds_are_seeded_and_normalised() -> None:
