@@ -146,8 +146,8 @@ def _validate_inputs(model: onnx.ModelProto, ranges: dict[str, ShapeRange]) -> N
             raise SegcError(f"--input-shape {rng.atc()!r} has {len(rng.min)} dims; input {name!r} has {len(names[name])}")
 
 
-def _model_info(path: Path, model: onnx.ModelProto | None = None) -> dict[str, Any]:
-    info: dict[str, Any] = {"path": str(path), "sha256": file_sha256(path), "bytes": path.stat().st_size}
+def _model_info(path: Path, model: onnx.ModelProto | None = None, sha256: str | None = None) -> dict[str, Any]:
+    info: dict[str, Any] = {"path": str(path), "sha256": sha256 or file_sha256(path), "bytes": path.stat().st_size}
     if model is not None:
         info["nodes"] = len(model.graph.node)
     return info
@@ -228,7 +228,7 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
         "command_line": shlex.join(["segc", *argv]),
         "target": target.name,
         "recipe": recipe.name if recipe else None,
-        "input": _model_info(src, model),
+        "input": _model_info(src, model, input_hash),
         "tolerances": tolerances.to_dict(),
         "session_config": config.to_dict(),
         "verified_shapes": verifier.feed_labels if verifier else [],

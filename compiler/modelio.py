@@ -141,7 +141,8 @@ def save_model(model: onnx.ModelProto, path: str | Path, *, protect: list[str | 
             raise SegcError(f"{path}: refusing to write over the input model")
     path.parent.mkdir(parents=True, exist_ok=True)
     model = readable_ir(model)
-    large = not _fits_bytesize(model) or model.ByteSize() > PROTOBUF_LIMIT
+    # estimated from dims: protobuf's ByteSize walks every byte and costs seconds on big models
+    large = weight_bytes(model) > PROTOBUF_LIMIT
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         staged = staging / path.name
@@ -158,10 +159,22 @@ def save_model(model: onnx.ModelProto, path: str | Path, *, protect: list[str | 
     return path
 
 
-def _fits_bytesize(model: onnx.ModelProto) -> bool:
-    """ByteSize() itself overflows on >2 GiB messages in some protobuf builds."""
+def tensor_nbytes(t: onnx.TensorProto) -> int:
+    """Bytes of a tensor's data, from its dims and element type (no walk over the data)."""
+    count = 1
+    for d in t.dims:
+        count *= d
     try:
-        model.ByteSize()
-        return True
-    except Exception:  # noqa: BLE001 - any failure means "too large to serialise in one piece"
-        return False
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except (KeyError, TypeError, ValueError):  # strings and exotic types: measure the message
+        return t.ByteSize()
+    return count * itemsize
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of constant data: initializers and Constant nodes."""
+    total = sum(tensor_nbytes(t) for t in model.graph.initializer)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            total += sum(tensor_nbytes(a.t) for a in node.attribute if a.type == onnx.AttributeProto.TENSOR)
+    return total

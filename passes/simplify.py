@@ -23,6 +23,7 @@ from typing import Any
 
 import onnx
 
+from segc.modelio import tensor_nbytes, weight_bytes
 from segc.passbase import Contract, GraphPass, PassContext, PassResult, carry_model_fields, register_pass
 
 GROWTH_ALLOWANCE = 1.02  # folding may legitimately add a little (e.g. a folded shape constant)
@@ -46,7 +47,7 @@ class Simplify(GraphPass):
         if not ctx.option("fold_constants", True):
             attempts = [{"skip_constant_folding": True}]
         else:
-            biggest = max((t.ByteSize() for t in model.graph.initializer), default=0)
+            biggest = max((tensor_nbytes(t) for t in model.graph.initializer), default=0)
             attempts += [{"tensor_size_threshold": f"{max(biggest, 1024)}B"}, {"skip_constant_folding": True}]
         for kwargs in attempts:
             simplified = _run_onnxsim(model, kwargs, notes)
@@ -76,19 +77,6 @@ class Simplify(GraphPass):
         return (simplified if changed else model), PassResult(changed=changed, stats=stats, notes=notes)
 
 
-def weight_bytes(model: onnx.ModelProto) -> int:
-    """Bytes of constant data (initializers and Constant nodes): what folding can inflate.
-
-    The whole message size is the wrong measure: onnx-simplifier adds value_info for every
-    intermediate tensor, which is useful and small per tensor but not weight growth.
-    """
-    total = sum(t.ByteSize() for t in model.graph.initializer)
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            total += sum(a.t.ByteSize() for a in node.attribute if a.type == onnx.AttributeProto.TENSOR)
-    return total
-
-
 def _run_onnxsim(model: onnx.ModelProto, kwargs: dict[str, Any], notes: list[str]) -> onnx.ModelProto | None:
     import onnxsim
 
@@ -108,12 +96,17 @@ def _run_onnxsim(model: onnx.ModelProto, kwargs: dict[str, Any], notes: list[str
     return simplified
 
 
-def _structure(model: onnx.ModelProto) -> bytes:
-    """The graph without value_info: what 'changed' means (shape annotations alone are not a change)."""
-    graph = onnx.GraphProto()
-    graph.CopyFrom(model.graph)
-    del graph.value_info[:]
-    return graph.SerializeToString(deterministic=True)
+def _structure(model: onnx.ModelProto) -> tuple:
+    """What 'changed' means: nodes, graph I/O and weights; shape annotations alone are not a change.
+
+    Weights are compared by name, type, dims and bytes (a memcmp), not by serialising the whole
+    graph, which for a 300 MB model costs seconds.
+    """
+    g = model.graph
+    nodes = b"".join(n.SerializeToString(deterministic=True) for n in g.node)
+    io = tuple(v.SerializeToString(deterministic=True) for v in (*g.input, *g.output))
+    weights = tuple(sorted((t.name, t.data_type, tuple(t.dims), t.raw_data or t.SerializeToString()) for t in g.initializer))
+    return nodes, io, weights
 
 
 def _with_output_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
