@@ -277,7 +277,7 @@ def _deform_conv2d_torch(
     G == groups == 1, the DBNet case), the weight to [groups, O/groups, K*Cg] in the same
     (tap, channel) order, and one batched matmul gives [N, groups, L, O/groups].
     """
-    n, c = x.shape[0], x.shape[1]
+    n = x.shape[0]
     out_c, c_per_group, kh, kw = weight.shape
     taps = kh * kw
     out_h, out_w = offset.shape[2], offset.shape[3]

@@ -52,7 +52,6 @@ def _initializer_count(graph: gs.Graph) -> int:
 def _bypass_identities(graph: gs.Graph) -> int:
     """Point every consumer of an Identity's output at its input; keep ones that name a graph output."""
     outputs = set(id(t) for t in graph.outputs)
-    inputs = set(id(t) for t in graph.inputs)
     count = 0
     for node in graph.nodes:
         if node.op != "Identity" or len(node.inputs) != 1 or len(node.outputs) != 1:
