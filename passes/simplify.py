@@ -66,7 +66,7 @@ class Simplify(GraphPass):
             return model, PassResult(changed=False, stats={"skipped": True}, notes=notes)
 
         carry_model_fields(model, simplified)
-        changed = _structure(simplified) != _structure(model)
+        changed = not _same_structure(simplified, model)
         stats = {
             "nodes_before": len(model.graph.node),
             "nodes_after": len(simplified.graph.node),
@@ -96,17 +96,29 @@ def _run_onnxsim(model: onnx.ModelProto, kwargs: dict[str, Any], notes: list[str
     return simplified
 
 
-def _structure(model: onnx.ModelProto) -> tuple:
-    """What 'changed' means: nodes, graph I/O and weights; shape annotations alone are not a change.
+def _same_structure(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
+    """What 'unchanged' means: same nodes, graph I/O and weights; shape annotations don't count.
 
-    Weights are compared by name, type, dims and bytes (a memcmp), not by serialising the whole
-    graph, which for a 300 MB model costs seconds.
+    Weights are compared one tensor at a time by name, type, dims and bytes (a memcmp), so
+    neither a whole-graph serialisation (seconds on a 300 MB model) nor a second copy of
+    every weight is ever held.
     """
-    g = model.graph
-    nodes = b"".join(n.SerializeToString(deterministic=True) for n in g.node)
-    io = tuple(v.SerializeToString(deterministic=True) for v in (*g.input, *g.output))
-    weights = tuple(sorted((t.name, t.data_type, tuple(t.dims), t.raw_data or t.SerializeToString()) for t in g.initializer))
-    return nodes, io, weights
+    ga, gb = a.graph, b.graph
+    if len(ga.node) != len(gb.node) or len(ga.initializer) != len(gb.initializer):
+        return False
+    if any(x.SerializeToString(deterministic=True) != y.SerializeToString(deterministic=True)
+           for x, y in zip((*ga.node, *ga.input, *ga.output), (*gb.node, *gb.input, *gb.output))):
+        return False
+    if len(ga.input) != len(gb.input) or len(ga.output) != len(gb.output):
+        return False
+    other = {t.name: t for t in gb.initializer}
+    for t in ga.initializer:
+        u = other.get(t.name)
+        if u is None or u.data_type != t.data_type or list(u.dims) != list(t.dims):
+            return False
+        if (t.raw_data or t.SerializeToString()) != (u.raw_data or u.SerializeToString()):
+            return False
+    return True
 
 
 def _with_output_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
