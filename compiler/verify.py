@@ -21,7 +21,7 @@ from segc.modelio import readable_ir
 from segc.ortrun import SessionConfig, make_session, run_session
 from segc.passbase import Contract
 from segc.recipe import Recipe
-from segc.shapes import ShapeRange, ranges_from_metadata
+from segc.shapes import OPT_SHAPE_KEY, SHAPE_RANGE_KEY, ShapeRange, ranges_from_metadata
 from segc.verify_inputs import DEFAULT_PIXEL_BUDGET, Feed, load_user_feeds, random_feed, verification_shapes
 
 Outputs = dict[str, np.ndarray]
@@ -83,10 +83,18 @@ class Verifier:
 
     # -- inputs ---------------------------------------------------------------------------
     def _ranges_for(self, model: onnx.ModelProto) -> dict[str, ShapeRange]:
+        """Command line over model metadata over the recipe's range (the seed deployment's)."""
+        ranges = self._recipe_ranges()
         meta = {p.key: p.value for p in model.metadata_props}
-        ranges = {r.name: r for r in ranges_from_metadata(meta)}
-        ranges.update(self.ranges)  # the command line wins over what the model says
+        ranges.update({r.name: r for r in ranges_from_metadata(meta)})
+        ranges.update(self.ranges)
         return ranges
+
+    def _recipe_ranges(self) -> dict[str, ShapeRange]:
+        if self.recipe is None or not self.recipe.shape_range:
+            return {}
+        meta = {SHAPE_RANGE_KEY: self.recipe.shape_range, OPT_SHAPE_KEY: self.recipe.opt_shape or ""}
+        return {r.name: r for r in ranges_from_metadata(meta)}
 
     def feeds_for(self, model: onnx.ModelProto) -> list[Feed]:
         """The inputs this state is checked with; identical shapes give the identical Feed object."""

@@ -102,3 +102,18 @@ def test_user_npy_npz_and_images(tmp_path: Path) -> None:
         load_user_feeds(tmp_path / "empty", m, None, {"x": (1, 3, 8, 8)})
     with pytest.raises(SegcError, match="no such file"):
         load_user_feeds(tmp_path / "nope.npz", m, None, None)
+
+
+def test_verifier_uses_the_recipe_range_until_the_model_has_one() -> None:
+    from segc.shapes import SHAPE_RANGE_KEY
+    from segc.verify import Verifier
+
+    recipe = Recipe(name="r", description="", inputs=(InputSpec("x"),), output_names=("y",), seed_shape=(1, 3, 32, 32),
+                    shape_range="x:1,3,32~64,32~64", opt_shape="x:1,3,48,48", spatial_multiple=8)
+    dynamic = model(["N", 3, "H", "W"])
+    shapes = [f.arrays["x"].shape for f in Verifier(recipe=recipe).feeds_for(dynamic)]
+    assert shapes == [(1, 3, 32, 32), (1, 3, 48, 48), (1, 3, 40, 48)]  # min, opt, and an odd one
+    dynamic.metadata_props.add(key=SHAPE_RANGE_KEY, value="x:1,3,16~24,16~24")  # the model's own range wins
+    assert [f.arrays["x"].shape for f in Verifier(recipe=recipe).feeds_for(dynamic)][0] == (1, 3, 16, 16)
+    static = model([1, 3, 32, 32])  # a static model is checked at its shape, whatever the recipe says
+    assert [f.arrays["x"].shape for f in Verifier(recipe=recipe).feeds_for(static)] == [(1, 3, 32, 32)]
