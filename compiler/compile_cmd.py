@@ -262,7 +262,7 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
         "seconds": round(time.perf_counter() - started, 3),
     })
     report = build_report(result, **report_fields)
-    json_path, md_path = write_reports(outdir, report)
+    write_reports(outdir, report)
     _print_summary(report, result, outdir)
     return 0 if result.ok else 1
 

@@ -217,8 +217,8 @@ def run_pipeline(model: onnx.ModelProto, specs: list[PassSpec], *, target: str |
         else:
             record.status = "unverified" if verify == "none" else "ok"
         result.model = new_model
-        if verify == "end":
-            history.append(new_model)
+        if verify == "end" and outcome.changed:
+            history.append(new_model)  # history[k]: the model after the k-th *changing* pass
         for inst in instruments:
             inst.after_pass(record, new_model)
 
@@ -238,11 +238,10 @@ def _verify_end(result: PipelineResult, history: list[onnx.ModelProto], verifier
                 pass_tolerances: dict[int, dict[str, float]]) -> None:
     """Judge the final graph against the input; on failure bisect to the first bad pass."""
     contracts = [Contract(r.contract) for r in result.records]
-    changed_models = history  # history[i] is the model after the i-th *changing* pass
     changing = [r for r in result.records if r.changed]
 
     def probe(k: int) -> Verdict:
-        state = verifier.new_state(changed_models[k], f"after {changing[k - 1].name}")
+        state = verifier.new_state(history[k], f"after {changing[k - 1].name}")
         contract = combined_contract([Contract(r.contract) for r in changing[:k]])
         loosest: dict[str, float] = {}
         for r in changing[:k]:

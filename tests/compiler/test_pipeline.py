@@ -149,6 +149,18 @@ def test_end_mode_bisects_to_the_same_pass() -> None:
     assert all(p["ok"] for p in result.bisect_probes if "test_scale_weights" not in p["passes"])
 
 
+def test_end_mode_with_unchanged_passes_in_between() -> None:
+    """Unchanged passes must not shift which model a bisection probe judges."""
+    result = run_pipeline(conv_model(), specs("test_add_identity", "test_expose_relu", "cleanup", "cleanup",
+                                              "test_scale_weights"), verify="end")
+    assert [r.changed for r in result.records] == [True, True, True, False, True]
+    assert result.failed_pass == "test_scale_weights"
+    good = run_pipeline(conv_model(), specs("test_add_identity", "cleanup", "cleanup", "test_scale_weights"), verify="end")
+    assert good.failed_pass == "test_scale_weights" and not good.end_verdict.ok
+    final = run_pipeline(conv_model(), specs("test_scale_weights", "cleanup", "test_add_identity"), verify="end")
+    assert final.failed_pass == "test_scale_weights"
+
+
 def test_end_mode_passes_good_pipelines_with_one_comparison() -> None:
     SESSION_STATS.reset()
     result = run_pipeline(conv_model(), specs("test_add_identity", "cleanup"), verify="end")
