@@ -4,29 +4,51 @@ ATC writes a range as ``name:1,3,640~4096,640~4096`` (``-1`` for "anything"); Te
 min/opt/max triples. One ``ShapeRange`` per input holds all three, so every target and the
 verifier read the same numbers. ``set_shape_range`` stores ranges in the model's metadata
 under ``segc.shape_range`` (ATC syntax, ``;``-separated) and ``segc.opt_shape``.
+
+segc adds one thing to ATC's syntax: a ranged dim may end in ``/M`` (``640~4096/32``): the
+size is a multiple of M. No vendor tool has such a constraint, but a model's shape arithmetic
+does: with H a multiple of the total stride, every ``floor(H / 2^k)`` down the backbone is
+exact, so a Resize to another tensor's size becomes a provable constant ratio
+(``fold_resize_scales``). ``atc()`` keeps the ``/M`` (segc's own round trip: options,
+metadata, reports); ``vendor_atc()`` drops it for the ATC command line.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from segc.errors import SegcError
 
 SHAPE_RANGE_KEY = "segc.shape_range"
 OPT_SHAPE_KEY = "segc.opt_shape"
 
-_DIM = re.compile(r"^\s*(-?\d+)\s*(?:~\s*(\d+)\s*)?$")
+_DIM = re.compile(r"^\s*(-?\d+)\s*(?:~\s*(\d+)\s*)?(?:/\s*(\d+)\s*)?$")
 
 
 @dataclass(frozen=True)
 class ShapeRange:
-    """One input's shape: per dimension a (min, max) pair, plus the optimisation shape."""
+    """One input's shape: per dimension a (min, max) pair, plus the optimisation shape.
+
+    ``multiple`` (per dim, empty = all 1) says every size the build accepts on that dim is a
+    multiple of it; ``opt_given`` tells an optimum someone chose (``--opt-shape``, a recipe)
+    from the default (the minimum), so a target can pick a better one for itself.
+    """
 
     name: str
     min: tuple[int, ...]
     max: tuple[int, ...]
     opt: tuple[int, ...]
+    multiple: tuple[int, ...] = ()
+    opt_given: bool = False
+
+    def step(self, axis: int) -> int:
+        """The multiple sizes on ``axis`` must be (1 when unconstrained)."""
+        return self.multiple[axis] if axis < len(self.multiple) else 1
+
+    @property
+    def has_multiples(self) -> bool:
+        return any(m > 1 for m in self.multiple)
 
     @property
     def is_static(self) -> bool:
@@ -37,9 +59,26 @@ class ShapeRange:
         return tuple(i for i, (a, b) in enumerate(zip(self.min, self.max)) if a != b)
 
     def atc(self) -> str:
-        """``name:1,3,640~4096,640~4096`` (the newer ATC --input_shape spelling)."""
+        """``name:1,3,640~4096/32,640~4096/32``: ATC's spelling plus segc's ``/M`` multiples."""
+        dims = []
+        for i, (a, b) in enumerate(zip(self.min, self.max)):
+            text = str(a) if a == b else f"{a}~{b}"
+            dims.append(f"{text}/{self.step(i)}" if self.step(i) > 1 and a != b else text)
+        return f"{self.name}:{','.join(dims)}"
+
+    def vendor_atc(self) -> str:
+        """``name:1,3,640~4096,640~4096`` (the newer ATC --input_shape spelling, no ``/M``)."""
         dims = [str(a) if a == b else f"{a}~{b}" for a, b in zip(self.min, self.max)]
         return f"{self.name}:{','.join(dims)}"
+
+    def multiples_text(self) -> str:
+        """``"dims 2, 3 of input must be multiples of 32"`` for build scripts; "" without multiples."""
+        axes = [i for i in range(len(self.min)) if self.step(i) > 1 and self.min[i] != self.max[i]]
+        if not axes:
+            return ""
+        steps = sorted({self.step(i) for i in axes})
+        dims = ", ".join(str(i) for i in axes)
+        return f"dims {dims} of {self.name} must be multiples of {'/'.join(str(m) for m in steps)}"
 
     def with_opt(self, opt: tuple[int, ...]) -> "ShapeRange":
         if len(opt) != len(self.min):
@@ -47,7 +86,9 @@ class ShapeRange:
         for i, (lo, v, hi) in enumerate(zip(self.min, opt, self.max)):
             if not lo <= v <= hi:
                 raise SegcError(f"--opt-shape for {self.name!r}: dim {i} is {v}, outside the range {lo}~{hi}")
-        return ShapeRange(self.name, self.min, self.max, tuple(opt))
+            if v % self.step(i):
+                raise SegcError(f"--opt-shape for {self.name!r}: dim {i} is {v}, not a multiple of {self.step(i)} as the range says")
+        return replace(self, opt=tuple(opt), opt_given=True)
 
 
 def _split_name(text: str, what: str) -> tuple[str, str]:
@@ -66,18 +107,24 @@ def parse_shape_range(text: str) -> ShapeRange:
     name, dims_text = _split_name(text, "--input-shape")
     lo: list[int] = []
     hi: list[int] = []
+    mult: list[int] = []
     for part in dims_text.split(","):
         m = _DIM.match(part)
         if not m:
-            raise SegcError(f"malformed --input-shape {text!r}: {part!r} is not a size or a range like 640~4096")
+            raise SegcError(f"malformed --input-shape {text!r}: {part!r} is not a size, a range like 640~4096 or 640~4096/32")
         a = int(m.group(1))
         b = int(m.group(2)) if m.group(2) is not None else a
+        k = int(m.group(3)) if m.group(3) is not None else 1
         if a < 1 or b < a:
             raise SegcError(f"malformed --input-shape {text!r}: {part!r} must be positive with min <= max")
+        if k < 1 or a % k or b % k:
+            raise SegcError(f"malformed --input-shape {text!r}: in {part!r} both bounds must be multiples of {k}")
         lo.append(a)
         hi.append(b)
+        mult.append(k if a != b else 1)
     # the default optimisation shape is the minimum: cheap to verify, and what ATC would pick
-    return ShapeRange(name, tuple(lo), tuple(hi), tuple(lo))
+    multiple = tuple(mult) if any(k > 1 for k in mult) else ()
+    return ShapeRange(name, tuple(lo), tuple(hi), tuple(lo), multiple)
 
 
 def parse_static_shape(text: str, what: str = "--opt-shape") -> tuple[str, tuple[int, ...]]:

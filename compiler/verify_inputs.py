@@ -2,7 +2,8 @@
 
 Shapes. A static model is checked at its one shape. A dynamic one is checked at the minimum
 and optimum of its range and at one more shape inside it that is neither (so a graph that
-only works at "round" sizes is caught), all within a pixel budget: a 4096x4096 DBNet input
+only works at "round" sizes is caught; on a range's ``/M`` grid, an odd multiple of M, since
+sizes off the grid are outside what the build accepts), all within a pixel budget: a 4096x4096 DBNet input
 would take minutes per run on a CPU and prove no more than 672x704 does.
 
 Values. Seeded random images in the model's real value range: smooth pixel fields in
@@ -78,10 +79,19 @@ def _shapes_for_input(dims: list[int | str | None], rng: ShapeRange | None, reci
         shapes = [rng.min]
         if rng.opt != rng.min:
             shapes.append(rng.opt)
-        # one more shape: step past the minimum by different amounts in each dynamic axis
+        # one more shape: step past the minimum by different amounts in each dynamic axis; on a
+        # range's /M grid, an odd multiple of M (a size the grid allows but no power of two hits)
         other = list(rng.min)
         for k, axis in enumerate(a for a in rng.dynamic_axes if a >= 2):
-            other[axis] = min(rng.max[axis], rng.min[axis] + multiple * (k + 1))
+            step = rng.step(axis)
+            if step > 1:
+                q = rng.min[axis] // step + 1 + k
+                q += 1 - q % 2  # odd
+                while q * step > rng.max[axis] and q > 1:
+                    q -= 2
+                other[axis] = max(rng.min[axis], q * step)
+            else:
+                other[axis] = min(rng.max[axis], rng.min[axis] + multiple * (k + 1))
         if tuple(other) not in shapes:
             shapes.append(tuple(other))
         kept = [shapes[0]] + [s for s in shapes[1:] if _pixels(s) <= budget]

@@ -29,6 +29,14 @@ How (proof, not pattern matching)
       ``interpolate(low, size=high.shape[2:])`` with ``low = conv_stride2(high)`` does not
       (``H / (floor((H - 1) / 2) + 1)`` is not constant) and is reported in ``notes``.
 
+Under divisibility
+    A range ``x:1,3,64~2048/32,64~2048/32`` (stored by ``set_shape_range`` in the model's
+    metadata) says H, W are multiples of 32. The analysis then writes ``H = 32 * q``, every
+    ``floor(H / 2^k)`` with ``k <= 5`` is exact, and HRNet's / FPN's ``size=high.shape[2:]``
+    becomes the constant ratio it is at every admissible size. Without such a range, the note
+    for a Resize left over names the model's total stride (``total_stride``) and the exact
+    ``--input-shape`` text that would make it fold, but only after checking that it would.
+
 Before / after (opset 10, DBNet neck)::
 
         x ──┬──────────────────────────────────────────────┐
@@ -56,8 +64,55 @@ from fractions import Fraction
 import numpy as np
 import onnx_graphsurgeon as gs
 
+import onnx
+
 from segc.passbase import Contract, GraphPass, PassContext, PassResult, register_pass
-from segc.passes._shape_expr import ShapeAnalysis, const_array, float32_exact, is_empty, topo_nodes
+from segc.passes._sym_poly import Poly
+from segc.passes._shape_expr import (
+    ShapeAnalysis,
+    const_array,
+    float32_exact,
+    is_empty,
+    spatial_symbols,
+    topo_nodes,
+    total_stride,
+)
+from segc.shapes import ShapeRange, ranges_from_metadata
+
+
+def divisible_dims(graph: gs.Graph, ranges: list[ShapeRange]) -> dict[str, tuple[Poly, ...]]:
+    """``ShapeAnalysis`` input dims where a range says a dim is a multiple of M: ``M * q``."""
+    by_name = {r.name: r for r in ranges if r.has_multiples}
+    dims: dict[str, tuple[Poly, ...]] = {}
+    for t in graph.inputs:
+        r = by_name.get(t.name)
+        if r is None or t.shape is None or len(t.shape) != len(r.min):
+            continue
+        out = []
+        for i, d in enumerate(t.shape):
+            base = d if isinstance(d, str) and d else f"{t.name}.{i}"
+            if r.step(i) > 1:
+                out.append(Poly.symbol(f"{base}/{r.step(i)}") * r.step(i))
+            elif isinstance(d, int) and d > 0 and r.min[i] == r.max[i] == d:
+                out.append(Poly.const(d))
+            else:
+                out.append(Poly.symbol(base))
+        dims[t.name] = tuple(out)
+    return dims
+
+
+def suggest_range(r: ShapeRange, multiple: int) -> ShapeRange | None:
+    """``r`` with its ranged spatial dims on a ``multiple`` grid (bounds moved inwards)."""
+    lo, hi, mult = list(r.min), list(r.max), [r.step(i) for i in range(len(r.min))]
+    for i in range(2, len(lo)):
+        if lo[i] == hi[i]:
+            continue
+        a = -(-lo[i] // multiple) * multiple
+        b = (hi[i] // multiple) * multiple
+        if a > b:
+            return None
+        lo[i], hi[i], mult[i] = a, b, multiple
+    return ShapeRange(r.name, tuple(lo), tuple(hi), tuple(lo), tuple(mult))
 
 
 class _Decision:
@@ -88,32 +143,63 @@ class FoldResizeScales(GraphPass):
 
     name = "fold_resize_scales"
     contract = Contract.EXACT
-    summary = "replace shape-computed Resize scales/sizes by constants where provably identical for every input size"
+    summary = "replace shape-computed Resize scales/sizes by constants where provably identical for every input size (or every size on the range's /M grid)"
     options: dict[str, str] = {}
+
+    def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
+        # the range (with its /M multiples) lives in the model's metadata once set_shape_range ran
+        meta = {p.key: p.value for p in model.metadata_props}
+        self._ranges = ranges_from_metadata(meta)
+        return super().apply(model, ctx)
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         resizes = [n for n in topo_nodes(graph) if n.op in ("Resize", "Upsample") and (n.domain or "") in ("", "ai.onnx")]
         stats = {"resizes": len(resizes), "computed": 0, "folded": 0, "from_sizes": 0, "left": 0}
         if not resizes:
             return PassResult(changed=False, stats=stats)
-        analysis = ShapeAnalysis(graph).run()
+        ranges = list(getattr(self, "_ranges", []))
+        analysis = ShapeAnalysis(graph, divisible_dims(graph, ranges)).run()
         notes: list[str] = []
         decisions: list[tuple[gs.Node, _Decision]] = []
+        left: list[tuple[gs.Node, _Decision]] = []
         for node in resizes:
             decision = self._decide(node, analysis)
             if decision is None:
                 continue
             stats["computed"] += 1
             if decision.scales is None:
-                stats["left"] += 1
-                notes.append(f"left {node.op} {node.name!r}: {decision.reason}")
+                left.append((node, decision))
             else:
                 decisions.append((node, decision))
+        hint = self._stride_hint(graph, [n for n, _ in left], ranges) if left else ""
+        for node, decision in left:
+            stats["left"] += 1
+            notes.append(f"left {node.op} {node.name!r}: {decision.reason}{hint}")
         for node, decision in decisions:
             self._fold(graph, node, decision, analysis)
             stats["folded"] += 1
             stats["from_sizes"] += int(decision.from_sizes)
         return PassResult(changed=bool(decisions), stats=stats, notes=notes)
+
+    @classmethod
+    def _stride_hint(cls, graph: gs.Graph, nodes: list[gs.Node], ranges: list[ShapeRange]) -> str:
+        """"; with H, W multiples of 32 ... give --input-shape ..." when a stride grid makes
+        every one of ``nodes`` fold (checked, not assumed); "" otherwise."""
+        if any(r.has_multiples for r in ranges):
+            return ""  # the user gave multiples already: the grid does not help these
+        stride = total_stride(graph)
+        if stride is None or stride == 1:
+            return ""
+        dims, _ = spatial_symbols(graph, stride)
+        analysis = ShapeAnalysis(graph, dims).run()
+        if any((d := cls._decide(n, analysis)) is not None and d.scales is None for n in nodes):
+            return ""
+        ranged = [suggest_range(r, stride) for r in ranges if not r.is_static]
+        if ranged and all(r is not None for r in ranged):
+            shown = " ".join(f"--input-shape {r.atc()}" for r in ranged if r is not None)
+        else:
+            shown = f"--input-shape NAME:N,C,LO~HI/{stride},LO~HI/{stride}"
+        return f"; with H, W multiples of {stride} (the model's total stride) it folds exactly: give {shown}"
 
     # ------------------------------------------------------------------------------------------
     @staticmethod

@@ -141,10 +141,19 @@ def _plan(graph: gs.Graph, ranges: list[ShapeRange]) -> _Plan:
                     pname += "_"
             used_params[pname] = (lo, hi)
             dims.append(lo if lo == hi else pname)
-            syms.append(Poly.symbol(pname))
-            plan.traced[pname] = traced if traced is not None else opt
+            step = r.step(axis)
+            # a dim on a /M grid is analysed as M * q: strided sizes then divide exactly
+            sym = f"{pname}/{step}" if step > 1 else pname
+            syms.append(Poly.symbol(sym) * step)
+            at_trace = traced if traced is not None else opt
+            if at_trace % step:
+                raise SegcError(
+                    f"set_shape_range: input {r.name!r} was exported at {at_trace} on dim {axis}, "
+                    f"which is not a multiple of {step} as the range {r.atc()!r} says; export it at a multiple"
+                )
+            plan.traced[sym] = at_trace // step
             plan.static_origin |= traced is not None
-            lo_env[pname], hi_env[pname], opt_env[pname] = lo, hi, opt
+            lo_env[sym], hi_env[sym], opt_env[sym] = lo // step, hi // step, opt // step
             plan.dynamic_dims += int(lo != hi)
         plan.dims[r.name] = dims
         plan.symbols[r.name] = syms
@@ -494,6 +503,28 @@ class _Fixer:
         self._fix_pool(node, "GlobalMaxPool")
 
 
+def _fold_on_grid(graph: gs.Graph, analysis: ShapeAnalysis, ranges: list[ShapeRange], notes: list[str]) -> int:
+    """Fold the Resizes whose computed sizes the ``/M`` grid makes provable ratios.
+
+    The analysis ran with every gridded dim as ``M * q``, so ``fold_resize_scales``'s own
+    proof applies unchanged; doing it here means a range with multiples is enough for an
+    FPN's ``size=f.shape[2:]`` to become constant scales, whatever the pass order.
+    """
+    from segc.passes.fold_resize_scales import FoldResizeScales
+
+    grid = "; ".join(r.multiples_text() for r in ranges if r.has_multiples)
+    folded = 0
+    for node in [n for n in graph.nodes if n.op in ("Resize", "Upsample") and (n.domain or "") in ("", "ai.onnx")]:
+        decision = FoldResizeScales._decide(node, analysis)
+        if decision is None or decision.scales is None:
+            continue
+        FoldResizeScales._fold(graph, node, decision, analysis)
+        folded += 1
+        notes.append(f"{node.op} {node.name!r}: computed {'sizes' if decision.from_sizes else 'scales'} -> scales "
+                     f"{[str(k) for k in decision.scales]} (exact because {grid})")
+    return folded
+
+
 def _suspects(node: gs.Node, limit: int = 400) -> list[gs.Node]:
     """Nearest upstream nodes with a constant shape-like input: where a traced size may live."""
     found: list[gs.Node] = []
@@ -525,7 +556,7 @@ class SetShapeRange(GraphPass):
     contract = Contract.EXACT
     summary = "make input dims dynamic over an ATC-style range; fix sizes baked in at export or name the node that bakes them"
     options = {
-        "ranges": "list of NAME:1,3,640~4096,640~4096 (ATC syntax), one per input to change",
+        "ranges": "list of NAME:1,3,640~4096,640~4096 (ATC syntax; 640~4096/32: multiples of 32 only), one per input to change",
         "opt": "list of NAME:1,3,1280,1280 optimisation shapes (default: each range's minimum)",
     }
 
@@ -535,7 +566,8 @@ class SetShapeRange(GraphPass):
             return PassResult(changed=False, notes=["no ranges given: nothing to do"])
         plan = _plan(graph, ranges)
         ctx.metadata[SHAPE_RANGE_KEY] = format_ranges(ranges)
-        ctx.metadata[OPT_SHAPE_KEY] = ";".join(f"{r.name}:{','.join(str(d) for d in r.opt)}" for r in ranges)
+        # only chosen optima are stored: a default one (the minimum) lets each target pick its own
+        ctx.metadata[OPT_SHAPE_KEY] = ";".join(f"{r.name}:{','.join(str(d) for d in r.opt)}" for r in ranges if r.opt_given)
 
         def hint(t: gs.Tensor, axis: int) -> int | None:
             shape = t.shape
@@ -566,6 +598,8 @@ class SetShapeRange(GraphPass):
             else:
                 hint_text = "; both sizes follow the input, so the model itself cannot run there: pick range bounds it supports (e.g. multiples of its total stride)"
             raise SegcError(f"set_shape_range: the graph does not follow {range_text}: {err}{hint_text}") from None
+        if any(r.has_multiples for r in ranges):
+            fixer.counts["resizes_folded"] = _fold_on_grid(graph, analysis, ranges, fixer.notes)
         fixes = sum(fixer.counts.values())
         stats: dict[str, Any] = {"inputs_changed": len(plan.changed_inputs), "dynamic_dims": plan.dynamic_dims, **fixer.counts}
         if not plan.changed_inputs and not fixes:
@@ -579,7 +613,12 @@ class SetShapeRange(GraphPass):
         for t in graph.inputs:
             if t.name in plan.dims:
                 t.shape = list(plan.dims[t.name])
-        names = {str(p) for syms in plan.symbols.values() for p in syms if not p.is_const()}
+        # the analysed symbol of each input dim (``32*x_height/32`` on a grid) -> its dim_param
+        names = {str(p): str(p) for syms in plan.symbols.values() for p in syms if not p.is_const()}
+        for name, syms in plan.symbols.items():
+            for p, d in zip(syms, plan.dims.get(name, [])):
+                if not p.is_const() and isinstance(d, str):
+                    names[str(p)] = d
         io = {id(t) for t in graph.inputs} | {id(t) for t in graph.outputs}
         for t in graph.tensors().values():
             if isinstance(t, gs.Variable) and id(t) not in io and t.shape is not None:
@@ -593,5 +632,5 @@ class SetShapeRange(GraphPass):
             out: list[int | str | None] = []
             for d in dims:
                 v = as_int(d)
-                out.append(v if v is not None else (str(d) if str(d) in names else None))
+                out.append(v if v is not None else names.get(str(d)))
             t.shape = out

@@ -1,0 +1,134 @@
+"""Resizes to another tensor's size under a ``/M`` range: parse, stride, fold, verify.
+
+The model is a tiny FPN (``F.interpolate(p, size=f.shape[2:])`` at four levels, total stride
+32) exported by torch's legacy exporter with dynamic H, W: the shape chains are the real ones.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+from onnx import TensorProto, helper
+
+from segc.errors import SegcError
+from segc.ortrun import run_model
+from segc.passbase import PassContext, get_pass, load_builtin_passes
+from segc.passes._shape_expr import total_stride
+from segc.shapes import SHAPE_RANGE_KEY, parse_shape_range, ranges_from_metadata
+
+sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib adds no test folders
+from resize_heads import TinyFPN, export  # noqa: E402
+
+load_builtin_passes()
+
+
+@pytest.fixture(scope="module")
+def fpn(tmp_path_factory: pytest.TempPathFactory) -> onnx.ModelProto:
+    path = export(TinyFPN(), tmp_path_factory.mktemp("fpn") / "fpn.onnx", (1, 3, 64, 64))
+    return onnx.load(path)
+
+
+def _computed_resizes(model: onnx.ModelProto) -> int:
+    consts = {t.name for t in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return sum(1 for n in model.graph.node if n.op_type == "Resize" and any(i and i not in consts for i in n.input[1:]))
+
+
+def _same(a: onnx.ModelProto, b: onnx.ModelProto, h: int, w: int) -> None:
+    x = np.random.default_rng(h * w).standard_normal((1, 3, h, w)).astype(np.float32)
+    ra, rb = run_model(a, {"x": x}), run_model(b, {"x": x})
+    for k in ra:
+        np.testing.assert_allclose(ra[k], rb[k], rtol=1e-5, atol=1e-5)
+
+
+# -- syntax ------------------------------------------------------------------------------------
+def test_multiple_syntax_round_trips() -> None:
+    r = parse_shape_range("x:1,3,512~2048/32,640~4096/32")
+    assert r.multiple == (1, 1, 32, 32) and r.step(2) == 32 and r.step(0) == 1
+    assert r.atc() == "x:1,3,512~2048/32,640~4096/32"
+    assert r.vendor_atc() == "x:1,3,512~2048,640~4096"
+    assert parse_shape_range(r.atc()) == r
+    (back,) = ranges_from_metadata({SHAPE_RANGE_KEY: r.atc()})
+    assert back.multiple == r.multiple
+    assert "multiples of 32" in r.multiples_text()
+    assert parse_shape_range("x:1,3,64,64").multiple == ()
+
+
+@pytest.mark.parametrize("text", ["x:1,3,500~2048/32,64", "x:1,3,512~2050/32,64", "x:1,3,64~128/0,64"])
+def test_multiple_bounds_must_be_on_the_grid(text: str) -> None:
+    with pytest.raises(SegcError, match="multiple|malformed"):
+        parse_shape_range(text)
+
+
+def test_opt_must_be_on_the_grid() -> None:
+    r = parse_shape_range("x:1,3,64~256/32,64~256/32")
+    with pytest.raises(SegcError, match="multiple of 32"):
+        r.with_opt((1, 3, 100, 128))
+    assert r.with_opt((1, 3, 128, 128)).opt_given
+
+
+# -- total stride ------------------------------------------------------------------------------
+def test_total_stride_of_the_fpn_is_32(fpn: onnx.ModelProto) -> None:
+    assert total_stride(gs.import_onnx(fpn)) == 32
+
+
+def test_total_stride_of_a_stride_free_graph_is_1() -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "h", "w"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    assert total_stride(gs.import_onnx(model)) == 1
+
+
+# -- folding under the grid ---------------------------------------------------------------------
+def test_set_shape_range_with_multiples_folds_size_to_tensor_resizes(fpn: onnx.ModelProto) -> None:
+    assert _computed_resizes(fpn) == 4
+    ctx = PassContext(options={"ranges": ["x:1,3,64~256/32,64~256/32"]})
+    out, res = get_pass("set_shape_range")().apply(fpn, ctx)
+    assert res.stats["resizes_folded"] == 4 and _computed_resizes(out) == 0
+    assert all("multiples of 32" in n for n in res.notes if "->" in n and "Resize" in n)
+    assert ctx.metadata[SHAPE_RANGE_KEY] == "x:1,3,64~256/32,64~256/32"
+    # equivalent at the grid's min, at odd multiples (3*32, 5*32) and at the max
+    for h, w in ((64, 64), (96, 160), (256, 224)):
+        _same(fpn, out, h, w)
+
+
+def test_without_multiples_nothing_folds_and_the_note_offers_the_grid(fpn: onnx.ModelProto) -> None:
+    out, res = get_pass("set_shape_range")().apply(fpn, PassContext(options={"ranges": ["x:1,3,64~256,64~256"]}))
+    assert "resizes_folded" not in res.stats and _computed_resizes(out) == 4
+    _, fold = get_pass("fold_resize_scales")().apply(fpn, PassContext())
+    assert fold.stats["left"] == 4
+    assert all("multiples of 32" in n and "/32" in n for n in fold.notes)
+
+
+def test_fold_resize_scales_reads_the_grid_from_the_metadata(fpn: onnx.ModelProto) -> None:
+    model = onnx.ModelProto()
+    model.CopyFrom(fpn)
+    model.metadata_props.add(key=SHAPE_RANGE_KEY, value="x:1,3,64~256/32,64~256/32")
+    out, res = get_pass("fold_resize_scales")().apply(model, PassContext())
+    assert res.stats["folded"] == 4 and res.stats["from_sizes"] == 4 and _computed_resizes(out) == 0
+    for h, w in ((64, 96), (160, 96)):
+        _same(fpn, out, h, w)
+
+
+def test_fold_note_gives_the_exact_range_when_one_is_stored(fpn: onnx.ModelProto) -> None:
+    model = onnx.ModelProto()
+    model.CopyFrom(fpn)
+    model.metadata_props.add(key=SHAPE_RANGE_KEY, value="x:1,3,70~250,64~256")
+    _, res = get_pass("fold_resize_scales")().apply(model, PassContext())
+    assert res.stats["left"] == 4
+    assert "--input-shape x:1,3,96~224/32,64~256/32" in res.notes[0]
+
+
+def test_a_traced_size_off_the_grid_is_an_error(tmp_path: Path) -> None:
+    path = export(TinyFPN(), tmp_path / "odd.onnx", (1, 3, 80, 80))
+    model = onnx.load(path)
+    for d in model.graph.input[0].type.tensor_type.shape.dim[2:]:
+        d.Clear()
+        d.dim_value = 80  # as if exported static at 80x80
+    with pytest.raises(SegcError, match="not a multiple of 32"):
+        get_pass("set_shape_range")().apply(model, PassContext(options={"ranges": ["x:1,3,64~256/32,64~256/32"]}))
