@@ -14,12 +14,31 @@ What the seed pipelines did by hand, and what this module decides for them:
   float inputs under ``must_keep_origin_dtype``); int8 is refused: ATC does not quantise,
   AMCT does;
 * ``--out_nodes="Conv_1380:0;..."`` when outputs were chosen but not pruned (3D_HRNet), mapped
-  from tensor names to the *current* node names, never typed by hand.
+  from tensor names to the *current* node names, never typed by hand;
+* how a shape range is built (``choose_route``): as one ranged ``.om`` when every Resize has
+  constant parameters (folded by ``fold_resize_scales``, on a ``/M`` grid if the range has one:
+  the build script then says that H, W must be multiples of M, which ATC itself cannot
+  express); otherwise as *gears*. ATC wants Resize scales/sizes constant, and a Resize to
+  another tensor's size (FPN, UPerNet, HRNet heads) has a constant ratio only when the sizes
+  divide exactly. A gear is a static shape, so ATC folds each gear's sizes itself:
+  ``--input_shape=x:1,3,-1,-1 --dynamic_image_size="512,512;1024,1024"`` (H, W vary),
+  ``--dynamic_batch_size="1,2,4"`` (the batch varies), or ``--dynamic_dims`` with
+  ``--input_format=ND`` for anything else; 2 to 100 gears each (CANN ATC guide:
+  https://www.hiascend.com/document/detail/en/canncommercial/850/devaids/atctool/atlasatcparam_16_0019.html
+  for --dynamic_image_size,
+  https://www.hiascend.com/document/detail/en/canncommercial/800/devaids/atc/atlasatcparam_16_0020.html
+  for --dynamic_dims, which also names the three as mutually exclusive). segc picks up to 4
+  sizes per varying dim on the model's stride grid (min, max, the chosen optimum, geometric
+  steps between), and the report says which route was taken and why.
 """
 
 from __future__ import annotations
 
+import enum
+import itertools
+import math
 import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import onnx
@@ -28,7 +47,9 @@ from segc.errors import SegcError
 from segc.shapes import ShapeRange
 from segc.targets.base import Artefact, BuildOptions, Target, Violation, register_target
 from segc.targets.buildscript import Requirement, Step, relative_name, write_build_script
-from segc.targets.legality import MODEL, check_model, load_profile
+from segc.targets.legality import MODEL, RESIZE_FOLD_FIX, check_model, load_profile
+
+BROADCAST_FIX = "resize_broadcast"
 
 # --soc_version values ATC accepts (CANN docs: "Ascend310", "Ascend310P*", "Ascend910*",
 # "Ascend310B*"; the full names as torch_npu's socVersionMap lists them).
@@ -121,14 +142,14 @@ def with_batch(ranges: list[ShapeRange], batch: int) -> list[ShapeRange]:
     for r in ranges:
         lo, hi, opt = list(r.min), list(r.max), list(r.opt)
         lo[0] = hi[0] = opt[0] = batch
-        out.append(ShapeRange(r.name, tuple(lo), tuple(hi), tuple(opt)))
+        out.append(replace(r, min=tuple(lo), max=tuple(hi), opt=tuple(opt)))
     return out
 
 
 def shape_flag(ranges: list[ShapeRange], cann: tuple[int, int]) -> str:
     """``--input_shape=...`` (static, or a range on CANN >= 6.3) or ``--input_shape_range=...``."""
     if all(r.is_static for r in ranges) or cann >= RANGE_IN_INPUT_SHAPE_SINCE:
-        return "--input_shape=" + ";".join(r.atc() for r in ranges)
+        return "--input_shape=" + ";".join(r.vendor_atc() for r in ranges)
     parts = []
     for r in ranges:
         dims = [str(a) if a == b else f"{a}~{b}" for a, b in zip(r.min, r.max)]
@@ -156,6 +177,175 @@ def out_nodes(model: onnx.ModelProto, outputs: list[str]) -> str:
     return ";".join(parts)
 
 
+class RouteKind(str, enum.Enum):
+    """How a build covers its input shapes."""
+
+    STATIC = "static"  # one shape per build (per batch size)
+    RANGE = "range"  # one ranged .om: every Resize parameter is a constant
+    GEARS = "gears"  # static gears: some Resize takes its sizes from shapes at run time
+
+
+@dataclass(frozen=True)
+class ShapeRoute:
+    """The route and, for the report, why (with the Resizes that forced gears)."""
+
+    kind: RouteKind
+    reason: str
+    resizes: tuple[str, ...] = ()  # gears: the Resizes no pass can make constant
+    broadcasts: tuple[str, ...] = ()  # Resizes of a 1x1 map, fixed by resize_broadcast
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}: {self.reason}"
+
+
+def runtime_resizes(violations: list[Violation]) -> list[Violation]:
+    """The violations that say a Resize's scales/sizes are computed at run time."""
+    return [v for v in violations if v.op in ("Resize", "Upsample") and v.fixed_by == RESIZE_FOLD_FIX]
+
+
+def choose_route(model: onnx.ModelProto, options: BuildOptions, violations: list[Violation] | None = None,
+                 explain: bool = False) -> ShapeRoute:
+    """Ranged ``.om`` when every Resize is constant, else gears (see the module docstring).
+
+    ``explain`` adds, for gears, whether a stride grid would have made the ranged build
+    possible (an analysis of the whole graph, so only when the report is written)."""
+    ranges = input_ranges(model, options)
+    if all(r.is_static for r in ranges):
+        return ShapeRoute(RouteKind.STATIC, "every input has one shape per build")
+    found = runtime_resizes(check_model(model, load_profile("ascend"), options) if violations is None else violations)
+    shown = ";".join(r.atc() for r in ranges if not r.is_static)
+    unprovable, broadcasts = _classify(model, ranges, found) if found else ([], [])
+    if not unprovable:
+        grid = "; ".join(r.multiples_text() for r in ranges if r.has_multiples)
+        what = "every Resize has constant parameters" if not found else "every run-time Resize can be made constant (its violation names the pass)"
+        return ShapeRoute(RouteKind.RANGE, f"{what} over {shown}" + (f" ({grid})" if grid else ""), broadcasts=tuple(broadcasts))
+    names = tuple(v.node for v in unprovable)
+    listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    reason = (f"Resize {listed} take their sizes from tensor shapes at run time, not provably constant over {shown}; "
+              "ATC needs them constant and folds them itself on each static gear")
+    if explain:
+        reason += _grid_hint(model, ranges)
+    return ShapeRoute(RouteKind.GEARS, reason, names)
+
+
+def _classify(model: onnx.ModelProto, ranges: list[ShapeRange], found: list[Violation]) -> tuple[list[Violation], list[str]]:
+    """Split the run-time Resize violations: those no pass can make constant over ``ranges``
+    (not ``fold_resize_scales``, whose proof fails, on the range's grid if it has one; not
+    ``resize_broadcast``, the input is not 1x1), and the names of 1x1 broadcasts, whose
+    violation must name ``resize_broadcast``: an error never names a fix that has said it
+    cannot apply. The rest fold with ``fold_resize_scales``, which their violation names."""
+    import onnx_graphsurgeon as gs
+
+    from segc.passes._shape_expr import ShapeAnalysis
+    from segc.passes.fold_resize_scales import FoldResizeScales, divisible_dims
+    from segc.passes.resize_broadcast import ResizeBroadcast
+
+    graph = gs.import_onnx(model)
+    by_name = {(n.name or (f"<{n.outputs[0].name}>" if n.outputs else "")): n for n in graph.nodes}
+    analysis = ShapeAnalysis(graph, divisible_dims(graph, ranges)).run()
+    left: list[Violation] = []
+    broadcasts: list[str] = []
+    for v in found:
+        node = by_name.get(v.node)
+        if node is None:
+            left.append(v)
+            continue
+        decision = FoldResizeScales._decide(node, analysis)
+        if decision is not None and decision.scales is not None:
+            continue
+        if ResizeBroadcast._target_shape(node, analysis) is not None:
+            broadcasts.append(v.node)
+            continue
+        left.append(v)
+    return left, broadcasts
+
+
+def _grid_hint(model: onnx.ModelProto, ranges: list[ShapeRange]) -> str:
+    import onnx_graphsurgeon as gs
+
+    from segc.passes.fold_resize_scales import FoldResizeScales
+
+    graph = gs.import_onnx(model)
+    nodes = [n for n in graph.nodes if n.op in ("Resize", "Upsample")]
+    return FoldResizeScales._stride_hint(graph, nodes, ranges).replace("it folds", "they fold").replace(
+        "give --input-shape", "for one ranged build instead, give --input-shape")
+
+
+MAX_GEARS = 100  # ATC: "(1, 100]" gears
+GEARS_PER_DIM = 4  # "three to four profiles are recommended" (same pages)
+
+
+def _grid(model: onnx.ModelProto) -> int:
+    """The spatial grid for gears: the model's total stride (32 when it has none to find)."""
+    import onnx_graphsurgeon as gs
+
+    from segc.passes._shape_expr import total_stride
+
+    stride = total_stride(gs.import_onnx(model))
+    return stride if stride and stride > 1 else 32
+
+
+def dim_gears(lo: int, hi: int, step: int, opt: int | None, count: int) -> list[int]:
+    """Up to ``count`` sizes in [lo, hi] on the ``step`` grid: both ends, the optimum, and
+    geometric steps between (sizes matter by ratio: 512 and 1024 are as far as 1024 and 2048)."""
+    a = -(-lo // step) * step
+    b = (hi // step) * step
+    if a > b:
+        return sorted({lo, hi})  # no grid point inside: the bounds themselves
+    values = {a, b}
+    if opt is not None:
+        values.add(min(b, max(a, round(opt / step) * step)))
+    i = 1
+    while len(values) < count and i < count:
+        v = a * (b / a) ** (i / (count - 1))
+        values.add(min(b, max(a, round(v / step) * step)))
+        i += 1
+    return sorted(values)
+
+
+@dataclass(frozen=True)
+class GearPlan:
+    """ATC's gear flags for one build: ``--input_shape`` with -1s, the gear flag, the format."""
+
+    input_shape: str
+    gear_flag: str
+    input_format: str
+    gears: tuple[tuple[int, ...], ...]
+
+
+def plan_gears(ranges: list[ShapeRange], grid: int) -> GearPlan | None:
+    """Gears for the ranged dims of ``ranges`` (None when the range holds only one point)."""
+    slots: list[tuple[ShapeRange, int]] = [(r, a) for r in ranges for a in r.dynamic_axes]
+    for count in (GEARS_PER_DIM, 3, 2):
+        per_dim = []
+        for r, axis in slots:
+            step = r.step(axis) if r.step(axis) > 1 else (grid if axis >= 2 else 1)
+            per_dim.append(dim_gears(r.min[axis], r.max[axis], step, r.opt[axis] if r.opt_given else None, count))
+        total = math.prod(len(v) for v in per_dim)
+        if total <= MAX_GEARS:
+            break
+    else:
+        raise SegcError(f"ascend: the shape range needs more than {MAX_GEARS} gears even at 2 sizes per dim; give fewer varying dims")
+    gears = tuple(itertools.product(*per_dim))
+    if len(gears) < 2:
+        return None
+    shapes = []
+    for r in ranges:
+        dims = ["-1" if a in r.dynamic_axes else str(d) for a, d in enumerate(r.min)]
+        shapes.append(f"{r.name}:{','.join(dims)}")
+    input_shape = "--input_shape=" + ";".join(shapes)
+    axes = {(r.name, a) for r, a in slots}
+    ranged = [r for r in ranges if not r.is_static]
+    text = ";".join(",".join(str(v) for v in g) for g in gears)
+    if all(a == 0 for _, a in axes) and len({(r.min[0], r.max[0]) for r in ranged}) == 1:
+        batches = sorted({g[0] for g in gears})
+        return GearPlan(input_shape, f"--dynamic_batch_size={','.join(str(b) for b in batches)}",
+                        "NCHW" if all(len(r.min) == 4 for r in ranges) else "ND", tuple((b,) for b in batches))
+    if len(ranged) == 1 and len(ranged[0].min) == 4 and set(ranged[0].dynamic_axes) == {2, 3}:
+        return GearPlan(input_shape, f"--dynamic_image_size={text}", "NCHW", gears)
+    return GearPlan(input_shape, f"--dynamic_dims={text}", "ND", gears)
+
+
 def atc_steps(model: onnx.ModelProto, model_path: Path, outdir: Path, options: BuildOptions) -> list[Step]:
     """One ``atc`` step per build (batch size, or the one range)."""
     soc = check_soc(options.soc)
@@ -173,23 +363,35 @@ def atc_steps(model: onnx.ModelProto, model_path: Path, outdir: Path, options: B
     tail = [f"--soc_version={soc}", f"--precision_mode={mode}", "--log=error"]
     if options.outputs:
         tail.append(f"--out_nodes={out_nodes(model, options.outputs)}")
+    route = choose_route(model, options)
+    grid = _grid(model) if route.kind is RouteKind.GEARS else 32
     steps = []
     for output, shapes in builds:
         ranged = any(not r.is_static for r in shapes)
-        if ranged and fp16_only_cube(soc):
+        gears = plan_gears(shapes, grid) if ranged and route.kind is RouteKind.GEARS else None
+        if ranged and gears is None and fp16_only_cube(soc):
             raise SegcError(f"{soc} cannot build for a shape range (ATC: not supported on Atlas 200/300/500 and 200I/500 A2); give static shapes or --batch")
-        default_format = "ND" if ranged or any(len(r.min) != 4 for r in shapes) else "NCHW"
-        fmt = str(options.extra.get("input_format") or default_format)
+        if gears is not None:
+            fmt = str(options.extra.get("input_format") or gears.input_format)
+            flags: tuple[str, ...] = (f"--input_format={fmt}", gears.input_shape, gears.gear_flag)
+            what = (f"{len(gears.gears)} static gears of " + ";".join(r.vendor_atc() for r in shapes)
+                    + "; at run time the input must have one of the gear shapes (pad or resize to one)")
+        else:
+            default_format = "ND" if ranged or any(len(r.min) != 4 for r in shapes) else "NCHW"
+            fmt = str(options.extra.get("input_format") or default_format)
+            flags = (f"--input_format={fmt}", shape_flag(shapes, cann))
+            what = "shape range " + ";".join(r.vendor_atc() for r in shapes) if ranged else "static shape " + ";".join(r.vendor_atc() for r in shapes)
+            grid_text = "; ".join(r.multiples_text() for r in shapes if r.has_multiples)
+            if ranged and grid_text:
+                what += f"; {grid_text} (the Resizes were folded for those sizes only: ATC cannot check it)"
         argv = (
             "atc",
             "--framework=5",
             f"--model={relative_name(Path(model_path), outdir)}",
             f"--output={output}",
-            f"--input_format={fmt}",
-            shape_flag(shapes, cann),
+            *flags,
             *tail,
         )
-        what = "shape range " + ";".join(r.atc() for r in shapes) if ranged else "static shape " + ";".join(r.atc() for r in shapes)
         steps.append(Step(argv, comment=f"{output}.om: {what}"))
     return steps
 
@@ -200,12 +402,24 @@ class AscendTarget(Target):
 
     name = "ascend"
     description = "Huawei Ascend NPU: atc commands producing .om files"
-    default_passes = ("simplify", "cleanup")
+    # resize_broadcast: a pooled 1x1 branch's Resize is a broadcast, and ATC takes Expand
+    default_passes = ("simplify", "resize_broadcast", "cleanup")
 
     def check(self, model: onnx.ModelProto, options: BuildOptions) -> list[Violation]:
         soc = check_soc(options.soc)
         precision_mode(options.precision, soc, model)  # int8 / unknown precision: user error now
         found = check_model(model, load_profile(self.name), options)
+        if any(not r.is_static for r in options.shape_ranges):
+            # run-time Resize sizes under a range are no dead end: the build takes gears, in
+            # which ATC folds them (and the report says so, with the grid that would avoid it)
+            route = choose_route(model, options, found, explain=True)
+            options.extra["shape_route"] = str(route)
+            runtime = {id(v) for v in runtime_resizes(found)}
+            if route.kind is RouteKind.GEARS:
+                found = [v for v in found if id(v) not in runtime]
+            else:
+                found = [replace(v, fixed_by=BROADCAST_FIX) if id(v) in runtime and v.node in route.broadcasts else v
+                         for v in found]
         if fp16_only_cube(soc) and any(not r.is_static for r in options.shape_ranges):
             found.append(Violation(MODEL, "input", f"{soc} cannot build for a shape range (ATC: ranges unsupported on Atlas 200/300/500 and 200I/500 A2)"))
         return found
@@ -214,5 +428,7 @@ class AscendTarget(Target):
         outdir = Path(outdir)
         steps = atc_steps(model, Path(model_path), outdir, options)
         notes = [f"chip {check_soc(options.soc)}, CANN syntax for {options.extra.get('cann') or 'the newest CANN'}"]
+        if options.extra.get("shape_route"):
+            notes.append(f"shapes by {options.extra['shape_route']}")
         script = write_build_script(outdir, options, [Requirement("atc", ATC_HINT)], steps, title="Ascend ATC build", notes=notes)
         return [script]

@@ -4,7 +4,11 @@
 
 * ``--shapes`` for a static build, or one optimisation profile
   ``--minShapes/--optShapes/--maxShapes`` for a range (DBNet: 640 / 1280 / 4096), written only
-  for inputs the model leaves dynamic (a static model takes its shapes from the graph);
+  for inputs the model leaves dynamic (a static model takes its shapes from the graph). The
+  optimum is the one chosen (``--opt-shape``, the recipe's), else the middle of the range on
+  its ``/M`` grid (or a multiple of 32): TensorRT tunes its kernels for the opt shape, and the
+  range's minimum, segc's own default for verification, would tune them for the smallest
+  input. A range with ``/M`` multiples gets a comment in ``build.sh`` saying so;
 * ``--fp16`` or ``--int8`` (``--int8`` also allows fp16 fallback; with
   ``extra["calib_cache"]`` trtexec reads that calibration cache, otherwise the int8 engine only
   serves timing, and the script says so);
@@ -21,8 +25,11 @@ from pathlib import Path
 
 import onnx
 
+from dataclasses import replace
+
 from segc.errors import SegcError
-from segc.shapes import ShapeRange
+from segc.recipe import get_recipe
+from segc.shapes import ShapeRange, parse_static_shape
 from segc.targets.base import Artefact, BuildOptions, Target, Violation, register_target
 from segc.targets.buildscript import Requirement, Step, relative_name, write_build_script, write_script
 from segc.targets.legality import check_model, load_profile
@@ -62,13 +69,48 @@ def build_ranges(model: onnx.ModelProto, options: BuildOptions) -> list[ShapeRan
             continue  # static input: trtexec takes its shape from the graph
         if name not in given:
             raise SegcError(f"tensorrt needs a shape for input {name!r} (its dims are not all fixed): give --input-shape {name}:N,C,H,W or a range")
-        r = given[name]
+        r = with_optimum(given[name], options)
         if options.batch_sizes and dims and dims[0] is None:
             lo, hi, opt = list(r.min), list(r.max), list(r.opt)
             lo[0], hi[0], opt[0] = min(options.batch_sizes), max(options.batch_sizes), max(options.batch_sizes)
-            r = ShapeRange(r.name, tuple(lo), tuple(hi), tuple(opt))
+            r = replace(r, min=tuple(lo), max=tuple(hi), opt=tuple(opt))
         ranges.append(r)
     return ranges
+
+
+GRID = 32  # the spatial grid of an optimum picked for a range without /M
+
+
+def _recipe_opt(name: str, options: BuildOptions) -> tuple[int, ...] | None:
+    recipe_name = options.extra.get("recipe")
+    if not recipe_name:
+        return None
+    try:
+        recipe = get_recipe(str(recipe_name))
+    except SegcError:
+        return None
+    for text in (recipe.opt_shape or "").split(";"):
+        if text.strip():
+            input_name, dims = parse_static_shape(text)
+            if input_name == name:
+                return dims
+    return None
+
+
+def with_optimum(r: ShapeRange, options: BuildOptions) -> ShapeRange:
+    """``r`` with the opt shape TensorRT should tune for (see the module docstring)."""
+    if r.opt_given or r.is_static or r.opt != r.min:  # chosen (also when built without the flag)
+        return r
+    chosen = _recipe_opt(r.name, options)
+    if chosen is not None and len(chosen) == len(r.min) and all(a <= v <= b for a, v, b in zip(r.min, chosen, r.max)):
+        return replace(r, opt=tuple(chosen), opt_given=True)
+    opt = list(r.opt)
+    for axis in r.dynamic_axes:
+        lo, hi = r.min[axis], r.max[axis]
+        step = r.step(axis) if r.step(axis) > 1 else (GRID if axis >= 2 else 1)
+        mid = round((lo + hi) / 2 / step) * step
+        opt[axis] = mid if lo <= mid <= hi else (lo + hi) // 2
+    return replace(r, opt=tuple(opt), opt_given=True)
 
 
 def shape_flags(ranges: list[ShapeRange]) -> list[str]:
@@ -166,7 +208,9 @@ class TensorRTTarget(Target):
         notes = []
         if options.precision == "int8" and not options.extra.get("calib_cache"):
             notes.append("int8 without extra['calib_cache']: trtexec uses placeholder scales, so this engine is for timing only")
-        build = Step(trtexec_argv(model, Path(model_path), outdir, options), comment="build the engine (and time it)")
+        grid = "; ".join(r.multiples_text() for r in build_ranges(model, options) if r.has_multiples)
+        comment = "build the engine (and time it)" + (f"; {grid} (segc folded the Resizes for those sizes only)" if grid else "")
+        build = Step(trtexec_argv(model, Path(model_path), outdir, options), comment=comment)
         script = write_build_script(outdir, options, [Requirement("trtexec", TRTEXEC_HINT)], [build], title="TensorRT build", notes=notes)
         compare = Step(polygraphy_argv(model, Path(model_path), outdir, options), comment="compare TensorRT with onnxruntime on the same random inputs")
         compare_script = write_script(
