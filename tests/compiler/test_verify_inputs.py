@@ -33,6 +33,15 @@ def test_range_gives_min_opt_and_an_odd_shape() -> None:
     assert shapes[2][2] != shapes[2][3]  # H and W differ, so a transposed-dimension bug shows
 
 
+def test_range_on_a_grid_is_checked_at_multiples_only() -> None:
+    """``/32``: every shape is on the grid, and one is an odd multiple (no power of two)."""
+    rng = parse_shape_range("x:1,3,64~512/32,128~512/32").with_opt((1, 3, 256, 256))
+    shapes = [s["x"] for s in verification_shapes(model([1, 3, "H", "W"]), {"x": rng})]
+    assert shapes == [(1, 3, 64, 128), (1, 3, 256, 256), (1, 3, 96, 224)]
+    assert all(d % 32 == 0 for s in shapes for d in s[2:])
+    assert any((d // 32) % 2 == 1 and d // 32 > 1 for d in shapes[-1][2:])
+
+
 def test_pixel_budget_drops_large_shapes_but_keeps_the_minimum() -> None:
     rng = parse_shape_range("x:1,3,2048~4096,2048~4096").with_opt((1, 3, 4096, 4096))
     shapes = [s["x"] for s in verification_shapes(model(["N", 3, "H", "W"]), {"x": rng}, budget=1_000_000)]

@@ -132,3 +132,36 @@ def test_a_traced_size_off_the_grid_is_an_error(tmp_path: Path) -> None:
         d.dim_value = 80  # as if exported static at 80x80
     with pytest.raises(SegcError, match="not a multiple of 32"):
         get_pass("set_shape_range")().apply(model, PassContext(options={"ranges": ["x:1,3,64~256/32,64~256/32"]}))
+
+
+# -- end to end: segc compile --------------------------------------------------------------------
+def _compile(tmp_path: Path, fpn: onnx.ModelProto, shape: str) -> tuple[Path, dict]:
+    import json
+
+    from segc.cli import main
+
+    src = tmp_path / "fpn.onnx"
+    onnx.save(fpn, src)
+    out = tmp_path / "out"
+    assert main(["compile", str(src), "--target", "ascend", "--input-shape", shape, "-o", str(out)]) == 0
+    return out, json.loads((out / "report.json").read_text())
+
+
+def test_compile_for_ascend_on_the_grid_folds_and_verifies_on_multiples(tmp_path: Path, fpn: onnx.ModelProto) -> None:
+    out, report = _compile(tmp_path, fpn, "x:1,3,64~256/32,64~256/32")
+    assert _computed_resizes(onnx.load(out / "fpn.ascend.onnx")) == 0
+    assert report["build"]["shapes"] == ["x:1,3,64~256/32,64~256/32"]
+    assert report["build"]["extra"]["shape_route"].startswith("range:")
+    verified = " ".join(report["verified_shapes"])
+    assert "x:1x3x64x64" in verified and "x:1x3x96x160" in verified  # the minimum and odd multiples of 32
+    script = (out / "build.sh").read_text()
+    assert "'--input_shape=x:1,3,64~256,64~256'" in script and "multiples of 32" in script
+
+
+def test_compile_for_ascend_off_the_grid_falls_back_to_gears(tmp_path: Path, fpn: onnx.ModelProto) -> None:
+    out, report = _compile(tmp_path, fpn, "x:1,3,64~256,64~256")
+    route = report["build"]["extra"]["shape_route"]
+    assert route.startswith("gears:") and "--input-shape x:1,3,64~256/32,64~256/32" in route
+    script = (out / "build.sh").read_text()
+    assert "--dynamic_image_size=" in script and "--input_shape=x:1,3,-1,-1" in script
+    assert "fold_resize_scales" not in report["violations"]
