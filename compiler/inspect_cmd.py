@@ -76,6 +76,7 @@ def describe(model: onnx.ModelProto) -> dict[str, Any]:
 def run_inspect(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     info = describe(model)
+    info.update(_stride_info(model))
     if args.target:
         from segc.targets.base import BuildOptions, get_target
 
@@ -97,6 +98,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     con.print("  ops: " + ", ".join(f"{k} {v}" for k, v in info["ops"].items()))
     for k, v in info["metadata"].items():
         con.print(f"  metadata {k} = {v}")
+    con.print(f"  sizes: {info['stride_advice']}")
     if args.target:
         if not info["violations"]:
             con.print(f"target {info['target']}: nothing the compiler would reject")
@@ -104,6 +106,14 @@ def run_inspect(args: argparse.Namespace) -> int:
             fix = f" -> fixed by pass {v['fixed_by']}" if v["fixed_by"] else " -> no pass fixes this"
             con.print(f"  {v['node']} [{v['op']}]: {v['reason']}{fix}")
     return 0
+
+
+def _stride_info(model: onnx.ModelProto) -> dict[str, Any]:
+    """The total stride and the ``/M`` range advice (``fold_resize_scales.stride_advice``)."""
+    from segc.passes.fold_resize_scales import stride_advice
+
+    advice = stride_advice(model)
+    return {"total_stride": advice.stride, "stride_advice": advice.text}
 
 
 def run_verify(args: argparse.Namespace) -> int:

@@ -59,6 +59,7 @@ Before / after (opset 11+, sizes)::
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
@@ -274,3 +275,38 @@ class FoldResizeScales(GraphPass):
         if is_empty(node.inputs[1]) and analysis.opset < 13:
             # opsets 11/12 require roi as an input; an empty float tensor means "unused"
             node.inputs[1] = gs.Constant(_unique_name(graph, f"{node.name or 'resize'}_roi"), np.zeros(0, np.float32))
+
+
+@dataclass(frozen=True)
+class StrideAdvice:
+    """What ``segc inspect`` says about sizes: the total stride and how to use it."""
+
+    stride: int | None
+    computed_resizes: int  # Resizes whose scales/sizes are computed at run time
+    text: str
+
+
+def stride_advice(model: onnx.ModelProto) -> StrideAdvice:
+    """The model's total stride (``total_stride``) and, when Resizes take their sizes from
+    shapes, the ``/M`` range syntax that lets ``fold_resize_scales`` fold them."""
+    graph = gs.import_onnx(model)
+    analysis = ShapeAnalysis(graph)
+    computed = 0
+    for node in graph.nodes:
+        if node.op in ("Resize", "Upsample") and (node.domain or "") in ("", "ai.onnx"):
+            scales_t, sizes_t = analysis.resize_operands(node)
+            computed += any(t is not None and const_array(t) is None for t in (scales_t, sizes_t))
+    stride = total_stride(graph)
+    if stride is None:
+        text = "no power-of-two grid up to 128 makes every size in the graph exact"
+    elif stride == 1:
+        text = "total stride 1: every size in the graph is exact for any H, W"
+    elif computed:
+        meta = {p.key: p.value for p in model.metadata_props}
+        ranged = [suggest_range(r, stride) for r in ranges_from_metadata(meta) if not r.is_static]
+        example = " ".join(r.atc() for r in ranged if r is not None) or f"640~4096/{stride}"
+        text = (f"total stride {stride}: give ranges as {example} to fold the {computed} Resize(s) "
+                f"sized at run time (a Resize to another tensor's size is a fixed ratio only on that grid)")
+    else:
+        text = f"total stride {stride}: H, W multiples of {stride} make every size in the graph exact"
+    return StrideAdvice(stride, computed, text)

@@ -260,6 +260,24 @@ def _classify(model: onnx.ModelProto, ranges: list[ShapeRange], found: list[Viol
     return left, broadcasts
 
 
+def _reaim_static(model: onnx.ModelProto, options: BuildOptions, found: list[Violation]) -> list[Violation]:
+    """Without a range: a run-time Resize that no pass can prove constant names no pass, but
+    the way out (a range: gears, or a /M grid where the stride makes it fold)."""
+    runtime = runtime_resizes(found)
+    unprovable, broadcasts = _classify(model, list(options.shape_ranges), runtime)
+    stuck = {id(v) for v in unprovable}
+    hint = _grid_hint(model, list(options.shape_ranges)) if stuck else ""
+    out = []
+    for v in found:
+        if id(v) in stuck:
+            v = replace(v, fixed_by=None, reason=v.reason + "; fold_resize_scales cannot prove them constant for every "
+                        "input size: give --input-shape with a range and segc builds ATC gears" + hint)
+        elif v in runtime and v.node in broadcasts:
+            v = replace(v, fixed_by=BROADCAST_FIX)
+        out.append(v)
+    return out
+
+
 def _grid_hint(model: onnx.ModelProto, ranges: list[ShapeRange]) -> str:
     import onnx_graphsurgeon as gs
 
@@ -420,6 +438,8 @@ class AscendTarget(Target):
             else:
                 found = [replace(v, fixed_by=BROADCAST_FIX) if id(v) in runtime and v.node in route.broadcasts else v
                          for v in found]
+        elif runtime_resizes(found):
+            found = _reaim_static(model, options, found)
         if fp16_only_cube(soc) and any(not r.is_static for r in options.shape_ranges):
             found.append(Violation(MODEL, "input", f"{soc} cannot build for a shape range (ATC: ranges unsupported on Atlas 200/300/500 and 200I/500 A2)"))
         return found

@@ -165,3 +165,15 @@ def test_compile_for_ascend_off_the_grid_falls_back_to_gears(tmp_path: Path, fpn
     script = (out / "build.sh").read_text()
     assert "--dynamic_image_size=" in script and "--input_shape=x:1,3,-1,-1" in script
     assert "fold_resize_scales" not in report["violations"]
+
+
+def test_inspect_prints_the_total_stride_and_the_range_syntax(tmp_path: Path, fpn: onnx.ModelProto, capsys) -> None:
+    from segc.cli import main
+
+    src = tmp_path / "fpn.onnx"
+    onnx.save(fpn, src)
+    assert main(["inspect", str(src), "--target", "ascend"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "total stride 32: give ranges as 640~4096/32 to fold the 4 Resize(s)" in text
+    # no fix is named that cannot apply: without a range nothing proves these sizes constant
+    assert "fixed by pass fold_resize_scales" not in text and "segc builds ATC gears" in text

@@ -120,3 +120,10 @@ def test_trt_opt_keeps_a_chosen_one_and_takes_the_recipes(tmp_path: Path, conv_m
     get_target("tensorrt").emit(model, path, tmp_path, opts)
     (argv,) = parse_steps((tmp_path / "build.sh").read_text())
     assert "--optShapes=input:1x3x1280x1280" in argv
+
+
+def test_without_a_range_the_violation_names_no_fix_that_cannot_apply(options) -> None:
+    (v,) = get_target("ascend").check(strided_resize(), options())
+    assert v.fixed_by is None and "segc builds ATC gears" in v.reason and "/4" in v.reason
+    (b,) = get_target("ascend").check(strided_resize(pooled=True), options())
+    assert b.fixed_by == "resize_broadcast"
