@@ -23,6 +23,12 @@ Fixes (each exact at the traced shape and valid over the whole range)::
     Slice(x[.., H, ..], ends=[128], axes=[2])     ==>  Slice(x, ends=[INT64_MAX], axes=[2])
     AveragePool(x[1,C,H,W], kernel=[H, W])       ==>  GlobalAveragePool(x)
 
+On a ``/M`` grid (``640~4096/32``) each gridded dim is analysed as ``M * q``, so strided sizes
+divide exactly; a Resize to another tensor's size (HRNet, FPN) is then a provable constant
+ratio and is folded here, with ``fold_resize_scales``'s own proof, whatever the pass order::
+
+    Resize(p, sizes=Concat(Shape(p)[:2], Shape(f)[2:]))  ==>  Resize(p, scales=[1, 1, 2, 2])
+
 What cannot be fixed with constants is an error naming the node: a Reshape that splits a
 varying size (``[1, C, H*W] -> [1, C, H, W]``) or that would need two ``-1``; a
 ConstantOfShape/Expand/Tile of a traced size that then meets a varying tensor (the error names

@@ -177,3 +177,19 @@ def test_inspect_prints_the_total_stride_and_the_range_syntax(tmp_path: Path, fp
     assert "total stride 32: give ranges as 640~4096/32 to fold the 4 Resize(s)" in text
     # no fix is named that cannot apply: without a range nothing proves these sizes constant
     assert "fixed by pass fold_resize_scales" not in text and "segc builds ATC gears" in text
+
+
+@pytest.mark.slow
+def test_ocrnet_hrnet_resizes_all_fold_on_the_grid(seed_onnx) -> None:
+    """The seed HRNet: every branch Resize (``size=high.shape[2:]``) folds on /32, none without."""
+    model = onnx.load(str(seed_onnx("ocrnet_hrnetw18", shape=(1, 3, 128, 256))))
+    name = model.graph.input[0].name
+    _, plain = get_pass("set_shape_range")().apply(model, PassContext(options={"ranges": [f"{name}:1,3,128~512,128~512"]}))
+    assert "resizes_folded" not in plain.stats
+    out, res = get_pass("set_shape_range")().apply(model, PassContext(options={"ranges": [f"{name}:1,3,128~512/32,128~512/32"]}))
+    assert res.stats["resizes_folded"] == 36 and _computed_resizes(out) == 0
+    x = np.random.default_rng(0).standard_normal((1, 3, 128, 256)).astype(np.float32)
+    ra, rb = run_model(model, {name: x}), run_model(out, {name: x})
+    for k in ra:
+        np.testing.assert_allclose(ra[k], rb[k], rtol=1e-4, atol=1e-4)
+    assert next(iter(run_model(out, {name: np.zeros((1, 3, 160, 224), np.float32)}).values())).shape[2:] == (160, 224)
