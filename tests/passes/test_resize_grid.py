@@ -193,3 +193,18 @@ def test_ocrnet_hrnet_resizes_all_fold_on_the_grid(seed_onnx) -> None:
     for k in ra:
         np.testing.assert_allclose(ra[k], rb[k], rtol=1e-4, atol=1e-4)
     assert next(iter(run_model(out, {name: np.zeros((1, 3, 160, 224), np.float32)}).values())).shape[2:] == (160, 224)
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--input-shape", "x:1,3,64~250/32,64~256/32"], "both bounds must be multiples of 32"),
+    (["--input-shape", "x:1,3,64~256/32,64~256/32", "--opt-shape", "x:1,3,100,128"], "not a multiple of 32"),
+])
+def test_off_grid_input_is_one_line_exit_2(tmp_path: Path, fpn: onnx.ModelProto, capsys, extra: list[str], fragment: str) -> None:
+    from segc.cli import main
+
+    src = tmp_path / "fpn.onnx"
+    onnx.save(fpn, src)
+    assert main(["compile", str(src), "--target", "tensorrt", "-o", str(tmp_path / "o"), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("segc: error:") and fragment in err[0]
+    assert not (tmp_path / "o").exists()
