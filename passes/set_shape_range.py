@@ -509,6 +509,22 @@ class _Fixer:
         self._fix_pool(node, "GlobalMaxPool")
 
 
+def _grid_advice(graph: gs.Graph, ranges: list[ShapeRange]) -> str:
+    """What range the model can run on: its total stride's grid, as ``--input-shape`` text."""
+    from segc.passes._shape_expr import total_stride
+    from segc.passes.fold_resize_scales import suggest_range
+
+    generic = "pick range bounds it supports"
+    if any(r.has_multiples for r in ranges):
+        return generic
+    stride = total_stride(graph)
+    suggested = [suggest_range(r, stride) for r in ranges if not r.is_static] if stride and stride > 1 else []
+    if not suggested or any(r is None for r in suggested):
+        return generic + " (e.g. multiples of its total stride)"
+    shown = " ".join(f"--input-shape {r.atc()}" for r in suggested if r is not None)
+    return f"sizes must be multiples of its total stride {stride}: give {shown}"
+
+
 def _fold_on_grid(graph: gs.Graph, analysis: ShapeAnalysis, ranges: list[ShapeRange], notes: list[str]) -> int:
     """Fold the Resizes whose computed sizes the ``/M`` grid makes provable ratios.
 
@@ -602,7 +618,7 @@ class SetShapeRange(GraphPass):
             elif err.one_side_fixed:
                 hint_text = "; one side has a size fixed at export"
             else:
-                hint_text = "; both sizes follow the input, so the model itself cannot run there: pick range bounds it supports (e.g. multiples of its total stride)"
+                hint_text = "; both sizes follow the input, so the model itself cannot run there: " + _grid_advice(graph, ranges)
             raise SegcError(f"set_shape_range: the graph does not follow {range_text}: {err}{hint_text}") from None
         if any(r.has_multiples for r in ranges):
             fixer.counts["resizes_folded"] = _fold_on_grid(graph, analysis, ranges, fixer.notes)

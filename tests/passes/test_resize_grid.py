@@ -208,3 +208,24 @@ def test_off_grid_input_is_one_line_exit_2(tmp_path: Path, fpn: onnx.ModelProto,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("segc: error:") and fragment in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def _unet_skip() -> onnx.ModelProto:
+    """y = x + Resize(MaxPool2(x), scales 2): runs only where H, W are even."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "h", "w"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [
+        helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Resize", ["p", "", "sc"], ["u"], mode="nearest"),
+        helper.make_node("Add", ["x", "u"], ["y"], name="skip_add"),
+    ]
+    sc = helper.make_tensor("sc", TensorProto.FLOAT, [4], [1, 1, 2, 2])
+    return helper.make_model(helper.make_graph(nodes, "unet", [x], [y], [sc]), opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_a_conflict_off_the_grid_names_the_grid_range_that_works() -> None:
+    model = _unet_skip()
+    with pytest.raises(SegcError, match=r"multiples of its total stride 2: give --input-shape x:1,3,64~128/2,64~128/2"):
+        get_pass("set_shape_range")().apply(model, PassContext(options={"ranges": ["x:1,3,63~128,63~128"]}))
+    out, res = get_pass("set_shape_range")().apply(model, PassContext(options={"ranges": ["x:1,3,64~128/2,64~128/2"]}))
+    _same(model, out, 66, 98)
