@@ -229,3 +229,47 @@ def test_a_conflict_off_the_grid_names_the_grid_range_that_works() -> None:
         get_pass("set_shape_range")().apply(model, PassContext(options={"ranges": ["x:1,3,63~128,63~128"]}))
     out, res = get_pass("set_shape_range")().apply(model, PassContext(options={"ranges": ["x:1,3,64~128/2,64~128/2"]}))
     _same(model, out, 66, 98)
+
+
+# -- property: random strided backbones with an FPN top-down path ----------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def _random_fpn(strides: list[int], kernels: list[int]) -> onnx.ModelProto:
+    """Convs with the given strides/kernels (pad k//2), then p = f + Resize(p, sizes=Shape(f))
+    from the deepest level up: every Resize is sized from another tensor."""
+    rng = np.random.default_rng(len(strides))
+    inits, nodes, feats = [], [], []
+    prev = "x"
+    for i, (s, k) in enumerate(zip(strides, kernels)):
+        inits.append(helper.make_tensor(f"w{i}", TensorProto.FLOAT, [2, 2, k, k], rng.standard_normal(4 * k * k).astype(np.float32).tolist()))
+        nodes.append(helper.make_node("Conv", [prev, f"w{i}"], [f"f{i}"], strides=[s, s], pads=[k // 2] * 4))
+        prev = f"f{i}"
+        feats.append(prev)
+    p = feats[-1]
+    for i, f in reversed(list(enumerate(feats[:-1]))):
+        nodes += [helper.make_node("Shape", [f], [f"s{i}"]),
+                  helper.make_node("Resize", [p, "", "", f"s{i}"], [f"u{i}"], mode="linear"),
+                  helper.make_node("Add", [f, f"u{i}"], [f"p{i}"])]
+        p = f"p{i}"
+    nodes.append(helper.make_node("Identity", [p], ["y"]))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, "h", "w"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return helper.make_model(helper.make_graph(nodes, "fpn", [x], [y], inits), opset_imports=[helper.make_opsetid("", 13)])
+
+
+@settings(max_examples=8, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.sampled_from([1, 2]), st.sampled_from([1, 3])), min_size=2, max_size=5), st.integers(1, 3), st.integers(1, 4))
+def test_total_stride_is_the_product_of_strides_and_the_grid_fold_is_exact(layers, qh, qw) -> None:
+    strides, kernels = [s for s, _ in layers], [k for _, k in layers]
+    model = _random_fpn(strides, kernels)
+    m = int(np.prod(strides))
+    assert total_stride(gs.import_onnx(model)) == m
+    lo, hi = 2 * m, 8 * m
+    out, res = get_pass("set_shape_range")().apply(model, PassContext(options={"ranges": [f"x:1,2,{lo}~{hi}/{m},{lo}~{hi}/{m}"]}))
+    if m > 1:  # (a /1 range is no grid: fold_resize_scales folds ratio-1 Resizes by itself)
+        assert res.stats["resizes_folded"] == len(strides) - 1 and _computed_resizes(out) == 0
+    x = np.random.default_rng(qh * 7 + qw).standard_normal((1, 2, (2 * qh + 1) * m, (2 * qw + 1) * m)).astype(np.float32)
+    ra, rb = run_model(model, {"x": x}), run_model(out, {"x": x})
+    np.testing.assert_allclose(ra["y"], rb["y"], rtol=1e-5, atol=1e-5)
