@@ -310,3 +310,25 @@ def stride_advice(model: onnx.ModelProto) -> StrideAdvice:
     else:
         text = f"total stride {stride}: H, W multiples of {stride} make every size in the graph exact"
     return StrideAdvice(stride, computed, text)
+
+
+def resize_fold(node: gs.Node, analysis: ShapeAnalysis) -> list[Fraction] | None:
+    """The constant scales ``node`` provably has under ``analysis`` (None: nothing computed to
+    fold, or no proof). Other modules ask this, never the pass's internals."""
+    decision = FoldResizeScales._decide(node, analysis)
+    return None if decision is None else decision.scales
+
+
+def apply_resize_fold(graph: gs.Graph, node: gs.Node, analysis: ShapeAnalysis) -> list[Fraction] | None:
+    """Fold ``node`` to constant scales when provable; returns the scales (None: left alone)."""
+    decision = FoldResizeScales._decide(node, analysis)
+    if decision is None or decision.scales is None:
+        return None
+    FoldResizeScales._fold(graph, node, decision, analysis)
+    return decision.scales
+
+
+def stride_hint(graph: gs.Graph, nodes: list[gs.Node], ranges: list[ShapeRange]) -> str:
+    """"; with H, W multiples of 32 ... give --input-shape ..." when the stride grid makes
+    every one of ``nodes`` fold (checked), else ""."""
+    return FoldResizeScales._stride_hint(graph, nodes, ranges)

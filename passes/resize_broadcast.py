@@ -113,3 +113,8 @@ class ResizeBroadcast(GraphPass):
             return None  # a downscale of 1x1 to 0 pixels: not a broadcast
         name = f"{node.name or node.outputs[0].name}_shape"
         return gs.Constant(name if name not in analysis.graph.tensors() else f"{name}_1", np.array(out, dtype=np.int64))
+
+
+def broadcast_shape(node: gs.Node, analysis: ShapeAnalysis) -> gs.Tensor | None:
+    """The Expand shape reproducing Resize ``node`` when it is a 1x1 broadcast, else None."""
+    return ResizeBroadcast._target_shape(node, analysis)

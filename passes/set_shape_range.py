@@ -532,18 +532,16 @@ def _fold_on_grid(graph: gs.Graph, analysis: ShapeAnalysis, ranges: list[ShapeRa
     proof applies unchanged; doing it here means a range with multiples is enough for an
     FPN's ``size=f.shape[2:]`` to become constant scales, whatever the pass order.
     """
-    from segc.passes.fold_resize_scales import FoldResizeScales
+    from segc.passes.fold_resize_scales import apply_resize_fold
 
     grid = "; ".join(r.multiples_text() for r in ranges if r.has_multiples)
     folded = 0
     for node in [n for n in graph.nodes if n.op in ("Resize", "Upsample") and (n.domain or "") in ("", "ai.onnx")]:
-        decision = FoldResizeScales._decide(node, analysis)
-        if decision is None or decision.scales is None:
+        scales = apply_resize_fold(graph, node, analysis)
+        if scales is None:
             continue
-        FoldResizeScales._fold(graph, node, decision, analysis)
         folded += 1
-        notes.append(f"{node.op} {node.name!r}: computed {'sizes' if decision.from_sizes else 'scales'} -> scales "
-                     f"{[str(k) for k in decision.scales]} (exact because {grid})")
+        notes.append(f"{node.op} {node.name!r}: computed sizes/scales -> scales {[str(k) for k in scales]} (exact because {grid})")
     return folded
 
 

@@ -237,8 +237,8 @@ def _classify(model: onnx.ModelProto, ranges: list[ShapeRange], found: list[Viol
     import onnx_graphsurgeon as gs
 
     from segc.passes._shape_expr import ShapeAnalysis
-    from segc.passes.fold_resize_scales import FoldResizeScales, divisible_dims
-    from segc.passes.resize_broadcast import ResizeBroadcast
+    from segc.passes.fold_resize_scales import divisible_dims, resize_fold
+    from segc.passes.resize_broadcast import broadcast_shape
 
     graph = gs.import_onnx(model)
     by_name = {(n.name or (f"<{n.outputs[0].name}>" if n.outputs else "")): n for n in graph.nodes}
@@ -250,10 +250,9 @@ def _classify(model: onnx.ModelProto, ranges: list[ShapeRange], found: list[Viol
         if node is None:
             left.append(v)
             continue
-        decision = FoldResizeScales._decide(node, analysis)
-        if decision is not None and decision.scales is not None:
+        if resize_fold(node, analysis) is not None:
             continue
-        if ResizeBroadcast._target_shape(node, analysis) is not None:
+        if broadcast_shape(node, analysis) is not None:
             broadcasts.append(v.node)
             continue
         left.append(v)
@@ -281,11 +280,11 @@ def _reaim_static(model: onnx.ModelProto, options: BuildOptions, found: list[Vio
 def _grid_hint(model: onnx.ModelProto, ranges: list[ShapeRange]) -> str:
     import onnx_graphsurgeon as gs
 
-    from segc.passes.fold_resize_scales import FoldResizeScales
+    from segc.passes.fold_resize_scales import stride_hint
 
     graph = gs.import_onnx(model)
     nodes = [n for n in graph.nodes if n.op in ("Resize", "Upsample")]
-    return FoldResizeScales._stride_hint(graph, nodes, ranges).replace("it folds", "they fold").replace(
+    return stride_hint(graph, nodes, ranges).replace("it folds", "they fold").replace(
         "give --input-shape", "for one ranged build instead, give --input-shape")
 
 
