@@ -48,14 +48,14 @@ def _text(value: object) -> object:
 
 @register_pass
 class ResizeBroadcast(GraphPass):
-    """Resize/Upsample of a provably 1x1 map -> Expand (see module docstring).
+    """Resize/Upsample of a provably 1x1 map -> Expand (see the module docstring).
 
     Stats: ``resizes`` (all Resize/Upsample), ``rewritten``; ``notes`` names each one.
     """
 
     name = "resize_broadcast"
     contract = Contract.EXACT
-    summary = "Resize of a provably Nx C x1x1 map (ASPP/PSP pooling branches) -> Expand: no Resize parameters left"
+    summary = "Resize of a provably NxCx1x1 map (ASPP/PSP pooling branches) -> Expand: no Resize parameters left"
     options: dict[str, str] = {}
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
