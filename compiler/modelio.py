@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 from segc.errors import SegcError
 from segc.outdir import file_sha256, private_folder, refuse_protected, write_file
 
-__all__ = ["file_sha256", "load_model", "save_model", "readable_ir", "default_opset", "tensor_nbytes", "weight_bytes"]
+__all__ = ["file_sha256", "load_model", "load_model_and_files", "save_model", "readable_ir", "default_opset", "tensor_nbytes", "weight_bytes"]
 
 MIN_OPSET = 7
 MAX_OPSET = 23
@@ -34,6 +34,12 @@ PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # leave headroom under protobuf's h
 
 def load_model(path: str | Path) -> onnx.ModelProto:
     """Load and sanity-check an ONNX model, with its external data; SegcError on bad input."""
+    return load_model_and_files(path)[0]
+
+
+def load_model_and_files(path: str | Path) -> tuple[onnx.ModelProto, list[Path]]:
+    """:func:`load_model`, plus the files it read (the model and its external data): the
+    files a compile must never write over, whatever links or folders lead to them."""
     path = Path(path)
     if not path.exists():
         raise SegcError(f"{path}: no such file")
@@ -50,9 +56,9 @@ def load_model(path: str | Path) -> onnx.ModelProto:
         raise SegcError(f"{path}: not an ONNX model (no graph found)")
     _check_opsets(model, path)
     had_external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(model))
-    _load_external_data(model, path)
+    data_files = _load_external_data(model, path)
     _check_graph(model, path, had_external)
-    return model
+    return model, [path.resolve(), *sorted(data_files)]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -130,7 +136,7 @@ def _expected_nbytes(tensor: onnx.TensorProto) -> int | None:
         return None
 
 
-def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+def _load_external_data(model: onnx.ModelProto, path: Path) -> set[Path]:
     """Read every tensor's external data, refusing paths outside the model's folder and data
     files too short for what the tensor says it holds.
 
@@ -139,6 +145,7 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
     compiled model). Hence segc reads the data itself and checks every size.
     """
     base = path.resolve().parent
+    files: set[Path] = set()
     for tensor in _all_tensors(model):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
@@ -180,22 +187,65 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
         tensor.raw_data = data
         del tensor.external_data[:]
         tensor.data_location = onnx.TensorProto.DEFAULT
+        files.add(target)
+    return files
 
 
 def _check_graph(model: onnx.ModelProto, path: Path, had_external: bool) -> None:
-    """onnx.checker plus what it lets through: an invalid graph is bad input (exit 2), found
-    before any pass rather than as a pass "failure" or, with ``--verify none``, not at all."""
+    """An invalid graph is bad input (exit 2), found before any pass rather than as a pass
+    "failure" or, with ``--verify none``, not at all.
+
+    segc checks the structure itself (every graph and subgraph: names defined once, used only
+    after they are defined, which also catches cycles; outputs listed once), then runs
+    onnx.checker for the rest (op schemas, attributes) on models it can hold in one protobuf.
+    """
+    _check_structure(model.graph, set(), path)
+    if had_external:
+        return  # the checker would look for the data files relative to the working folder
+    # the checker wants a shape on every graph input/output type; ONNX and onnxruntime allow
+    # none (unknown rank), so lend one for the check and take it back afterwards
+    lent = [vi.type.tensor_type for g in _graphs(model.graph) for vi in [*g.input, *g.output, *g.value_info]
+            if vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape")]
+    for tt in lent:
+        tt.shape.SetInParent()
     try:
-        # a model with external data may exceed protobuf's 2 GiB once loaded: check the file
-        onnx.checker.check_model(str(path) if had_external else model)
+        onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
         raise SegcError(f"{path}: not a valid ONNX graph: {' '.join(str(exc).split())[:300]}") from None
-    for graph in _graphs(model.graph):
-        seen: set[str] = set()
-        for out in graph.output:
-            if out.name in seen:
-                raise SegcError(f"{path}: not a valid ONNX graph: output {out.name!r} is listed twice in graph {graph.name!r}")
-            seen.add(out.name)
+    finally:
+        for tt in lent:
+            tt.ClearField("shape")
+
+
+def _check_structure(graph: onnx.GraphProto, outer: set[str], path: Path) -> None:
+    def bad(why: str) -> SegcError:
+        return SegcError(f"{path}: not a valid ONNX graph: {why} (graph {graph.name!r})")
+
+    defined: set[str] = set()
+    for name in [vi.name for vi in graph.input] + [t.name for t in graph.initializer]:
+        defined.add(name)  # an initializer may also be listed as an input (IR < 4)
+    for node in graph.node:
+        for name in node.input:
+            if name and name not in defined and name not in outer:
+                raise bad(f"node {node.name or node.op_type!r} uses {name!r} before any node makes it "
+                          "(nodes out of order, or a cycle)")
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
+            for sub in subs:
+                _check_structure(sub, outer | defined, path)
+        for name in node.output:
+            if not name:
+                continue
+            if name in defined:
+                raise bad(f"{name!r} is made twice (node {node.name or node.op_type!r})")
+            defined.add(name)
+    seen: set[str] = set()
+    for out in graph.output:
+        if out.name in seen:
+            raise bad(f"output {out.name!r} is listed twice")
+        if out.name not in defined and out.name not in outer:
+            raise bad(f"output {out.name!r} is made by no node")
+        seen.add(out.name)
 
 
 def readable_ir(model: onnx.ModelProto) -> onnx.ModelProto:

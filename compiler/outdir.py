@@ -52,6 +52,7 @@ MANIFEST_NAME = ".segc-manifest.json"
 STAGE_PREFIX = ".segc-stage-"
 LOCK_PREFIX = ".segc-lock-"
 _TMP_INFIX = ".segc-tmp-"
+FIXED_NAMES = ("build.sh", "report.json", "report.md")  # what every compile writes besides its model
 
 
 def shown(path: str | Path) -> str:
