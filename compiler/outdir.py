@@ -355,7 +355,7 @@ class StagedOutput:
                 raise SegcError(f"{shown(self.outdir / name)}: is a folder; segc would write a file there")
             if name == MANIFEST_NAME or self.force or _is_ours(dest, manifest.get(name)):
                 continue
-            raise SegcError(f"{shown(self.outdir / name)} exists and segc did not write it; "
+            raise SegcError(f"{shown(self.outdir / name)} exists and was not written by segc (or changed since); "
                             "use --force to replace it or choose another -o")
 
     # -- finish -----------------------------------------------------------------------------
@@ -377,9 +377,11 @@ class StagedOutput:
                 for name, entry in old.items():  # older segc files still there and unchanged stay ours
                     if name not in entries and _is_ours(real / name, entry):
                         entries[name] = entry
+                # written (the only step that needs disk space) before anything moves
+                self._write_manifest(stage / MANIFEST_NAME, entries)
                 for name in names:
                     os.replace(stage / name, real / name)  # a link at the destination is replaced, not followed
-                self._write_manifest(real / MANIFEST_NAME, entries)
+                os.replace(stage / MANIFEST_NAME, real / MANIFEST_NAME)
         except OSError as exc:
             raise SegcError(f"{shown(self.outdir)}: cannot move the build into place: {_cause(exc)}") from None
         self.committed = True

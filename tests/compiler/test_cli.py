@@ -97,7 +97,7 @@ def test_compile_writes_everything_and_keeps_the_input(model_path: Path, capsys)
     assert main(["compile", str(model_path), "--target", "onnxruntime", "-o", str(out), "--passes", "cleanup"]) == 0
     # ... but not a file the user changed since, unless --force
     (out / "build.sh").write_text("echo my own build\n")
-    assert "segc did not write it" in one_line_error(capsys, ["compile", str(model_path), "--target", "onnxruntime", "-o", str(out)])
+    assert "not written by segc" in one_line_error(capsys, ["compile", str(model_path), "--target", "onnxruntime", "-o", str(out)])
     assert main(["compile", str(model_path), "--target", "onnxruntime", "-o", str(out), "--passes", "cleanup", "--force"]) == 0
 
 

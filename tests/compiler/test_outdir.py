@@ -255,3 +255,17 @@ def test_empty_or_corrupt_verify_inputs(model_path: Path, tmp_path: Path, capsys
                                "-o", str(tmp_path / "o"), "--verify-inputs", str(data)])
     assert str(data) in line and "cannot read" in line
     assert not (tmp_path / "o").exists()
+
+
+def test_read_only_parent_is_one_line(model_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As root a read-only mount cannot be made in a test; the file system's answer is simulated."""
+    real_open = os.open
+
+    def read_only(path, flags, *a, **kw):
+        if flags & os.O_CREAT:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+        return real_open(path, flags, *a, **kw)
+
+    monkeypatch.setattr(os, "open", read_only)
+    line = error_line(capsys, compile_(model_path, "-o", str(model_path.parent / "out")))
+    assert "Read-only file system" in line and str(model_path.parent) in line
