@@ -7,9 +7,9 @@ downloaded model must not make segc read arbitrary files) or is shorter than its
 opsets segc cannot handle.
 
 Saving goes through segc's one atomic writer (``segc.outdir``), so an interrupted run never
-leaves a half-written model and a link to the input is never written through; it lowers the IR version to one onnxruntime
-reads, switches to external data above protobuf's 2 GiB limit, and never writes over the
-model it was given.
+leaves a half-written model and a link to the input is never written through. It also lowers
+the IR version to one onnxruntime reads, switches to external data above protobuf's 2 GiB
+limit, and never writes over the model it was given.
 """
 
 from __future__ import annotations
@@ -55,9 +55,8 @@ def load_model_and_files(path: str | Path) -> tuple[onnx.ModelProto, list[Path]]
         # protobuf happily parses many byte strings as an empty message
         raise SegcError(f"{path}: not an ONNX model (no graph found)")
     _check_opsets(model, path)
-    had_external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(model))
     data_files = _load_external_data(model, path)
-    _check_graph(model, path, had_external)
+    _check_graph(model, path)
     return model, [path.resolve(), *sorted(data_files)]
 
 
@@ -191,30 +190,52 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> set[Path]:
     return files
 
 
-def _check_graph(model: onnx.ModelProto, path: Path, had_external: bool) -> None:
+def _check_graph(model: onnx.ModelProto, path: Path) -> None:
     """An invalid graph is bad input (exit 2), found before any pass rather than as a pass
     "failure" or, with ``--verify none``, not at all.
 
     segc checks the structure itself (every graph and subgraph: names defined once, used only
     after they are defined, which also catches cycles; outputs listed once), then runs
-    onnx.checker for the rest (op schemas, attributes) on models it can hold in one protobuf.
+    onnx.checker for the rest (op schemas, attributes) on a weightless copy.
     """
     _check_structure(model.graph, set(), path)
-    if had_external:
-        return  # the checker would look for the data files relative to the working folder
     # the checker wants a shape on every graph input/output type; ONNX and onnxruntime allow
-    # none (unknown rank), so lend one for the check and take it back afterwards
-    lent = [vi.type.tensor_type for g in _graphs(model.graph) for vi in [*g.input, *g.output, *g.value_info]
-            if vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape")]
-    for tt in lent:
-        tt.shape.SetInParent()
+    # none (unknown rank), so the copy it checks gets an empty one
+    skeleton = _without_weights(model)
+    for g in _graphs(skeleton.graph):
+        for vi in [*g.input, *g.output, *g.value_info]:
+            if vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape"):
+                vi.type.tensor_type.shape.SetInParent()
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(skeleton)
     except (onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
         raise SegcError(f"{path}: not a valid ONNX graph: {' '.join(str(exc).split())[:300]}") from None
-    finally:
-        for tt in lent:
-            tt.ClearField("shape")
+
+
+def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose top-level initializers hold no data (name and type only).
+
+    onnx.checker never looks at initializer values, but handing it the real model costs a
+    full serialisation: seconds on a 250 MB network, at every load.
+    """
+    skeleton = onnx.ModelProto()
+    _copy_fields(model, skeleton, skip="graph")
+    _copy_fields(model.graph, skeleton.graph, skip="initializer")
+    for t in model.graph.initializer:
+        skeleton.graph.initializer.add(name=t.name, data_type=t.data_type, dims=[0])
+    return skeleton
+
+
+def _copy_fields(src, dst, skip: str) -> None:
+    for fd, value in src.ListFields():
+        if fd.name == skip:
+            continue
+        if hasattr(value, "extend"):  # a repeated field (FieldDescriptor.label is gone in protobuf 6)
+            getattr(dst, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
 
 
 def _check_structure(graph: onnx.GraphProto, outer: set[str], path: Path) -> None:
