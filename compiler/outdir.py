@@ -19,10 +19,14 @@ run, or leaves a zero-byte ``build.sh`` after a full disk costs more than it sav
           build.sh  report.*                    report.*         manifest last
           .segc-manifest.json                   .segc-manifest.json
 
+  An OUTDIR that already exists is staged (and locked) inside itself instead
+  (``OUTDIR/.segc-stage-PID``), so compiling into a folder whose parent is not writable
+  still works.
+
   ``.segc-manifest.json`` lists the files segc wrote (name and sha256). Without ``--force``
   segc only replaces files listed there and unchanged since; a user's ``report.md`` in the
   input's folder is never replaced silently. The OUTDIR is locked (``flock`` on
-  ``parent/.segc-lock-NAME``) for the whole compile, so a second compile into it exits 2
+  ``parent/.segc-lock-NAME``, or ``OUTDIR/.segc-lock``) for the whole compile, so a second compile into it exits 2
   instead of silently losing one build. Staging folders left by a killed compile are
   removed by the next compile into the same OUTDIR (under the lock, no live compile can
   own them).
@@ -50,7 +54,8 @@ from segc.errors import SegcError
 
 MANIFEST_NAME = ".segc-manifest.json"
 STAGE_PREFIX = ".segc-stage-"
-LOCK_PREFIX = ".segc-lock-"
+LOCK_PREFIX = ".segc-lock-"  # beside a new OUTDIR: parent/.segc-lock-NAME
+LOCK_NAME = ".segc-lock"  # inside an existing one
 _TMP_INFIX = ".segc-tmp-"
 FIXED_NAMES = ("build.sh", "report.json", "report.md")  # what every compile writes besides its model
 
@@ -195,6 +200,18 @@ def _is_ours(path: Path, entry: ManifestEntry | None) -> bool:
         return False
 
 
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # ours from an earlier compile in this process: closed, so stale
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
 def _pid_of_lock(path: Path) -> str:
     try:
         return path.read_text(encoding="ascii", errors="replace").strip() or "unknown"
@@ -249,16 +266,19 @@ class StagedOutput:
             raise SegcError(f"{shown(self.outdir)}: cannot be an output folder")
         self._real = real
         self._make_parents(real.parent)
+        # an existing OUTDIR stages (and locks) inside itself, so its parent need not be
+        # writable; a new one beside itself, in the parent it is about to be created in
+        home, tag = (real, "") if real.is_dir() else (real.parent, f"{real.name}-")
         try:
-            self._lock(real)
+            self._lock(home, f"{LOCK_PREFIX}{real.name}" if tag else LOCK_NAME)
             self._clean_stale(real)
             if real.is_dir():
                 self.check_names(self.names)
-            stage = real.parent / f"{STAGE_PREFIX}{real.name}-{os.getpid()}"
+            stage = home / f"{STAGE_PREFIX}{tag}{os.getpid()}"
             try:
                 os.mkdir(stage, 0o777)  # the umask applies: a new OUTDIR gets the user's usual mode
             except OSError as exc:
-                raise SegcError(f"{shown(self.outdir)}: cannot write into {shown(real.parent)}: {_cause(exc)}") from None
+                raise SegcError(f"{shown(self.outdir)}: cannot write into {shown(home)}: {_cause(exc)}") from None
             self._stage = stage
         except BaseException:
             self.close()
@@ -280,14 +300,14 @@ class StagedOutput:
                 raise SegcError(f"{shown(self.outdir)}: cannot create {shown(folder)}: {_cause(exc)}") from None
             self._created.append(folder)
 
-    def _lock(self, real: Path) -> None:
-        path = real.parent / f"{LOCK_PREFIX}{real.name}"
+    def _lock(self, home: Path, name: str) -> None:
+        path = home / name
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         for _ in range(10):
             try:
                 fd = os.open(path, flags, 0o666)
             except OSError as exc:
-                raise SegcError(f"{shown(self.outdir)}: cannot write into {shown(real.parent)}: {_cause(exc)}") from None
+                raise SegcError(f"{shown(self.outdir)}: cannot write into {shown(home)}: {_cause(exc)}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -309,18 +329,25 @@ class StagedOutput:
                 os.write(fd, f"{os.getpid()}\n".encode())
             except OSError as exc:
                 os.close(fd)
-                raise SegcError(f"{shown(self.outdir)}: cannot write into {shown(real.parent)}: {_cause(exc)}") from None
+                raise SegcError(f"{shown(self.outdir)}: cannot write into {shown(home)}: {_cause(exc)}") from None
             self._lock_fd, self._lock_path = fd, path
             return
         raise SegcError(f"{shown(self.outdir)}: could not lock {shown(path)}")
 
     def _clean_stale(self, real: Path) -> None:
-        """Staging of this OUTDIR left by a killed compile: under our lock nobody else owns it."""
-        prefix = f"{STAGE_PREFIX}{real.name}-"
-        for entry in real.parent.iterdir():
-            pid = entry.name[len(prefix):]
-            if entry.name.startswith(prefix) and pid.isdigit() and entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
+        """Staging of this OUTDIR (inside it, or beside it) left by a compile that was killed:
+        its pid is dead, so nobody can still be writing it."""
+        places = [(real.parent, f"{STAGE_PREFIX}{real.name}-")] + ([(real, STAGE_PREFIX)] if real.is_dir() else [])
+        for folder, prefix in places:
+            try:
+                entries = list(folder.iterdir())
+            except OSError:
+                continue
+            for entry in entries:
+                pid = entry.name[len(prefix):]
+                if (entry.name.startswith(prefix) and pid.isdigit() and not _alive(int(pid))
+                        and entry.is_dir() and not entry.is_symlink()):
+                    shutil.rmtree(entry, ignore_errors=True)
 
     # -- while compiling --------------------------------------------------------------------
 

@@ -269,3 +269,49 @@ def test_read_only_parent_is_one_line(model_path: Path, capsys, monkeypatch: pyt
     monkeypatch.setattr(os, "open", read_only)
     line = error_line(capsys, compile_(model_path, "-o", str(model_path.parent / "out")))
     assert "Read-only file system" in line and str(model_path.parent) in line
+
+
+def test_existing_outdir_is_staged_inside_so_its_parent_may_be_read_only(model_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys) -> None:
+    out = model_path.parent / "out"
+    out.mkdir()
+    parent = str(model_path.parent)
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def no_write_in_parent(fn):
+        def guarded(path, *a, **kw):
+            if os.path.dirname(os.fspath(path)) == parent and (fn is real_mkdir or a[0] & os.O_CREAT):
+                raise OSError(errno.EACCES, os.strerror(errno.EACCES), path)
+            return fn(path, *a, **kw)
+        return guarded
+
+    monkeypatch.setattr(os, "open", no_write_in_parent(real_open))
+    monkeypatch.setattr(os, "mkdir", no_write_in_parent(real_mkdir))
+    assert main(compile_(model_path, "-o", str(out))) == 0
+    assert (out / "build.sh").is_file()
+    assert sorted(p.name for p in model_path.parent.iterdir()) == ["m.onnx", "out"]
+    assert not [p.name for p in out.iterdir() if p.name.startswith((STAGE_PREFIX, ".segc-lock"))]
+    # a new OUTDIR there needs the parent: one line naming it
+    assert parent in error_line(capsys, compile_(model_path, "-o", str(model_path.parent / "new")))
+
+
+def test_staging_inside_an_existing_outdir_left_by_a_kill_is_cleaned(model_path: Path) -> None:
+    out = model_path.parent / "out"
+    assert main(compile_(model_path, "-o", str(out))) == 0
+    program = ("import os, signal, sys\nfrom segc.outdir import StagedOutput\n"
+               "s = StagedOutput(sys.argv[1], force=False)\ns.open()\n"
+               "s.path('m.onnxruntime.onnx').write_bytes(b'x' * (1 << 20))\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    assert subprocess.run([sys.executable, "-c", program, str(out)]).returncode == -9
+    assert [p for p in out.iterdir() if p.name.startswith(STAGE_PREFIX)]
+    assert main(compile_(model_path, "-o", str(out))) == 0
+    assert not [p for p in out.iterdir() if p.name.startswith((STAGE_PREFIX, ".segc-lock"))]
+
+
+def test_a_locked_existing_outdir(model_path: Path, capsys) -> None:
+    out = model_path.parent / "out"
+    assert main(compile_(model_path, "-o", str(out))) == 0
+    with open(out / ".segc-lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fh.write("777\n")
+        fh.flush()
+        assert "(pid 777)" in error_line(capsys, compile_(model_path, "-o", str(out)))
