@@ -315,3 +315,16 @@ def test_a_locked_existing_outdir(model_path: Path, capsys) -> None:
         fh.write("777\n")
         fh.flush()
         assert "(pid 777)" in error_line(capsys, compile_(model_path, "-o", str(out)))
+
+
+def test_a_model_named_like_an_option_stays_a_file_name(tmp_path: Path) -> None:
+    from segc.targets.buildscript import parse_steps
+
+    src = tmp_path / "-m.onnx"
+    src.write_bytes(tiny().SerializeToString())
+    out = tmp_path / "-out"
+    assert main(compile_(src, "-o", str(out), target="tensorrt")) == 0
+    (compare,) = parse_steps((out / "compare_tensorrt.sh").read_text())
+    assert compare[:3] == ["polygraphy", "run", "./-m.tensorrt.onnx"]
+    (build,) = parse_steps((out / "build.sh").read_text())
+    assert build[1] == "--onnx=./-m.tensorrt.onnx"
