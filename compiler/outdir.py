@@ -205,7 +205,7 @@ def _alive(pid: int) -> bool:
         return False  # ours from an earlier compile in this process: closed, so stale
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except OSError:
         return True  # exists, owned by someone else
