@@ -260,8 +260,8 @@ class StagedOutput:
         real = Path(os.path.abspath(self.outdir))
         if real.is_symlink() and real.is_dir():
             real = real.resolve()
-        if real.exists() and not real.is_dir():
-            raise SegcError(f"{shown(self.outdir)}: exists and is not a folder")
+        if os.path.lexists(real) and not real.is_dir():
+            raise SegcError(f"{shown(self.outdir)}: exists and is not a folder (or is a broken link)")
         if real.name in ("", ".", ".."):
             raise SegcError(f"{shown(self.outdir)}: cannot be an output folder")
         self._real = real

@@ -328,3 +328,10 @@ def test_a_model_named_like_an_option_stays_a_file_name(tmp_path: Path) -> None:
     assert compare[:3] == ["polygraphy", "run", "./-m.tensorrt.onnx"]
     (build,) = parse_steps((out / "build.sh").read_text())
     assert build[1] == "--onnx=./-m.tensorrt.onnx"
+
+
+def test_outdir_that_is_a_broken_link(model_path: Path, capsys) -> None:
+    out = model_path.parent / "out"
+    out.symlink_to(model_path.parent / "gone")
+    assert "broken link" in error_line(capsys, compile_(model_path, "-o", str(out)))
+    assert out.is_symlink() and not (model_path.parent / "gone").exists()
