@@ -290,6 +290,10 @@ def save_model(model: onnx.ModelProto, path: str | Path, *, protect: list[str | 
     path = Path(path)
     guarded = [Path(p) for p in protect]
     refuse_protected(path, guarded)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # `segc export -o new/folder/m.onnx`
+    except OSError as exc:
+        raise SegcError(f"{path}: cannot create its folder: {exc.strerror or type(exc).__name__}") from None
     model = readable_ir(model)
     # estimated from dims: protobuf's ByteSize walks every byte and costs seconds on big models
     if weight_bytes(model) <= PROTOBUF_LIMIT:

@@ -132,3 +132,10 @@ def test_outputs_without_a_shape_are_still_valid(tmp_path: Path) -> None:
     path.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10).SerializeToString())
     model = load_model(path)
     assert not model.graph.output[0].type.tensor_type.HasField("shape")  # the check lent a shape and gave it back
+
+
+def test_save_model_makes_its_folder(tmp_path: Path) -> None:
+    from segc.modelio import save_model
+
+    path = save_model(_add_model(_weights()), tmp_path / "new" / "folder" / "m.onnx")
+    assert load_model(path).graph.node[0].op_type == "Add"
