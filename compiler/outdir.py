@@ -44,6 +44,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -166,6 +167,7 @@ def check_dump_dir(directory: str | Path, names: Sequence[str], protect: Sequenc
         raise SegcError(f"--dump-dir {shown(directory)}: the folder is not writable")
     for name in names:
         refuse_protected(directory / name, protect)
+    remove_stale_temporaries(directory)
     return directory
 
 
@@ -198,6 +200,37 @@ def _is_ours(path: Path, entry: ManifestEntry | None) -> bool:
         return file_sha256(path) == entry.sha256
     except OSError:
         return False
+
+
+# segc before this module staged each model in ``OUTDIR/.<model>.onnx.XXXXXXXX`` (mkdtemp),
+# which a kill left behind, tens of MB each
+_LEGACY_STAGING = re.compile(r"^\.(?P<model>.+\.onnx)\.[A-Za-z0-9_]{8}$")
+
+
+def _is_legacy_staging(entry: Path) -> bool:
+    """Such a folder, holding nothing but that model (and its .data)."""
+    match = _LEGACY_STAGING.match(entry.name)
+    if not match or entry.is_symlink() or not entry.is_dir():
+        return False
+    model = match["model"]
+    try:
+        return all(p.name in (model, model + ".data") and p.is_file() for p in entry.iterdir())
+    except OSError:
+        return False
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Temporary files :func:`write_file` left in ``folder`` when its process was killed."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        head, sep, tail = entry.name.partition(_TMP_INFIX)
+        pid = tail.split("-", 1)[0]
+        if sep and head.startswith(".") and pid.isdigit() and not _alive(int(pid)) and entry.is_file() and not entry.is_symlink():
+            with contextlib.suppress(OSError):
+                entry.unlink()
 
 
 def _alive(pid: int) -> bool:
@@ -347,6 +380,10 @@ class StagedOutput:
                 pid = entry.name[len(prefix):]
                 if (entry.name.startswith(prefix) and pid.isdigit() and not _alive(int(pid))
                         and entry.is_dir() and not entry.is_symlink()):
+                    shutil.rmtree(entry, ignore_errors=True)
+        if real.is_dir():
+            for entry in real.iterdir():
+                if _is_legacy_staging(entry):
                     shutil.rmtree(entry, ignore_errors=True)
 
     # -- while compiling --------------------------------------------------------------------

@@ -335,3 +335,21 @@ def test_outdir_that_is_a_broken_link(model_path: Path, capsys) -> None:
     out.symlink_to(model_path.parent / "gone")
     assert "broken link" in error_line(capsys, compile_(model_path, "-o", str(out)))
     assert out.is_symlink() and not (model_path.parent / "gone").exists()
+
+
+def test_staging_left_by_older_segc_and_killed_dumps_are_cleaned(model_path: Path, tmp_path: Path) -> None:
+    out = model_path.parent / "out"
+    assert main(compile_(model_path, "-o", str(out))) == 0
+    legacy = out / ".m.onnxruntime.onnx.k3j_x9q2"  # what save_model's mkdtemp left on a kill
+    legacy.mkdir()
+    (legacy / "m.onnxruntime.onnx").write_bytes(b"x" * 4096)
+    user_dir = out / ".notes.onnx.abcdefgh"  # same pattern, but holds something else: not ours
+    user_dir.mkdir()
+    (user_dir / "todo.txt").write_text("keep\n")
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    stale = dumps / ".00_cleanup.onnx.segc-tmp-99999999-abcd1234"
+    stale.write_bytes(b"half")
+    assert main(compile_(model_path, "-o", str(out), "--dump-dir", str(dumps))) == 0
+    assert not legacy.exists() and (user_dir / "todo.txt").exists()
+    assert not stale.exists() and (dumps / "00_cleanup.onnx").is_file()
