@@ -353,3 +353,20 @@ def test_staging_left_by_older_segc_and_killed_dumps_are_cleaned(model_path: Pat
     assert main(compile_(model_path, "-o", str(out), "--dump-dir", str(dumps))) == 0
     assert not legacy.exists() and (user_dir / "todo.txt").exists()
     assert not stale.exists() and (dumps / "00_cleanup.onnx").is_file()
+
+
+def test_two_processes_one_outdir(model_path: Path, capsys) -> None:
+    """A real second process mid-compile (holding the OUTDIR) makes this compile exit 2, naming it."""
+    out = model_path.parent / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom segc.outdir import StagedOutput\n"
+         "with StagedOutput(sys.argv[1], force=False) as s:\n    print('ready', flush=True)\n    sys.stdin.readline()\n",
+         str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        line = error_line(capsys, compile_(model_path, "-o", str(out)))
+        assert f"(pid {holder.pid})" in line
+    finally:
+        holder.communicate("go\n", timeout=30)
+    assert holder.returncode == 0 and not out.exists()  # the holder never committed
+    assert main(compile_(model_path, "-o", str(out))) == 0  # and once it is gone, the folder is free
