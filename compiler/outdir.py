@@ -233,6 +233,18 @@ def remove_stale_temporaries(folder: Path) -> None:
                 entry.unlink()
 
 
+def _stamps(paths: Iterable[Path]) -> dict[Path, tuple[int, int, int, int]]:
+    """Size, mtime, inode and device of each file: a change means someone wrote it."""
+    found = {}
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        found[p] = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+    return found
+
+
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return False  # ours from an earlier compile in this process: closed, so stale
@@ -276,6 +288,7 @@ class StagedOutput:
         self._lock_fd: int | None = None
         self._lock_path: Path | None = None
         self._created: list[Path] = []
+        self._inputs_seen = _stamps(self.protect)
         self.committed = False
 
     # -- set up -----------------------------------------------------------------------------
@@ -430,6 +443,9 @@ class StagedOutput:
         assert real is not None
         names = sorted(p.name for p in stage.iterdir() if p.name != MANIFEST_NAME and _TMP_INFIX not in p.name)
         self.check_names(names)
+        changed = [p for p, before in self._inputs_seen.items() if _stamps([p]).get(p) != before]
+        if changed:  # the build (and report.json's input hash) would describe another file
+            raise SegcError(f"{shown(changed[0])} changed while segc was compiling it; nothing was written to {shown(self.outdir)}")
         entries = {n: ManifestEntry(n, file_sha256(stage / n)) for n in names}
         try:
             if not real.exists():

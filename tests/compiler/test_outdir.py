@@ -370,3 +370,20 @@ def test_two_processes_one_outdir(model_path: Path, capsys) -> None:
         holder.communicate("go\n", timeout=30)
     assert holder.returncode == 0 and not out.exists()  # the holder never committed
     assert main(compile_(model_path, "-o", str(out))) == 0  # and once it is gone, the folder is free
+
+
+def test_an_input_changed_during_the_compile_writes_nothing(model_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    from segc import pipeline
+
+    real = pipeline.run_pipeline
+
+    def and_touch(*a, **kw):
+        result = real(*a, **kw)
+        with open(model_path, "ab") as fh:  # someone else appends to the input meanwhile
+            fh.write(b"\0")
+        return result
+
+    monkeypatch.setattr("segc.compile_cmd.run_pipeline", and_touch)
+    out = model_path.parent / "out"
+    assert "changed while segc was compiling it" in error_line(capsys, compile_(model_path, "-o", str(out)))
+    assert not out.exists()
