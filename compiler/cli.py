@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--pixel-budget", type=int, help="largest N*H*W verified at (default 2.2M)")
     c.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
     c.add_argument("--dump-dir", help="write the graph after each pass into this folder")
-    c.add_argument("--force", action="store_true", help="write into an output folder that already has a build")
+    c.add_argument("--force", action="store_true", help="replace files in the output folder that segc did not write (never the input model)")
 
     p = sub.add_parser("passes", help="list the registered passes")
     p.add_argument("--json", action="store_true")

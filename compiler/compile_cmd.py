@@ -19,7 +19,8 @@ import onnx
 import segc
 from segc.errors import SegcError
 from segc.metrics import Tolerances
-from segc.modelio import file_sha256, load_model, save_model
+from segc.modelio import file_sha256, load_model_and_files, save_model
+from segc.outdir import FIXED_NAMES, StagedOutput, check_dump_dir, require_utf8
 from segc.ortrun import SESSION_STATS, SessionConfig
 from segc.pipeline import DumpInstrument, Instrument, PassRecord, PassSpec, PipelineResult, run_pipeline
 from segc.recipe import RECIPE_METADATA_KEY, Recipe, get_recipe
@@ -194,7 +195,8 @@ def build_options(args: argparse.Namespace, recipe: Recipe | None, target: Targe
 def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
     started = time.perf_counter()
     src = Path(args.model)
-    model = load_model(src)
+    require_utf8(src, "input model")
+    model, protect = load_model_and_files(src)
     target = get_target(args.target)
     recipe = resolve_recipe(args.recipe, model)
     specs = plan_passes(args, target, recipe)
@@ -202,14 +204,19 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
     _validate_inputs(model, ranges)
     tolerances = Tolerances.parse(args.tolerance)
     outdir = Path(args.outdir) if args.outdir else src.parent / f"{src.stem}.{target.name}"
-    if outdir.exists() and not outdir.is_dir():
-        raise SegcError(f"{outdir}: exists and is not a folder")
-    if outdir.is_dir() and (outdir / "build.sh").exists() and not args.force:
-        raise SegcError(f"{outdir} already holds a build; use --force to replace it or choose another -o")
-    stem = src.stem
-    out_model = outdir / f"{stem}.{target.name}.onnx"
-    if out_model.resolve() == src.resolve():
-        raise SegcError(f"{out_model}: refusing to write over the input model")
+    out_name = f"{src.stem}.{target.name}.onnx"
+    if args.dump_dir:
+        check_dump_dir(args.dump_dir, [DumpInstrument.file_name(i, s.name) for i, s in enumerate(specs)], protect)
+    with StagedOutput(outdir, force=args.force, protect=protect, names=[out_name, *FIXED_NAMES]) as out:
+        return _compile_into(out, args, argv, src, model, target, recipe, specs, ranges, tolerances, started)
+
+
+def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], src: Path, model: onnx.ModelProto,
+                  target: Target, recipe: Recipe | None, specs: list[PassSpec], ranges: dict[str, ShapeRange],
+                  tolerances: Tolerances, started: float) -> int:
+    """Run, verify, check and emit into ``out``'s staging folder, then move it into place."""
+    outdir = out.outdir
+    out_model = out.path(f"{src.stem}.{target.name}.onnx")
     input_hash = file_sha256(src)
 
     config = SessionConfig()
@@ -219,7 +226,7 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
                             user_inputs=args.verify_inputs, pixel_budget=args.pixel_budget or DEFAULT_PIXEL_BUDGET)
     instruments: list[Instrument] = [ProgressInstrument(len(specs))]
     if args.dump_dir:
-        instruments.append(DumpInstrument(args.dump_dir))
+        instruments.append(DumpInstrument(args.dump_dir, protect=out.protect))
     SESSION_STATS.reset()
     result = run_pipeline(model, specs, target=target.name, recipe=recipe, verify=args.verify, verifier=verifier,
                           instruments=instruments)
@@ -244,25 +251,26 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
     if violations:
         report_fields["status"] = "illegal"
         report_fields["verification_cost"] = {"sessions": SESSION_STATS.sessions, "runs": SESSION_STATS.runs}
-        write_reports(outdir, build_report(result, **report_fields))
+        write_reports(out.staging, build_report(result, **report_fields))
+        out.commit()
         listed = "; ".join(str(v) for v in violations[:5]) + (f"; and {len(violations) - 5} more" if len(violations) > 5 else "")
         raise SegcError(f"target {target.name} cannot build this model: {listed} (see {outdir / 'report.md'})")
 
-    outdir.mkdir(parents=True, exist_ok=True)
-    save_model(result.model, out_model, protect=[src])
-    artefacts = [{"path": str(out_model), "kind": "model"}]
+    save_model(result.model, out_model, protect=out.protect)
+    artefacts = [{"path": str(out.final(out_model)), "kind": "model"}]
     if result.ok:
-        for art in target.emit(result.model, out_model, outdir, options):
-            artefacts.append({"path": str(art.path), "kind": art.kind})
+        for art in target.emit(result.model, out_model, out.staging, options):
+            artefacts.append({"path": str(out.final(art.path)), "kind": art.kind})
     report_fields.update({
         "status": "ok" if result.ok else "failed",
-        "output": _model_info(out_model, result.model),
+        "output": {**_model_info(out_model, result.model), "path": str(out.final(out_model))},
         "artefacts": artefacts,
         "verification_cost": {"sessions": SESSION_STATS.sessions, "runs": SESSION_STATS.runs},
         "seconds": round(time.perf_counter() - started, 3),
     })
     report = build_report(result, **report_fields)
-    write_reports(outdir, report)
+    write_reports(out.staging, report)
+    out.commit()
     _print_summary(report, result, outdir)
     return 0 if result.ok else 1
 

@@ -1,27 +1,30 @@
 """Loading and saving ONNX models safely.
 
 Loading refuses what would otherwise fail late or dangerously: missing, empty, truncated or
-non-ONNX files, external data that points outside the model's folder (a path traversal in a
-downloaded model must not make segc read arbitrary files), and opsets segc cannot handle.
+non-ONNX files, graphs onnx.checker rejects (cycles, names defined twice), external data that
+points outside the model's folder from any tensor of any graph (a path traversal in a
+downloaded model must not make segc read arbitrary files) or is shorter than its tensor, and
+opsets segc cannot handle.
 
-Saving is atomic (a temporary file in the destination folder, then ``os.replace``) so an
-interrupted run never leaves a half-written model, lowers the IR version to one onnxruntime
-reads, switches to external data above protobuf's 2 GiB limit, and never writes over the
-model it was given.
+Saving goes through segc's one atomic writer (``segc.outdir``), so an interrupted run never
+leaves a half-written model and a link to the input is never written through. It also lowers
+the IR version to one onnxruntime reads, switches to external data above protobuf's 2 GiB
+limit, and never writes over the model it was given.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import onnx
 from google.protobuf.message import DecodeError
 
 from segc.errors import SegcError
+from segc.outdir import file_sha256, private_folder, refuse_protected, write_file
+
+__all__ = ["file_sha256", "load_model", "load_model_and_files", "save_model", "readable_ir", "default_opset", "tensor_nbytes", "weight_bytes"]
 
 MIN_OPSET = 7
 MAX_OPSET = 23
@@ -31,6 +34,12 @@ PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # leave headroom under protobuf's h
 
 def load_model(path: str | Path) -> onnx.ModelProto:
     """Load and sanity-check an ONNX model, with its external data; SegcError on bad input."""
+    return load_model_and_files(path)[0]
+
+
+def load_model_and_files(path: str | Path) -> tuple[onnx.ModelProto, list[Path]]:
+    """:func:`load_model`, plus the files it read (the model and its external data): the
+    files a compile must never write over, whatever links or folders lead to them."""
     path = Path(path)
     if not path.exists():
         raise SegcError(f"{path}: no such file")
@@ -46,8 +55,9 @@ def load_model(path: str | Path) -> onnx.ModelProto:
         # protobuf happily parses many byte strings as an empty message
         raise SegcError(f"{path}: not an ONNX model (no graph found)")
     _check_opsets(model, path)
-    _load_external_data(model, path)
-    return model
+    data_files = _load_external_data(model, path)
+    _check_graph(model, path)
+    return model, [path.resolve(), *sorted(data_files)]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -71,30 +81,78 @@ def _check_opsets(model: onnx.ModelProto, path: Path) -> None:
         raise SegcError(f"{path}: opset {version} is not supported (segc handles opsets {MIN_OPSET} to {MAX_OPSET})")
 
 
-def _external_locations(model: onnx.ModelProto) -> list[str]:
-    locations = []
-    for tensor in _all_tensors(model):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    locations.append(entry.value)
-    return locations
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """A graph and every subgraph in it (If branches, Loop and Scan bodies), depth first."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _graphs(sub)
 
 
-def _all_tensors(model: onnx.ModelProto):
-    yield from model.graph.initializer
-    for node in model.graph.node:
+def _attribute_tensors(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.TensorProto]:
+    for node in nodes:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.TENSOR:
                 yield attr.t
+            elif attr.type == onnx.AttributeProto.TENSORS:
+                yield from attr.tensors
+            elif attr.type == onnx.AttributeProto.SPARSE_TENSOR:
+                yield from (attr.sparse_tensor.values, attr.sparse_tensor.indices)
+            elif attr.type == onnx.AttributeProto.SPARSE_TENSORS:
+                for sp in attr.sparse_tensors:
+                    yield from (sp.values, sp.indices)
 
 
-def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
-    locations = _external_locations(model)
-    if not locations:
-        return
+def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor that can hold data: initializers and attribute tensors of every graph,
+    subgraphs and functions included. A path check that skips one of them is no check."""
+    for graph in _graphs(model.graph):
+        yield from graph.initializer
+        for sp in graph.sparse_initializer:
+            yield from (sp.values, sp.indices)
+        yield from _attribute_tensors(graph.node)
+    for function in model.functions:
+        yield from _attribute_tensors(function.node)
+
+
+# packed or variable-size types: their byte count does not follow from dims and itemsize
+_UNSIZED = {onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED}
+for _name in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2"):
+    if hasattr(onnx.TensorProto, _name):
+        _UNSIZED.add(getattr(onnx.TensorProto, _name))
+
+
+def _expected_nbytes(tensor: onnx.TensorProto) -> int | None:
+    if tensor.data_type in _UNSIZED:
+        return None
+    try:
+        return tensor_nbytes(tensor)
+    except Exception:  # noqa: BLE001 - an unknown type: no size to check against
+        return None
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> set[Path]:
+    """Read every tensor's external data, refusing paths outside the model's folder and data
+    files too short for what the tensor says it holds.
+
+    onnx's own loader reads ``length`` bytes at ``offset`` and keeps whatever comes back, so
+    a truncated file gives a silently short tensor (and, with ``--verify none``, a corrupt
+    compiled model). Hence segc reads the data itself and checks every size.
+    """
     base = path.resolve().parent
-    for loc in set(locations):
+    files: set[Path] = set()
+    for tensor in _all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        name = tensor.name or "(unnamed)"
+        loc = info.get("location", "")
+        if not loc:
+            raise SegcError(f"{path}: external data of tensor {name!r} names no location")
         if os.path.isabs(loc) or Path(loc).is_absolute():
             raise SegcError(f"{path}: external data location {loc!r} is absolute; segc only reads data beside the model")
         target = (base / loc).resolve()
@@ -102,21 +160,113 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
             raise SegcError(f"{path}: external data location {loc!r} points outside the model's folder")
         if not target.is_file():
             raise SegcError(f"{path}: external data file {loc!r} is missing")
+        try:
+            offset = int(info.get("offset") or 0)
+            length = int(info["length"]) if info.get("length") else None
+        except ValueError:
+            raise SegcError(f"{path}: external data of tensor {name!r} has a malformed offset or length") from None
+        if offset < 0 or (length is not None and length < 0):
+            raise SegcError(f"{path}: external data of tensor {name!r} has a negative offset or length")
+        expected = _expected_nbytes(tensor)
+        want = length if length is not None else expected
+        size = target.stat().st_size
+        if offset > size or (want is not None and offset + want > size):
+            raise SegcError(f"{path}: external data for {name!r} is truncated: it needs bytes {offset} to "
+                            f"{offset + (want or 0)} of {loc!r}, which has {size}")
+        if expected is not None and want != expected:
+            raise SegcError(f"{path}: external data for {name!r} is {want} bytes, but its shape and type need {expected}")
+        try:
+            with open(target, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read(-1 if want is None else want)
+        except OSError as exc:
+            raise SegcError(f"{path}: cannot read external data {loc!r}: {exc.strerror}") from None
+        if want is not None and len(data) != want:
+            raise SegcError(f"{path}: external data for {name!r} is truncated")
+        tensor.raw_data = data
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        files.add(target)
+    return files
+
+
+def _check_graph(model: onnx.ModelProto, path: Path) -> None:
+    """An invalid graph is bad input (exit 2), found before any pass rather than as a pass
+    "failure" or, with ``--verify none``, not at all.
+
+    segc checks the structure itself (every graph and subgraph: names defined once, used only
+    after they are defined, which also catches cycles; outputs listed once), then runs
+    onnx.checker for the rest (op schemas, attributes) on a weightless copy.
+    """
+    _check_structure(model.graph, set(), path)
+    # the checker wants a shape on every graph input/output type; ONNX and onnxruntime allow
+    # none (unknown rank), so the copy it checks gets an empty one
+    skeleton = _without_weights(model)
+    for g in _graphs(skeleton.graph):
+        for vi in [*g.input, *g.output, *g.value_info]:
+            if vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape"):
+                vi.type.tensor_type.shape.SetInParent()
     try:
-        onnx.load_external_data_for_model(model, str(base))
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise SegcError(f"{path}: cannot read external data: {_first_line(exc)}") from None
-    for tensor in model.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            raise SegcError(f"{path}: external data for {tensor.name!r} is truncated")
+        onnx.checker.check_model(skeleton)
+    except (onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
+        raise SegcError(f"{path}: not a valid ONNX graph: {' '.join(str(exc).split())[:300]}") from None
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose top-level initializers hold no data (name and type only).
+
+    onnx.checker never looks at initializer values, but handing it the real model costs a
+    full serialisation: seconds on a 250 MB network, at every load.
+    """
+    skeleton = onnx.ModelProto()
+    _copy_fields(model, skeleton, skip="graph")
+    _copy_fields(model.graph, skeleton.graph, skip="initializer")
+    for t in model.graph.initializer:
+        skeleton.graph.initializer.add(name=t.name, data_type=t.data_type, dims=[0])
+    return skeleton
+
+
+def _copy_fields(src, dst, skip: str) -> None:
+    for fd, value in src.ListFields():
+        if fd.name == skip:
+            continue
+        if hasattr(value, "extend"):  # a repeated field (FieldDescriptor.label is gone in protobuf 6)
+            getattr(dst, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
+def _check_structure(graph: onnx.GraphProto, outer: set[str], path: Path) -> None:
+    def bad(why: str) -> SegcError:
+        return SegcError(f"{path}: not a valid ONNX graph: {why} (graph {graph.name!r})")
+
+    defined: set[str] = set()
+    for name in [vi.name for vi in graph.input] + [t.name for t in graph.initializer]:
+        defined.add(name)  # an initializer may also be listed as an input (IR < 4)
+    for node in graph.node:
+        for name in node.input:
+            if name and name not in defined and name not in outer:
+                raise bad(f"node {node.name or node.op_type!r} uses {name!r} before any node makes it "
+                          "(nodes out of order, or a cycle)")
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
+            for sub in subs:
+                _check_structure(sub, outer | defined, path)
+        for name in node.output:
+            if not name:
+                continue
+            if name in defined:
+                raise bad(f"{name!r} is made twice (node {node.name or node.op_type!r})")
+            defined.add(name)
+    seen: set[str] = set()
+    for out in graph.output:
+        if out.name in seen:
+            raise bad(f"output {out.name!r} is listed twice")
+        if out.name not in defined and out.name not in outer:
+            raise bad(f"output {out.name!r} is made by no node")
+        seen.add(out.name)
 
 
 def readable_ir(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -130,32 +280,35 @@ def readable_ir(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def save_model(model: onnx.ModelProto, path: str | Path, *, protect: list[str | Path] = ()) -> Path:
-    """Write ``model`` to ``path`` atomically; refuses to overwrite any file in ``protect``.
+    """Write ``model`` to ``path`` through segc's atomic writer (:mod:`segc.outdir`);
+    refuses a ``path`` that is, or links to, any file in ``protect``.
 
     Models above protobuf's 2 GiB limit are written with their weights in ``<name>.data``
-    beside the model (also atomically: both files are written under temporary names first).
+    beside the model: onnx saves both into a private folder, then the weights and the model
+    are renamed into place (the model last).
     """
     path = Path(path)
-    for other in protect:
-        if Path(other).exists() and path.exists() and path.resolve() == Path(other).resolve():
-            raise SegcError(f"{path}: refusing to write over the input model")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    guarded = [Path(p) for p in protect]
+    refuse_protected(path, guarded)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # `segc export -o new/folder/m.onnx`
+    except OSError as exc:
+        raise SegcError(f"{path}: cannot create its folder: {exc.strerror or type(exc).__name__}") from None
     model = readable_ir(model)
     # estimated from dims: protobuf's ByteSize walks every byte and costs seconds on big models
-    large = weight_bytes(model) > PROTOBUF_LIMIT
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    if weight_bytes(model) <= PROTOBUF_LIMIT:
+        return write_file(path, model.SerializeToString(), protect=guarded)
+    data_name = path.name + ".data"
+    refuse_protected(path.parent / data_name, guarded, "the input's data")
     try:
-        staged = staging / path.name
-        if large:
-            data_name = path.name + ".data"
+        with private_folder(path.parent) as folder:
+            staged = Path(folder) / path.name
             onnx.save_model(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=data_name, size_threshold=1024)
-            os.replace(staging / data_name, path.parent / data_name)  # weights first, model last
-        else:
-            staged.write_bytes(model.SerializeToString())
-        os.replace(staged, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            os.replace(Path(folder) / data_name, path.parent / data_name)  # weights first, model last
+            os.replace(staged, path)
+    except OSError as exc:
+        raise SegcError(f"{path}: cannot write: {exc.strerror or type(exc).__name__}") from None
     return path
 
 

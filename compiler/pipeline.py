@@ -18,7 +18,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import onnx
 
@@ -103,15 +103,25 @@ class Instrument:
 
 
 class DumpInstrument(Instrument):
-    """Writes the graph after every pass to ``DIR/NN_<pass>.onnx`` (for diffing in Netron)."""
+    """Writes the graph after every pass to ``DIR/NN_<pass>.onnx`` (for diffing in Netron).
 
-    def __init__(self, directory: str | Path) -> None:
+    ``protect`` is the input model (and its data): compiling a dump again with the same
+    ``--dump-dir`` must not write over the file being compiled. ``segc.outdir.check_dump_dir``
+    checks the same names before the first pass, so this is the last line of defence.
+    """
+
+    def __init__(self, directory: str | Path, protect: Sequence[Path] = ()) -> None:
         self.directory = Path(directory)
+        self.protect = list(protect)
+
+    @staticmethod
+    def file_name(index: int, name: str) -> str:
+        return f"{index:02d}_{name}.onnx"
 
     def after_pass(self, record: PassRecord, model: onnx.ModelProto) -> None:
         from segc.modelio import save_model
 
-        save_model(model, self.directory / f"{record.index:02d}_{record.name}.onnx")
+        save_model(model, self.directory / self.file_name(record.index, record.name), protect=self.protect)
 
 
 def contract_of(pass_obj: GraphPass, options: dict[str, Any]) -> Contract:

@@ -9,14 +9,13 @@ that touched the model, so a result can be reproduced or questioned later.
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 import segc
+from segc.outdir import write_text
 from segc.pipeline import PipelineResult
 
 TOOLS = ("onnx", "onnxruntime", "onnx-graphsurgeon", "onnxsim", "numpy", "torch")
@@ -30,19 +29,6 @@ def versions() -> dict[str, str]:
         except importlib_metadata.PackageNotFoundError:
             continue
     return found
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Reports are written like models: a temp file, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def build_report(result: PipelineResult | None, **fields: Any) -> dict[str, Any]:
@@ -118,7 +104,9 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def write_reports(outdir: Path, report: dict[str, Any]) -> tuple[Path, Path]:
-    json_path, md_path = outdir / "report.json", outdir / "report.md"
-    write_atomic(json_path, json.dumps(report, indent=2, default=str) + "\n")
-    write_atomic(md_path, render_markdown(report))
+    """report.json and report.md in ``outdir`` (the staging folder during a compile), through
+    segc's atomic writer: the user's umask applies, as to any file a tool writes."""
+    json_path, md_path = Path(outdir) / "report.json", Path(outdir) / "report.md"
+    write_text(json_path, json.dumps(report, indent=2, default=str) + "\n")
+    write_text(md_path, render_markdown(report))
     return json_path, md_path

@@ -15,6 +15,9 @@ preprocessed with the recipe's normalisation.
 
 from __future__ import annotations
 
+import zipfile
+import zlib
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,8 +200,8 @@ def load_user_feeds(path: str | Path, model: onnx.ModelProto, recipe: Recipe | N
                 arrays = {k: data[k] for k in data.files}
         else:
             raise SegcError(f"--verify-inputs {path}: expected a .npy, a .npz or a folder of images")
-    except (ValueError, OSError) as exc:
-        raise SegcError(f"--verify-inputs {path}: cannot read it: {exc}") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # empty or corrupt files
+        raise SegcError(f"--verify-inputs {path}: cannot read it: {_first_line(exc)}") from None
     missing = [n for n in names if n not in arrays]
     if missing:
         raise SegcError(f"--verify-inputs {path}: no array for input(s) {missing}; it has {sorted(arrays)}")
@@ -230,3 +233,8 @@ def _image_feeds(folder: Path, inputs: list[onnx.ValueInfoProto], recipe: Recipe
         batch = np.repeat(pixels, n, axis=0)
         feeds.append(Feed(label=f.name, arrays={vi.name: spec.normalise(batch).astype(_elem_type(vi))}))
     return feeds
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else "") or type(exc).__name__

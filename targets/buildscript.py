@@ -19,15 +19,23 @@ Targets describe *what* to run (:class:`Requirement`, :class:`Step`); this modul
 
 from __future__ import annotations
 
-import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
 
+from segc.outdir import write_text
 from segc.targets.base import Artefact, BuildOptions
 
 MISSING_TOOL_STATUS = 127  # what bash itself returns for "command not found"
+
+# ``cd "$(dirname "$0")"`` breaks on a folder named ``-x`` (dirname takes it for an option)
+# and on one whose name ends in a newline ($(...) strips it). Plain parameter expansion has
+# neither problem, ``--`` ends cd's options, and CDPATH must not redirect a relative cd.
+CD_PREAMBLE = (
+    "unset CDPATH",
+    'case "${BASH_SOURCE[0]}" in */*) cd -- "${BASH_SOURCE[0]%/*}/" ;; esac',
+)
 
 
 @dataclass(frozen=True)
@@ -93,7 +101,7 @@ def render_script(
         "set -euo pipefail",
         "",
         "# run from this script's own folder, so the files beside it are found from anywhere",
-        'cd "$(dirname "${BASH_SOURCE[0]}")"',
+        *CD_PREAMBLE,
         "",
     ]
     needs_python = any(r.kind == "python-module" for r in requirements)
@@ -120,8 +128,7 @@ def write_script(
 ) -> Artefact:
     """Write an executable build script at ``path`` and return it as an Artefact."""
     text = render_script(options, requirements, steps, title=title, script_name=path.name, notes=notes)
-    path.write_text(text, encoding="utf-8")
-    os.chmod(path, 0o755)
+    write_text(path, text, executable=True)  # atomic, never through a link; umask applies
     return Artefact(path=path, kind="script")
 
 
@@ -146,9 +153,11 @@ def relative_name(path: Path, outdir: Path) -> str:
     """
     path = Path(path).resolve()
     try:
-        return str(path.relative_to(Path(outdir).resolve()))
+        name = str(path.relative_to(Path(outdir).resolve()))
     except ValueError:
         return str(path)
+    # ``-m.onnx`` would be read as an option by the tool it is given to
+    return f"./{name}" if name.startswith("-") else name
 
 
 def parse_steps(script_text: str) -> list[list[str]]:
@@ -162,7 +171,7 @@ def parse_steps(script_text: str) -> list[list[str]]:
     for raw in script_text.splitlines():
         if not pending:
             line = raw.strip()
-            if not line or line.startswith("#") or line.startswith("set -") or line.startswith("cd "):
+            if not line or line.startswith("#") or line.startswith("set -") or line in CD_PREAMBLE:
                 continue
             if " || { echo " in line:
                 continue

@@ -25,6 +25,7 @@ from segc.errors import SegcError
 from segc.recipe import RECIPE_METADATA_KEY, InputSpec, get_recipe
 from segc.shapes import ShapeRange
 from segc.targets.base import Artefact, BuildOptions, Target, Violation, register_target
+from segc.outdir import write_text
 from segc.targets.buildscript import Requirement, Step, relative_name, write_build_script
 from segc.targets.legality import check_model, load_profile
 
@@ -331,12 +332,11 @@ class MagicMindTarget(Target):
         outdir = Path(outdir)
         text, mm_path, ranges = render_program(model, Path(model_path), outdir, options)
         program = outdir / PROGRAM_NAME
-        program.write_text(text, encoding="utf-8")
-        program.chmod(0o755)
+        write_text(program, text, executable=True)
         dims = [",".join(str(d) for d in r.opt) for r in ranges]
         steps = [
             Step(("python3", PROGRAM_NAME), comment="parse, configure, (calibrate,) build and serialise the .mm model"),
-            Step(("mm_run", "--magicmind_model", mm_path.name, "--input_dims", *dims, "--iterations", "1000"), comment="time it at the optimisation shape"),
+            Step(("mm_run", "--magicmind_model", relative_name(mm_path, outdir), "--input_dims", *dims, "--iterations", "1000"), comment="time it at the optimisation shape"),
         ]
         needs = [
             Requirement("magicmind", MAGICMIND_HINT, kind="python-module"),

@@ -22,6 +22,7 @@ import onnxruntime as ort
 
 from segc.errors import SegcError
 from segc.ortrun import runnable_bytes
+from segc.outdir import replacing
 from segc.targets.base import Artefact, BuildOptions, Target, Violation, register_target
 from segc.targets.buildscript import Requirement, Step, relative_name, write_build_script
 from segc.targets.legality import check_model, load_profile
@@ -65,13 +66,14 @@ def write_optimised_copy(model: onnx.ModelProto, dest: Path) -> Path:
     """Let onnxruntime apply its basic (portable) graph optimisations and save the result."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    opts.optimized_model_filepath = str(dest)
     opts.log_severity_level = 3
-    try:
-        ort.InferenceSession(runnable_bytes(model), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SegcError(f"onnxruntime cannot load the model for optimisation: {first}") from None
+    with replacing(dest) as tmp:  # onnxruntime writes the file itself: give it a fresh name
+        opts.optimized_model_filepath = str(tmp)
+        try:
+            ort.InferenceSession(runnable_bytes(model), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SegcError(f"onnxruntime cannot load the model for optimisation: {first}") from None
     return dest
 
 

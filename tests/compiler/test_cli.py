@@ -93,8 +93,11 @@ def test_compile_writes_everything_and_keeps_the_input(model_path: Path, capsys)
     assert report["passes"][0]["name"] == "cleanup" and report["passes"][0]["changed"]
     assert report["versions"]["onnxruntime"] and report["session_config"]["optimization"] == "basic"
     assert report["command_line"].startswith("segc compile")
-    # a second run into the same folder is refused without --force
-    assert "already holds a build" in one_line_error(capsys, ["compile", str(model_path), "--target", "onnxruntime", "-o", str(out)])
+    # a second run may replace what the first wrote (the manifest says it is segc's) ...
+    assert main(["compile", str(model_path), "--target", "onnxruntime", "-o", str(out), "--passes", "cleanup"]) == 0
+    # ... but not a file the user changed since, unless --force
+    (out / "build.sh").write_text("echo my own build\n")
+    assert "not written by segc" in one_line_error(capsys, ["compile", str(model_path), "--target", "onnxruntime", "-o", str(out)])
     assert main(["compile", str(model_path), "--target", "onnxruntime", "-o", str(out), "--passes", "cleanup", "--force"]) == 0
 
 
