@@ -25,7 +25,9 @@ from segc.pipeline import DumpInstrument, Instrument, PassRecord, PassSpec, Pipe
 from segc.recipe import RECIPE_METADATA_KEY, Recipe, get_recipe
 from segc.report import PASS_COLUMNS, build_report, pass_rows, write_reports
 from segc.shapes import ShapeRange, parse_shape_range, parse_static_shape, ranges_from_metadata
-from segc.targets.base import BuildOptions, Target, get_target
+from segc.legalise import Plan, legalise
+from segc.targets.base import BuildOptions, Target, Violation, get_target
+from segc.targets.legality import errors, group_violations, unconfirmed
 from segc.verify import Verifier
 from segc.verify_inputs import DEFAULT_PIXEL_BUDGET, graph_inputs, input_dims
 
@@ -115,10 +117,17 @@ def cli_ranges(args: argparse.Namespace) -> dict[str, ShapeRange]:
     return ranges
 
 
-def final_shapes(model: onnx.ModelProto, cli: dict[str, ShapeRange], recipe: Recipe | None) -> list[ShapeRange]:
-    """The input shapes the vendor build is for: command line, then model metadata, then static dims."""
+def final_shapes(model: onnx.ModelProto, cli: dict[str, ShapeRange], recipe: Recipe | None, *, require: bool = True,
+                 planned: dict[str, ShapeRange] | None = None) -> list[ShapeRange]:
+    """The input shapes the vendor build is for: command line, then model metadata, then static dims.
+
+    ``planned``: ranges a pass of the pipeline will set (``set_shape_range`` options), for the
+    check before the pipeline. ``require`` False (onnxruntime) leaves a dynamic input out
+    instead of refusing: the runtime takes any shape.
+    """
     meta = {p.key: p.value for p in model.metadata_props}
     known = {r.name: r for r in ranges_from_metadata(meta)}
+    known.update(planned or {})
     known.update(cli)
     shapes = []
     for vi in graph_inputs(model):
@@ -132,9 +141,98 @@ def final_shapes(model: onnx.ModelProto, cli: dict[str, ShapeRange], recipe: Rec
         elif recipe is not None and len(recipe.seed_shape) == len(dims):
             seed = tuple(d if isinstance(d, int) else recipe.seed_shape[i] for i, d in enumerate(dims))
             shapes.append(ShapeRange(vi.name, seed, seed, seed))
-        else:
-            raise SegcError(f"input {vi.name!r} has dynamic dims {dims}: give --input-shape {vi.name}:... (a shape or a range)")
+        elif require:
+            example = ",".join(str(d) if isinstance(d, int) else "640" for d in dims)
+            raise SegcError(f"input {vi.name!r} has dynamic dims {dims}: this target builds for given shapes; give --input-shape "
+                            f"{vi.name}:{example} (a shape) or a range such as {vi.name}:{example.replace('640', '320~1280')}")
     return shapes
+
+
+def _pass_ranges(specs: list[PassSpec]) -> dict[str, ShapeRange]:
+    """The ranges ``set_shape_range`` will set, from its options in the planned pipeline."""
+    from segc.passes.set_shape_range import parse_ranges
+
+    out: dict[str, ShapeRange] = {}
+    for spec in specs:
+        if spec.name == "set_shape_range" and spec.options.get("ranges"):
+            out.update({r.name: r for r in parse_ranges(spec.options.get("ranges"), spec.options.get("opt"))})
+    return out
+
+
+# Which targets use which build setting: a setting the target ignores is a warning, not silence.
+_SETTING_TARGETS: dict[str, tuple[str, ...]] = {
+    "--soc": ("ascend", "magicmind"),
+    "--cann-version": ("ascend",),
+    "--workspace-mb": ("tensorrt",),
+    "--calib-images": ("magicmind",),
+}
+
+
+def validate_cli(args: argparse.Namespace, target: Target) -> list[str]:
+    """Contradictions and no-ops of the command line: errors, or warnings where harmless."""
+    warnings: list[str] = []
+    if args.pixel_budget is not None and args.pixel_budget <= 0:
+        raise SegcError(f"--pixel-budget must be a positive number of pixels, got {args.pixel_budget}")
+    if args.workspace_mb is not None and args.workspace_mb <= 0:
+        raise SegcError(f"--workspace-mb must be positive, got {args.workspace_mb}")
+    if args.batch:
+        for text in args.input_shape:
+            rng = parse_shape_range(text)
+            if rng.min and rng.min[0] != rng.max[0]:
+                raise SegcError(f"--batch {','.join(args.batch)} and the batch range in --input-shape {text!r} contradict: "
+                                "give the batch sizes once (--batch for per-batch builds, or a range in --input-shape)")
+    if target.name == "onnxruntime" and args.precision in ("fp16", "int8"):
+        raise SegcError(f"--precision {args.precision}: the onnxruntime target runs the model at its own precision and "
+                        "does not quantise or convert; drop --precision (or build for tensorrt, magicmind or ascend)")
+    for flag, users in _SETTING_TARGETS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None and target.name not in users:
+            warnings.append(f"{flag} is not used by target {target.name} (only by {', '.join(users)}); ignored")
+    if args.no_prune and not args.outputs:
+        warnings.append("--no-prune without --outputs does nothing")
+    return warnings
+
+
+def validate_selectors(model: onnx.ModelProto, args: argparse.Namespace) -> None:
+    """``--outputs`` and ``--nearest-resize`` must match something in the input model, now.
+
+    A selector is resolved by its pass much later; a typo would cost the passes before it.
+    """
+    if not args.outputs and not args.nearest_resize:
+        return
+    import onnx_graphsurgeon as gs
+
+    from segc.selectors import select_many
+
+    graph = gs.import_onnx(model)
+    if args.outputs:
+        select_many(graph, args.outputs, kind="tensors")
+    if args.nearest_resize:
+        select_many(graph, args.nearest_resize, kind="nodes")
+
+
+def check_cli_options_used(args: argparse.Namespace, specs: list[PassSpec]) -> None:
+    """An ``--option`` for a pass that does not run would be silently ignored: refuse it."""
+    names = [s.name for s in specs]
+    for text in args.option:
+        pass_name, _, _ = parse_option(text)
+        if pass_name not in names:
+            raise SegcError(f"--option {text}: pass {pass_name} is not in the pipeline ({', '.join(names)}); "
+                            f"add it with --passes, or drop the option")
+
+
+def gate_lines(violations: list[Violation], result: PipelineResult) -> list[str]:
+    """The final check's refusal, grouped; a fix that already ran says what it reported instead."""
+    ran = {r.name: r for r in result.records if r.status not in ("pending", "skipped")}
+    lines = []
+    for line in group_violations(violations):
+        for name, record in ran.items():
+            tag = f" (fixed by pass {name})"
+            if line.endswith(tag):
+                said = "; ".join(record.notes[:2]) or f"status {record.status}, stats {record.stats}"
+                line = line[: -len(tag)] + f" (pass {name} ran and could not fix it: {said})"
+        lines.append(line)
+    return lines
 
 
 def _validate_inputs(model: onnx.ModelProto, ranges: dict[str, ShapeRange]) -> None:
@@ -197,6 +295,7 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
     model = load_model(src)
     target = get_target(args.target)
     recipe = resolve_recipe(args.recipe, model)
+    cli_warnings = validate_cli(args, target)
     specs = plan_passes(args, target, recipe)
     ranges = cli_ranges(args)
     _validate_inputs(model, ranges)
@@ -211,6 +310,19 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
     if out_model.resolve() == src.resolve():
         raise SegcError(f"{out_model}: refusing to write over the input model")
     input_hash = file_sha256(src)
+    chosen_outputs = list(args.outputs or []) if args.no_prune else []
+    require_shapes = target.name != "onnxruntime"
+
+    # everything below is checked before the first pass runs (DESIGN.md: errors before work)
+    planned = final_shapes(model, ranges, recipe, require=require_shapes, planned=_pass_ranges(specs))
+    planned_options = build_options(args, recipe, target, planned, chosen_outputs, argv, input_hash)
+    target.validate_options(planned_options)
+    validate_selectors(model, args)
+    plan = legalise(model, target, planned_options, specs, user_passes=bool(args.passes), skipped=set(args.skip or []),
+                    static_cli={n: r for n, r in ranges.items() if r.is_static})
+    specs = plan.specs
+    check_cli_options_used(args, specs)
+    _print_plan(plan, cli_warnings)
 
     config = SessionConfig()
     verifier = None
@@ -232,12 +344,15 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
         "tolerances": tolerances.to_dict(),
         "session_config": config.to_dict(),
         "verified_shapes": verifier.feed_labels if verifier else [],
+        "legalisation": {"added": [a.to_dict() for a in plan.added], "warnings": cli_warnings + plan.warnings},
     }
-    chosen_outputs = list(args.outputs or []) if args.no_prune else []
-    shapes = final_shapes(result.model, ranges, recipe)
+    shapes = final_shapes(result.model, ranges, recipe, require=require_shapes)
     options = build_options(args, recipe, target, shapes, chosen_outputs, argv, input_hash)
-    violations = target.check(result.model, options) if result.ok else []
-    report_fields["violations"] = [str(v) for v in violations]
+    found = target.check(result.model, options) if result.ok else []
+    violations = errors(found)
+    warnings = group_violations(unconfirmed(found))
+    report_fields["legalisation"]["warnings"] = cli_warnings + warnings if result.ok else report_fields["legalisation"]["warnings"]
+    report_fields["violations"] = gate_lines(violations, result)
     report_fields["build"] = {"precision": options.precision, "batch_sizes": list(options.batch_sizes),
                               "shapes": [s.atc() for s in shapes], "soc": options.soc, "extra": options.extra}
 
@@ -245,7 +360,8 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
         report_fields["status"] = "illegal"
         report_fields["verification_cost"] = {"sessions": SESSION_STATS.sessions, "runs": SESSION_STATS.runs}
         write_reports(outdir, build_report(result, **report_fields))
-        listed = "; ".join(str(v) for v in violations[:5]) + (f"; and {len(violations) - 5} more" if len(violations) > 5 else "")
+        lines = report_fields["violations"]
+        listed = "; ".join(lines[:5]) + (f"; and {len(lines) - 5} more" if len(lines) > 5 else "")
         raise SegcError(f"target {target.name} cannot build this model: {listed} (see {outdir / 'report.md'})")
 
     outdir.mkdir(parents=True, exist_ok=True)
@@ -267,6 +383,15 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
     return 0 if result.ok else 1
 
 
+def _print_plan(plan: Plan, warnings: list[str]) -> None:
+    """What segc added to the pipeline and why, and the warnings, before the passes start."""
+    for added in plan.added:
+        print(f"segc: {added}", file=sys.stderr)
+    for w in warnings + plan.warnings:
+        print(f"segc: warning: {w}", file=sys.stderr)
+    sys.stderr.flush()
+
+
 def _print_summary(report: dict[str, Any], result: PipelineResult, outdir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -276,6 +401,11 @@ def _print_summary(report: dict[str, Any], result: PipelineResult, outdir: Path)
     for row in pass_rows(report):
         table.add_row(*row)
     console.print(table)
+    legal = report.get("legalisation") or {}
+    for added in legal.get("added", []):
+        console.print(f"added pass {added['pass']}: {added['reason']}")
+    for w in legal.get("warnings", []):
+        console.print(f"warning: {w}")
     if result.ok:
         console.print(f"done in {report['seconds']:.1f}s; artefacts in {outdir}/ (build.sh, report.md, report.json)")
     else:
