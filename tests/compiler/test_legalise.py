@@ -244,3 +244,32 @@ def test_unused_setting_is_a_warning(tmp_path: Path, capsys) -> None:
     report, err = compile_ok(capsys, ["compile", str(src), "--target", "tensorrt", "--cann-version", "8.0", "-o", str(tmp_path / "o")])
     assert "--cann-version is not used by target tensorrt" in err
     assert any("--cann-version" in w for w in report["legalisation"]["warnings"])
+
+
+# ------------------------------------------------------------------ inspect
+
+
+def test_inspect_counts_weights_held_in_constant_nodes(tmp_path: Path, capsys) -> None:
+    """paddle2onnx stores weights as Constant nodes; they are parameters too (ints are not)."""
+    w = nh.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    nodes = [h.make_node("Constant", [], ["w"], value=w, name="wconst"),
+             h.make_node("Constant", [], ["axes"], value=nh.from_array(np.array([0, 1], np.int64)), name="axes"),
+             h.make_node("Conv", ["x", "w"], ["y"], name="conv")]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 8, 8])],
+                     [h.make_tensor_value_info("y", T.FLOAT, None)])
+    src = save(h.make_model(g, opset_imports=[h.make_opsetid("", 11)], ir_version=8), tmp_path)
+    assert main(["inspect", str(src), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["parameters"] == 108
+    assert main(["inspect", str(src)]) == 0
+    assert "108 parameters" in capsys.readouterr().out
+
+
+def test_inspect_prints_each_violation_kind_once(tmp_path: Path, capsys) -> None:
+    src = save(op_chain(["Erf"] * 5 + ["Tanh"]), tmp_path)
+    assert main(["inspect", str(src), "--target", "magicmind"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("unconfirmed") == 1 and "Erf x5, Tanh x1" in out and "--allow-unlisted-ops" in out
+    src = save(dynamo_like(), tmp_path, "d.onnx")
+    assert main(["inspect", str(src), "--target", "ascend"]) == 0
+    out = capsys.readouterr().out
+    assert "opset 20" in out and "(fixed by pass convert_opset)" in out and "segc compile adds the fixing passes" in out
