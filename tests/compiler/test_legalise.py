@@ -273,3 +273,23 @@ def test_inspect_prints_each_violation_kind_once(tmp_path: Path, capsys) -> None
     assert main(["inspect", str(src), "--target", "ascend"]) == 0
     out = capsys.readouterr().out
     assert "opset 20" in out and "(fixed by pass convert_opset)" in out and "segc compile adds the fixing passes" in out
+
+
+def test_final_gate_says_what_a_fix_that_ran_reported(tmp_path: Path, capsys) -> None:
+    """floor(1.5 * h) is not a fixed multiple of h: fold_resize_scales runs, cannot fold, says why."""
+    inits = [nh.from_array(np.array([1.5, 1.5], np.float32), "k"), nh.from_array(np.array([2, 3], np.int64), "idx"),
+             nh.from_array(np.array([1, 3], np.int64), "nc")]
+    nodes = [h.make_node("Shape", ["x"], ["s"]), h.make_node("Gather", ["s", "idx"], ["hw"], axis=0),
+             h.make_node("Cast", ["hw"], ["hwf"], to=T.FLOAT), h.make_node("Mul", ["hwf", "k"], ["m"]),
+             h.make_node("Floor", ["m"], ["f"]), h.make_node("Cast", ["f"], ["fi"], to=T.INT64),
+             h.make_node("Concat", ["nc", "fi"], ["sizes"], axis=0),
+             h.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="nearest", name="up")]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [1, 3, "h", "w"])],
+                     [h.make_tensor_value_info("y", T.FLOAT, None)], inits)
+    src = save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8), tmp_path)
+    code = main(["compile", str(src), "--target", "ascend", "--input-shape", "x:1,3,32~64,32~64", "--verify", "none",
+                 "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    line = [x for x in err.splitlines() if x.startswith("segc: error:")][0]
+    assert code == 2 and "pass fold_resize_scales ran and could not fix it: left Resize 'up'" in line
+    assert "(fixed by pass fold_resize_scales)" not in line
