@@ -118,12 +118,13 @@ def cli_ranges(args: argparse.Namespace) -> dict[str, ShapeRange]:
 
 
 def final_shapes(model: onnx.ModelProto, cli: dict[str, ShapeRange], recipe: Recipe | None, *, require: bool = True,
-                 planned: dict[str, ShapeRange] | None = None) -> list[ShapeRange]:
+                 planned: dict[str, ShapeRange] | None = None, batch: tuple[int, ...] = ()) -> list[ShapeRange]:
     """The input shapes the vendor build is for: command line, then model metadata, then static dims.
 
     ``planned``: ranges a pass of the pipeline will set (``set_shape_range`` options), for the
     check before the pipeline. ``require`` False (onnxruntime) leaves a dynamic input out
-    instead of refusing: the runtime takes any shape.
+    instead of refusing: the runtime takes any shape. ``batch`` (``--batch`` or the recipe's)
+    supplies a symbolic batch dim: the targets build each size, or widen to their range.
     """
     meta = {p.key: p.value for p in model.metadata_props}
     known = {r.name: r for r in ranges_from_metadata(meta)}
@@ -138,11 +139,14 @@ def final_shapes(model: onnx.ModelProto, cli: dict[str, ShapeRange], recipe: Rec
         if all(isinstance(d, int) for d in dims):
             static = tuple(int(d) for d in dims)  # type: ignore[arg-type]
             shapes.append(ShapeRange(vi.name, static, static, static))
+        elif batch and dims and all(isinstance(d, int) for d in dims[1:]):
+            fixed = (min(batch), *(int(d) for d in dims[1:]))  # type: ignore[arg-type]
+            shapes.append(ShapeRange(vi.name, fixed, fixed, fixed))
         elif recipe is not None and len(recipe.seed_shape) == len(dims):
             seed = tuple(d if isinstance(d, int) else recipe.seed_shape[i] for i, d in enumerate(dims))
             shapes.append(ShapeRange(vi.name, seed, seed, seed))
         elif require:
-            example = ",".join(str(d) if isinstance(d, int) else "640" for d in dims)
+            example = ",".join(str(d) if isinstance(d, int) else ("1" if i == 0 else "640") for i, d in enumerate(dims))
             raise SegcError(f"input {vi.name!r} has dynamic dims {dims}: this target builds for given shapes; give --input-shape "
                             f"{vi.name}:{example} (a shape) or a range such as {vi.name}:{example.replace('640', '320~1280')}")
     return shapes
@@ -314,8 +318,9 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
     require_shapes = target.name != "onnxruntime"
 
     # everything below is checked before the first pass runs (DESIGN.md: errors before work)
-    planned = final_shapes(model, ranges, recipe, require=require_shapes, planned=_pass_ranges(specs))
-    planned_options = build_options(args, recipe, target, planned, chosen_outputs, argv, input_hash)
+    planned_options = build_options(args, recipe, target, [], chosen_outputs, argv, input_hash)
+    planned_options.shape_ranges = final_shapes(model, ranges, recipe, require=require_shapes, planned=_pass_ranges(specs),
+                                                batch=planned_options.batch_sizes)
     target.validate_options(planned_options)
     validate_selectors(model, args)
     plan = legalise(model, target, planned_options, specs, user_passes=bool(args.passes), skipped=set(args.skip or []),
@@ -346,7 +351,7 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
         "verified_shapes": verifier.feed_labels if verifier else [],
         "legalisation": {"added": [a.to_dict() for a in plan.added], "warnings": cli_warnings + plan.warnings},
     }
-    shapes = final_shapes(result.model, ranges, recipe, require=require_shapes)
+    shapes = final_shapes(result.model, ranges, recipe, require=require_shapes, batch=planned_options.batch_sizes)
     options = build_options(args, recipe, target, shapes, chosen_outputs, argv, input_hash)
     found = target.check(result.model, options) if result.ok else []
     violations = errors(found)

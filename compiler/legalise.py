@@ -178,13 +178,25 @@ def legalise(model: onnx.ModelProto, target: Target, options: BuildOptions, spec
         axes = symbolic_axes(model, name)
         if axes and name not in ranged_by_pass:
             freeze.append((name, rng, axes))
+    shapes = []
     if freeze:
         from segc.passes.fix_input_shapes import fixed_shape_option
 
         shapes = [fixed_shape_option(rng) for _, rng, _ in freeze]
-        dims = "; ".join(f"{rng.atc()} (symbolic dims {', '.join(map(str, axes))})" for _, rng, axes in freeze)
-        if not (user_passes or FREEZE_FIX in skipped):
-            need(FREEZE_FIX, {"shapes": shapes}, f"the build is static at {dims}; fixed dims let simplify fold the shape computations")
+        reason = "the build is static at " + "; ".join(f"{rng.atc()} (symbolic dims {', '.join(map(str, axes))})" for _, rng, axes in freeze)
+    # one --batch size (and no batch range) fixes a symbolic batch dim the same way
+    if len(options.batch_sizes) == 1 and not options.extra.get("batch_range"):
+        batch = options.batch_sizes[0]
+        init = {t.name for t in model.graph.initializer}
+        only_batch = [vi.name for vi in model.graph.input if vi.name not in init and vi.name not in static_cli
+                      and vi.name not in ranged_by_pass and 0 in symbolic_axes(model, vi.name)]
+        for name in only_batch:
+            rank = len(next(vi for vi in model.graph.input if vi.name == name).type.tensor_type.shape.dim)
+            shapes.append(f"{name}:{batch}" + ",-1" * (rank - 1))
+        if only_batch:
+            reason = (reason + "; " if freeze else "") + f"--batch {batch} fixes the symbolic batch of {', '.join(only_batch)}"
+    if shapes and not (user_passes or FREEZE_FIX in skipped):
+        need(FREEZE_FIX, {"shapes": shapes}, f"{reason}; fixed dims let simplify fold the shape computations")
     frozen = FREEZE_FIX in names()
 
     found = target.check(model, options)

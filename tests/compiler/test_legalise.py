@@ -293,3 +293,17 @@ def test_final_gate_says_what_a_fix_that_ran_reported(tmp_path: Path, capsys) ->
     line = [x for x in err.splitlines() if x.startswith("segc: error:")][0]
     assert code == 2 and "pass fold_resize_scales ran and could not fix it: left Resize 'up'" in line
     assert "(fixed by pass fold_resize_scales)" not in line
+
+
+def test_single_batch_fixes_a_symbolic_batch(tmp_path: Path, capsys) -> None:
+    src = save(op_chain(["Relu", "Sigmoid"], dims=("N", 3, 8, 8)), tmp_path)
+    out = tmp_path / "o"
+    report, _ = compile_ok(capsys, ["compile", str(src), "--target", "tensorrt", "--batch", "4", "-o", str(out)])
+    added = report["legalisation"]["added"]
+    assert added[0]["pass"] == "fix_input_shapes" and added[0]["options"] == {"shapes": ["x:4,-1,-1,-1"]}
+    assert "--batch 4" in added[0]["reason"]
+    model = onnx.load(out / "m.tensorrt.onnx")
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [4, 3, 8, 8]
+    # several batch sizes are several builds of one graph: the batch stays symbolic
+    report, _ = compile_ok(capsys, ["compile", str(src), "--target", "ascend", "--batch", "1,4", "-o", str(tmp_path / "o2")])
+    assert report["legalisation"]["added"] == []
