@@ -192,6 +192,11 @@ def validate_cli(args: argparse.Namespace, target: Target) -> list[str]:
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None and target.name not in users:
             warnings.append(f"{flag} is not used by target {target.name} (only by {', '.join(users)}); ignored")
+    if args.allow_unlisted_ops:
+        from segc.targets.legality import load_profile
+
+        if not load_profile(target.name).data.get("ops", {}).get("partial", False):
+            warnings.append(f"--allow-unlisted-ops does nothing for {target.name}: its operator list is complete, so a missing op is an error")
     if args.no_prune and not args.outputs:
         warnings.append("--no-prune without --outputs does nothing")
     return warnings

@@ -307,3 +307,9 @@ def test_single_batch_fixes_a_symbolic_batch(tmp_path: Path, capsys) -> None:
     # several batch sizes are several builds of one graph: the batch stays symbolic
     report, _ = compile_ok(capsys, ["compile", str(src), "--target", "ascend", "--batch", "1,4", "-o", str(tmp_path / "o2")])
     assert report["legalisation"]["added"] == []
+
+
+def test_allow_unlisted_ops_on_a_complete_list_is_a_warning(tmp_path: Path, capsys) -> None:
+    src = save(dynamo_like(opset=17), tmp_path)
+    _, err = compile_ok(capsys, ["compile", str(src), "--target", "tensorrt", "--allow-unlisted-ops", "-o", str(tmp_path / "o")])
+    assert "--allow-unlisted-ops does nothing for tensorrt" in err
