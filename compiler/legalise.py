@@ -156,8 +156,10 @@ def legalise(model: onnx.ModelProto, target: Target, options: BuildOptions, spec
              user_passes: bool, skipped: set[str], static_cli: dict[str, ShapeRange]) -> Plan:
     """Add the passes the target's violations need, or refuse before any pass runs."""
     plan = Plan(specs=list(specs))
-    names = lambda: {s.name for s in plan.specs}  # noqa: E731 - re-read after each insertion
     missing: list[str] = []
+
+    def names() -> set[str]:  # re-read after each insertion
+        return {s.name for s in plan.specs}
 
     def need(name: str, opts: dict[str, Any], reason: str) -> None:
         if name in names():
@@ -241,7 +243,7 @@ def legalise(model: onnx.ModelProto, target: Target, options: BuildOptions, spec
 
     unfixable = [v for v in hard if v.fixed_by is None and _refusable(model, v, names())]
     if unfixable or missing:
-        lines = missing + [f"{line}{_hint(v, profile)}" for line, v in _grouped_with_first(unfixable)]
+        lines = missing + _refusal_lines(unfixable, profile)
         shown = "; ".join(lines[:6]) + (f"; and {len(lines) - 6} more" if len(lines) > 6 else "")
         raise SegcError(f"target {target.name} cannot build this model: {shown}")
     return plan
@@ -285,16 +287,12 @@ def _refusable(model: onnx.ModelProto, v: Violation, passes: set[str]) -> bool:
     return True
 
 
-def _grouped_with_first(violations: list[Violation]) -> list[tuple[str, Violation]]:
-    out: list[tuple[str, Violation]] = []
-    seen: dict[tuple[str, str], int] = {}
+def _refusal_lines(violations: list[Violation], profile: Profile) -> list[str]:
+    """One line per kind of unfixable violation (grouped, with a count), plus what would fix it."""
+    groups: dict[tuple[str, str], list[Violation]] = {}
     for v in violations:
-        key = (v.op, v.reason)
-        if key not in seen:
-            seen[key] = len(out)
-            out.append(("", v))
-    lines = group_violations(violations)
-    return [(line, v) for line, (_, v) in zip(lines, out)]
+        groups.setdefault((v.op, v.reason), []).append(v)
+    return [group_violations(group)[0] + _hint(group[0], profile) for group in groups.values()]
 
 
 def _hint(v: Violation, profile: Profile) -> str:
