@@ -180,7 +180,9 @@ def legalise(model: onnx.ModelProto, target: Target, options: BuildOptions, spec
         axes = symbolic_axes(model, name)
         if axes and name not in ranged_by_pass:
             freeze.append((name, rng, axes))
-    shapes = []
+    shapes: list[str] = []
+    fully_fixed = {name for name, _, _ in freeze}
+    reason = ""
     if freeze:
         from segc.passes.fix_input_shapes import fixed_shape_option
 
@@ -195,6 +197,8 @@ def legalise(model: onnx.ModelProto, target: Target, options: BuildOptions, spec
         for name in only_batch:
             rank = len(next(vi for vi in model.graph.input if vi.name == name).type.tensor_type.shape.dim)
             shapes.append(f"{name}:{batch}" + ",-1" * (rank - 1))
+            if symbolic_axes(model, name) == [0]:
+                fully_fixed.add(name)
         if only_batch:
             reason = (reason + "; " if freeze else "") + f"--batch {batch} fixes the symbolic batch of {', '.join(only_batch)}"
     if shapes and not (user_passes or FREEZE_FIX in skipped):
@@ -229,17 +233,18 @@ def legalise(model: onnx.ModelProto, target: Target, options: BuildOptions, spec
     resize = [v for v in hard if v.fixed_by == RESIZE_FOLD_FIX]
     if resize:
         static_build = all(r.is_static for r in options.shape_ranges)
-        folds_by_simplify = frozen and static_build and "simplify" in names() and not _symbolic_left(model, static_cli)
+        folds_by_simplify = frozen and static_build and "simplify" in names() and not _symbolic_left(model, fully_fixed)
         if not folds_by_simplify:
             need(RESIZE_FOLD_FIX, {}, f"{len(resize)} Resize(s) with sizes/scales computed at run time ({resize[0].reason})")
 
-    batch = [v for v in hard if v.fixed_by == RANGE_FIX and "batch" in v.reason]
-    if batch and RANGE_FIX not in names():
+    batch_issues = [v for v in hard if v.fixed_by == RANGE_FIX and "batch" in v.reason]
+    if batch_issues and RANGE_FIX not in names():
+        first = batch_issues[0]
         ranges = _batch_ranges(model, options)
         if ranges:
-            need(RANGE_FIX, {"ranges": ranges}, batch[0].reason)
+            need(RANGE_FIX, {"ranges": ranges}, f"{first.node}: {first.reason}")
         else:
-            missing.append(f"{batch[0].node}: {batch[0].reason}; give --input-shape with a batch range")
+            missing.append(f"{first.node}: {first.reason}; give --input-shape with a batch range")
 
     unfixable = [v for v in hard if v.fixed_by is None and _refusable(model, v, names())]
     if unfixable or missing:
@@ -249,9 +254,10 @@ def legalise(model: onnx.ModelProto, target: Target, options: BuildOptions, spec
     return plan
 
 
-def _symbolic_left(model: onnx.ModelProto, static_cli: dict[str, ShapeRange]) -> bool:
+def _symbolic_left(model: onnx.ModelProto, fixed: set[str]) -> bool:
+    """Whether an input keeps a symbolic dim after ``fix_input_shapes`` fixed those in ``fixed``."""
     init = {t.name for t in model.graph.initializer}
-    return any(symbolic_axes(model, vi.name) for vi in model.graph.input if vi.name not in init and vi.name not in static_cli)
+    return any(symbolic_axes(model, vi.name) for vi in model.graph.input if vi.name not in init and vi.name not in fixed)
 
 
 def _batch_ranges(model: onnx.ModelProto, options: BuildOptions) -> list[str]:

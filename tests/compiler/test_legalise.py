@@ -313,3 +313,15 @@ def test_allow_unlisted_ops_on_a_complete_list_is_a_warning(tmp_path: Path, caps
     src = save(dynamo_like(opset=17), tmp_path)
     _, err = compile_ok(capsys, ["compile", str(src), "--target", "tensorrt", "--allow-unlisted-ops", "-o", str(tmp_path / "o")])
     assert "--allow-unlisted-ops does nothing for tensorrt" in err
+
+
+def test_batch_sizes_on_a_batch_1_export_add_a_batch_range(tmp_path: Path, capsys) -> None:
+    """The graph fixes batch 1, the build asks for 1 and 4: set_shape_range frees the batch."""
+    src = save(dynamo_like(opset=17), tmp_path)
+    out = tmp_path / "o"
+    report, _ = compile_ok(capsys, ["compile", str(src), "--target", "ascend", "--batch", "1,4", "-o", str(out)])
+    added = report["legalisation"]["added"]
+    assert [a["pass"] for a in added] == ["set_shape_range"] and added[0]["options"] == {"ranges": ["x:1~4,3,32,32"]}
+    assert "fixes the batch at 1" in added[0]["reason"]
+    script = (out / "build.sh").read_text()
+    assert "--input_shape=x:4,3,32,32" in script and "--input_shape=x:1,3,32,32" in script
