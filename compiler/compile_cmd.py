@@ -40,13 +40,21 @@ class ProgressInstrument(Instrument):
 
         self.console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 140)
         self.total = total
+        self.line_open = False  # a pass line waits for its result; an error must not glue onto it
 
     def before_pass(self, record: PassRecord, model: onnx.ModelProto) -> None:
         self.console.print(f"[{record.index + 1}/{self.total}] {record.name} ...", end="")
+        self.line_open = True
 
     def after_pass(self, record: PassRecord, model: onnx.ModelProto) -> None:
         v = f" {record.verify_seconds:.1f}s verify" if record.verify_seconds else ""
         self.console.print(f" {record.status} ({record.seconds:.2f}s{v})")
+        self.line_open = False
+
+    def close_line(self) -> None:
+        if self.line_open:
+            self.console.print(" error")
+            self.line_open = False
 
 
 def resolve_recipe(name: str | None, model: onnx.ModelProto) -> Recipe | None:
@@ -339,12 +347,16 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
     if args.verify != "none":
         verifier = Verifier(recipe=recipe, ranges=ranges, tolerances=tolerances, config=config, seed=args.seed,
                             user_inputs=args.verify_inputs, pixel_budget=args.pixel_budget or DEFAULT_PIXEL_BUDGET)
-    instruments: list[Instrument] = [ProgressInstrument(len(specs))]
+    progress = ProgressInstrument(len(specs))
+    instruments: list[Instrument] = [progress]
     if args.dump_dir:
         instruments.append(DumpInstrument(args.dump_dir))
     SESSION_STATS.reset()
-    result = run_pipeline(model, specs, target=target.name, recipe=recipe, verify=args.verify, verifier=verifier,
-                          instruments=instruments)
+    try:
+        result = run_pipeline(model, specs, target=target.name, recipe=recipe, verify=args.verify, verifier=verifier,
+                              instruments=instruments)
+    finally:
+        progress.close_line()
 
     report_fields: dict[str, Any] = {
         "command_line": shlex.join(["segc", *argv]),

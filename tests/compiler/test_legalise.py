@@ -325,3 +325,12 @@ def test_batch_sizes_on_a_batch_1_export_add_a_batch_range(tmp_path: Path, capsy
     assert "fixes the batch at 1" in added[0]["reason"]
     script = (out / "build.sh").read_text()
     assert "--input_shape=x:4,3,32,32" in script and "--input_shape=x:1,3,32,32" in script
+
+
+def test_an_error_inside_a_pass_starts_its_own_line(tmp_path: Path, capsys) -> None:
+    """A pass that stops with a user error: the progress line is closed first, never glued."""
+    src = save(dynamo_like(opset=17), tmp_path)
+    code = main(["compile", str(src), "--target", "onnxruntime", "--passes", "convert_opset", "--verify", "none",
+                 "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "[1/1] convert_opset ... error\nsegc: error: convert_opset needs option version" in err, err
