@@ -25,8 +25,9 @@ from segc.pipeline import DumpInstrument, Instrument, PassRecord, PassSpec, Pipe
 from segc.recipe import RECIPE_METADATA_KEY, Recipe, get_recipe
 from segc.report import PASS_COLUMNS, build_report, pass_rows, write_reports
 from segc.shapes import ShapeRange, parse_shape_range, parse_static_shape, ranges_from_metadata
-from segc.legalise import Plan, legalise
-from segc.targets.base import BuildOptions, Target, Violation, get_target
+from segc.legalise import Plan, final_gate_lines, legalise
+from segc.preflight import validate_cli, validate_selectors
+from segc.targets.base import BuildOptions, Target, get_target
 from segc.targets.legality import errors, group_violations, unconfirmed
 from segc.verify import Verifier
 from segc.verify_inputs import DEFAULT_PIXEL_BUDGET, graph_inputs, input_dims
@@ -171,63 +172,6 @@ def _pass_ranges(specs: list[PassSpec]) -> dict[str, ShapeRange]:
     return out
 
 
-# Which targets use which build setting: a setting the target ignores is a warning, not silence.
-_SETTING_TARGETS: dict[str, tuple[str, ...]] = {
-    "--soc": ("ascend", "magicmind"),
-    "--cann-version": ("ascend",),
-    "--workspace-mb": ("tensorrt",),
-    "--calib-images": ("magicmind",),
-}
-
-
-def validate_cli(args: argparse.Namespace, target: Target) -> list[str]:
-    """Contradictions and no-ops of the command line: errors, or warnings where harmless."""
-    warnings: list[str] = []
-    if args.pixel_budget is not None and args.pixel_budget <= 0:
-        raise SegcError(f"--pixel-budget must be a positive number of pixels, got {args.pixel_budget}")
-    if args.workspace_mb is not None and args.workspace_mb <= 0:
-        raise SegcError(f"--workspace-mb must be positive, got {args.workspace_mb}")
-    if args.batch:
-        for text in args.input_shape:
-            rng = parse_shape_range(text)
-            if rng.min and rng.min[0] != rng.max[0]:
-                raise SegcError(f"--batch {','.join(args.batch)} and the batch range in --input-shape {text!r} contradict: "
-                                "give the batch sizes once (--batch for per-batch builds, or a range in --input-shape)")
-    if target.name == "onnxruntime" and args.precision in ("fp16", "int8"):
-        raise SegcError(f"--precision {args.precision}: the onnxruntime target runs the model at its own precision and "
-                        "does not quantise or convert; drop --precision (or build for tensorrt, magicmind or ascend)")
-    for flag, users in _SETTING_TARGETS.items():
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if value is not None and target.name not in users:
-            warnings.append(f"{flag} is not used by target {target.name} (only by {', '.join(users)}); ignored")
-    if args.allow_unlisted_ops:
-        from segc.targets.legality import load_profile
-
-        if not load_profile(target.name).data.get("ops", {}).get("partial", False):
-            warnings.append(f"--allow-unlisted-ops does nothing for {target.name}: its operator list is complete, so a missing op is an error")
-    if args.no_prune and not args.outputs:
-        warnings.append("--no-prune without --outputs does nothing")
-    return warnings
-
-
-def validate_selectors(model: onnx.ModelProto, args: argparse.Namespace) -> None:
-    """``--outputs`` and ``--nearest-resize`` must match something in the input model, now.
-
-    A selector is resolved by its pass much later; a typo would cost the passes before it.
-    """
-    if not args.outputs and not args.nearest_resize:
-        return
-    import onnx_graphsurgeon as gs
-
-    from segc.selectors import select_many
-
-    graph = gs.import_onnx(model)
-    if args.outputs:
-        select_many(graph, args.outputs, kind="tensors")
-    if args.nearest_resize:
-        select_many(graph, args.nearest_resize, kind="nodes")
-
-
 def check_cli_options_used(args: argparse.Namespace, specs: list[PassSpec]) -> None:
     """An ``--option`` for a pass that does not run would be silently ignored: refuse it."""
     names = [s.name for s in specs]
@@ -236,20 +180,6 @@ def check_cli_options_used(args: argparse.Namespace, specs: list[PassSpec]) -> N
         if pass_name not in names:
             raise SegcError(f"--option {text}: pass {pass_name} is not in the pipeline ({', '.join(names)}); "
                             f"add it with --passes, or drop the option")
-
-
-def gate_lines(violations: list[Violation], result: PipelineResult) -> list[str]:
-    """The final check's refusal, grouped; a fix that already ran says what it reported instead."""
-    ran = {r.name: r for r in result.records if r.status not in ("pending", "skipped")}
-    lines = []
-    for line in group_violations(violations):
-        for name, record in ran.items():
-            tag = f" (fixed by pass {name})"
-            if line.endswith(tag):
-                said = "; ".join(record.notes[:2]) or f"status {record.status}, stats {record.stats}"
-                line = line[: -len(tag)] + f" (pass {name} ran and could not fix it: {said})"
-        lines.append(line)
-    return lines
 
 
 def _validate_inputs(model: onnx.ModelProto, ranges: dict[str, ShapeRange]) -> None:
@@ -374,7 +304,7 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
     violations = errors(found)
     warnings = group_violations(unconfirmed(found))
     report_fields["legalisation"]["warnings"] = cli_warnings + warnings if result.ok else report_fields["legalisation"]["warnings"]
-    report_fields["violations"] = gate_lines(violations, result)
+    report_fields["violations"] = final_gate_lines(violations, result)
     report_fields["build"] = {"precision": options.precision, "batch_sizes": list(options.batch_sizes),
                               "shapes": [s.atc() for s in shapes], "soc": options.soc, "extra": options.extra}
 

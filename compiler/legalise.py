@@ -42,7 +42,7 @@ import onnx
 
 from segc.errors import SegcError
 from segc.passes._opset import model_opset
-from segc.pipeline import PassSpec
+from segc.pipeline import PassSpec, PipelineResult
 from segc.shapes import ShapeRange
 from segc.targets.base import BuildOptions, Target, Violation
 from segc.targets.legality import (
@@ -310,3 +310,17 @@ def _hint(v: Violation, profile: Profile) -> str:
     if "operator list" in v.reason:
         return " (no segc pass replaces this op: export the model without it, or build for another target)"
     return " (no segc pass fixes this)"
+
+
+def final_gate_lines(violations: list[Violation], result: PipelineResult) -> list[str]:
+    """The final check's refusal, grouped; a fix that already ran says what it reported instead."""
+    ran = {r.name: r for r in result.records if r.status not in ("pending", "skipped")}
+    lines = []
+    for line in group_violations(violations):
+        for name, record in ran.items():
+            tag = f" (fixed by pass {name})"
+            if line.endswith(tag):
+                said = "; ".join(record.notes[:2]) or f"status {record.status}, stats {record.stats}"
+                line = line[: -len(tag)] + f" (pass {name} ran and could not fix it: {said})"
+        lines.append(line)
+    return lines
