@@ -296,7 +296,8 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
         "tolerances": tolerances.to_dict(),
         "session_config": config.to_dict(),
         "verified_shapes": verifier.feed_labels if verifier else [],
-        "legalisation": {"added": [a.to_dict() for a in plan.added], "warnings": cli_warnings + plan.warnings},
+        "legalisation": {"added": [a.to_dict() for a in plan.added], "notes": plan.notes,
+                         "warnings": cli_warnings + plan.warnings},
     }
     shapes = final_shapes(result.model, ranges, recipe, require=require_shapes, batch=planned_options.batch_sizes)
     options = build_options(args, recipe, target, shapes, chosen_outputs, argv, input_hash)
@@ -339,6 +340,8 @@ def _print_plan(plan: Plan, warnings: list[str]) -> None:
     """What segc added to the pipeline and why, and the warnings, before the passes start."""
     for added in plan.added:
         print(f"segc: {added}", file=sys.stderr)
+    for note in plan.notes:
+        print(f"segc: note: {note}", file=sys.stderr)
     for w in warnings + plan.warnings:
         print(f"segc: warning: {w}", file=sys.stderr)
     sys.stderr.flush()
@@ -356,6 +359,8 @@ def _print_summary(report: dict[str, Any], result: PipelineResult, outdir: Path)
     legal = report.get("legalisation") or {}
     for added in legal.get("added", []):
         console.print(f"added pass {added['pass']}: {added['reason']}")
+    for note in legal.get("notes", []):
+        console.print(f"note: {note}")
     for w in legal.get("warnings", []):
         console.print(f"warning: {w}")
     if result.ok:

@@ -101,6 +101,7 @@ class Plan:
     specs: list[PassSpec]
     added: list[AddedPass] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # other changes to the plan (a range the command line replaced)
 
 
 def insert_pass(specs: list[PassSpec], spec: PassSpec) -> None:
@@ -125,6 +126,39 @@ def _ranged_by_pass(specs: list[PassSpec]) -> set[str]:
         if s.name == RANGE_FIX and s.options.get("ranges"):
             names |= {r.name for r in parse_ranges(s.options.get("ranges"), None)}
     return names
+
+
+def _drop_overridden_ranges(specs: list[PassSpec], static_cli: dict[str, ShapeRange]) -> list[str]:
+    """A static ``--input-shape`` wins over a recipe's range for that input.
+
+    The recipe's range (DBNet: 640~4096) describes the seed deployment; a user who asks for
+    one static shape wants a static build, and only a static graph lets every shape chain
+    fold. The range is removed from ``set_shape_range`` (the pass too, when nothing is left).
+    """
+    from segc.passes.set_shape_range import parse_ranges
+
+    notes: list[str] = []
+    for spec in list(specs):
+        if spec.name != RANGE_FIX or not spec.options.get("ranges"):
+            continue
+        ranges = parse_ranges(spec.options.get("ranges"), spec.options.get("opt"))
+        hit = [r for r in ranges if r.name in static_cli]
+        if not hit:
+            continue
+        keep = [r for r in ranges if r.name not in static_cli]
+        replaced = ", ".join(f"{static_cli[r.name].atc()} replaces the planned range {r.atc()}" for r in hit)
+        if keep:
+            spec.options["ranges"] = [r.atc() for r in keep]
+            opts = [f"{r.name}:{','.join(map(str, r.opt))}" for r in keep if r.opt != r.min]
+            if opts:
+                spec.options["opt"] = opts
+            else:
+                spec.options.pop("opt", None)
+            notes.append(f"--input-shape {replaced}")
+        else:
+            specs.remove(spec)
+            notes.append(f"--input-shape {replaced}; pass {RANGE_FIX} is not needed and was left out")
+    return notes
 
 
 def _opset_target(model: onnx.ModelProto, profile: Profile, will_have: set[str]) -> tuple[int, int]:
@@ -172,6 +206,8 @@ def legalise(model: onnx.ModelProto, target: Target, options: BuildOptions, spec
         plan.added.append(AddedPass(name, dict(opts), reason))
 
     profile = load_profile(target.name)
+    if not user_passes:
+        plan.notes += _drop_overridden_ranges(plan.specs, static_cli)
     ranged_by_pass = _ranged_by_pass(plan.specs)
 
     # a static build of an input with symbolic dims: fix them so shape chains fold

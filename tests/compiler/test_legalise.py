@@ -334,3 +334,21 @@ def test_an_error_inside_a_pass_starts_its_own_line(tmp_path: Path, capsys) -> N
                  "-o", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "[1/1] convert_opset ... error\nsegc: error: convert_opset needs option version" in err, err
+
+
+def test_static_input_shape_replaces_a_planned_range() -> None:
+    """A recipe ranges x (as DBNet's does); a static --input-shape wins, so the chains can fold."""
+    static = parse_shape_range("x:1,3,32,48")
+    specs = [PassSpec("simplify"), PassSpec("fold_resize_scales"),
+             PassSpec("set_shape_range", {"ranges": ["x:1,3,32~64,32~64"], "opt": ["x:1,3,48,48"]}), PassSpec("cleanup")]
+    plan = legalise(symbolic_chain(), get_target("ascend"), BuildOptions(shape_ranges=[static]), specs,
+                    user_passes=False, skipped=set(), static_cli={"x": static})
+    assert [s.name for s in plan.specs] == ["fix_input_shapes", "simplify", "fold_resize_scales", "cleanup"]
+    assert plan.specs[0].options == {"shapes": ["x:1,3,32,48"]}
+    assert plan.notes == ["--input-shape x:1,3,32,48 replaces the planned range x:1,3,32~64,32~64; "
+                          "pass set_shape_range is not needed and was left out"]
+    # with the user's own --passes the plan is theirs: nothing removed, nothing added
+    mine = legalise(symbolic_chain(), get_target("ascend"), BuildOptions(shape_ranges=[static]),
+                    [PassSpec("simplify"), PassSpec("fold_resize_scales"), PassSpec("set_shape_range", {"ranges": ["x:1,3,32~64,32~64"]})],
+                    user_passes=True, skipped=set(), static_cli={"x": static})
+    assert mine.notes == [] and mine.added == [] and len(mine.specs) == 3
