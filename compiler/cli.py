@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--workspace-mb", type=int, help="TensorRT workspace pool in MiB")
     c.add_argument("--calib-images", help="folder of calibration images (int8)")
     c.add_argument("--allow-unlisted-ops", action="store_true",
-                   help="build even with ops missing from the vendor's published operator list (at your risk)")
+                   help="silence the warnings for ops that segc's partial operator list (MagicMind) does not name")
     c.add_argument("--outputs", type=_csv, help="selectors of the tensors to keep as outputs (adds prune_outputs)")
     c.add_argument("--no-prune", action="store_true", help="keep the graph whole; pass chosen outputs to the vendor tool")
     c.add_argument("--nearest-resize", type=_csv, help="selectors of Resizes to switch to nearest (adds resize_to_nearest)")

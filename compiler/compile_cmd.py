@@ -26,7 +26,10 @@ from segc.pipeline import DumpInstrument, Instrument, PassRecord, PassSpec, Pipe
 from segc.recipe import RECIPE_METADATA_KEY, Recipe, get_recipe
 from segc.report import PASS_COLUMNS, build_report, pass_rows, write_reports
 from segc.shapes import ShapeRange, parse_shape_range, parse_static_shape, ranges_from_metadata
+from segc.legalise import Plan, final_gate_lines, legalise
+from segc.preflight import validate_cli, validate_selectors
 from segc.targets.base import BuildOptions, Target, get_target
+from segc.targets.legality import errors, group_violations, unconfirmed
 from segc.verify import Verifier
 from segc.verify_inputs import DEFAULT_PIXEL_BUDGET, graph_inputs, input_dims
 
@@ -39,13 +42,21 @@ class ProgressInstrument(Instrument):
 
         self.console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 140)
         self.total = total
+        self.line_open = False  # a pass line waits for its result; an error must not glue onto it
 
     def before_pass(self, record: PassRecord, model: onnx.ModelProto) -> None:
         self.console.print(f"[{record.index + 1}/{self.total}] {record.name} ...", end="")
+        self.line_open = True
 
     def after_pass(self, record: PassRecord, model: onnx.ModelProto) -> None:
         v = f" {record.verify_seconds:.1f}s verify" if record.verify_seconds else ""
         self.console.print(f" {record.status} ({record.seconds:.2f}s{v})")
+        self.line_open = False
+
+    def close_line(self) -> None:
+        if self.line_open:
+            self.console.print(" error")
+            self.line_open = False
 
 
 def resolve_recipe(name: str | None, model: onnx.ModelProto) -> Recipe | None:
@@ -116,10 +127,18 @@ def cli_ranges(args: argparse.Namespace) -> dict[str, ShapeRange]:
     return ranges
 
 
-def final_shapes(model: onnx.ModelProto, cli: dict[str, ShapeRange], recipe: Recipe | None) -> list[ShapeRange]:
-    """The input shapes the vendor build is for: command line, then model metadata, then static dims."""
+def final_shapes(model: onnx.ModelProto, cli: dict[str, ShapeRange], recipe: Recipe | None, *, require: bool = True,
+                 planned: dict[str, ShapeRange] | None = None, batch: tuple[int, ...] = ()) -> list[ShapeRange]:
+    """The input shapes the vendor build is for: command line, then model metadata, then static dims.
+
+    ``planned``: ranges a pass of the pipeline will set (``set_shape_range`` options), for the
+    check before the pipeline. ``require`` False (onnxruntime) leaves a dynamic input out
+    instead of refusing: the runtime takes any shape. ``batch`` (``--batch`` or the recipe's)
+    supplies a symbolic batch dim: the targets build each size, or widen to their range.
+    """
     meta = {p.key: p.value for p in model.metadata_props}
     known = {r.name: r for r in ranges_from_metadata(meta)}
+    known.update(planned or {})
     known.update(cli)
     shapes = []
     for vi in graph_inputs(model):
@@ -130,12 +149,38 @@ def final_shapes(model: onnx.ModelProto, cli: dict[str, ShapeRange], recipe: Rec
         if all(isinstance(d, int) for d in dims):
             static = tuple(int(d) for d in dims)  # type: ignore[arg-type]
             shapes.append(ShapeRange(vi.name, static, static, static))
+        elif batch and dims and all(isinstance(d, int) for d in dims[1:]):
+            fixed = (min(batch), *(int(d) for d in dims[1:]))  # type: ignore[arg-type]
+            shapes.append(ShapeRange(vi.name, fixed, fixed, fixed))
         elif recipe is not None and len(recipe.seed_shape) == len(dims):
             seed = tuple(d if isinstance(d, int) else recipe.seed_shape[i] for i, d in enumerate(dims))
             shapes.append(ShapeRange(vi.name, seed, seed, seed))
-        else:
-            raise SegcError(f"input {vi.name!r} has dynamic dims {dims}: give --input-shape {vi.name}:... (a shape or a range)")
+        elif require:
+            example = ",".join(str(d) if isinstance(d, int) else ("1" if i == 0 else "640") for i, d in enumerate(dims))
+            raise SegcError(f"input {vi.name!r} has dynamic dims {dims}: this target builds for given shapes; give --input-shape "
+                            f"{vi.name}:{example} (a shape) or a range such as {vi.name}:{example.replace('640', '320~1280')}")
     return shapes
+
+
+def _pass_ranges(specs: list[PassSpec]) -> dict[str, ShapeRange]:
+    """The ranges ``set_shape_range`` will set, from its options in the planned pipeline."""
+    from segc.passes.set_shape_range import parse_ranges
+
+    out: dict[str, ShapeRange] = {}
+    for spec in specs:
+        if spec.name == "set_shape_range" and spec.options.get("ranges"):
+            out.update({r.name: r for r in parse_ranges(spec.options.get("ranges"), spec.options.get("opt"))})
+    return out
+
+
+def check_cli_options_used(args: argparse.Namespace, specs: list[PassSpec]) -> None:
+    """An ``--option`` for a pass that does not run would be silently ignored: refuse it."""
+    names = [s.name for s in specs]
+    for text in args.option:
+        pass_name, _, _ = parse_option(text)
+        if pass_name not in names:
+            raise SegcError(f"--option {text}: pass {pass_name} is not in the pipeline ({', '.join(names)}); "
+                            f"add it with --passes, or drop the option")
 
 
 def _validate_inputs(model: onnx.ModelProto, ranges: dict[str, ShapeRange]) -> None:
@@ -199,6 +244,7 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
     model, protect = load_model_and_files(src)
     target = get_target(args.target)
     recipe = resolve_recipe(args.recipe, model)
+    cli_warnings = validate_cli(args, target)
     specs = plan_passes(args, target, recipe)
     ranges = cli_ranges(args)
     _validate_inputs(model, ranges)
@@ -218,18 +264,36 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
     outdir = out.outdir
     out_model = out.path(f"{src.stem}.{target.name}.onnx")
     input_hash = file_sha256(src)
+    chosen_outputs = list(args.outputs or []) if args.no_prune else []
+    require_shapes = target.name != "onnxruntime"
+
+    # everything below is checked before the first pass runs (DESIGN.md: errors before work)
+    planned_options = build_options(args, recipe, target, [], chosen_outputs, argv, input_hash)
+    planned_options.shape_ranges = final_shapes(model, ranges, recipe, require=require_shapes, planned=_pass_ranges(specs),
+                                                batch=planned_options.batch_sizes)
+    target.validate_options(planned_options)
+    validate_selectors(model, args)
+    plan = legalise(model, target, planned_options, specs, user_passes=bool(args.passes), skipped=set(args.skip or []),
+                    static_cli={n: r for n, r in ranges.items() if r.is_static})
+    specs = plan.specs
+    check_cli_options_used(args, specs)
+    _print_plan(plan, cli_warnings)
 
     config = SessionConfig()
     verifier = None
     if args.verify != "none":
         verifier = Verifier(recipe=recipe, ranges=ranges, tolerances=tolerances, config=config, seed=args.seed,
                             user_inputs=args.verify_inputs, pixel_budget=args.pixel_budget or DEFAULT_PIXEL_BUDGET)
-    instruments: list[Instrument] = [ProgressInstrument(len(specs))]
+    progress = ProgressInstrument(len(specs))
+    instruments: list[Instrument] = [progress]
     if args.dump_dir:
         instruments.append(DumpInstrument(args.dump_dir, protect=out.protect))
     SESSION_STATS.reset()
-    result = run_pipeline(model, specs, target=target.name, recipe=recipe, verify=args.verify, verifier=verifier,
-                          instruments=instruments)
+    try:
+        result = run_pipeline(model, specs, target=target.name, recipe=recipe, verify=args.verify, verifier=verifier,
+                              instruments=instruments)
+    finally:
+        progress.close_line()
 
     report_fields: dict[str, Any] = {
         "command_line": shlex.join(["segc", *argv]),
@@ -239,12 +303,16 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
         "tolerances": tolerances.to_dict(),
         "session_config": config.to_dict(),
         "verified_shapes": verifier.feed_labels if verifier else [],
+        "legalisation": {"added": [a.to_dict() for a in plan.added], "notes": plan.notes,
+                         "warnings": cli_warnings + plan.warnings},
     }
-    chosen_outputs = list(args.outputs or []) if args.no_prune else []
-    shapes = final_shapes(result.model, ranges, recipe)
+    shapes = final_shapes(result.model, ranges, recipe, require=require_shapes, batch=planned_options.batch_sizes)
     options = build_options(args, recipe, target, shapes, chosen_outputs, argv, input_hash)
-    violations = target.check(result.model, options) if result.ok else []
-    report_fields["violations"] = [str(v) for v in violations]
+    found = target.check(result.model, options) if result.ok else []
+    violations = errors(found)
+    warnings = group_violations(unconfirmed(found))
+    report_fields["legalisation"]["warnings"] = cli_warnings + warnings if result.ok else report_fields["legalisation"]["warnings"]
+    report_fields["violations"] = final_gate_lines(violations, result)
     report_fields["build"] = {"precision": options.precision, "batch_sizes": list(options.batch_sizes),
                               "shapes": [s.atc() for s in shapes], "soc": options.soc, "extra": options.extra}
 
@@ -253,7 +321,8 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
         report_fields["verification_cost"] = {"sessions": SESSION_STATS.sessions, "runs": SESSION_STATS.runs}
         write_reports(out.staging, build_report(result, **report_fields))
         out.commit()
-        listed = "; ".join(str(v) for v in violations[:5]) + (f"; and {len(violations) - 5} more" if len(violations) > 5 else "")
+        lines = report_fields["violations"]
+        listed = "; ".join(lines[:5]) + (f"; and {len(lines) - 5} more" if len(lines) > 5 else "")
         raise SegcError(f"target {target.name} cannot build this model: {listed} (see {outdir / 'report.md'})")
 
     save_model(result.model, out_model, protect=out.protect)
@@ -275,6 +344,17 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
     return 0 if result.ok else 1
 
 
+def _print_plan(plan: Plan, warnings: list[str]) -> None:
+    """What segc added to the pipeline and why, and the warnings, before the passes start."""
+    for added in plan.added:
+        print(f"segc: {added}", file=sys.stderr)
+    for note in plan.notes:
+        print(f"segc: note: {note}", file=sys.stderr)
+    for w in warnings + plan.warnings:
+        print(f"segc: warning: {w}", file=sys.stderr)
+    sys.stderr.flush()
+
+
 def _print_summary(report: dict[str, Any], result: PipelineResult, outdir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -284,6 +364,13 @@ def _print_summary(report: dict[str, Any], result: PipelineResult, outdir: Path)
     for row in pass_rows(report):
         table.add_row(*row)
     console.print(table)
+    legal = report.get("legalisation") or {}
+    for added in legal.get("added", []):
+        console.print(f"added pass {added['pass']}: {added['reason']}")
+    for note in legal.get("notes", []):
+        console.print(f"note: {note}")
+    for w in legal.get("warnings", []):
+        console.print(f"warning: {w}")
     if result.ok:
         console.print(f"done in {report['seconds']:.1f}s; artefacts in {outdir}/ (build.sh, report.md, report.json)")
     else:

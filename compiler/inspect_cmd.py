@@ -54,10 +54,29 @@ def run_passes(args: argparse.Namespace) -> int:
     return 0
 
 
+def count_parameters(model: onnx.ModelProto) -> int:
+    """Elements of every weight: initializers, and float tensors held in Constant nodes.
+
+    paddle2onnx (and some other exporters) store weights as Constant nodes instead of
+    initializers; counting only initializers reports such a model as "0 parameters". Integer
+    Constants are shape arithmetic (axes, indices), not weights, so they are not counted.
+    """
+    total = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    for node in model.graph.node:
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+            continue
+        for attr in node.attribute:
+            if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                t = attr.t
+                if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16):
+                    total += int(np.prod(t.dims))
+    return total
+
+
 def describe(model: onnx.ModelProto) -> dict[str, Any]:
     """The facts ``segc inspect`` shows (also used by the benchmark)."""
     ops = collections.Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in model.graph.node)
-    params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    params = count_parameters(model)
     meta = {p.key: p.value for p in model.metadata_props}
     return {
         "ir_version": model.ir_version,
@@ -80,12 +99,16 @@ def run_inspect(args: argparse.Namespace) -> int:
     if args.target:
         from segc.targets.base import BuildOptions, get_target
 
+        from segc.targets.legality import group_violations
+
         target = get_target(args.target)
         info["target"] = target.name
+        found = target.check(model, BuildOptions(shape_ranges=ranges_from_metadata(info["metadata"])))
         info["violations"] = [
-            {"node": v.node, "op": v.op, "reason": v.reason, "fixed_by": v.fixed_by}
-            for v in target.check(model, BuildOptions(shape_ranges=ranges_from_metadata(info["metadata"])))
+            {"node": v.node, "op": v.op, "reason": v.reason, "fixed_by": v.fixed_by, "severity": v.severity.value}
+            for v in found
         ]
+        info["violation_summary"] = group_violations(found)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
@@ -102,9 +125,11 @@ def run_inspect(args: argparse.Namespace) -> int:
     if args.target:
         if not info["violations"]:
             con.print(f"target {info['target']}: nothing the compiler would reject")
-        for v in info["violations"]:
-            fix = f" -> fixed by pass {v['fixed_by']}" if v["fixed_by"] else " -> no pass fixes this"
-            con.print(f"  {v['node']} [{v['op']}]: {v['reason']}{fix}")
+        else:
+            con.print(f"target {info['target']} (segc compile adds the fixing passes itself):")
+        for line in info["violation_summary"]:
+            fix = "" if "(fixed by pass" in line or "unconfirmed" in line else " -> no pass fixes this"
+            con.print(f"  {line}{fix}", markup=False)
     return 0
 
 

@@ -95,6 +95,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Notes", ""]
         lines += [f"- **{name}** (failed): {r}" for name, r in reasons]
         lines += [f"- {name}: {n}" for name, n in notes]
+    legal = report.get("legalisation") or {}
+    if legal.get("added") or legal.get("warnings") or legal.get("notes"):
+        lines += ["", "## Legalisation", ""]
+        lines += [f"- added pass **{a['pass']}**: {a['reason']}" for a in legal.get("added", [])]
+        lines += [f"- {n}" for n in legal.get("notes", [])]
+        lines += [f"- warning: {w}" for w in legal.get("warnings", [])]
     if report.get("violations"):
         lines += ["", "## Target legality", ""] + [f"- {v}" for v in report["violations"]]
     if report.get("artefacts"):

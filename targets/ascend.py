@@ -422,6 +422,12 @@ class AscendTarget(Target):
     # resize_broadcast: a pooled 1x1 branch's Resize is a broadcast, and ATC takes Expand
     default_passes = ("simplify", "resize_broadcast", "cleanup")
 
+    def validate_options(self, options: BuildOptions) -> None:
+        check_soc(options.soc)
+        parse_cann_version(options.extra.get("cann"))
+        if options.precision == "int8":
+            raise SegcError(f"ascend cannot build int8 from a float model: {AMCT_HINT}")
+
     def check(self, model: onnx.ModelProto, options: BuildOptions) -> list[Violation]:
         soc = check_soc(options.soc)
         precision_mode(options.precision, soc, model)  # int8 / unknown precision: user error now

@@ -8,6 +8,7 @@ graph is a pass, so it is verified like every other edit.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -34,6 +35,18 @@ class BuildOptions:
     segc_version: str = ""
 
 
+class Severity(str, enum.Enum):
+    """How sure segc is that the vendor compiler rejects a node.
+
+    ``error``: evidence says it is unsupported (a complete list lacks it, a documented
+    constraint is broken). ``unconfirmed``: only that segc's list for the vendor is partial
+    and does not name it; that is a warning, never a refusal.
+    """
+
+    ERROR = "error"
+    UNCONFIRMED = "unconfirmed"
+
+
 @dataclass(frozen=True)
 class Violation:
     """A node (or the model) the target's compiler would reject, and why."""
@@ -42,6 +55,7 @@ class Violation:
     op: str
     reason: str
     fixed_by: str | None = None  # the pass that fixes it, when one exists
+    severity: Severity = Severity.ERROR
 
     def __str__(self) -> str:
         fix = f" (fixed by pass {self.fixed_by})" if self.fixed_by else ""
@@ -82,6 +96,13 @@ class Target:
     def check(self, model: onnx.ModelProto, options: BuildOptions) -> list[Violation]:
         """What the vendor compiler would reject in ``model``. Empty means legal."""
         return []
+
+    def validate_options(self, options: BuildOptions) -> None:
+        """Raise SegcError for build settings this target cannot use, before any pass runs.
+
+        The graph is not needed for these (precision, chip, tool versions, calibration data),
+        so a typo costs nothing instead of a whole pipeline run.
+        """
 
     def emit(self, model: onnx.ModelProto, model_path: Path, outdir: Path, options: BuildOptions) -> list[Artefact]:
         """Write build.sh (and any build program) into ``outdir``; the model is already saved."""

@@ -27,8 +27,10 @@ A profile (``targets/<name>.json``) holds:
                      ``"batch_builds": true`` when it builds per batch size (or a batch range)
 
 A profile whose ``ops`` list is ``partial`` (the vendor publishes none, so segc lists only the
-ops it has evidence for) still reports unlisted ops; ``BuildOptions.extra["allow_unlisted_ops"]``
-turns those reports off for such a profile, never for a complete list.
+ops it has evidence for) reports unlisted ops as ``Severity.UNCONFIRMED``: a warning, never a
+refusal, because the absence of evidence is not evidence of absence.
+``BuildOptions.extra["allow_unlisted_ops"]`` (``--allow-unlisted-ops``) silences those
+warnings; a complete list is never waived.
 
 Every violation says which pass fixes it, so ``segc inspect`` can tell a user what to run.
 """
@@ -45,7 +47,7 @@ import onnx
 
 from segc.errors import SegcError
 from segc.shapes import ShapeRange
-from segc.targets.base import BuildOptions, Violation
+from segc.targets.base import BuildOptions, Severity, Violation
 
 # Every deformable-convolution spelling segc meets, by (domain, op type). The pass
 # ``rewrite_deform_conv`` converts any of them into any other (or into standard ops).
@@ -57,6 +59,7 @@ DEFORM_CONV_FORMS: dict[tuple[str, str], str] = {
 DEFORM_FIX = "rewrite_deform_conv"
 RESIZE_FOLD_FIX = "fold_resize_scales"
 RANGE_FIX = "set_shape_range"
+OPSET_FIX = "convert_opset"
 
 MODEL = "<model>"  # the ``node`` of a violation that concerns the whole model
 
@@ -197,7 +200,7 @@ def _check_opset(model: onnx.ModelProto, profile: Profile) -> list[Violation]:
     lo, hi = profile.opset_range
     if version is None or lo <= version <= hi:
         return []
-    return [Violation(MODEL, "opset", f"ONNX opset {version} is outside {profile.vendor}'s supported range {lo}..{hi}")]
+    return [Violation(MODEL, "opset", f"ONNX opset {version} is outside {profile.vendor}'s supported range {lo}..{hi}", fixed_by=OPSET_FIX)]
 
 
 def _check_ranges(model: onnx.ModelProto, profile: Profile, options: BuildOptions) -> list[Violation]:
@@ -307,8 +310,10 @@ def _check_nodes(model: onnx.ModelProto, profile: Profile, options: BuildOptions
         if node.op_type not in ops:
             if partial and allow_unlisted:
                 continue
-            extra = " (segc's list for it is partial; allow_unlisted_ops skips this check)" if partial else ""
-            found.append(Violation(_node_name(node), node.op_type, f"not in {profile.vendor}'s operator list{extra}"))
+            if partial:
+                found.append(Violation(_node_name(node), node.op_type, unconfirmed_reason(profile), severity=Severity.UNCONFIRMED))
+            else:
+                found.append(Violation(_node_name(node), node.op_type, f"not in {profile.vendor}'s operator list"))
             continue
         found += _check_op_opset(node, profile, opset)
         if node.op_type in ("Resize", "Upsample"):
@@ -326,8 +331,51 @@ def _check_op_opset(node: onnx.NodeProto, profile: Profile, opset: int | None) -
             _node_name(node),
             node.op_type,
             f"{profile.vendor} parses {node.op_type} only at opset {span[0]}..{span[1]}, the model declares opset {opset}",
+            fixed_by=OPSET_FIX,
         )
     ]
+
+
+def unconfirmed_reason(profile: Profile) -> str:
+    return f"unconfirmed: not in segc's partial {profile.vendor} list; --allow-unlisted-ops silences this"
+
+
+def errors(violations: Iterable[Violation]) -> list[Violation]:
+    return [v for v in violations if v.severity is Severity.ERROR]
+
+
+def unconfirmed(violations: Iterable[Violation]) -> list[Violation]:
+    return [v for v in violations if v.severity is Severity.UNCONFIRMED]
+
+
+def group_violations(violations: Iterable[Violation], *, examples: int = 3) -> list[str]:
+    """One line per distinct (op, reason, fix), with a count and a few node names.
+
+    A DBNet neck has dozens of identical Resize violations; a line per node buries the one
+    different message among them. Unconfirmed ops of a partial list collapse further, into
+    one line ``Clip x12, Div x3 (unconfirmed: ...)``.
+    """
+    items = list(violations)
+    lines: list[str] = []
+    unsure = [v for v in items if v.severity is Severity.UNCONFIRMED]
+    if unsure:
+        counts: dict[str, int] = {}
+        for v in unsure:
+            counts[v.op] = counts.get(v.op, 0) + 1
+        ops = ", ".join(f"{op} x{n}" for op, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        lines.append(f"{ops} ({unsure[0].reason})")
+    groups: dict[tuple[str, str, str | None], list[str]] = {}
+    for v in items:
+        if v.severity is Severity.ERROR:
+            groups.setdefault((v.op, v.reason, v.fixed_by), []).append(v.node)
+    for (op, reason, fix), nodes in groups.items():
+        suffix = f" (fixed by pass {fix})" if fix else ""
+        if len(nodes) == 1:
+            lines.append(f"{nodes[0]} [{op}]: {reason}{suffix}")
+        else:
+            shown = ", ".join(nodes[:examples]) + (", ..." if len(nodes) > examples else "")
+            lines.append(f"{op} x{len(nodes)} ({shown}): {reason}{suffix}")
+    return lines
 
 
 def _check_deform(node: onnx.NodeProto, key: tuple[str, str], profile: Profile) -> list[Violation]:

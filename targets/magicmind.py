@@ -54,6 +54,17 @@ def precision_mode(precision: str) -> str:
     return PRECISION_MODES[precision]
 
 
+def calibration_folder(options: BuildOptions) -> str:
+    """The folder of int8 calibration images, which must exist (checked before any pass runs)."""
+    raw = options.extra.get("calib_images")
+    if not raw:
+        raise SegcError("magicmind int8 (qint8_mixed_float16) needs calibration images: give --calib-images FOLDER")
+    folder = Path(str(raw)).expanduser().resolve()
+    if not folder.is_dir():
+        raise SegcError(f"calibration image folder {str(raw)!r} does not exist")
+    return str(folder)
+
+
 def input_ranges(model: onnx.ModelProto, options: BuildOptions) -> list[ShapeRange]:
     """One range per real input, widened to the batch range when one is given.
 
@@ -281,13 +292,7 @@ def render_program(model: onnx.ModelProto, model_path: Path, outdir: Path, optio
     calib_dir: str | None = None
     normalise: dict[str, Any] = {}
     if options.precision == "int8":
-        raw = options.extra.get("calib_images")
-        if not raw:
-            raise SegcError("magicmind int8 (qint8_mixed_float16) needs calibration images: set extra calib_images to a folder of images")
-        folder = Path(str(raw)).expanduser().resolve()
-        if not folder.is_dir():
-            raise SegcError(f"calibration image folder {str(raw)!r} does not exist")
-        calib_dir = str(folder)
+        calib_dir = calibration_folder(options)
         if len(ranges) != 1 or len(ranges[0].min) != 4:
             raise SegcError("magicmind int8 calibration supports one NCHW image input")
         normalise = normalisation(model, options, ranges[0].name)
@@ -322,6 +327,12 @@ class MagicMindTarget(Target):
     name = "magicmind"
     description = "Cambricon MagicMind: Python build program (.mm) and an mm_run timing"
     default_passes = ("simplify", "cleanup")
+
+    def validate_options(self, options: BuildOptions) -> None:
+        check_arch(options.soc)
+        precision_mode(options.precision)
+        if options.precision == "int8":
+            calibration_folder(options)
 
     def check(self, model: onnx.ModelProto, options: BuildOptions) -> list[Violation]:
         check_arch(options.soc)

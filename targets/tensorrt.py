@@ -199,6 +199,10 @@ class TensorRTTarget(Target):
     description = "NVIDIA TensorRT: trtexec engine build and a polygraphy comparison with onnxruntime"
     default_passes = ("simplify", "cleanup")
 
+    def validate_options(self, options: BuildOptions) -> None:
+        precision_flags(options)
+        workspace_flags(options)
+
     def check(self, model: onnx.ModelProto, options: BuildOptions) -> list[Violation]:
         precision_flags(options)  # unknown precision: user error before anything is written
         return check_model(model, load_profile(self.name), options)

@@ -9,8 +9,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from segc.errors import SegcError
-from segc.targets.base import Violation, get_target
-from segc.targets.legality import DEFORM_CONV_FORMS, check_model, load_profile
+from segc.targets.base import Severity, Violation, get_target
+from segc.targets.legality import DEFORM_CONV_FORMS, check_model, errors, group_violations, load_profile, unconfirmed
 
 TARGETS = ["ascend", "magicmind", "tensorrt", "onnxruntime"]
 
@@ -102,8 +102,8 @@ def test_ascend_deform_opset_window(deform_model, options) -> None:
     """ATC registers DeformableConv2D for ai.onnx 9..16; the model's opset 19 is also out of range."""
     model = deform_model(op="DeformableConv2D", opset=19, strides=[1, 1], pads=[1, 1], data_format="NCHW", modulated=1)
     found = get_target("ascend").check(model, options())
-    assert ("<model>", "opset", None) in _triples(found)
-    assert any(v.op == "DeformableConv2D" and "opset 9..16" in v.reason for v in found)
+    assert ("<model>", "opset", "convert_opset") in _triples(found)
+    assert any(v.op == "DeformableConv2D" and "opset 9..16" in v.reason and v.fixed_by == "convert_opset" for v in found)
 
 
 def test_every_deform_form_is_known() -> None:
@@ -163,6 +163,9 @@ def test_partial_list_can_be_waived(single_node_model, options) -> None:
     model = single_node_model("GridSample", opset=16, inputs=("x", "x"))
     found = get_target("magicmind").check(model, options())
     assert _triples(found) == [("gridsample_0", "GridSample", None)] and "partial" in found[0].reason
+    # absence from a partial list is not evidence: a warning, never an error
+    assert found[0].severity is Severity.UNCONFIRMED and errors(found) == [] and unconfirmed(found) == found
+    assert "--allow-unlisted-ops" in found[0].reason
     assert get_target("magicmind").check(model, options(extra={"allow_unlisted_ops": True})) == []
     # a complete list is never waived
     assert get_target("ascend").check(single_node_model("Frob"), options(extra={"allow_unlisted_ops": True}))
@@ -186,7 +189,7 @@ def test_unnamed_nodes_are_named_by_output(options) -> None:
                                                 ("tensorrt", 24, False), ("tensorrt", 25, True)])
 def test_opset_window(conv_model, options, target, opset, bad) -> None:
     found = get_target(target).check(conv_model(opset=opset), options())
-    assert (("<model>", "opset", None) in _triples(found)) == bad
+    assert (("<model>", "opset", "convert_opset") in _triples(found)) == bad
 
 
 def test_io_dtypes_tensorrt(conv_model, options) -> None:
@@ -242,3 +245,17 @@ def test_batch_sizes_need_a_free_batch(conv_model, options) -> None:
     assert get_target("ascend").check(conv_model(dims=("N", 3, 64, 64)), options(batch_sizes=(1, 4, 8))) == []
     assert get_target("ascend").check(static, options(batch_sizes=(1,))) == []
     assert get_target("onnxruntime").check(static, options(batch_sizes=(1, 4, 8))) == []
+
+
+def test_complete_list_misses_are_errors(single_node_model, options) -> None:
+    found = get_target("ascend").check(single_node_model("Frob"), options())
+    assert [v.severity for v in found] == [Severity.ERROR] and errors(found) == found
+
+
+def test_group_violations_counts_instead_of_repeating() -> None:
+    same = [Violation(f"Resize_{i}", "Resize", "sizes computed at run time", "fold_resize_scales") for i in range(58)]
+    lines = group_violations(same)
+    assert lines == ["Resize x58 (Resize_0, Resize_1, Resize_2, ...): sizes computed at run time (fixed by pass fold_resize_scales)"]
+    unsure = [Violation(f"c{i}", "Clip", "unconfirmed: x", severity=Severity.UNCONFIRMED) for i in range(12)]
+    unsure += [Violation(f"d{i}", "Div", "unconfirmed: x", severity=Severity.UNCONFIRMED) for i in range(3)]
+    assert group_violations(unsure) == ["Clip x12, Div x3 (unconfirmed: x)"]

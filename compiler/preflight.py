@@ -1,0 +1,73 @@
+"""Checks of the command line that need no pass: contradictions, no-ops and selectors.
+
+Everything here runs before the first pass, so a typo costs a second, not the pipeline
+(issue: "errors before work"). Contradictions and settings no target could use are errors
+(exit 2); a setting this target merely ignores is a warning the summary repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import onnx
+
+from segc.errors import SegcError
+from segc.shapes import parse_shape_range
+from segc.targets.base import Target
+
+
+# Which targets use which build setting: a setting the target ignores is a warning, not silence.
+_SETTING_TARGETS: dict[str, tuple[str, ...]] = {
+    "--soc": ("ascend", "magicmind"),
+    "--cann-version": ("ascend",),
+    "--workspace-mb": ("tensorrt",),
+    "--calib-images": ("magicmind",),
+}
+
+
+def validate_cli(args: argparse.Namespace, target: Target) -> list[str]:
+    """Contradictions and no-ops of the command line: errors, or warnings where harmless."""
+    warnings: list[str] = []
+    if args.pixel_budget is not None and args.pixel_budget <= 0:
+        raise SegcError(f"--pixel-budget must be a positive number of pixels, got {args.pixel_budget}")
+    if args.workspace_mb is not None and args.workspace_mb <= 0:
+        raise SegcError(f"--workspace-mb must be positive, got {args.workspace_mb}")
+    if args.batch:
+        for text in args.input_shape:
+            rng = parse_shape_range(text)
+            if rng.min and rng.min[0] != rng.max[0]:
+                raise SegcError(f"--batch {','.join(args.batch)} and the batch range in --input-shape {text!r} contradict: "
+                                "give the batch sizes once (--batch for per-batch builds, or a range in --input-shape)")
+    if target.name == "onnxruntime" and args.precision in ("fp16", "int8"):
+        raise SegcError(f"--precision {args.precision}: the onnxruntime target runs the model at its own precision and "
+                        "does not quantise or convert; drop --precision (or build for tensorrt, magicmind or ascend)")
+    for flag, users in _SETTING_TARGETS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None and target.name not in users:
+            warnings.append(f"{flag} is not used by target {target.name} (only by {', '.join(users)}); ignored")
+    if args.allow_unlisted_ops:
+        from segc.targets.legality import load_profile
+
+        if not load_profile(target.name).data.get("ops", {}).get("partial", False):
+            warnings.append(f"--allow-unlisted-ops does nothing for {target.name}: its operator list is complete, so a missing op is an error")
+    if args.no_prune and not args.outputs:
+        warnings.append("--no-prune without --outputs does nothing")
+    return warnings
+
+
+def validate_selectors(model: onnx.ModelProto, args: argparse.Namespace) -> None:
+    """``--outputs`` and ``--nearest-resize`` must match something in the input model, now.
+
+    A selector is resolved by its pass much later; a typo would cost the passes before it.
+    """
+    if not args.outputs and not args.nearest_resize:
+        return
+    import onnx_graphsurgeon as gs
+
+    from segc.selectors import select_many
+
+    graph = gs.import_onnx(model)
+    if args.outputs:
+        select_many(graph, args.outputs, kind="tensors")
+    if args.nearest_resize:
+        select_many(graph, args.nearest_resize, kind="nodes")
