@@ -254,12 +254,12 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
     if args.dump_dir:
         check_dump_dir(args.dump_dir, [DumpInstrument.file_name(i, s.name) for i, s in enumerate(specs)], protect)
     with StagedOutput(outdir, force=args.force, protect=protect, names=[out_name, *FIXED_NAMES]) as out:
-        return _compile_into(out, args, argv, src, model, target, recipe, specs, ranges, tolerances, started)
+        return _compile_into(out, args, argv, src, model, target, recipe, specs, ranges, tolerances, started, cli_warnings)
 
 
 def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], src: Path, model: onnx.ModelProto,
                   target: Target, recipe: Recipe | None, specs: list[PassSpec], ranges: dict[str, ShapeRange],
-                  tolerances: Tolerances, started: float) -> int:
+                  tolerances: Tolerances, started: float, cli_warnings: list[str]) -> int:
     """Run, verify, check and emit into ``out``'s staging folder, then move it into place."""
     outdir = out.outdir
     out_model = out.path(f"{src.stem}.{target.name}.onnx")

@@ -65,6 +65,7 @@ PASS_RANK: dict[str, int] = {
     FREEZE_FIX: 0,
     "simplify": 10,
     RESIZE_FOLD_FIX: 20,
+    "resize_broadcast": 22,
     "resize_to_nearest": 25,
     "prune_outputs": 27,
     DEFORM_FIX: 30,
