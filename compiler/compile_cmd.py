@@ -23,7 +23,7 @@ from segc.modelio import file_sha256, load_model, save_model
 from segc.ortrun import SESSION_STATS, SessionConfig
 from segc.pipeline import DumpInstrument, Instrument, PassRecord, PassSpec, PipelineResult, run_pipeline
 from segc.recipe import RECIPE_METADATA_KEY, Recipe, get_recipe
-from segc.report import PASS_COLUMNS, build_report, pass_rows, write_reports
+from segc.report import PASS_COLUMNS, build_report, pass_rows, unverified_lines, write_reports
 from segc.shapes import ShapeRange, parse_shape_range, parse_static_shape, ranges_from_metadata
 from segc.targets.base import BuildOptions, Target, get_target
 from segc.verify import Verifier
@@ -276,6 +276,8 @@ def _print_summary(report: dict[str, Any], result: PipelineResult, outdir: Path)
     for row in pass_rows(report):
         table.add_row(*row)
     console.print(table)
+    for line in unverified_lines(report):
+        console.print(line)
     if result.ok:
         console.print(f"done in {report['seconds']:.1f}s; artefacts in {outdir}/ (build.sh, report.md, report.json)")
     else:

@@ -203,7 +203,7 @@ def run_pipeline(model: onnx.ModelProto, specs: list[PassSpec], *, target: str |
             after = verifier.new_state(new_model, f"after {spec.name}")
             record.verdict = verifier.compare(state, after, Contract(record.contract), tolerances_of(pass_obj, spec.options))
             record.verify_seconds = time.perf_counter() - t0
-            record.status = "ok" if record.verdict.ok else "failed"
+            record.status = record.verdict.status
             if not record.verdict.ok:
                 result.model = new_model
                 result.failed_pass = spec.name
@@ -222,10 +222,52 @@ def run_pipeline(model: onnx.ModelProto, specs: list[PassSpec], *, target: str |
         for inst in instruments:
             inst.after_pass(record, new_model)
 
+    pass_tolerances = {r.index: tolerances_of(p, s.options) for r, p, s in zip(records, passes, specs)}
     if verify == "end" and verifier is not None and reference is not None and len(history) > 1:
-        pass_tolerances = {r.index: tolerances_of(p, s.options) for r, p, s in zip(records, passes, specs)}
         _verify_end(result, history, verifier, reference, pass_tolerances)
+    if verify == "each" and verifier is not None and reference is not None and state is not None and state is not reference:
+        _verify_kept_outputs(result, verifier, reference, state, pass_tolerances)
     return result
+
+
+def _loosest(records: list[PassRecord], pass_tolerances: dict[int, dict[str, float]]) -> dict[str, float]:
+    loosest: dict[str, float] = {}
+    for r in records:
+        for key, value in pass_tolerances.get(r.index, {}).items():
+            loosest[key] = max(loosest.get(key, value), value)
+    return loosest
+
+
+def _verify_kept_outputs(result: PipelineResult, verifier: Verifier, reference: GraphState, final: GraphState,
+                         pass_tolerances: dict[int, dict[str, float]]) -> None:
+    """After an ``outputs`` pass, judge the final graph against the INPUT model exposing its outputs.
+
+    Pass-by-pass checks compare a kept tensor with the tensor of that name just before the
+    cut; if an earlier pass changed what the name holds (onnxsim folding a bias Add into a
+    ConvTranspose keeps the ConvTranspose's output name for the sum) every step passes while
+    the user gets post-bias values for a pre-bias selector. The input model is the only
+    reference for what the user selected. The cost is one more session, only after a cut.
+
+        input:  ConvTranspose -> t -> Add(bias) -> u -> Sigmoid      selector picks t
+        after simplify:  ConvTranspose(+bias) -> t -> Sigmoid          t now means u
+        after prune:     ConvTranspose(+bias) -> t  (output)           compared with input's t: fails
+    """
+    cutters = [r for r in result.records if r.changed and r.contract == Contract.OUTPUTS.value]
+    if not cutters or not result.ok:
+        return
+    changing = [r for r in result.records if r.changed]
+    contract = combined_contract([Contract(r.contract) for r in changing])
+    verdict = verifier.compare(reference, final, contract, _loosest(changing, pass_tolerances), outputs_may_change=True)
+    result.end_verdict = verdict
+    if verdict.ok:
+        return
+    culprit = cutters[-1]
+    culprit.status = "failed"
+    culprit.notes.append("the kept outputs differ from the same tensors of the input model: a pass before this one "
+                         "changed what those names hold; select a tensor that survives it, or --skip that pass")
+    result.failed_pass = culprit.name
+    result.failure = (f"the outputs kept by {culprit.name} do not hold the input model's values for those tensors: "
+                      f"{'; '.join(verdict.reasons[:3])}")
 
 
 def _take(record: PassRecord, outcome: PassResult) -> None:
@@ -243,11 +285,8 @@ def _verify_end(result: PipelineResult, history: list[onnx.ModelProto], verifier
     def probe(k: int) -> Verdict:
         state = verifier.new_state(history[k], f"after {changing[k - 1].name}")
         contract = combined_contract([Contract(r.contract) for r in changing[:k]])
-        loosest: dict[str, float] = {}
-        for r in changing[:k]:
-            for key, value in pass_tolerances.get(r.index, {}).items():
-                loosest[key] = max(loosest.get(key, value), value)
-        verdict = verifier.compare(reference, state, contract, loosest)
+        cut = any(r.contract == Contract.OUTPUTS.value for r in changing[:k])
+        verdict = verifier.compare(reference, state, contract, _loosest(changing[:k], pass_tolerances), outputs_may_change=cut)
         result.bisect_probes.append({"passes": [r.name for r in changing[:k]], "ok": verdict.ok, "reasons": verdict.reasons[:3]})
         return verdict
 
@@ -257,7 +296,7 @@ def _verify_end(result: PipelineResult, history: list[onnx.ModelProto], verifier
     result.end_verdict = final
     if final.ok:
         for r in changing:
-            r.status = "ok"
+            r.status = final.status  # ok, or unverified when the input gave the outputs no signal
         return
     lo, hi = 1, len(changing)  # invariant: prefix hi fails; every prefix below lo passes
     while lo < hi:

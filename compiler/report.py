@@ -81,6 +81,23 @@ def pass_rows(report: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def unverified_lines(report: dict[str, Any]) -> list[str]:
+    """One line per pass whose check had no signal, with the reason and the fix (for both summaries).
+
+    Such a pass ran and nothing failed, but its verification proved nothing: the reference
+    outputs were (near) constant on the inputs used.
+    """
+    lines = []
+    for p in report.get("passes", []):
+        verdict = p.get("verdict") or {}
+        if p.get("status") == "unverified" and verdict.get("unverified"):
+            lines.append(f"{p['name']}: UNVERIFIED, {verdict['unverified'][0]}; {verdict.get('fix')}")
+    end = report.get("end_verdict") or {}
+    if end.get("unverified") and not lines:
+        lines.append(f"pipeline: UNVERIFIED, {end['unverified'][0]}; {end.get('fix')}")
+    return lines
+
+
 PASS_COLUMNS = ["#", "pass", "contract", "changed", "time", "verify", "verdict", "max rel err", "cosine", "agreement"]
 
 
@@ -100,6 +117,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     cost = report.get("verification_cost")
     if cost:
         lines.append(f"- onnxruntime sessions {cost.get('sessions')}, runs {cost.get('runs')}")
+    lines += [f"- **{line}**" for line in unverified_lines(report)]
     lines += ["", "| " + " | ".join(PASS_COLUMNS) + " |", "|" + "---|" * len(PASS_COLUMNS)]
     for row in pass_rows(report):
         lines.append("| " + " | ".join(row) + " |")

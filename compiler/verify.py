@@ -129,33 +129,65 @@ class Verifier:
         return GraphState(model, label, self.config)
 
     def compare(self, before: GraphState, after: GraphState, contract: Contract,
-                pass_tolerances: dict[str, float] | None = None) -> Verdict:
-        """Judge ``after`` against ``before`` by ``contract`` (and a pass's own tolerance defaults)."""
+                pass_tolerances: dict[str, float] | None = None, *, outputs_may_change: bool = False) -> Verdict:
+        """Judge ``after`` against ``before`` by ``contract`` (and a pass's own tolerance defaults).
+
+        Which outputs are compared: for a pass that may choose the outputs (contract
+        ``outputs``, or ``outputs_may_change`` when several passes are judged at once) each
+        output of ``after`` against the same tensor exposed in ``before``; for every other
+        contract each output of ``before``, which ``after`` must still have under the same name
+        (a lost or renamed output fails). Inputs: the shapes ``after`` is checked at, and when
+        none of those ran in both graphs, the shapes ``before`` is checked at, so two graphs
+        with different input shapes compare at some shape or fail with "nothing compared".
+        """
         try:
             after.open()
         except Exception as exc:  # noqa: BLE001
             return Verdict(ok=False, contract=contract.value, reasons=[f"onnxruntime cannot load the graph: {_first_line(exc)}"])
-        # a pass may make intermediate tensors outputs (pruning): compare them with the same
-        # tensors exposed in the graph before it
-        reference = self._exposing(before, after.output_names)
-        metrics: list[OutputMetrics] = []
         warnings: list[str] = []
         reasons: list[str] = []
-        for feed in self.feeds_for(after.model):
-            cand = after.run(feed)
-            if cand is None:
-                reasons.append(f"onnxruntime failed at {feed.label}: {after.errors[feed.label]}")
-                continue
-            ref = reference.run(feed)
-            if ref is None:
-                warnings.append(f"{feed.label}: the graph before this pass cannot take this shape; "
-                                f"the new graph ran and its outputs are the reference from here on")
-                continue
+        if contract is Contract.OUTPUTS or outputs_may_change:
+            produced = {o for n in before.model.graph.node for o in n.output} | set(before.output_names) \
+                | {i.name for i in before.model.graph.input}
+            names = []
             for name in after.output_names:
-                if name not in ref:
-                    warnings.append(f"{name}: no such output before the pass, not compared")
+                if name in produced:
+                    names.append(name)
+                else:
+                    reasons.append(f"{name}: no tensor of that name in the graph before, nothing to compare it with")
+            # a pass may make intermediate tensors outputs (pruning): compare them with the
+            # same tensors exposed in the graph before it
+            reference = self._exposing(before, names)
+        else:
+            names = list(before.output_names)
+            for name in names:
+                if name not in after.output_names:
+                    reasons.append(f"output {name!r} is gone (the graph now has {after.output_names})")
+            names = [n for n in names if n in after.output_names]
+            reference = before
+        metrics: list[OutputMetrics] = []
+        skipped: list[str] = []
+        tried: set[tuple] = set()
+        for feeds in (self.feeds_for(after.model), self.feeds_for(before.model)):
+            for feed in feeds:
+                if feed.shape_key in tried:
                     continue
-                metrics.append(compare_output(name, feed.label, ref[name], cand[name]))
+                tried.add(feed.shape_key)
+                cand = after.run(feed)
+                ref = reference.run(feed)
+                if ref is None and cand is None:
+                    continue
+                if cand is None:
+                    reasons.append(f"onnxruntime failed at {feed.label}: {after.errors[feed.label]}")
+                    continue
+                if ref is None:
+                    skipped.append(feed.label)
+                    continue
+                metrics.extend(compare_output(n, feed.label, ref[n], cand[n]) for n in names)
+            if metrics:
+                break
+        if skipped:
+            warnings.append(f"{', '.join(skipped)}: the graph before cannot take this shape; not compared there")
         tolerances = self.tolerances.relaxed(pass_tolerances or {}, keep=self.tolerances.user_set)
         verdict = judge(contract, metrics, tolerances)
         verdict.reasons = reasons + verdict.reasons
