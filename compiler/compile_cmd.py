@@ -21,6 +21,7 @@ from segc.errors import SegcError
 from segc.metrics import Tolerances
 from segc.modelio import file_sha256, load_model, save_model
 from segc.ortrun import SESSION_STATS, SessionConfig
+from segc.passes.prune_outputs import pin_selectors
 from segc.pipeline import DumpInstrument, Instrument, PassRecord, PassSpec, PipelineResult, run_pipeline
 from segc.recipe import RECIPE_METADATA_KEY, Recipe, get_recipe
 from segc.report import PASS_COLUMNS, build_report, pass_rows, unverified_lines, write_reports
@@ -213,10 +214,14 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
     input_hash = file_sha256(src)
 
     config = SessionConfig()
+    # --no-prune: the vendor tool cuts at these tensors; resolve them on the input model, as
+    # prune_outputs does, and have the verifier watch them through every pass
+    chosen_outputs = pin_selectors(model, args.outputs) if args.outputs and args.no_prune else []
     verifier = None
     if args.verify != "none":
         verifier = Verifier(recipe=recipe, ranges=ranges, tolerances=tolerances, config=config, seed=args.seed,
-                            user_inputs=args.verify_inputs, pixel_budget=args.pixel_budget or DEFAULT_PIXEL_BUDGET)
+                            user_inputs=args.verify_inputs, pixel_budget=args.pixel_budget or DEFAULT_PIXEL_BUDGET,
+                            watch=chosen_outputs)
     instruments: list[Instrument] = [ProgressInstrument(len(specs))]
     if args.dump_dir:
         instruments.append(DumpInstrument(args.dump_dir))
@@ -233,7 +238,6 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
         "session_config": config.to_dict(),
         "verified_shapes": verifier.feed_labels if verifier else [],
     }
-    chosen_outputs = list(args.outputs or []) if args.no_prune else []
     shapes = final_shapes(result.model, ranges, recipe)
     options = build_options(args, recipe, target, shapes, chosen_outputs, argv, input_hash)
     violations = target.check(result.model, options) if result.ok else []

@@ -144,6 +144,28 @@ def _instantiate(specs: list[PassSpec]) -> list[GraphPass]:
     return passes
 
 
+def _pin_outputs(model: onnx.ModelProto, specs: list[PassSpec], verifier: Verifier | None) -> list[PassSpec]:
+    """Resolve ``prune_outputs`` selectors on the input model, and have the verifier watch them.
+
+    The user chose the outputs looking at the input model, so that is where the selectors
+    are resolved (to tensor names, before any pass). The verifier then compares those
+    tensors at every step (every bisection probe, in ``end`` mode): a pass that keeps a
+    tensor's name but changes its value, as onnxsim folding a bias Add into a ConvTranspose
+    does, fails at that pass instead of handing the user post-bias values.
+    """
+    from segc.passes.prune_outputs import pin_selectors
+
+    pinned = []
+    for spec in specs:
+        if spec.name == "prune_outputs" and spec.options.get("outputs") and not spec.options.get("pinned"):
+            names = pin_selectors(model, spec.options["outputs"])
+            spec = PassSpec(spec.name, {**spec.options, "outputs": names, "pinned": True})
+            if verifier is not None:
+                verifier.watch = tuple(dict.fromkeys([*verifier.watch, *names]))
+        pinned.append(spec)
+    return pinned
+
+
 def _write_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> onnx.ModelProto:
     if not metadata:
         return model
@@ -168,6 +190,7 @@ def run_pipeline(model: onnx.ModelProto, specs: list[PassSpec], *, target: str |
     if verify != "none" and verifier is None:
         verifier = Verifier(recipe=recipe)
     passes = _instantiate(specs)
+    specs = _pin_outputs(model, specs, verifier)
     records = [PassRecord(i, s.name, contract_of(p, s.options).value, dict(s.options)) for i, (s, p) in enumerate(zip(specs, passes))]
     result = PipelineResult(model=model, records=records, verify_mode=verify)
 
@@ -225,8 +248,6 @@ def run_pipeline(model: onnx.ModelProto, specs: list[PassSpec], *, target: str |
     pass_tolerances = {r.index: tolerances_of(p, s.options) for r, p, s in zip(records, passes, specs)}
     if verify == "end" and verifier is not None and reference is not None and len(history) > 1:
         _verify_end(result, history, verifier, reference, pass_tolerances)
-    if verify == "each" and verifier is not None and reference is not None and state is not None and state is not reference:
-        _verify_kept_outputs(result, verifier, reference, state, pass_tolerances)
     return result
 
 
@@ -236,38 +257,6 @@ def _loosest(records: list[PassRecord], pass_tolerances: dict[int, dict[str, flo
         for key, value in pass_tolerances.get(r.index, {}).items():
             loosest[key] = max(loosest.get(key, value), value)
     return loosest
-
-
-def _verify_kept_outputs(result: PipelineResult, verifier: Verifier, reference: GraphState, final: GraphState,
-                         pass_tolerances: dict[int, dict[str, float]]) -> None:
-    """After an ``outputs`` pass, judge the final graph against the INPUT model exposing its outputs.
-
-    Pass-by-pass checks compare a kept tensor with the tensor of that name just before the
-    cut; if an earlier pass changed what the name holds (onnxsim folding a bias Add into a
-    ConvTranspose keeps the ConvTranspose's output name for the sum) every step passes while
-    the user gets post-bias values for a pre-bias selector. The input model is the only
-    reference for what the user selected. The cost is one more session, only after a cut.
-
-        input:  ConvTranspose -> t -> Add(bias) -> u -> Sigmoid      selector picks t
-        after simplify:  ConvTranspose(+bias) -> t -> Sigmoid          t now means u
-        after prune:     ConvTranspose(+bias) -> t  (output)           compared with input's t: fails
-    """
-    cutters = [r for r in result.records if r.changed and r.contract == Contract.OUTPUTS.value]
-    if not cutters or not result.ok:
-        return
-    changing = [r for r in result.records if r.changed]
-    contract = combined_contract([Contract(r.contract) for r in changing])
-    verdict = verifier.compare(reference, final, contract, _loosest(changing, pass_tolerances), outputs_may_change=True)
-    result.end_verdict = verdict
-    if verdict.ok:
-        return
-    culprit = cutters[-1]
-    culprit.status = "failed"
-    culprit.notes.append("the kept outputs differ from the same tensors of the input model: a pass before this one "
-                         "changed what those names hold; select a tensor that survives it, or --skip that pass")
-    result.failed_pass = culprit.name
-    result.failure = (f"the outputs kept by {culprit.name} do not hold the input model's values for those tensors: "
-                      f"{'; '.join(verdict.reasons[:3])}")
 
 
 def _take(record: PassRecord, outcome: PassResult) -> None:

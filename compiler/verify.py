@@ -37,10 +37,12 @@ class GraphState:
     session: ort.InferenceSession | None = None
     outputs: dict[str, Outputs | None] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    exposed: tuple[str, ...] = ()  # watched tensors this state's session exposes beyond the model's outputs
 
     @property
     def output_names(self) -> list[str]:
-        return [o.name for o in self.model.graph.output]
+        """The model's own outputs (not the watched tensors exposed for the verifier)."""
+        return [o.name for o in self.model.graph.output if o.name not in self.exposed]
 
     def open(self) -> None:
         if self.session is None:
@@ -64,7 +66,8 @@ class Verifier:
 
     def __init__(self, *, recipe: Recipe | None = None, ranges: dict[str, ShapeRange] | None = None,
                  tolerances: Tolerances | None = None, config: SessionConfig | None = None, seed: int = 0,
-                 user_inputs: str | Path | None = None, pixel_budget: int = DEFAULT_PIXEL_BUDGET) -> None:
+                 user_inputs: str | Path | None = None, pixel_budget: int = DEFAULT_PIXEL_BUDGET,
+                 watch: list[str] | tuple[str, ...] = ()) -> None:
         self.recipe = recipe
         self.ranges = dict(ranges or {})
         self.tolerances = tolerances or Tolerances()
@@ -72,6 +75,9 @@ class Verifier:
         self.seed = seed
         self.user_inputs = Path(user_inputs) if user_inputs else None
         self.pixel_budget = pixel_budget
+        # tensors (e.g. the --outputs chosen on the input model) compared at every step, so a
+        # pass that keeps a name but changes its value fails at that pass
+        self.watch = tuple(watch)
         self._feeds: dict[tuple, Feed] = {}
         self._user_feeds: list[Feed] | None = None
 
@@ -115,7 +121,7 @@ class Verifier:
     # -- states ---------------------------------------------------------------------------
     def initial_state(self, model: onnx.ModelProto) -> GraphState:
         """The reference state; an input model onnxruntime cannot run is a usage error."""
-        state = GraphState(model, "input model", self.config)
+        state = self.new_state(model, "input model")
         try:
             state.open()
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; all mean "cannot run"
@@ -126,6 +132,12 @@ class Verifier:
         return state
 
     def new_state(self, model: onnx.ModelProto, label: str) -> GraphState:
+        """A state of ``model``; watched tensors it computes but does not output are exposed."""
+        outputs = {o.name for o in model.graph.output}
+        produced = {o for n in model.graph.node for o in n.output}
+        extra = [w for w in self.watch if w in produced and w not in outputs]
+        if extra:
+            return GraphState(expose_tensors(model, extra), label, self.config, exposed=tuple(extra))
         return GraphState(model, label, self.config)
 
     def compare(self, before: GraphState, after: GraphState, contract: Contract,
@@ -165,6 +177,18 @@ class Verifier:
                     reasons.append(f"output {name!r} is gone (the graph now has {after.output_names})")
             names = [n for n in names if n in after.output_names]
             reference = before
+        for name in self.watch:  # chosen on the input model: must keep its meaning through every pass
+            if name in names:
+                continue
+            if name in before.exposed or name in before.output_names:
+                if name in after.exposed or name in after.output_names:
+                    names.append(name)
+                else:
+                    reasons.append(f"tensor {name!r} chosen by --outputs on the input model is gone after this pass")
+        watched = [n for n in self.watch if n in names]
+        if watched:
+            warnings.append(f"compared also {watched}, chosen by --outputs on the input model: a pass that changes "
+                            f"their values fails; --skip it to keep them")
         metrics: list[OutputMetrics] = []
         skipped: list[str] = []
         tried: set[tuple] = set()
@@ -197,7 +221,8 @@ class Verifier:
 
     def _exposing(self, state: GraphState, names: list[str]) -> GraphState:
         """``state`` itself when it already has ``names`` as outputs, else a copy exposing them."""
-        missing = [n for n in names if n not in state.output_names]
+        session_outputs = [o.name for o in state.model.graph.output]
+        missing = [n for n in names if n not in session_outputs]
         if not missing:
             return state
         return GraphState(expose_tensors(state.model, missing), f"{state.label} (exposing {len(missing)} tensors)", self.config)
