@@ -22,7 +22,8 @@ from segc.ortrun import SessionConfig, make_session, run_session
 from segc.passbase import Contract
 from segc.recipe import Recipe
 from segc.shapes import OPT_SHAPE_KEY, SHAPE_RANGE_KEY, ShapeRange, ranges_from_metadata
-from segc.verify_inputs import DEFAULT_PIXEL_BUDGET, Feed, load_user_feeds, random_feed, verification_shapes
+from segc.input_roles import Role, input_roles
+from segc.verify_inputs import DEFAULT_PIXEL_BUDGET, Feed, graph_inputs, load_user_feeds, random_feed, verification_shapes
 
 Outputs = dict[str, np.ndarray]
 
@@ -128,8 +129,20 @@ class Verifier:
             raise SegcError(f"onnxruntime cannot load the input model ({_first_line(exc)}); use --verify none to skip verification") from None
         for feed in self.feeds_for(model):
             if state.run(feed) is None:
-                raise SegcError(f"onnxruntime cannot run the input model at {feed.label}: {state.errors[feed.label]}")
+                raise SegcError(f"onnxruntime cannot run the input model at {feed.label}: {state.errors[feed.label]}"
+                                f"{self._derived_hint(model)}")
         return state
+
+    def _derived_hint(self, model: onnx.ModelProto) -> str:
+        """When segc made up values for non-data inputs, say which and how to give real ones."""
+        if self.user_inputs is not None:
+            return ""
+        names = [vi.name for vi in graph_inputs(model)]
+        derived = [r for r in input_roles(model, names).values() if r.role is not Role.DATA]
+        if not derived:
+            return ""
+        listed = ", ".join(f"{r.name!r} ({r.what})" for r in derived)
+        return f"; segc derived values for {listed}: give real ones with --verify-inputs data.npz (one array per input name)"
 
     def new_state(self, model: onnx.ModelProto, label: str) -> GraphState:
         """A state of ``model``; watched tensors it computes but does not output are exposed."""

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from segc.errors import SegcError
+from segc.input_roles import Role, derive_value, input_roles, static_shapes, underivable
 from segc.recipe import InputSpec, Recipe
 from segc.shapes import ShapeRange
 
@@ -147,13 +148,32 @@ def smooth_pixels(rng: np.random.Generator, shape: Shape) -> np.ndarray:
 
 
 def random_feed(model: onnx.ModelProto, shapes: ShapeSet, recipe: Recipe | None, seed: int) -> Feed:
-    """Seeded inputs for one shape set, in each input's real value range."""
+    """Seeded inputs for one shape set, in each input's real value range.
+
+    Inputs that feed shape-like or index operands get valid values (segc.input_roles); one
+    segc cannot derive is a usage error naming it and how to feed it.
+    """
     rng = np.random.default_rng(seed)
     arrays: dict[str, np.ndarray] = {}
-    for vi in graph_inputs(model):
+    inputs = graph_inputs(model)
+    roles = input_roles(model, [vi.name for vi in inputs])
+    image = next((shapes[vi.name] for vi in inputs if roles[vi.name].role is Role.DATA and len(shapes[vi.name]) == 4), None)
+    inferred: dict[str, tuple[int, ...]] | None = None
+    for vi in inputs:
         shape = shapes[vi.name]
         dtype = _elem_type(vi)
         spec = recipe.input(vi.name) if recipe else None
+        role = roles[vi.name]
+        if role.role is not Role.DATA:
+            data_shape = shapes.get(role.data) if role.data else None
+            if data_shape is None and role.data:
+                inferred = static_shapes(model) if inferred is None else inferred
+                data_shape = inferred.get(role.data)
+            value = derive_value(role, shape, dtype, data_shape, image, rng)
+            if value is None:
+                raise underivable(role)
+            arrays[vi.name] = value
+            continue
         if len(shape) == 4 and shape[1] == 3 and dtype.kind == "f":
             spec = spec or InputSpec(name=vi.name)  # ImageNet normalisation: the common case
             arrays[vi.name] = spec.normalise(smooth_pixels(rng, shape)).astype(dtype)
