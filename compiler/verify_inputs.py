@@ -7,7 +7,8 @@ would take minutes per run on a CPU and prove no more than 672x704 does.
 
 Values. Seeded random images in the model's real value range: smooth pixel fields in
 [0, 255] (coarse noise upsampled plus fine noise, closer to photographs than white noise, so
-argmax maps are not a coin toss at every pixel), normalised as the model's recipe says. Or
+argmax maps are not a coin toss at every pixel), normalised as the model's recipe says; for a text detector (recipe task ``text_detection``)
+pages of rendered words on that textured background (segc.text_images). Or
 the user's own data: ``.npy`` (one input), ``.npz`` (by input name) or a folder of images,
 preprocessed with the recipe's normalisation.
 """
@@ -24,6 +25,7 @@ from segc.errors import SegcError
 from segc.input_roles import Role, derive_value, input_roles, static_shapes, underivable
 from segc.recipe import InputSpec, Recipe
 from segc.shapes import ShapeRange
+from segc.text_images import text_pixels
 
 DEFAULT_PIXEL_BUDGET = 2_200_000  # covers the seeds' 1x3x1024x2048 in one run
 DEFAULT_SPATIAL = (256, 256)  # for a dynamic model with no range, recipe or user data
@@ -176,7 +178,10 @@ def random_feed(model: onnx.ModelProto, shapes: ShapeSet, recipe: Recipe | None,
             continue
         if len(shape) == 4 and shape[1] == 3 and dtype.kind == "f":
             spec = spec or InputSpec(name=vi.name)  # ImageNet normalisation: the common case
-            arrays[vi.name] = spec.normalise(smooth_pixels(rng, shape)).astype(dtype)
+            pixels = smooth_pixels(rng, shape)
+            if recipe is not None and recipe.task == "text_detection":
+                pixels = text_pixels(rng, shape, background=pixels)  # what a text detector responds to
+            arrays[vi.name] = spec.normalise(pixels).astype(dtype)
         elif dtype.kind == "f":
             arrays[vi.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype.kind == "b":

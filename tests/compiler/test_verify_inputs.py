@@ -258,3 +258,44 @@ def test_multi_input_detector_with_an_npz_and_without(tmp_path: Path) -> None:
     assert main(["verify", det, det, "--input-shape", "image:1,3,64,96"]) == 0
     feed = random_feed(_paddle_detector(), {"image": (1, 3, 64, 96), "im_shape": (1, 2), "scale_factor": (1, 2)}, None, 0)
     assert feed.arrays["im_shape"].tolist() == [[64, 96]] and feed.arrays["scale_factor"].tolist() == [[1, 1]]
+
+
+# -- rendered text for text detectors (issue 9 part 4) ----------------------------------------
+
+def _text_recipe(task: str) -> Recipe:
+    return Recipe(name="t", description="", inputs=(InputSpec("x"),), output_names=("y",), seed_shape=(1, 3, 96, 128),
+                  task=task)
+
+
+def test_text_detectors_are_fed_rendered_text() -> None:
+    from segc.text_images import text_pixels
+
+    shape = {"x": (1, 3, 96, 128)}
+    text = random_feed(model([1, 3, 96, 128]), shape, _text_recipe("text_detection"), 3).arrays["x"]
+    noise = random_feed(model([1, 3, 96, 128]), shape, _text_recipe("segmentation"), 3).arrays["x"]
+    assert not np.allclose(text, noise)
+    again = random_feed(model([1, 3, 96, 128]), shape, _text_recipe("text_detection"), 3).arrays["x"]
+    np.testing.assert_array_equal(text, again)  # seeded
+    pixels = text_pixels(np.random.default_rng(0), (2, 3, 96, 128))
+    dark = (pixels.max(axis=1) < 90).mean(axis=(1, 2))  # ink: dark in every channel
+    assert np.all(dark > 0.005) and np.all(dark < 0.5)  # words, not a black page
+    assert np.median(pixels) > 170  # on a light page
+    assert not np.array_equal(pixels[0], pixels[1])
+
+
+def test_dbnet_recipes_are_text_detectors() -> None:
+    from segc.recipe import all_recipes
+
+    tasks = {name: r.task for name, r in all_recipes().items()}
+    assert tasks["dbnet_r50"] == tasks["dbnet_r50_dcn"] == "text_detection"
+    assert tasks["ocrnet_hrnetw18"] == "segmentation"
+
+
+def test_user_data_wins_over_rendered_text(tmp_path: Path) -> None:
+    from segc.verify import Verifier
+
+    x = np.full((1, 3, 96, 128), 0.25, np.float32)
+    np.save(tmp_path / "x.npy", x)
+    verifier = Verifier(recipe=_text_recipe("text_detection"), user_inputs=tmp_path / "x.npy")
+    feeds = verifier.feeds_for(model([1, 3, 96, 128]))
+    assert len(feeds) == 1 and np.array_equal(feeds[0].arrays["x"], x)
