@@ -205,6 +205,7 @@ class Verifier:
         metrics: list[OutputMetrics] = []
         skipped: list[str] = []
         tried: set[tuple] = set()
+        both_failed: list[str] = []  # shapes neither graph could run
         for feeds in (self.feeds_for(after.model), self.feeds_for(before.model)):
             for feed in feeds:
                 if feed.shape_key in tried:
@@ -213,6 +214,7 @@ class Verifier:
                 cand = after.run(feed)
                 ref = reference.run(feed)
                 if ref is None and cand is None:
+                    both_failed.append(f"{feed.label}: {after.errors[feed.label]}")
                     continue
                 if cand is None:
                     reasons.append(f"onnxruntime failed at {feed.label}: {after.errors[feed.label]}")
@@ -223,6 +225,8 @@ class Verifier:
                 metrics.extend(compare_output(n, feed.label, ref[n], cand[n]) for n in names)
             if metrics:
                 break
+        if not metrics and both_failed:
+            reasons.append(f"neither graph runs at {'; '.join(both_failed[:2])}")
         if skipped:
             warnings.append(f"{', '.join(skipped)}: the graph before cannot take this shape; not compared there")
         tolerances = self.tolerances.relaxed(pass_tolerances or {}, keep=self.tolerances.user_set)

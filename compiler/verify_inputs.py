@@ -7,9 +7,11 @@ would take minutes per run on a CPU and prove no more than 672x704 does.
 
 Values. Seeded random images in the model's real value range: smooth pixel fields in
 [0, 255] (coarse noise upsampled plus fine noise, closer to photographs than white noise, so
-argmax maps are not a coin toss at every pixel), normalised as the model's recipe says; for a text detector (recipe task ``text_detection``)
-pages of rendered words on that textured background (segc.text_images). Or
-the user's own data: ``.npy`` (one input), ``.npz`` (by input name) or a folder of images,
+argmax maps are not a coin toss at every pixel), normalised as the model's recipe says. A
+text detector (recipe task ``text_detection``) gets pages of rendered words on that
+textured background instead (segc.text_images). Inputs that are not images (Resize scales,
+Reshape shapes, indices...) get valid values from segc.input_roles. Or the user's own data,
+which always wins: ``.npy`` (one input), ``.npz`` (by input name) or a folder of images,
 preprocessed with the recipe's normalisation.
 """
 
