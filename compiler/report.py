@@ -57,6 +57,7 @@ def build_report(result: PipelineResult | None, **fields: Any) -> dict[str, Any]
         report["ran_before_failure"] = result.passes_before(result.failed_pass) if result.failed_pass else None
         report["end_verdict"] = result.end_verdict.to_dict() if result.end_verdict else None
         report["bisect_probes"] = result.bisect_probes
+        report["unverified"] = unverified_lines(report)  # passes whose check had no signal to judge by
     return report
 
 
