@@ -22,9 +22,10 @@ from segc.metrics import Tolerances
 from segc.modelio import file_sha256, load_model_and_files, save_model
 from segc.outdir import FIXED_NAMES, StagedOutput, check_dump_dir, require_utf8
 from segc.ortrun import SESSION_STATS, SessionConfig
+from segc.passes.prune_outputs import pin_selectors
 from segc.pipeline import DumpInstrument, Instrument, PassRecord, PassSpec, PipelineResult, run_pipeline
 from segc.recipe import RECIPE_METADATA_KEY, Recipe, get_recipe
-from segc.report import PASS_COLUMNS, build_report, pass_rows, write_reports
+from segc.report import PASS_COLUMNS, build_report, pass_rows, unverified_lines, write_reports
 from segc.shapes import ShapeRange, parse_shape_range, parse_static_shape, ranges_from_metadata
 from segc.legalise import Plan, final_gate_lines, legalise
 from segc.preflight import validate_cli, validate_selectors
@@ -264,7 +265,9 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
     outdir = out.outdir
     out_model = out.path(f"{src.stem}.{target.name}.onnx")
     input_hash = file_sha256(src)
-    chosen_outputs = list(args.outputs or []) if args.no_prune else []
+    # --no-prune: the vendor tool cuts at these tensors; resolve them on the input model, as
+    # prune_outputs does, and have the verifier watch them through every pass
+    chosen_outputs = pin_selectors(model, args.outputs) if args.outputs and args.no_prune else []
     require_shapes = target.name != "onnxruntime"
 
     # everything below is checked before the first pass runs (DESIGN.md: errors before work)
@@ -280,10 +283,14 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
     _print_plan(plan, cli_warnings)
 
     config = SessionConfig()
+    # --no-prune: the vendor tool cuts at these tensors; resolve them on the input model, as
+    # prune_outputs does, and have the verifier watch them through every pass
+    chosen_outputs = pin_selectors(model, args.outputs) if args.outputs and args.no_prune else []
     verifier = None
     if args.verify != "none":
         verifier = Verifier(recipe=recipe, ranges=ranges, tolerances=tolerances, config=config, seed=args.seed,
-                            user_inputs=args.verify_inputs, pixel_budget=args.pixel_budget or DEFAULT_PIXEL_BUDGET)
+                            user_inputs=args.verify_inputs, pixel_budget=args.pixel_budget or DEFAULT_PIXEL_BUDGET,
+                            watch=chosen_outputs)
     progress = ProgressInstrument(len(specs))
     instruments: list[Instrument] = [progress]
     if args.dump_dir:
@@ -364,6 +371,8 @@ def _print_summary(report: dict[str, Any], result: PipelineResult, outdir: Path)
     for row in pass_rows(report):
         table.add_row(*row)
     console.print(table)
+    for line in unverified_lines(report):
+        console.print(line)
     legal = report.get("legalisation") or {}
     for added in legal.get("added", []):
         console.print(f"added pass {added['pass']}: {added['reason']}")

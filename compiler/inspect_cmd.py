@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from segc.errors import SegcError
-from segc.metrics import Tolerances
+from segc.metrics import VERIFY_INPUTS_FIX, Tolerances
 from segc.modelio import default_opset, load_model
 from segc.passbase import Contract, all_passes
 from segc.shapes import parse_shape_range, ranges_from_metadata
@@ -167,5 +167,12 @@ def run_verify(args: argparse.Namespace) -> int:
             con.print(f"warning: {w}")
         for r in verdict.reasons:
             con.print(f"mismatch: {r}")
-        con.print(f"{'equivalent' if verdict.ok else 'NOT equivalent'} ({args.contract})")
-    return 0 if verdict.ok else 1
+        for u in verdict.unverified:
+            con.print(f"no signal: {u}")
+        if verdict.status == "unverified":
+            con.print(f"UNVERIFIED ({args.contract}): nothing differed, but the reference outputs carry no signal on "
+                      f"these inputs; {VERIFY_INPUTS_FIX}")
+        else:
+            con.print(f"{'equivalent' if verdict.ok else 'NOT equivalent'} ({args.contract})")
+    # "equivalent" must mean something was found equal: a check that proved nothing is not a pass
+    return 0 if verdict.status == "ok" else 1

@@ -154,6 +154,28 @@ def _instantiate(specs: list[PassSpec]) -> list[GraphPass]:
     return passes
 
 
+def _pin_outputs(model: onnx.ModelProto, specs: list[PassSpec], verifier: Verifier | None) -> list[PassSpec]:
+    """Resolve ``prune_outputs`` selectors on the input model, and have the verifier watch them.
+
+    The user chose the outputs looking at the input model, so that is where the selectors
+    are resolved (to tensor names, before any pass). The verifier then compares those
+    tensors at every step (every bisection probe, in ``end`` mode): a pass that keeps a
+    tensor's name but changes its value, as onnxsim folding a bias Add into a ConvTranspose
+    does, fails at that pass instead of handing the user post-bias values.
+    """
+    from segc.passes.prune_outputs import pin_selectors
+
+    pinned = []
+    for spec in specs:
+        if spec.name == "prune_outputs" and spec.options.get("outputs") and not spec.options.get("pinned"):
+            names = pin_selectors(model, spec.options["outputs"])
+            spec = PassSpec(spec.name, {**spec.options, "outputs": names, "pinned": True})
+            if verifier is not None:
+                verifier.watch = tuple(dict.fromkeys([*verifier.watch, *names]))
+        pinned.append(spec)
+    return pinned
+
+
 def _write_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> onnx.ModelProto:
     if not metadata:
         return model
@@ -178,6 +200,7 @@ def run_pipeline(model: onnx.ModelProto, specs: list[PassSpec], *, target: str |
     if verify != "none" and verifier is None:
         verifier = Verifier(recipe=recipe)
     passes = _instantiate(specs)
+    specs = _pin_outputs(model, specs, verifier)
     records = [PassRecord(i, s.name, contract_of(p, s.options).value, dict(s.options)) for i, (s, p) in enumerate(zip(specs, passes))]
     result = PipelineResult(model=model, records=records, verify_mode=verify)
 
@@ -213,7 +236,7 @@ def run_pipeline(model: onnx.ModelProto, specs: list[PassSpec], *, target: str |
             after = verifier.new_state(new_model, f"after {spec.name}")
             record.verdict = verifier.compare(state, after, Contract(record.contract), tolerances_of(pass_obj, spec.options))
             record.verify_seconds = time.perf_counter() - t0
-            record.status = "ok" if record.verdict.ok else "failed"
+            record.status = record.verdict.status
             if not record.verdict.ok:
                 result.model = new_model
                 result.failed_pass = spec.name
@@ -232,10 +255,18 @@ def run_pipeline(model: onnx.ModelProto, specs: list[PassSpec], *, target: str |
         for inst in instruments:
             inst.after_pass(record, new_model)
 
+    pass_tolerances = {r.index: tolerances_of(p, s.options) for r, p, s in zip(records, passes, specs)}
     if verify == "end" and verifier is not None and reference is not None and len(history) > 1:
-        pass_tolerances = {r.index: tolerances_of(p, s.options) for r, p, s in zip(records, passes, specs)}
         _verify_end(result, history, verifier, reference, pass_tolerances)
     return result
+
+
+def _loosest(records: list[PassRecord], pass_tolerances: dict[int, dict[str, float]]) -> dict[str, float]:
+    loosest: dict[str, float] = {}
+    for r in records:
+        for key, value in pass_tolerances.get(r.index, {}).items():
+            loosest[key] = max(loosest.get(key, value), value)
+    return loosest
 
 
 def _take(record: PassRecord, outcome: PassResult) -> None:
@@ -253,11 +284,8 @@ def _verify_end(result: PipelineResult, history: list[onnx.ModelProto], verifier
     def probe(k: int) -> Verdict:
         state = verifier.new_state(history[k], f"after {changing[k - 1].name}")
         contract = combined_contract([Contract(r.contract) for r in changing[:k]])
-        loosest: dict[str, float] = {}
-        for r in changing[:k]:
-            for key, value in pass_tolerances.get(r.index, {}).items():
-                loosest[key] = max(loosest.get(key, value), value)
-        verdict = verifier.compare(reference, state, contract, loosest)
+        cut = any(r.contract == Contract.OUTPUTS.value for r in changing[:k])
+        verdict = verifier.compare(reference, state, contract, _loosest(changing[:k], pass_tolerances), outputs_may_change=cut)
         result.bisect_probes.append({"passes": [r.name for r in changing[:k]], "ok": verdict.ok, "reasons": verdict.reasons[:3]})
         return verdict
 
@@ -267,7 +295,7 @@ def _verify_end(result: PipelineResult, history: list[onnx.ModelProto], verifier
     result.end_verdict = final
     if final.ok:
         for r in changing:
-            r.status = "ok"
+            r.status = final.status  # ok, or unverified when the input gave the outputs no signal
         return
     lo, hi = 1, len(changing)  # invariant: prefix hi fails; every prefix below lo passes
     while lo < hi:

@@ -71,6 +71,9 @@ class Recipe:
     spatial_multiple: int = 32  # H and W must be multiples of this
     num_classes: int | None = None  # class-logit outputs get argmax agreement
     label_outputs: tuple[str, ...] = ()  # outputs that are label maps (argmax inside)
+    # "segmentation" or "text_detection": text detectors are verified on rendered text
+    # (segc.text_images), where smooth noise gives them no signal
+    task: str = "segmentation"
     targets: dict[str, TargetRecipe] = field(default_factory=dict)
 
     def input(self, name: str) -> InputSpec | None:

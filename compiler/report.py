@@ -43,6 +43,7 @@ def build_report(result: PipelineResult | None, **fields: Any) -> dict[str, Any]
         report["ran_before_failure"] = result.passes_before(result.failed_pass) if result.failed_pass else None
         report["end_verdict"] = result.end_verdict.to_dict() if result.end_verdict else None
         report["bisect_probes"] = result.bisect_probes
+        report["unverified"] = unverified_lines(report)  # passes whose check had no signal to judge by
     return report
 
 
@@ -67,6 +68,23 @@ def pass_rows(report: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def unverified_lines(report: dict[str, Any]) -> list[str]:
+    """One line per pass whose check had no signal, with the reason and the fix (for both summaries).
+
+    Such a pass ran and nothing failed, but its verification proved nothing: the reference
+    outputs were (near) constant on the inputs used.
+    """
+    lines = []
+    for p in report.get("passes", []):
+        verdict = p.get("verdict") or {}
+        if p.get("status") == "unverified" and verdict.get("unverified"):
+            lines.append(f"{p['name']}: UNVERIFIED, {verdict['unverified'][0]}; {verdict.get('fix')}")
+    end = report.get("end_verdict") or {}
+    if end.get("unverified") and not lines:
+        lines.append(f"pipeline: UNVERIFIED, {end['unverified'][0]}; {end.get('fix')}")
+    return lines
+
+
 PASS_COLUMNS = ["#", "pass", "contract", "changed", "time", "verify", "verdict", "max rel err", "cosine", "agreement"]
 
 
@@ -86,6 +104,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     cost = report.get("verification_cost")
     if cost:
         lines.append(f"- onnxruntime sessions {cost.get('sessions')}, runs {cost.get('runs')}")
+    lines += [f"- **{line}**" for line in unverified_lines(report)]
     lines += ["", "| " + " | ".join(PASS_COLUMNS) + " |", "|" + "---|" * len(PASS_COLUMNS)]
     for row in pass_rows(report):
         lines.append("| " + " | ".join(row) + " |")

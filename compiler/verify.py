@@ -22,7 +22,8 @@ from segc.ortrun import SessionConfig, make_session, run_session
 from segc.passbase import Contract
 from segc.recipe import Recipe
 from segc.shapes import OPT_SHAPE_KEY, SHAPE_RANGE_KEY, ShapeRange, ranges_from_metadata
-from segc.verify_inputs import DEFAULT_PIXEL_BUDGET, Feed, load_user_feeds, random_feed, verification_shapes
+from segc.input_roles import Role, input_roles
+from segc.verify_inputs import DEFAULT_PIXEL_BUDGET, Feed, graph_inputs, load_user_feeds, random_feed, verification_shapes
 
 Outputs = dict[str, np.ndarray]
 
@@ -37,10 +38,12 @@ class GraphState:
     session: ort.InferenceSession | None = None
     outputs: dict[str, Outputs | None] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    exposed: tuple[str, ...] = ()  # watched tensors this state's session exposes beyond the model's outputs
 
     @property
     def output_names(self) -> list[str]:
-        return [o.name for o in self.model.graph.output]
+        """The model's own outputs (not the watched tensors exposed for the verifier)."""
+        return [o.name for o in self.model.graph.output if o.name not in self.exposed]
 
     def open(self) -> None:
         if self.session is None:
@@ -64,7 +67,8 @@ class Verifier:
 
     def __init__(self, *, recipe: Recipe | None = None, ranges: dict[str, ShapeRange] | None = None,
                  tolerances: Tolerances | None = None, config: SessionConfig | None = None, seed: int = 0,
-                 user_inputs: str | Path | None = None, pixel_budget: int = DEFAULT_PIXEL_BUDGET) -> None:
+                 user_inputs: str | Path | None = None, pixel_budget: int = DEFAULT_PIXEL_BUDGET,
+                 watch: list[str] | tuple[str, ...] = ()) -> None:
         self.recipe = recipe
         self.ranges = dict(ranges or {})
         self.tolerances = tolerances or Tolerances()
@@ -72,6 +76,9 @@ class Verifier:
         self.seed = seed
         self.user_inputs = Path(user_inputs) if user_inputs else None
         self.pixel_budget = pixel_budget
+        # tensors (e.g. the --outputs chosen on the input model) compared at every step, so a
+        # pass that keeps a name but changes its value fails at that pass
+        self.watch = tuple(watch)
         self._feeds: dict[tuple, Feed] = {}
         self._user_feeds: list[Feed] | None = None
 
@@ -115,47 +122,113 @@ class Verifier:
     # -- states ---------------------------------------------------------------------------
     def initial_state(self, model: onnx.ModelProto) -> GraphState:
         """The reference state; an input model onnxruntime cannot run is a usage error."""
-        state = GraphState(model, "input model", self.config)
+        state = self.new_state(model, "input model")
         try:
             state.open()
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; all mean "cannot run"
             raise SegcError(f"onnxruntime cannot load the input model ({_first_line(exc)}); use --verify none to skip verification") from None
         for feed in self.feeds_for(model):
             if state.run(feed) is None:
-                raise SegcError(f"onnxruntime cannot run the input model at {feed.label}: {state.errors[feed.label]}")
+                raise SegcError(f"onnxruntime cannot run the input model at {feed.label}: {state.errors[feed.label]}"
+                                f"{self._derived_hint(model)}")
         return state
 
+    def _derived_hint(self, model: onnx.ModelProto) -> str:
+        """When segc made up values for non-data inputs, say which and how to give real ones."""
+        if self.user_inputs is not None:
+            return ""
+        names = [vi.name for vi in graph_inputs(model)]
+        derived = [r for r in input_roles(model, names).values() if r.role is not Role.DATA]
+        if not derived:
+            return ""
+        listed = ", ".join(f"{r.name!r} ({r.what})" for r in derived)
+        return f"; segc derived values for {listed}: give real ones with --verify-inputs data.npz (one array per input name)"
+
     def new_state(self, model: onnx.ModelProto, label: str) -> GraphState:
+        """A state of ``model``; watched tensors it computes but does not output are exposed."""
+        outputs = {o.name for o in model.graph.output}
+        produced = {o for n in model.graph.node for o in n.output}
+        extra = [w for w in self.watch if w in produced and w not in outputs]
+        if extra:
+            return GraphState(expose_tensors(model, extra), label, self.config, exposed=tuple(extra))
         return GraphState(model, label, self.config)
 
     def compare(self, before: GraphState, after: GraphState, contract: Contract,
-                pass_tolerances: dict[str, float] | None = None) -> Verdict:
-        """Judge ``after`` against ``before`` by ``contract`` (and a pass's own tolerance defaults)."""
+                pass_tolerances: dict[str, float] | None = None, *, outputs_may_change: bool = False) -> Verdict:
+        """Judge ``after`` against ``before`` by ``contract`` (and a pass's own tolerance defaults).
+
+        Which outputs are compared: for a pass that may choose the outputs (contract
+        ``outputs``, or ``outputs_may_change`` when several passes are judged at once) each
+        output of ``after`` against the same tensor exposed in ``before``; for every other
+        contract each output of ``before``, which ``after`` must still have under the same name
+        (a lost or renamed output fails). Inputs: the shapes ``after`` is checked at, and when
+        none of those ran in both graphs, the shapes ``before`` is checked at, so two graphs
+        with different input shapes compare at some shape or fail with "nothing compared".
+        """
         try:
             after.open()
         except Exception as exc:  # noqa: BLE001
             return Verdict(ok=False, contract=contract.value, reasons=[f"onnxruntime cannot load the graph: {_first_line(exc)}"])
-        # a pass may make intermediate tensors outputs (pruning): compare them with the same
-        # tensors exposed in the graph before it
-        reference = self._exposing(before, after.output_names)
-        metrics: list[OutputMetrics] = []
         warnings: list[str] = []
         reasons: list[str] = []
-        for feed in self.feeds_for(after.model):
-            cand = after.run(feed)
-            if cand is None:
-                reasons.append(f"onnxruntime failed at {feed.label}: {after.errors[feed.label]}")
-                continue
-            ref = reference.run(feed)
-            if ref is None:
-                warnings.append(f"{feed.label}: the graph before this pass cannot take this shape; "
-                                f"the new graph ran and its outputs are the reference from here on")
-                continue
+        if contract is Contract.OUTPUTS or outputs_may_change:
+            produced = {o for n in before.model.graph.node for o in n.output} | set(before.output_names) \
+                | {i.name for i in before.model.graph.input}
+            names = []
             for name in after.output_names:
-                if name not in ref:
-                    warnings.append(f"{name}: no such output before the pass, not compared")
+                if name in produced:
+                    names.append(name)
+                else:
+                    reasons.append(f"{name}: no tensor of that name in the graph before, nothing to compare it with")
+            # a pass may make intermediate tensors outputs (pruning): compare them with the
+            # same tensors exposed in the graph before it
+            reference = self._exposing(before, names)
+        else:
+            names = list(before.output_names)
+            for name in names:
+                if name not in after.output_names:
+                    reasons.append(f"output {name!r} is gone (the graph now has {after.output_names})")
+            names = [n for n in names if n in after.output_names]
+            reference = before
+        for name in self.watch:  # chosen on the input model: must keep its meaning through every pass
+            if name in names:
+                continue
+            if name in before.exposed or name in before.output_names:
+                if name in after.exposed or name in after.output_names:
+                    names.append(name)
+                else:
+                    reasons.append(f"tensor {name!r} chosen by --outputs on the input model is gone after this pass")
+        watched = [n for n in self.watch if n in names]
+        if watched:
+            warnings.append(f"compared also {watched}, chosen by --outputs on the input model: a pass that changes "
+                            f"their values fails; --skip it to keep them")
+        metrics: list[OutputMetrics] = []
+        skipped: list[str] = []
+        tried: set[tuple] = set()
+        both_failed: list[str] = []  # shapes neither graph could run
+        for feeds in (self.feeds_for(after.model), self.feeds_for(before.model)):
+            for feed in feeds:
+                if feed.shape_key in tried:
                     continue
-                metrics.append(compare_output(name, feed.label, ref[name], cand[name]))
+                tried.add(feed.shape_key)
+                cand = after.run(feed)
+                ref = reference.run(feed)
+                if ref is None and cand is None:
+                    both_failed.append(f"{feed.label}: {after.errors[feed.label]}")
+                    continue
+                if cand is None:
+                    reasons.append(f"onnxruntime failed at {feed.label}: {after.errors[feed.label]}")
+                    continue
+                if ref is None:
+                    skipped.append(feed.label)
+                    continue
+                metrics.extend(compare_output(n, feed.label, ref[n], cand[n]) for n in names)
+            if metrics:
+                break
+        if not metrics and both_failed:
+            reasons.append(f"neither graph runs at {'; '.join(both_failed[:2])}")
+        if skipped:
+            warnings.append(f"{', '.join(skipped)}: the graph before cannot take this shape; not compared there")
         tolerances = self.tolerances.relaxed(pass_tolerances or {}, keep=self.tolerances.user_set)
         verdict = judge(contract, metrics, tolerances)
         verdict.reasons = reasons + verdict.reasons
@@ -165,7 +238,8 @@ class Verifier:
 
     def _exposing(self, state: GraphState, names: list[str]) -> GraphState:
         """``state`` itself when it already has ``names`` as outputs, else a copy exposing them."""
-        missing = [n for n in names if n not in state.output_names]
+        session_outputs = [o.name for o in state.model.graph.output]
+        missing = [n for n in names if n not in session_outputs]
         if not missing:
             return state
         return GraphState(expose_tensors(state.model, missing), f"{state.label} (exposing {len(missing)} tensors)", self.config)

@@ -8,8 +8,11 @@ would take minutes per run on a CPU and prove no more than 672x704 does.
 
 Values. Seeded random images in the model's real value range: smooth pixel fields in
 [0, 255] (coarse noise upsampled plus fine noise, closer to photographs than white noise, so
-argmax maps are not a coin toss at every pixel), normalised as the model's recipe says. Or
-the user's own data: ``.npy`` (one input), ``.npz`` (by input name) or a folder of images,
+argmax maps are not a coin toss at every pixel), normalised as the model's recipe says. A
+text detector (recipe task ``text_detection``) gets pages of rendered words on that
+textured background instead (segc.text_images). Inputs that are not images (Resize scales,
+Reshape shapes, indices...) get valid values from segc.input_roles. Or the user's own data,
+which always wins: ``.npy`` (one input), ``.npz`` (by input name) or a folder of images,
 preprocessed with the recipe's normalisation.
 """
 
@@ -25,8 +28,10 @@ import numpy as np
 import onnx
 
 from segc.errors import SegcError
+from segc.input_roles import Role, derive_value, input_roles, static_shapes, underivable
 from segc.recipe import InputSpec, Recipe
 from segc.shapes import ShapeRange
+from segc.text_images import text_pixels
 
 DEFAULT_PIXEL_BUDGET = 2_200_000  # covers the seeds' 1x3x1024x2048 in one run
 DEFAULT_SPATIAL = (256, 256)  # for a dynamic model with no range, recipe or user data
@@ -160,16 +165,38 @@ def smooth_pixels(rng: np.random.Generator, shape: Shape) -> np.ndarray:
 
 
 def random_feed(model: onnx.ModelProto, shapes: ShapeSet, recipe: Recipe | None, seed: int) -> Feed:
-    """Seeded inputs for one shape set, in each input's real value range."""
+    """Seeded inputs for one shape set, in each input's real value range.
+
+    Inputs that feed shape-like or index operands get valid values (segc.input_roles); one
+    segc cannot derive is a usage error naming it and how to feed it.
+    """
     rng = np.random.default_rng(seed)
     arrays: dict[str, np.ndarray] = {}
-    for vi in graph_inputs(model):
+    inputs = graph_inputs(model)
+    roles = input_roles(model, [vi.name for vi in inputs])
+    image = next((shapes[vi.name] for vi in inputs if roles[vi.name].role is Role.DATA and len(shapes[vi.name]) == 4), None)
+    inferred: dict[str, tuple[int, ...]] | None = None
+    for vi in inputs:
         shape = shapes[vi.name]
         dtype = _elem_type(vi)
         spec = recipe.input(vi.name) if recipe else None
+        role = roles[vi.name]
+        if role.role is not Role.DATA:
+            data_shape = shapes.get(role.data) if role.data else None
+            if data_shape is None and role.data:
+                inferred = static_shapes(model) if inferred is None else inferred
+                data_shape = inferred.get(role.data)
+            value = derive_value(role, shape, dtype, data_shape, image, rng)
+            if value is None:
+                raise underivable(role)
+            arrays[vi.name] = value
+            continue
         if len(shape) == 4 and shape[1] == 3 and dtype.kind == "f":
             spec = spec or InputSpec(name=vi.name)  # ImageNet normalisation: the common case
-            arrays[vi.name] = spec.normalise(smooth_pixels(rng, shape)).astype(dtype)
+            pixels = smooth_pixels(rng, shape)
+            if recipe is not None and recipe.task == "text_detection":
+                pixels = text_pixels(rng, shape, background=pixels)  # what a text detector responds to
+            arrays[vi.name] = spec.normalise(pixels).astype(dtype)
         elif dtype.kind == "f":
             arrays[vi.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype.kind == "b":

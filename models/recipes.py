@@ -151,6 +151,7 @@ RECIPES: dict[str, Recipe] = {
         shape_range=DB_SHAPE_RANGE,
         opt_shape=DB_OPT_SHAPE,
         spatial_multiple=32,
+        task="text_detection",
         targets={
             "ascend": TargetRecipe(passes=_DB_PASSES, options=_db_range_options()),
             "tensorrt": TargetRecipe(passes=_DB_PASSES, options=_db_range_options(), extra={"precision": "fp16"}),
@@ -167,6 +168,7 @@ RECIPES: dict[str, Recipe] = {
         shape_range=DB_SHAPE_RANGE,
         opt_shape=DB_OPT_SHAPE,
         spatial_multiple=32,
+        task="text_detection",
         targets={
             # Ascend's DeformableConv2D (x/y/mask channel layout, data_format NCHW)
             "ascend": _db_dcn_target("ascend", opset=16),

@@ -15,7 +15,17 @@ graph. ATC's ``Node:0`` form is accepted for users who bring those names.
 
 A selected tensor that already is an output stays one; outputs not selected stop being
 outputs. Output names never change, so the verifier (contract ``outputs``) compares each kept
-output with the tensor of the same name exposed in the graph before the pass. An output's
+output with the tensor of the same name exposed in the graph before the pass.
+
+Selectors mean what they match in the INPUT model: ``segc compile`` resolves them once,
+before any pass (``pin_selectors``), to tensor names, and the verifier watches those tensors
+through every pass. A pass that keeps a name but changes its value is caught at that pass:
+
+    input:           ConvTranspose -> ct -> Add(bias) -> Sigmoid      'ConvTranspose before Sigmoid' = ct
+    after simplify:  ConvTranspose(+bias) -> ct -> Sigmoid             ct now holds the biased sum
+                     -> simplify fails: watched tensor ct differs from the graph before
+
+An output's
 element type and shape come from the tensor, or from ONNX shape inference when the exporter
 recorded none for that intermediate tensor.
 """
@@ -30,6 +40,10 @@ from segc.passbase import Contract, GraphPass, PassContext, PassResult, register
 from segc.selectors import as_selector_list, select_ordered
 
 
+class KeptTensorGone(RuntimeError):
+    """A pinned output tensor was removed by an earlier pass: a pipeline failure, not a usage error."""
+
+
 @register_pass
 class PruneOutputs(GraphPass):
     name = "prune_outputs"
@@ -38,12 +52,20 @@ class PruneOutputs(GraphPass):
     options = {
         "outputs": "selectors of the tensors to keep as outputs, in order; e.g. 'Conv before output1;Conv before output2' "
         "or ATC's 'Conv_1380:0'",
+        "pinned": "true when 'outputs' are tensor names segc compile resolved on the input model (set by segc, "
+        "so a name an earlier pass removed is reported as such)",
     }
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         selectors = as_selector_list(ctx.option("outputs"))
         if not selectors:
             raise SegcError("prune_outputs needs option 'outputs': selectors of the tensors to keep, e.g. 'Conv before output1'")
+        if ctx.option("pinned"):
+            present = graph.tensors()
+            gone = [n for n in selectors if n not in present]
+            if gone:
+                raise KeptTensorGone(f"tensor(s) {gone} chosen by --outputs on the input model no longer exist after the "
+                                     f"passes before prune_outputs; --skip the pass that removed them or select other tensors")
         wanted: list[gs.Tensor] = select_ordered(graph, selectors, kind="tensors")
         for t in wanted:
             if isinstance(t, gs.Constant):
@@ -68,6 +90,24 @@ class PruneOutputs(GraphPass):
             },
             notes=notes,
         )
+
+
+def pin_selectors(model: onnx.ModelProto, selectors: str | list[str]) -> list[str]:
+    """The tensor names ``selectors`` match in ``model`` (the input model, before any pass).
+
+    Resolving late, on a graph that earlier passes rewrote, can pick another tensor
+    (``Conv[-1]`` after a fusion) or a name whose meaning changed; resolving on the input
+    gives names that mean what the user looked at. A bad selector fails here, before work.
+    """
+    wanted = as_selector_list(selectors)
+    if not wanted:
+        raise SegcError("--outputs needs at least one selector, e.g. 'Conv before output1'")
+    graph = gs.import_onnx(model)
+    tensors: list[gs.Tensor] = select_ordered(graph, wanted, kind="tensors")
+    for t in tensors:
+        if isinstance(t, gs.Constant):
+            raise SegcError(f"--outputs: {t.name!r} is a constant (a weight), not a computed tensor")
+    return [t.name for t in tensors]
 
 
 def _fill_types(graph: gs.Graph, tensors: list[gs.Tensor]) -> list[str]:

@@ -196,3 +196,67 @@ def test_ocrnet_cut_before_resize_and_argmax(seed_onnx) -> None:
     for name in kept:
         assert after[name].shape == (1, 19, SEED_SHAPE[2] // 4, SEED_SHAPE[3] // 4)
         np.testing.assert_allclose(after[name], before[name], rtol=1e-5, atol=1e-5)
+
+
+def _fused_bias_model(path) -> Any:
+    """x -> ConvTranspose "up" -> ct -> Add(bias) -> Sigmoid -> prob.
+
+    onnxsim folds the bias Add into the ConvTranspose and the fused node keeps the output
+    name ``ct``: resolved after simplify, 'ConvTranspose before Sigmoid' is the biased sum.
+    """
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 2, 2, 2)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal((1, 2, 1, 1)).astype(np.float32) * 3, "b")
+    nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["ct"], strides=[2, 2], name="up"),
+             helper.make_node("Add", ["ct", "b"], ["biased"]),
+             helper.make_node("Sigmoid", ["biased"], ["prob"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                          [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, 2, 16, 16])], [w, b])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return m
+
+
+@pytest.mark.parametrize("mode", ["each", "end"])
+@pytest.mark.parametrize("no_prune", [False, True])
+def test_a_fusion_that_keeps_the_name_is_caught(tmp_path, mode: str, no_prune: bool) -> None:
+    """Issue 9 part 4: the kept tensor is compared with the INPUT model's tensor of that name."""
+    import json
+
+    from segc.cli import main
+
+    _fused_bias_model(tmp_path / "m.onnx")
+    extra = ["--no-prune"] if no_prune else []
+    rc = main(["compile", str(tmp_path / "m.onnx"), "--target", "onnxruntime", "--verify", mode,
+               "--outputs", "ConvTranspose before Sigmoid", "-o", str(tmp_path / "out"), *extra])
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rc == 1 and report["failed_pass"] == "simplify", report["failure"]
+    assert "ct" in report["failure"]
+
+
+def test_skipping_the_fusion_keeps_the_pre_bias_values(tmp_path) -> None:
+    import json
+
+    from segc.cli import main
+    from segc.verify import expose_tensors
+
+    model = _fused_bias_model(tmp_path / "m.onnx")
+    rc = main(["compile", str(tmp_path / "m.onnx"), "--target", "onnxruntime", "--skip", "simplify",
+               "--outputs", "ConvTranspose before Sigmoid", "-o", str(tmp_path / "out")])
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rc == 0, report["failure"]
+    prune = next(p for p in report["passes"] if p["name"] == "prune_outputs")
+    assert prune["options"]["outputs"] == ["ct"] and prune["options"]["pinned"] is True
+    x = {"x": np.random.default_rng(5).standard_normal((1, 4, 8, 8)).astype(np.float32)}
+    out = run_model(onnx.load(tmp_path / "out" / "m.onnxruntime.onnx"), x)
+    want = run_model(expose_tensors(model, ["ct"]), x)["ct"]
+    np.testing.assert_allclose(out["ct"], want, rtol=1e-5, atol=1e-5)
+
+
+def test_pin_selectors_resolves_on_the_given_model() -> None:
+    from segc.passes.prune_outputs import pin_selectors
+
+    assert pin_selectors(tail_model(), "Conv before output;aux") == ["logits", "aux"]
+    with pytest.raises(SegcError, match="constant"):
+        pin_selectors(tail_model(), "w")
