@@ -44,7 +44,8 @@ def upernet_convnext() -> nn.Module:
 
     backbone = ConvNextConfig(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
                               out_features=["stage1", "stage2", "stage3", "stage4"])
-    cfg = UperNetConfig(backbone_config=backbone, hidden_size=32, use_auxiliary_head=False, num_labels=NUM_LABELS)
+    cfg = UperNetConfig(backbone_config=backbone, hidden_size=32, pool_scales=[1], use_auxiliary_head=False,
+                        num_labels=NUM_LABELS)
     return Logits(UperNetForSemanticSegmentation(cfg))
 
 

@@ -128,13 +128,16 @@ MODELS: tuple[ModelSpec, ...] = (
               "transformers SegformerForSemanticSegmentation, tiny MiT config"),
     ModelSpec("segformer_dynamo", Architecture("segformer", Exporter.DYNAMO),
               "pixel_values", Layout.NCHW, 128, 256, 32, ((192, 256), (224, 160))),
+    ModelSpec("upernet_convnext_legacy", Architecture("upernet_convnext", Exporter.LEGACY),
+              "pixel_values", Layout.NCHW, 128, 256, 32, ((192, 256), (224, 160)),
+              "transformers UperNetForSemanticSegmentation on a tiny ConvNext (PPM at scale 1: the "
+              "exporters cannot export adaptive pooling to other sizes for a dynamic input)"),
     ModelSpec("upernet_convnext_dynamo", Architecture("upernet_convnext", Exporter.DYNAMO),
-              "pixel_values", Layout.NCHW, 128, 256, 32, ((192, 256), (224, 160)),
-              "transformers UperNetForSemanticSegmentation on a tiny ConvNext; the legacy exporter "
-              "cannot export its adaptive pooling with a dynamic size"),
+              "pixel_values", Layout.NCHW, 128, 256, 32, ((192, 256), (224, 160))),
     ModelSpec("mobilevit_deeplabv3_legacy", Architecture("mobilevit_deeplabv3", Exporter.LEGACY),
-              "pixel_values", Layout.NCHW, 128, 256, 32, ((192, 256), (224, 160)),
-              "transformers MobileViTForSemanticSegmentation (DeepLabV3 ASPP head)"),
+              "pixel_values", Layout.NCHW, 128, 256, 64, ((128, 256), (192, 192)),
+              "transformers MobileViTForSemanticSegmentation (DeepLabV3 head); the trace bakes in "
+              "'no unfold padding', so H and W must be multiples of 64 (2x2 patches at /32)"),
     ModelSpec("resnet_fpn_legacy", Architecture("resnet_fpn", Exporter.LEGACY),
               "pixel_values", Layout.NCHW, 128, 256, 32, ((192, 256), (224, 160)),
               "transformers ResNetBackbone + an FPN head (Resize to each lateral's size)"),

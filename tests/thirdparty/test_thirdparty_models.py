@@ -22,8 +22,10 @@ CELLS = [pytest.param(spec, target, id=f"{spec.name}-{target}") for spec in harn
 def test_compiles_verified_and_rechecked(spec: harness.ModelSpec, target: str, thirdparty_model, tmp_path: Path) -> None:
     model = thirdparty_model(spec)
     res = harness.compile_model(model, spec, target, tmp_path / "out")
-    assert res.exit_code == 0, f"segc compile exited {res.exit_code}: {res.verdict_line()}"
-    assert not harness.report_problems(res), harness.report_problems(res)
+    code, verdict = res.exit_code, res.verdict_line()
+    assert code == 0, f"segc compile exited {code}: {verdict}"
+    problems = harness.report_problems(res)
+    assert not problems, problems
     checks = harness.recheck(model, res.compiled_onnx, spec)
     assert {c.shape for c in checks} == {spec.dims(h, w) for h, w in spec.check_shapes}
     assert checks and all(c.ok for c in checks), harness.describe(checks)
