@@ -359,7 +359,7 @@ def _session(model_bytes: bytes):
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # no fusions: nothing of segc's verifier setup
     so.log_severity_level = 3
     return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
 
