@@ -77,6 +77,12 @@ def test_recheck_catches_a_model_wrong_only_at_the_odd_shape(tmp_path: Path) -> 
     assert [c.ok for c in checks] == [True, False]
 
 
+def test_recheck_refuses_outputs_without_signal(tmp_path: Path) -> None:
+    """Zeros against zeros agree perfectly and prove nothing: a weightless conv fails."""
+    zero = _conv_model(tmp_path / "a.onnx", scale=0.0)
+    assert not any(c.ok for c in harness.recheck(zero, zero, SPEC))
+
+
 def test_text_input_lights_up_dark_strokes() -> None:
     spec = harness.MODELS_BY_NAME["ppocrv4_det"]
     x = harness.image_input(spec, 96, 160, seed=0)
