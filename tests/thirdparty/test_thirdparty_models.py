@@ -1,10 +1,11 @@
 """Issue 9's acceptance set: third-party models x every target, compiled with a range.
 
 Per (model, target): ``segc compile MODEL --target T --input-shape NAME:1,3,LO~HI,LO~HI``
-must exit 0 with a report in which every pass was verified, and the compiled ONNX (vendor ops
-lowered back with ``segc.lowering``) must match the input model in onnxruntime at two shapes
-inside the range, one odd, compared here and not by segc's verifier. ``bench/thirdparty_matrix.py``
-runs the same cells as a table. The model set is ``harness.MODELS``.
+(plus ``--verify-inputs`` of rendered text for a text detector) must exit 0 with a report in
+which every pass was verified, and the compiled ONNX (vendor ops lowered back with
+``segc.lowering``) must match the input model in onnxruntime at two shapes inside the range,
+one odd, compared here and not by segc's verifier. ``bench/thirdparty_matrix.py`` runs the
+same cells as a table. The model set is ``harness.MODELS``.
 """
 
 from __future__ import annotations
