@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.segc-installed
 TORCH  := torch==2.13.0
 DEMO   := build/demo
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench thirdparty clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_bench.py --out build/bench
+
+# issue 9's third-party set as a table (the same cells tests/thirdparty asserts), past failures
+thirdparty: $(STAMP)
+	$(BIN)/python bench/thirdparty_matrix.py --out build/thirdparty
 
 clean:
 	rm -rf build .pytest_cache
