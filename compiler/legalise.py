@@ -47,6 +47,7 @@ from segc.shapes import ShapeRange
 from segc.targets.base import BuildOptions, Target, Violation
 from segc.targets.legality import (
     DEFORM_FIX,
+    FUNCTION_FIX,
     MODEL,
     OPSET_FIX,
     RANGE_FIX,
@@ -66,6 +67,7 @@ PASS_RANK: dict[str, int] = {
     "simplify": 10,
     RESIZE_FOLD_FIX: 20,
     "resize_broadcast": 22,
+    FUNCTION_FIX: 29,
     "resize_to_nearest": 25,
     "prune_outputs": 27,
     DEFORM_FIX: 30,
@@ -254,6 +256,13 @@ def legalise(model: onnx.ModelProto, target: Target, options: BuildOptions, spec
             will_have.add(str(form["op"]))
     for v in deform[:1]:
         need(DEFORM_FIX, {"form": profile.deform_form.get("form")}, f"{len(deform)} deformable convolution(s) not in the form {profile.vendor} takes ({v.reason})")
+
+    functions = [v for v in hard if v.fixed_by == FUNCTION_FIX]
+    if functions:
+        ops = sorted({v.op for v in functions})
+        need(FUNCTION_FIX, {"ops": ops}, f"{', '.join(ops)} not in {profile.vendor}'s operator list; "
+                                          "inlining their ONNX function bodies")
+        will_have -= set(ops)
 
     opset_issues = [v for v in hard if v.fixed_by == OPSET_FIX]
     lo, hi = _opset_target(model, profile, will_have)

@@ -60,6 +60,7 @@ DEFORM_FIX = "rewrite_deform_conv"
 RESIZE_FOLD_FIX = "fold_resize_scales"
 RANGE_FIX = "set_shape_range"
 OPSET_FIX = "convert_opset"
+FUNCTION_FIX = "expand_functions"
 
 MODEL = "<model>"  # the ``node`` of a violation that concerns the whole model
 
@@ -313,12 +314,20 @@ def _check_nodes(model: onnx.ModelProto, profile: Profile, options: BuildOptions
             if partial:
                 found.append(Violation(_node_name(node), node.op_type, unconfirmed_reason(profile), severity=Severity.UNCONFIRMED))
             else:
-                found.append(Violation(_node_name(node), node.op_type, f"not in {profile.vendor}'s operator list"))
+                fix = FUNCTION_FIX if opset is not None and _has_function(node.op_type, opset) else None
+                found.append(Violation(_node_name(node), node.op_type, f"not in {profile.vendor}'s operator list", fixed_by=fix))
             continue
         found += _check_op_opset(node, profile, opset)
         if node.op_type in ("Resize", "Upsample"):
             found += _check_resize(node, profile, producers, constants, ranged)
     return found
+
+
+def _has_function(op_type: str, opset: int) -> bool:
+    """Whether onnx defines the op as a function of other ops (``expand_functions`` inlines it)."""
+    from segc.passes.expand_functions import has_function
+
+    return has_function(op_type, opset)
 
 
 def _check_op_opset(node: onnx.NodeProto, profile: Profile, opset: int | None) -> list[Violation]:
