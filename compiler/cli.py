@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dump-dir", help="write the graph after each pass into this folder")
     c.add_argument("--force", action="store_true", help="replace files in the output folder that segc did not write (never the input model)")
 
+    from segc.batch_run import add_batch_arguments
+
+    add_batch_arguments(sub.add_parser("batch", help="compile every model x target x option set of a manifest, in parallel, cached"))
+
     p = sub.add_parser("passes", help="list the registered passes")
     p.add_argument("--json", action="store_true")
 
@@ -125,6 +129,10 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         from segc.compile_cmd import run_compile
 
         return run_compile(args, argv)
+    if args.command == "batch":
+        from segc.batch_run import run_batch
+
+        return run_batch(args)
     from segc import inspect_cmd
 
     if args.command == "passes":
