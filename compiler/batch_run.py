@@ -145,7 +145,9 @@ def ray_executor(jobs_at_once: int | None, address: str | None) -> Executor:
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
-                ray.init(num_cpus=jobs_at_once or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+                # the tasks return a few numbers each: a small object store is plenty
+                ray.init(num_cpus=jobs_at_once or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+                         object_store_memory=200 * 1024 * 1024)
         task = ray.remote(num_cpus=1, max_retries=0)(run_job)
         queue, pending = list(jobs), {}
         limit = jobs_at_once or len(queue)

@@ -114,3 +114,11 @@ def test_bad_manifest_is_one_line_exit_2(tmp_path: Path, capsys, text: str, frag
 def test_missing_manifest(tmp_path: Path, capsys) -> None:
     assert main(["batch", str(tmp_path / "nope.toml")]) == 2
     assert "no such manifest" in capsys.readouterr().err
+
+
+def test_example_seeds_manifest_is_five_seeds_x_four_targets() -> None:
+    manifest = load_manifest(Path(__file__).parents[2] / "examples" / "seeds.toml")
+    from segc.models.zoo import model_names
+
+    assert sorted(m.zoo.name for m in manifest.models) == sorted(model_names())
+    assert len(expand(manifest)) == 20 and set(manifest.targets) == {"onnxruntime", "ascend", "tensorrt", "magicmind"}

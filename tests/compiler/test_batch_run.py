@@ -169,3 +169,30 @@ def test_bad_arguments_exit_2_before_work(tmp_path: Path, capsys) -> None:
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and fragment in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def _comparable(out: Path) -> dict[str, tuple]:
+    """What must not depend on the executor: each cell's outcome, verdict and compiled model."""
+    table = {}
+    for label, r in results(out).items():
+        out_sha = json.loads((out / label / "report.json").read_text())["output"]["sha256"] if r["report"] else None
+        table[label] = (r["status"], r["outcome"], r["exit_code"], r["options"], r["report"], r["key"],
+                        {k: v for k, v in r["verdict"].items()}, out_sha)
+    return table
+
+
+def test_ray_executor_matches_local(tmp_path: Path) -> None:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        pytest.skip("ray is not installed (pip install 'segc[fleet]'); the Ray executor cannot run here")
+    manifest = make_fleet(tmp_path, 'targets = ["onnxruntime"]\n[defaults]\nverify = "end"\n'
+                                    '[[model]]\npath = "models/good1.onnx"\n[[model]]\npath = "models/good2.onnx"\n'
+                                    '[[model]]\npath = "models/broken.onnx"\n')
+    local, distributed = tmp_path / "local", tmp_path / "ray"
+    assert main(["batch", str(manifest), "-j", "2", "-o", str(local)]) == 1
+    assert main(["batch", str(manifest), "-j", "2", "-o", str(distributed), "--executor", "ray"]) == 1
+    assert json.loads((distributed / "results.json").read_text())["executor"] == "ray"
+    assert _comparable(distributed) == _comparable(local)
+    assert sorted(compiles(distributed)) == sorted(compiles(local)) == ["broken/onnxruntime", "good1/onnxruntime", "good2/onnxruntime"]
+    assert (distributed / "good1" / "onnxruntime" / "report.md").is_file()
