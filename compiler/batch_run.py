@@ -25,12 +25,15 @@ The batch folder:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
 import os
 import shlex
 import subprocess
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -75,6 +78,17 @@ class JobOutcome:
     last_error: str | None  # the ``segc: error:`` line, else the log's last line
 
 
+_LIVE: set[subprocess.Popen] = set()  # the compiles running now, killed if the batch is stopped
+_LIVE_LOCK = threading.Lock()
+
+
+def kill_live_jobs() -> None:
+    with _LIVE_LOCK:
+        for proc in _LIVE:
+            with contextlib.suppress(OSError):
+                proc.kill()
+
+
 def run_job(job: Job) -> JobOutcome:
     """Run ``segc <argv>`` in its own process; its crash or hang is only this job's outcome."""
     log = Path(job.log)
@@ -84,6 +98,8 @@ def run_job(job: Job) -> JobOutcome:
     with open(log, "wb") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "segc", *job.argv], stdout=fh, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
+        with _LIVE_LOCK:
+            _LIVE.add(proc)
         try:
             code: int | None = proc.wait(timeout=job.timeout)
         except subprocess.TimeoutExpired:
@@ -94,6 +110,9 @@ def run_job(job: Job) -> JobOutcome:
             proc.kill()
             proc.wait()
             raise
+        finally:
+            with _LIVE_LOCK:
+                _LIVE.discard(proc)
     return JobOutcome(code, round(time.perf_counter() - started, 3), timed_out, _last_error(log))
 
 
@@ -126,9 +145,10 @@ def local_executor(jobs_at_once: int) -> Executor:
             try:
                 for fut in as_completed(futures):
                     on_done(futures[fut], fut.result())
-            except BaseException:
+            except BaseException:  # Ctrl-C or SIGTERM: stop queued cells, kill running ones
                 for fut in futures:
                     fut.cancel()
+                kill_live_jobs()
                 raise
     return run
 
@@ -207,6 +227,18 @@ def _lock(outdir: Path):  # noqa: ANN202 - the open file; closing it releases th
     return fh
 
 
+def _stop_on_sigterm():  # noqa: ANN202 - the previous handler, or None off the main thread
+    """SIGTERM (a scheduler's stop, ``timeout``) stops the batch like Ctrl-C: the running
+    compiles are killed, not orphaned holding their OUTDIR locks."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, stop)
+
+
 def run_batch(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.manifest)
     cells = expand(manifest)
@@ -223,9 +255,12 @@ def run_batch(args: argparse.Namespace) -> int:
     jobs_at_once = args.jobs or os.cpu_count() or 1
     executor = ray_executor(args.jobs, args.address) if args.executor == "ray" else local_executor(jobs_at_once)
     lock = _lock(outdir)
+    previous = _stop_on_sigterm()
     try:
         results = _run(manifest, cells, outdir, executor, use_cache=not args.no_cache)
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         lock.close()
         if args.executor == "ray":
             import ray

@@ -196,3 +196,35 @@ def test_ray_executor_matches_local(tmp_path: Path) -> None:
     assert _comparable(distributed) == _comparable(local)
     assert sorted(compiles(distributed)) == sorted(compiles(local)) == ["broken/onnxruntime", "good1/onnxruntime", "good2/onnxruntime"]
     assert (distributed / "good1" / "onnxruntime" / "report.md").is_file()
+
+
+def _children(pid: int) -> list[int]:
+    """Child pids of ``pid``: a compile is the child of the pool thread that started it."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:  # that thread just ended
+            continue
+    return found
+
+
+def test_sigterm_stops_the_batch_and_its_compiles(tmp_path: Path) -> None:
+    manifest = make_fleet(tmp_path, 'targets = ["onnxruntime"]\n[defaults]\nverify = "none"\n[[model]]\npath = "models/good1.onnx"\n')
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "segc", "batch", str(manifest), "-j", "1", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    children: list[int] = []
+    deadline = time.monotonic() + 120
+    while not children and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        children = _children(proc.pid)
+    assert children, "the batch never started its compile"
+    proc.send_signal(signal.SIGTERM)  # the batch only, as a scheduler or `timeout` would
+    try:
+        assert proc.wait(timeout=60) == 130
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+    for pid in children:  # killed and reaped, not orphaned holding the OUTDIR lock
+        assert not Path(f"/proc/{pid}").exists() or "(Z)" in Path(f"/proc/{pid}/stat").read_text()
+    assert compiles(out) == []
