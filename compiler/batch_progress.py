@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as _RichProgress
 
@@ -34,11 +35,11 @@ class Progress:
         self.bar.__exit__(*exc)  # type: ignore[arg-type]
 
     def note(self, line: str) -> None:
-        self.console.print(line)
+        self.console.print(escape(line))
 
     def done(self, r: CellResult) -> None:
         self.finished += 1
         self.bar.advance(self.task)
         colour = _COLOURS.get(r.status, "red" if not r.ok else "green")
-        tail = "" if r.ok else f"  {r.verdict.line()}"
-        self.console.print(f"[{self.finished}/{self.total}] [{colour}]{r.status:<7}[/] {r.label}  {r.seconds:.1f}s{tail}")
+        tail = "" if r.ok else f"  {r.verdict.line()}"  # error lines hold ATC shapes such as [1,3,640]: not markup
+        self.console.print(f"\\[{self.finished}/{self.total}] [{colour}]{r.status:<7}[/] {escape(r.label)}  {r.seconds:.1f}s{escape(tail)}")
