@@ -1,7 +1,8 @@
 """``segc batch``'s results: results.json for machines, results.md and results.html for people.
 
 One record per cell (:class:`CellResult`). ``status`` is what happened in this run
-(``passed``, ``failed``, ``error``, ``timeout``, ``crashed``, or ``cached``: not recompiled);
+(``passed``, ``failed``, ``error``, ``timeout``, ``crashed``, ``not run`` when the batch was
+stopped first, or ``cached``: not recompiled);
 ``outcome`` is the compile's result whether it ran now or was cached, so a cached failure
 still fails the batch (exit 1) and still shows red in the matrix.
 
@@ -20,7 +21,8 @@ from typing import Any
 
 from segc.outdir import write_text
 
-OUTCOMES = ("passed", "failed", "error", "timeout", "crashed")
+NOT_RUN = "not run"  # the batch was stopped (Ctrl-C, SIGTERM) before this cell finished
+OUTCOMES = ("passed", "failed", "error", "timeout", "crashed", NOT_RUN)
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,7 @@ def render_markdown(results: list[CellResult]) -> str:
 
 _STYLE = """body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}
 td,th{border:1px solid #999;padding:.3em .6em;text-align:left}th{background:#eee}
-th.sort{cursor:pointer;text-decoration:underline}.passed{background:#c8f0c8}.failed,.error,.timeout,.crashed{background:#f6c0c0}
+th.sort{cursor:pointer;text-decoration:underline}.passed{background:#c8f0c8}.failed,.error,.timeout,.crashed{background:#f6c0c0}.not-run{background:#eee}
 .cached{font-style:italic}"""
 
 # Sorts the cell list by its time column; the matrix above stays as it is.
@@ -145,6 +147,10 @@ _SCRIPT = """function sortBy(col){var t=document.getElementById('cells'),b=t.tBo
 rows=Array.prototype.slice.call(b.rows),asc=t.dataset.asc!=='1';t.dataset.asc=asc?'1':'0';
 rows.sort(function(x,y){var a=parseFloat(x.cells[col].dataset.v),c=parseFloat(y.cells[col].dataset.v);return asc?a-c:c-a;});
 rows.forEach(function(r){b.appendChild(r);});}"""
+
+
+def _css(r: CellResult) -> str:
+    return r.outcome.replace(" ", "-")
 
 
 def render_html(results: list[CellResult]) -> str:
@@ -164,14 +170,14 @@ def render_html(results: list[CellResult]) -> str:
             body = e(_text(r))
             if r.report:
                 body = f"<a href='{e(r.report)}'>{body}</a>"
-            tds.append(f"<td class='{r.outcome}{' cached' if r.cached else ''}' title='{e(r.verdict.line())}'>{body}</td>")
+            tds.append(f"<td class='{_css(r)}{' cached' if r.cached else ''}' title='{e(r.verdict.line())}'>{body}</td>")
         out.append(f"<tr><th>{e(row)}</th>{''.join(tds)}</tr>")
     out += ["</tbody></table>", "<h2>Cells</h2>",
             "<table id='cells'><thead><tr><th>cell</th><th>status</th><th class='sort' onclick='sortBy(2)'>time (s)</th>"
             "<th>exit</th><th>verdict</th><th>report</th></tr></thead><tbody>"]
     for r in results:
         link = f"<a href='{e(r.report)}'>report.md</a>" if r.report else f"<a href='{e(r.log)}'>log</a>"
-        out.append(f"<tr class='{r.outcome}'><td>{e(r.label)}</td><td>{e(r.status)}</td>"
+        out.append(f"<tr class='{_css(r)}'><td>{e(r.label)}</td><td>{e(r.status)}</td>"
                    f"<td data-v='{r.seconds:.3f}'>{r.seconds:.2f}</td><td>{'-' if r.exit_code is None else r.exit_code}</td>"
                    f"<td>{e(r.verdict.line())}</td><td>{link}</td></tr>")
     out.append("</tbody></table></body></html>")

@@ -43,7 +43,7 @@ from typing import Callable, Sequence
 import segc
 from segc.batch_cache import STATE_DIR, cell_key, export_key, lookup, store
 from segc.batch_manifest import Cell, Manifest, ModelEntry, expand, load_manifest
-from segc.batch_results import CellResult, VerdictSummary, write_results
+from segc.batch_results import NOT_RUN, CellResult, VerdictSummary, write_results
 from segc.errors import SegcError
 from segc.outdir import file_sha256
 
@@ -256,8 +256,12 @@ def run_batch(args: argparse.Namespace) -> int:
     executor = ray_executor(args.jobs, args.address) if args.executor == "ray" else local_executor(jobs_at_once)
     lock = _lock(outdir)
     previous = _stop_on_sigterm()
+    done: dict[str, CellResult] = {}
+    interrupted = False
     try:
-        results = _run(manifest, cells, outdir, executor, use_cache=not args.no_cache)
+        _run(manifest, cells, outdir, executor, done, use_cache=not args.no_cache)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the results of what finished are still written
+        interrupted = True
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -267,14 +271,27 @@ def run_batch(args: argparse.Namespace) -> int:
 
             if ray.is_initialized():
                 ray.shutdown()
+    results = [done.get(c.label) or _not_run(c, outdir) for c in cells]
     paths = write_results(outdir, results, executor=args.executor, segc_version=segc.__version__)
+    if interrupted:
+        left = sum(r.outcome == NOT_RUN for r in results)
+        print(f"segc: error: interrupted: {left} of {len(results)} cells not run (rerun to resume); {paths[1]}", file=sys.stderr)
+        return 130
     failed = [r for r in results if not r.ok]
     print(f"segc batch: {len(results)} cells, {len(results) - len(failed)} passed, {len(failed)} failed, "
           f"{sum(r.cached for r in results)} cached; {paths[1]}", file=sys.stderr)
     return 1 if failed else 0
 
 
-def _run(manifest: Manifest, cells: list[Cell], outdir: Path, executor: Executor, *, use_cache: bool) -> list[CellResult]:
+def _not_run(cell: Cell, outdir: Path) -> CellResult:
+    log = outdir / STATE_DIR / "logs" / cell.rel_outdir.with_name(cell.rel_outdir.name + ".log")
+    return _result(cell, NOT_RUN, None, 0.0, VerdictSummary(None, 0, None, "the batch was stopped before this cell finished", 0),
+                   None, log, outdir, "", None)
+
+
+def _run(manifest: Manifest, cells: list[Cell], outdir: Path, executor: Executor, results: dict[str, CellResult], *,
+         use_cache: bool) -> None:
+    """Fill ``results`` (cell label -> result) as cells finish, so an interrupted batch keeps them."""
     from segc.batch_progress import Progress
 
     state = outdir / STATE_DIR
@@ -297,7 +314,6 @@ def _run(manifest: Manifest, cells: list[Cell], outdir: Path, executor: Executor
         executor(exports, exported)
 
         # 2. cells: cached, failed with their model's export, or compiled
-        results: dict[str, CellResult] = {}
         jobs: list[Job] = []
         keyed: dict[str, tuple[Cell, str, str]] = {}
         for cell in cells:
@@ -331,7 +347,6 @@ def _run(manifest: Manifest, cells: list[Cell], outdir: Path, executor: Executor
             progress.done(r)
 
         executor(jobs, compiled)
-    return [results[c.label] for c in cells]
 
 
 def _fresh_report(cell_dir: Path, argv: tuple[str, ...]) -> Path | None:

@@ -228,3 +228,5 @@ def test_sigterm_stops_the_batch_and_its_compiles(tmp_path: Path) -> None:
     for pid in children:  # killed and reaped, not orphaned holding the OUTDIR lock
         assert not Path(f"/proc/{pid}").exists() or "(Z)" in Path(f"/proc/{pid}/stat").read_text()
     assert compiles(out) == []
+    res = results(out)  # what finished (nothing here) and what did not, still written
+    assert (res["good1/onnxruntime"]["status"], res["good1/onnxruntime"]["exit_code"]) == ("not run", None)
