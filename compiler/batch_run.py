@@ -304,7 +304,7 @@ def _run(manifest: Manifest, cells: list[Cell], outdir: Path, executor: Executor
         for m in manifest.models:
             if m.zoo is not None and not (use_cache and _zoo_path(outdir, m).is_file()):
                 exports.append(Job(m.name, ("export", m.zoo.name, "-o", str(_zoo_path(outdir, m)), "--force", *m.zoo.export_argv),
-                                   str(state / "logs" / m.name / "export.log"), m.timeout))
+                                   str(state / "logs" / m.name / "export.log"), m.timeout or manifest.timeout))
 
         def exported(job: Job, o: JobOutcome) -> None:
             if o.exit_code != 0:
