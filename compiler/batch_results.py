@@ -51,7 +51,7 @@ class VerdictSummary:
         if report.get("status") == "illegal":
             failure = "; ".join(report.get("violations") or []) or fallback_failure
         return cls(report.get("status"), len(report.get("passes") or []), report.get("failed_pass"),
-                   failure or (fallback_failure if report.get("status") != "ok" else None),
+                   failure or fallback_failure,
                    len(report.get("unverified") or []))
 
 

@@ -337,7 +337,9 @@ def _run(manifest: Manifest, cells: list[Cell], outdir: Path, executor: Executor
         def compiled(job: Job, o: JobOutcome) -> None:
             cell, key, input_sha = keyed[job.label]
             report = _fresh_report(outdir / cell.rel_outdir, job.argv)
-            summary = VerdictSummary.from_report(report.with_name("report.json"), o.last_error) if report else \
+            # a passed compile's last log line is its summary, not a failure
+            error_line = o.last_error if o.exit_code != 0 else None
+            summary = VerdictSummary.from_report(report.with_name("report.json"), error_line) if report else \
                 VerdictSummary(None, 0, None, o.last_error if o.exit_code != 0 else None, 0)
             r = _result(cell, outcome_name(o), o.exit_code, o.seconds, summary, report, Path(job.log), outdir, key, input_sha)
             store(outdir, cell, r)
