@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--verify-inputs")
     v.add_argument("--tolerance", action="append", default=[])
     v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--localize", action="store_true",
+                   help="compare every intermediate tensor the graphs share; name the first node that diverges")
+    v.add_argument("--top", type=int, default=5, metavar="K", help="with --localize: how many of the worst tensors to list")
     v.add_argument("--json", action="store_true")
     return parser
 
