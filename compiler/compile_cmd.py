@@ -22,6 +22,8 @@ from segc.metrics import Tolerances
 from segc.modelio import file_sha256, load_model_and_files, save_model
 from segc.outdir import FIXED_NAMES, StagedOutput, check_dump_dir, require_utf8
 from segc.ortrun import SESSION_STATS, SessionConfig
+from segc.fp16_emulation import fp32_layers
+from segc.passes.emulate_fp16 import precision_passes
 from segc.passes.prune_outputs import pin_selectors
 from segc.pipeline import DumpInstrument, Instrument, PassRecord, PassSpec, PipelineResult, run_pipeline
 from segc.recipe import RECIPE_METADATA_KEY, Recipe, get_recipe
@@ -88,6 +90,7 @@ def parse_option(text: str) -> tuple[str, str, Any]:
 def plan_passes(args: argparse.Namespace, target: Target, recipe: Recipe | None) -> list[PassSpec]:
     """The pass list and each pass's options: target default < recipe < command line."""
     names = list(args.passes) if args.passes else target.pipeline(recipe)
+    names = precision_passes(names, args.precision)
     options = target.pass_options(recipe)
 
     def ensure(name: str) -> None:
@@ -315,13 +318,15 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
     }
     shapes = final_shapes(result.model, ranges, recipe, require=require_shapes, batch=planned_options.batch_sizes)
     options = build_options(args, recipe, target, shapes, chosen_outputs, argv, input_hash)
+    options.fp32_layers = fp32_layers(result.model)  # the keep-set emulate_fp16 stored, if it ran
     found = target.check(result.model, options) if result.ok else []
     violations = errors(found)
     warnings = group_violations(unconfirmed(found))
     report_fields["legalisation"]["warnings"] = cli_warnings + warnings if result.ok else report_fields["legalisation"]["warnings"]
     report_fields["violations"] = final_gate_lines(violations, result)
     report_fields["build"] = {"precision": options.precision, "batch_sizes": list(options.batch_sizes),
-                              "shapes": [s.atc() for s in shapes], "soc": options.soc, "extra": options.extra}
+                              "shapes": [s.atc() for s in shapes], "soc": options.soc, "extra": options.extra,
+                              "fp32_layers": list(options.fp32_layers)}
 
     if violations:
         report_fields["status"] = "illegal"

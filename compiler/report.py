@@ -114,6 +114,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Notes", ""]
         lines += [f"- **{name}** (failed): {r}" for name, r in reasons]
         lines += [f"- {name}: {n}" for name, n in notes]
+    for p in report.get("passes", []):  # the fp16 emulation's per-layer figures (segc.fp16_emulation)
+        if (p.get("stats") or {}).get("fp16"):
+            from segc.fp16_emulation import figures_markdown
+
+            lines += figures_markdown(p["stats"]["fp16"])
     legal = report.get("legalisation") or {}
     if legal.get("added") or legal.get("warnings") or legal.get("notes"):
         lines += ["", "## Legalisation", ""]

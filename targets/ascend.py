@@ -13,6 +13,12 @@ What the seed pipelines did by hand, and what this module decides for them:
   Ascend310/310B (fp16-only Cube) and for models with ``DeformableConv2D`` (its spec rejects
   float inputs under ``must_keep_origin_dtype``); int8 is refused: ATC does not quantise,
   AMCT does;
+* fp16 with layers kept fp32 (``emulate_fp16``'s keep-set): ``--keep_dtype=keep_dtype.cfg``
+  beside ``--precision_mode=force_fp16``, the file listing one ONNX node name per line; ATC
+  keeps those operators in the original model's precision (fp32) and converts the rest
+  (CANN ATC guide, --keep_dtype:
+  https://www.hiascend.com/document/detail/en/canncommercial/850/devaids/atctool/atlasatcparam_16_0074.html;
+  it does not apply under ``must_keep_origin_dtype``/``origin``, so it is only written for fp16);
 * ``--out_nodes="Conv_1380:0;..."`` when outputs were chosen but not pruned (3D_HRNet), mapped
   from tensor names to the *current* node names, never typed by hand;
 * how a shape range is built (``choose_route``): as one ranged ``.om`` when every Resize has
@@ -44,6 +50,7 @@ from pathlib import Path
 import onnx
 
 from segc.errors import SegcError
+from segc.outdir import write_text
 from segc.shapes import ShapeRange
 from segc.targets.base import Artefact, BuildOptions, Target, Violation, register_target
 from segc.targets.buildscript import Requirement, Step, relative_name, write_build_script
@@ -61,6 +68,7 @@ KNOWN_SOCS: tuple[str, ...] = (
     "Ascend910B1", "Ascend910B2", "Ascend910B2C", "Ascend910B3", "Ascend910B4",
 )  # fmt: skip
 DEFAULT_SOC = "Ascend310P3"
+KEEP_DTYPE_FILE = "keep_dtype.cfg"  # --keep_dtype: the ONNX node names kept fp32, one a line
 
 # CANN 6.3.RC2's ATC guide is the oldest we found documenting ranges in --input_shape;
 # 6.0.1 and earlier document only --input_shape_range.
@@ -378,6 +386,8 @@ def atc_steps(model: onnx.ModelProto, model_path: Path, outdir: Path, options: B
     else:
         builds = [(stem, ranges)]
     tail = [f"--soc_version={soc}", f"--precision_mode={mode}", "--log=error"]
+    if options.precision == "fp16" and options.fp32_layers:
+        tail.insert(2, f"--keep_dtype={KEEP_DTYPE_FILE}")
     if options.outputs:
         tail.append(f"--out_nodes={out_nodes(model, options.outputs)}")
     route = choose_route(model, options)
@@ -453,7 +463,13 @@ class AscendTarget(Target):
         outdir = Path(outdir)
         steps = atc_steps(model, Path(model_path), outdir, options)
         notes = [f"chip {check_soc(options.soc)}, CANN syntax for {options.extra.get('cann') or 'the newest CANN'}"]
+        artefacts = []
+        if options.precision == "fp16" and options.fp32_layers:
+            keep = outdir / KEEP_DTYPE_FILE
+            write_text(keep, "".join(f"{n}\n" for n in options.fp32_layers))
+            artefacts.append(Artefact(keep, "data"))
+            notes.append(f"{len(options.fp32_layers)} layers kept fp32 by {KEEP_DTYPE_FILE} (segc's fp16 emulation overflows or misses its budget without them)")
         if options.extra.get("shape_route"):
             notes.append(f"shapes by {options.extra['shape_route']}")
         script = write_build_script(outdir, options, [Requirement("atc", ATC_HINT)], steps, title="Ascend ATC build", notes=notes)
-        return [script]
+        return [script, *artefacts]

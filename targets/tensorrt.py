@@ -130,7 +130,7 @@ def precision_flags(options: BuildOptions) -> list[str]:
     if options.precision == "fp32":
         return []
     if options.precision == "fp16":
-        return ["--fp16"]
+        return ["--fp16", *keep_fp32_flags(options)]
     if options.precision == "int8":
         flags = ["--int8", "--fp16"]
         cache = options.extra.get("calib_cache")
@@ -138,6 +138,25 @@ def precision_flags(options: BuildOptions) -> list[str]:
             flags.append(f"--calib={cache}")
         return flags
     raise SegcError(f"unknown precision {options.precision!r}; use fp32, fp16 or int8")
+
+
+def keep_fp32_flags(options: BuildOptions) -> list[str]:
+    """The layers ``emulate_fp16`` keeps in fp32, in trtexec's syntax (none: plain ``--fp16``).
+
+    ``--layerPrecisions`` sets the compute precision, ``--layerOutputTypes`` the type the layer
+    writes (an fp32 layer writing fp16 would overflow right there), and
+    ``--precisionConstraints=obey`` makes them binding instead of hints. TensorRT's ONNX parser
+    names layers after the ONNX node names (trtexec --help; NVIDIA/TensorRT issue 4605).
+    """
+    if not options.fp32_layers:
+        return []
+    for name in options.fp32_layers:
+        if any(c in name for c in ",:") or not name:
+            raise SegcError(f"node {name!r} is to be kept fp32, but trtexec's --layerPrecisions cannot name it "
+                            f"(',' and ':' separate its list); rename the node")
+    return ["--precisionConstraints=obey",
+            "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in options.fp32_layers),
+            "--layerOutputTypes=" + ",".join(f"{n}:fp32" for n in options.fp32_layers)]
 
 
 def workspace_flags(options: BuildOptions) -> list[str]:
@@ -172,6 +191,8 @@ def polygraphy_argv(model: onnx.ModelProto, model_path: Path, outdir: Path, opti
     argv: list[str] = ["polygraphy", "run", relative_name(Path(model_path), outdir), "--trt", "--onnxrt"]
     if options.precision in ("fp16", "int8"):
         argv.append("--fp16")
+    if options.precision == "fp16" and options.fp32_layers:
+        argv += ["--precision-constraints", "obey", "--layer-precisions", *(f"{n}:float32" for n in options.fp32_layers)]
     if options.precision == "int8":
         argv.append("--int8")
         if options.extra.get("calib_cache"):
