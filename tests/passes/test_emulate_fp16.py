@@ -100,3 +100,15 @@ def test_planner_adds_the_pass_for_fp16_only() -> None:
     assert precision_passes(["simplify", "cleanup"], "fp16") == ["simplify", "cleanup", "emulate_fp16"]
     assert precision_passes(["simplify"], "fp32") == ["simplify"]
     assert precision_passes(["simplify"], None) == ["simplify"]
+
+
+def test_localize_between_fp32_and_its_emulation(tmp_path, capsys) -> None:
+    """``segc verify --localize`` on the emulation names the first layer that overflows."""
+    from segc.cli import main
+
+    ref, emu = tmp_path / "fp32.onnx", tmp_path / "fp16.onnx"
+    onnx.save(overflow_model(), ref)
+    onnx.save(emulate(overflow_model(), set()).model, emu)
+    assert main(["verify", str(ref), str(emu), "--localize", "--json", "--contract", "approximate"]) == 1
+    first = json.loads(capsys.readouterr().out)["first_divergence"]
+    assert first["node"] == "scale_up" and first["nonfinite_mismatch"] > 0
