@@ -90,8 +90,8 @@ def parse_option(text: str) -> tuple[str, str, Any]:
 def plan_passes(args: argparse.Namespace, target: Target, recipe: Recipe | None) -> list[PassSpec]:
     """The pass list and each pass's options: target default < recipe < command line."""
     names = list(args.passes) if args.passes else target.pipeline(recipe)
-    names = precision_passes(names, args.precision)
     options = target.pass_options(recipe)
+    names = precision_passes(names, options, args.precision, args.calib_images)
 
     def ensure(name: str) -> None:
         if name not in names:

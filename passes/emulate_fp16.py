@@ -43,6 +43,7 @@ class EmulateFp16(GraphPass):
         "max_keep": "most layers the search may keep in fp32 (default 16)",
         "pixel_budget": f"largest N*H*W emulated at (default {SEARCH_PIXELS})",
         "seed": "seed of the random inputs (default 0)",
+        "max_inputs": "most input shapes the final keep-set is verified at (default 2; the search uses the first)",
     }
 
     def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
@@ -52,7 +53,7 @@ class EmulateFp16(GraphPass):
                             agreement=float(ctx.option("agreement", FP16_BUDGET.agreement)))
         verifier = Verifier(recipe=ctx.recipe, seed=int(ctx.option("seed", 0)),
                             pixel_budget=int(ctx.option("pixel_budget", SEARCH_PIXELS)))
-        feeds = verifier.feeds_for(named)
+        feeds = verifier.feeds_for(named)[: max(1, int(ctx.option("max_inputs", 2)))]
         plan = plan_fp16(named, feeds, budget, max_keep=int(ctx.option("max_keep", 16)))
         stats = plan.to_stats()
         final = stats["final"]
@@ -71,12 +72,19 @@ class EmulateFp16(GraphPass):
         return (named if changed else model), PassResult(changed=changed, stats={"fp16": stats}, notes=notes)
 
 
-def precision_passes(names: list[str], precision: str | None) -> list[str]:
-    """The planner's one call: ``--precision fp16`` appends ``emulate_fp16`` last, for every target."""
+def precision_passes(names: list[str], options: dict[str, dict], precision: str | None,
+                     calib_images: str | None = None) -> list[str]:
+    """The planner's one call: the precision check the build precision asks for, last, for every target.
+
+    ``--precision fp16`` appends ``emulate_fp16``; ``--precision int8`` with ``--calib-images``
+    appends ``emulate_int8`` (and gives it the folder).
+    """
     if precision == "fp16" and "emulate_fp16" not in names:
         return [*names, "emulate_fp16"]
+    if precision == "int8" and calib_images and "emulate_int8" not in names:
+        options.setdefault("emulate_int8", {})["calib_images"] = str(calib_images)
+        return [*names, "emulate_int8"]
     return names
-
 
 def _f(x: float | None) -> str:
     return "-" if x is None else f"{x:.6f}"

@@ -11,8 +11,10 @@ What the seed pipelines did by hand, and what this module decides for them:
 * ``--precision_mode`` from ``--precision``: fp16 is ``force_fp16``; fp32 is
   ``must_keep_origin_dtype`` where the chip's Cube unit computes fp32, but ``force_fp32`` on
   Ascend310/310B (fp16-only Cube) and for models with ``DeformableConv2D`` (its spec rejects
-  float inputs under ``must_keep_origin_dtype``); int8 is refused: ATC does not quantise,
-  AMCT does;
+  float inputs under ``must_keep_origin_dtype``); int8: ATC does not quantise, AMCT does, so
+  with ``--calib-images`` build.sh runs ``amct_onnx calibration`` on segc's preprocessed
+  calibration files first and atc builds AMCT's deploy model (``amct_calibration``); without
+  them int8 is refused;
 * fp16 with layers kept fp32 (``emulate_fp16``'s keep-set): ``--keep_dtype=keep_dtype.cfg``
   beside ``--precision_mode=force_fp16``, the file listing one ONNX node name per line; ATC
   keeps those operators in the original model's precision (fp32) and converts the rest
@@ -76,6 +78,7 @@ RANGE_IN_INPUT_SHAPE_SINCE = (6, 3)
 NEWEST_CANN = (99, 0)
 
 ATC_HINT = "install the CANN toolkit and run: source /usr/local/Ascend/ascend-toolkit/set_env.sh"
+AMCT_TOOL_HINT = "install AMCT for ONNX (the amct_onnx package shipped with the CANN toolkit)"
 AMCT_HINT = (
     "ATC does not quantise: quantise the ONNX model with AMCT (Ascend Model Compression Toolkit, "
     "amct_onnx calibration) and build the result with --precision fp16"
@@ -114,7 +117,7 @@ def precision_mode(precision: str, soc: str, model: onnx.ModelProto) -> str:
     if precision == "fp16":
         return "force_fp16"
     if precision == "int8":
-        raise SegcError(f"ascend cannot build int8 from a float model: {AMCT_HINT}")
+        return "force_fp16"  # on AMCT's quantised model: int8 where AMCT quantised, fp16 elsewhere
     if precision != "fp32":
         raise SegcError(f"unknown precision {precision!r}; use fp32, fp16 or int8")
     if fp16_only_cube(soc) or has_deformable_conv(model):
@@ -371,8 +374,10 @@ def plan_gears(ranges: list[ShapeRange], grid: int) -> GearPlan | None:
     return GearPlan(input_shape, f"--dynamic_dims={text}", "ND", gears)
 
 
-def atc_steps(model: onnx.ModelProto, model_path: Path, outdir: Path, options: BuildOptions) -> list[Step]:
-    """One ``atc`` step per build (batch size, or the one range)."""
+def atc_steps(model: onnx.ModelProto, model_path: Path, outdir: Path, options: BuildOptions,
+              atc_model: Path | None = None) -> list[Step]:
+    """One ``atc`` step per build (batch size, or the one range); ``atc_model``: the file atc
+    reads when it is not ``model_path`` (AMCT's deploy model, for int8)."""
     soc = check_soc(options.soc)
     mode = precision_mode(options.precision, soc, model)
     cann = parse_cann_version(options.extra.get("cann"))
@@ -414,13 +419,38 @@ def atc_steps(model: onnx.ModelProto, model_path: Path, outdir: Path, options: B
         argv = (
             "atc",
             "--framework=5",
-            f"--model={relative_name(Path(model_path), outdir)}",
+            f"--model={relative_name(Path(atc_model or model_path), outdir)}",
             f"--output={output}",
             *flags,
             *tail,
         )
         steps.append(Step(argv, comment=f"{output}.om: {what}"))
     return steps
+
+
+def amct_calibration(model: onnx.ModelProto, model_path: Path, outdir: Path,
+                     options: BuildOptions) -> tuple[list[Step], list[Artefact], Path]:
+    """int8: AMCT quantises the ONNX model on segc's calibration files, ATC builds the result.
+
+    ``amct_onnx calibration --model M --save_path amct/M --input_shape x:1,3,H,W --data_dir
+    calib_bin --data_types float32`` (CANN AMCT guide, command-line options:
+    https://www.hiascend.com/document/detail/en/canncommercial/850/devaids/amct/atlasamct_16_0336.html)
+    writes ``amct/M_deploy_model.onnx`` (AMCT's ``<save_path>_deploy_model.onnx`` naming),
+    which the atc steps then build. Returns the steps, the files and the model atc reads.
+    """
+    from segc.int8_calibration import BIN_PATTERN, gather_bins_argv, emit_calibration
+
+    files = emit_calibration(model, outdir, options)
+    assert files is not None
+    name = Path(model_path).name
+    stem = name[: -len(".onnx")] if name.endswith(".onnx") else name
+    shape = ",".join(str(d) for d in files.shape)
+    argv = ("amct_onnx", "calibration", f"--model={relative_name(model_path, outdir)}", f"--save_path=amct/{stem}",
+            f"--input_shape={files.input_name}:{shape}", f"--data_dir={files.bin_dir}", "--data_types=float32")
+    gather = Step(gather_bins_argv(), comment=f"gather the {files.count} calibration inputs ({BIN_PATTERN}) into {files.bin_dir}/ for AMCT")
+    step = Step(argv, comment=f"int8: AMCT calibration on {files.count} preprocessed images ({files.bin_dir}/, float32)")
+    data = [Artefact(p, "data") for p in files.paths if p.suffix == ".bin"]
+    return [gather, step], data, outdir / "amct" / f"{stem}_deploy_model.onnx"
 
 
 @register_target
@@ -435,12 +465,14 @@ class AscendTarget(Target):
     def validate_options(self, options: BuildOptions) -> None:
         check_soc(options.soc)
         parse_cann_version(options.extra.get("cann"))
-        if options.precision == "int8":
-            raise SegcError(f"ascend cannot build int8 from a float model: {AMCT_HINT}")
+        if options.precision == "int8" and not options.extra.get("calib_images"):
+            raise SegcError(f"ascend cannot build int8 from a float model without calibration: {AMCT_HINT}, "
+                            f"or give --calib-images DIR and segc writes that step into build.sh")
 
     def check(self, model: onnx.ModelProto, options: BuildOptions) -> list[Violation]:
         soc = check_soc(options.soc)
-        precision_mode(options.precision, soc, model)  # int8 / unknown precision: user error now
+        self.validate_options(options)
+        precision_mode(options.precision, soc, model)  # unknown precision: user error now
         found = check_model(model, load_profile(self.name), options)
         if any(not r.is_static for r in options.shape_ranges):
             # run-time Resize sizes under a range are no dead end: the build takes gears, in
@@ -461,9 +493,12 @@ class AscendTarget(Target):
 
     def emit(self, model: onnx.ModelProto, model_path: Path, outdir: Path, options: BuildOptions) -> list[Artefact]:
         outdir = Path(outdir)
-        steps = atc_steps(model, Path(model_path), outdir, options)
+        self.validate_options(options)
+        amct_steps, artefacts, atc_model = [], [], None
+        if options.precision == "int8":
+            amct_steps, artefacts, atc_model = amct_calibration(model, Path(model_path), outdir, options)
+        steps = amct_steps + atc_steps(model, Path(model_path), outdir, options, atc_model)
         notes = [f"chip {check_soc(options.soc)}, CANN syntax for {options.extra.get('cann') or 'the newest CANN'}"]
-        artefacts = []
         if options.precision == "fp16" and options.fp32_layers:
             keep = outdir / KEEP_DTYPE_FILE
             write_text(keep, "".join(f"{n}\n" for n in options.fp32_layers))
@@ -471,5 +506,6 @@ class AscendTarget(Target):
             notes.append(f"{len(options.fp32_layers)} layers kept fp32 by {KEEP_DTYPE_FILE} (segc's fp16 emulation overflows or misses its budget without them)")
         if options.extra.get("shape_route"):
             notes.append(f"shapes by {options.extra['shape_route']}")
-        script = write_build_script(outdir, options, [Requirement("atc", ATC_HINT)], steps, title="Ascend ATC build", notes=notes)
+        needs = [Requirement("atc", ATC_HINT)] + ([Requirement("amct_onnx", AMCT_TOOL_HINT)] if amct_steps else [])
+        script = write_build_script(outdir, options, needs, steps, title="Ascend ATC build", notes=notes)
         return [script, *artefacts]

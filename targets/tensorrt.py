@@ -28,6 +28,7 @@ import onnx
 from dataclasses import replace
 
 from segc.errors import SegcError
+from segc.outdir import write_text
 from segc.recipe import get_recipe
 from segc.shapes import ShapeRange, parse_static_shape
 from segc.targets.base import Artefact, BuildOptions, Target, Violation, register_target
@@ -212,6 +213,37 @@ def polygraphy_argv(model: onnx.ModelProto, model_path: Path, outdir: Path, opti
     return tuple(argv)
 
 
+CALIB_CACHE = "calib.cache"
+CALIB_LOADER = "calib_loader.py"
+
+
+def calibration_steps(model: onnx.ModelProto, model_path: Path, outdir: Path,
+                      options: BuildOptions) -> tuple[list[Step], list[Artefact]]:
+    """The calibration cache trtexec's ``--calib`` reads, made by polygraphy's calibrator.
+
+    trtexec cannot calibrate from images; polygraphy's ``convert --int8`` runs TensorRT's
+    entropy calibrator over ``calib_loader.py`` (which yields segc's preprocessed
+    images from ``calib.npy``) and writes ``--calibration-cache``; the engine it builds on the way is
+    thrown away and trtexec builds the real one from the cache
+    (https://github.com/NVIDIA/TensorRT/tree/main/tools/Polygraphy/examples/cli/convert/01_int8_calibration_in_tensorrt).
+    """
+    from segc.int8_calibration import calib_loader_text, emit_calibration
+
+    files = emit_calibration(model, outdir, options)
+    assert files is not None
+    loader = outdir / CALIB_LOADER
+    write_text(loader, calib_loader_text(files))
+    argv = ["polygraphy", "convert", relative_name(model_path, outdir), "--int8", "--data-loader-script", CALIB_LOADER,
+            "--calibration-cache", CALIB_CACHE, "-o", "calib_probe.engine"]
+    ranges = build_ranges(model, options)
+    if ranges and not all(r.is_static for r in ranges):
+        for flag, pick in (("--trt-min-shapes", "min"), ("--trt-opt-shapes", "opt"), ("--trt-max-shapes", "max")):
+            argv.append(flag)
+            argv += [f"{r.name}:[{_dims(getattr(r, pick), ',')}]" for r in ranges]
+    step = Step(tuple(argv), comment=f"int8 calibration cache from {files.count} preprocessed images in {files.npy_file}")
+    return [step], [Artefact(loader, "program"), Artefact(outdir / files.npy_file, "data")]
+
+
 @register_target
 class TensorRTTarget(Target):
     """NVIDIA GPUs through TensorRT's ONNX parser (trtexec)."""
@@ -231,12 +263,17 @@ class TensorRTTarget(Target):
     def emit(self, model: onnx.ModelProto, model_path: Path, outdir: Path, options: BuildOptions) -> list[Artefact]:
         outdir = Path(outdir)
         notes = []
+        calib_steps, calib_files = [], []
+        if options.precision == "int8" and not options.extra.get("calib_cache") and options.extra.get("calib_images"):
+            calib_steps, calib_files = calibration_steps(model, Path(model_path), outdir, options)
+            options = replace(options, extra={**options.extra, "calib_cache": CALIB_CACHE})
         if options.precision == "int8" and not options.extra.get("calib_cache"):
             notes.append("int8 without extra['calib_cache']: trtexec uses placeholder scales, so this engine is for timing only")
         grid = "; ".join(r.multiples_text() for r in build_ranges(model, options) if r.has_multiples)
         comment = "build the engine (and time it)" + (f"; {grid} (segc folded the Resizes for those sizes only)" if grid else "")
         build = Step(trtexec_argv(model, Path(model_path), outdir, options), comment=comment)
-        script = write_build_script(outdir, options, [Requirement("trtexec", TRTEXEC_HINT)], [build], title="TensorRT build", notes=notes)
+        needs = [Requirement("trtexec", TRTEXEC_HINT)] + ([Requirement("polygraphy", POLYGRAPHY_HINT)] if calib_steps else [])
+        script = write_build_script(outdir, options, needs, [*calib_steps, build], title="TensorRT build", notes=notes)
         compare = Step(polygraphy_argv(model, Path(model_path), outdir, options), comment="compare TensorRT with onnxruntime on the same random inputs")
         compare_script = write_script(
             outdir / "compare_tensorrt.sh",
@@ -246,4 +283,4 @@ class TensorRTTarget(Target):
             title="TensorRT vs onnxruntime comparison",
             notes=notes,
         )
-        return [script, compare_script]
+        return [*calib_files, script, compare_script]

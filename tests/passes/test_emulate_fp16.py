@@ -97,9 +97,12 @@ def test_budget_missed_even_with_keeps_is_an_error() -> None:
 
 
 def test_planner_adds_the_pass_for_fp16_only() -> None:
-    assert precision_passes(["simplify", "cleanup"], "fp16") == ["simplify", "cleanup", "emulate_fp16"]
-    assert precision_passes(["simplify"], "fp32") == ["simplify"]
-    assert precision_passes(["simplify"], None) == ["simplify"]
+    assert precision_passes(["simplify", "cleanup"], {}, "fp16") == ["simplify", "cleanup", "emulate_fp16"]
+    assert precision_passes(["simplify"], {}, "fp32") == ["simplify"]
+    assert precision_passes(["simplify"], {}, None) == ["simplify"]
+    options: dict = {}
+    assert precision_passes(["simplify"], options, "int8", "imgs") == ["simplify", "emulate_int8"]
+    assert options == {"emulate_int8": {"calib_images": "imgs"}}
 
 
 def test_localize_between_fp32_and_its_emulation(tmp_path, capsys) -> None:
