@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.version_converter
 
 from segc.errors import SegcError
 from segc.metrics import compare_output
@@ -73,16 +74,19 @@ class CalibrationFiles:
     paths: list[Path] = field(default_factory=list)  # every file written
 
 
-def write_calibration(outdir: Path, feeds: list[Feed]) -> CalibrationFiles:
-    """``calib.npy`` (all images) and ``calib_NNNN.bin`` (float32, one per image) in ``outdir``."""
+def write_calibration(outdir: Path, feeds: list[Feed], formats: tuple[str, ...] = ("npy", "bin")) -> CalibrationFiles:
+    """``calib.npy`` (all images) and/or ``calib_NNNN.bin`` (float32, one per image) in ``outdir``."""
     import io
 
     name = next(iter(feeds[0].arrays))
     arrays = [np.ascontiguousarray(f.arrays[name], dtype=np.float32) for f in feeds]
-    buf = io.BytesIO()
-    np.save(buf, np.stack(arrays), allow_pickle=False)
-    paths = [write_file(Path(outdir) / NPY_FILE, buf.getvalue())]
-    paths += [write_file(Path(outdir) / f"calib_{i:04d}.bin", a.tobytes()) for i, a in enumerate(arrays)]
+    paths = []
+    if "npy" in formats:
+        buf = io.BytesIO()
+        np.save(buf, np.stack(arrays), allow_pickle=False)
+        paths.append(write_file(Path(outdir) / NPY_FILE, buf.getvalue()))
+    if "bin" in formats:
+        paths += [write_file(Path(outdir) / f"calib_{i:04d}.bin", a.tobytes()) for i, a in enumerate(arrays)]
     return CalibrationFiles(name, list(arrays[0].shape), len(arrays), paths=paths)
 
 
@@ -112,13 +116,26 @@ class _Reader:
 
 
 def quantize_qdq(model: onnx.ModelProto, feeds: list[Feed]) -> onnx.ModelProto:
-    """``model`` statically quantised to int8 QDQ, calibrated on ``feeds``."""
+    """``model`` statically quantised to int8 QDQ, calibrated on ``feeds``.
+
+    Per-channel weight scales (what the vendors use for convolutions) need the ``axis`` of
+    opset-13 Quantize/DequantizeLinear: an older model is converted to opset 13 for the
+    estimate, or quantised per tensor when the conversion fails.
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    from segc.modelio import default_opset
+
+    per_channel = True
+    if default_opset(model) < 13:
+        try:
+            model = onnx.version_converter.convert_version(model, 13)
+        except Exception:  # noqa: BLE001 - the converter raises many types; per tensor still works
+            per_channel = False
     with tempfile.TemporaryDirectory(prefix="segc-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "qdq.onnx"
         onnx.save(model, src)
-        quantize_static(str(src), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
+        quantize_static(str(src), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax)
         return onnx.load(str(dst))
@@ -179,7 +196,8 @@ def gather_bins_argv() -> tuple[str, ...]:
     return ("python3", "-c", code)
 
 
-def emit_calibration(model: onnx.ModelProto, outdir: Path, options: Any) -> CalibrationFiles | None:
+def emit_calibration(model: onnx.ModelProto, outdir: Path, options: Any,
+                     formats: tuple[str, ...] = ("npy", "bin")) -> CalibrationFiles | None:
     """At emit time: the calibration files for ``options.extra['calib_images']`` at the build's
     optimisation shape (None when no folder was given). ``options`` is a BuildOptions."""
     folder = options.extra.get("calib_images")
@@ -200,4 +218,4 @@ def emit_calibration(model: onnx.ModelProto, outdir: Path, options: Any) -> Cali
         raise SegcError(f"--calib-images needs a model with one image input of known shape; inputs {names}")
     shape = tuple(ranges[names[0]].opt)
     feeds = calibration_feeds(folder, model, recipe, shape, int(options.extra.get("calib_samples", DEFAULT_SAMPLES)))
-    return write_calibration(Path(outdir), feeds)
+    return write_calibration(Path(outdir), feeds, formats)

@@ -440,7 +440,7 @@ def amct_calibration(model: onnx.ModelProto, model_path: Path, outdir: Path,
     """
     from segc.int8_calibration import BIN_PATTERN, gather_bins_argv, emit_calibration
 
-    files = emit_calibration(model, outdir, options)
+    files = emit_calibration(model, outdir, options, formats=("bin",))
     assert files is not None
     name = Path(model_path).name
     stem = name[: -len(".onnx")] if name.endswith(".onnx") else name

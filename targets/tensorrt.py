@@ -229,7 +229,7 @@ def calibration_steps(model: onnx.ModelProto, model_path: Path, outdir: Path,
     """
     from segc.int8_calibration import calib_loader_text, emit_calibration
 
-    files = emit_calibration(model, outdir, options)
+    files = emit_calibration(model, outdir, options, formats=("npy",))
     assert files is not None
     loader = outdir / CALIB_LOADER
     write_text(loader, calib_loader_text(files))

@@ -50,6 +50,7 @@ def test_tensorrt_calibrates_with_polygraphy_then_builds_from_the_cache(setup) -
     assert "polygraphy convert m.tensorrt.onnx --int8 --data-loader-script calib_loader.py --calibration-cache calib.cache" in script
     assert "--int8 --fp16 --calib=calib.cache" in script
     assert script.index("polygraphy convert") < script.index("trtexec --onnx")
+    assert not list(out.glob("calib_*.bin"))  # AMCT's format is Ascend's, not written here
     arrays = list(runpy.run_path(str(out / "calib_loader.py"))["load_data"]())
     assert len(arrays) == N_IMAGES and arrays[0]["x"].shape == (1, 3, 16, 16) and arrays[0]["x"].dtype == np.float32
 
@@ -57,6 +58,7 @@ def test_tensorrt_calibrates_with_polygraphy_then_builds_from_the_cache(setup) -
 def test_ascend_runs_amct_then_atc_on_its_deploy_model(setup) -> None:
     out, report = compile_int8(setup, "ascend")
     bins = sorted(out.glob("calib_*.bin"))
+    assert not (out / "calib.npy").exists()
     assert len(bins) == N_IMAGES and bins[0].stat().st_size == 3 * 16 * 16 * 4
     script = (out / "build.sh").read_text()
     assert script.index("os.makedirs(") < script.index("\namct_onnx calibration")
