@@ -22,7 +22,9 @@ kept fp32 (which may move the overflow to its consumer, the layer that scales th
 back down; the next round keeps that one too); while it only misses the cosine/agreement
 budget, the layer with the largest *local* error (its output's cosine drop minus the worst
 drop among its inputs: the error it adds, not the error it inherits) is kept, one per round,
-up to ``max_keep`` layers. Each round is a fresh emulation; the final set is verified again
+up to ``max_keep`` layers. A kept layer that still adds the largest error is losing it to
+the fp16 rounding of its inputs (``(x + 1000) - 1000``: the Sub is exact, the Add's fp16
+output is not), so then its fp16 producers are kept instead. Each round is a fresh emulation; the final set is verified again
 on every verification input.
 """
 
@@ -281,6 +283,8 @@ def plan_fp16(model: onnx.ModelProto, feeds: list[Feed], budget: Tolerances | No
     feed = feeds[0]
     ref_out = run_exposing(model, shared_tensors(model, emulate(model, set()).model), feed)
     keep: set[str] = set()
+    producer = {o: n.name for n in model.graph.node if n.op_type not in WEIGHT_LIKE for o in n.output}
+    inputs_from = {n.name: list(dict.fromkeys(producer[i] for i in n.input if i in producer)) for n in model.graph.node}
     first = current = run_emulation(model, keep, feed, budget, ref_out)
     rounds: list[dict[str, Any]] = []
     while not current.ok and len(keep) < max_keep:
@@ -289,10 +293,18 @@ def plan_fp16(model: onnx.ModelProto, feeds: list[Feed], budget: Tolerances | No
             added, why = overflowing[: max_keep - len(keep)], "overflow beyond 65504"
         else:
             candidates = [layer for layer in current.layers if layer.node not in keep and layer.local_drop > 0]
-            if not candidates:
+            # a kept layer that still adds error reads inputs its fp16 producers rounded: keep those
+            persisting = [layer for layer in current.layers if layer.node in keep and layer.local_drop > 0
+                          and [p for p in inputs_from.get(layer.node, []) if p not in keep]]
+            best = max(candidates, key=lambda layer: layer.local_drop, default=None)
+            worst_kept = max(persisting, key=lambda layer: layer.local_drop, default=None)
+            if worst_kept is not None and (best is None or worst_kept.local_drop > best.local_drop):
+                added = [p for p in inputs_from[worst_kept.node] if p not in keep][: max_keep - len(keep)]
+                why = f"kept {worst_kept.node} still drops cosine by {worst_kept.local_drop:.3g}: its inputs are rounded by these"
+            elif best is not None:
+                added, why = [best.node], f"largest local cosine drop {best.local_drop:.3g}"
+            else:
                 break
-            best = max(candidates, key=lambda layer: layer.local_drop)
-            added, why = [best.node], f"largest local cosine drop {best.local_drop:.3g}"
         keep.update(added)
         current = run_emulation(model, keep, feed, budget, ref_out)
         rounds.append({"kept": added, "why": why, "cosine": current.verdict.summary()["cosine"],

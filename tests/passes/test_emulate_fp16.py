@@ -115,3 +115,25 @@ def test_localize_between_fp32_and_its_emulation(tmp_path, capsys) -> None:
     assert main(["verify", str(ref), str(emu), "--localize", "--json", "--contract", "approximate"]) == 1
     first = json.loads(capsys.readouterr().out)["first_divergence"]
     assert first["node"] == "scale_up" and first["nonfinite_mismatch"] > 0
+
+
+def cancel_model() -> onnx.ModelProto:
+    """conv -> (c + 1000) -> (a - 1000) -> relu: no overflow, but fp16 keeps 0.5 of resolution at 1000."""
+    w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(1000.0, np.float32), "off")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c", "off"], ["a"], name="add_offset"),
+             helper.make_node("Sub", ["a", "off"], ["s"], name="sub_offset"),
+             helper.make_node("Relu", ["s"], ["y"], name="relu")]
+    graph = helper.make_graph(nodes, "cancel", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_greedy_search_without_overflow_keeps_the_cancellation() -> None:
+    """Budget missed by precision, not range: the Sub shows the error, the Add's rounding causes it."""
+    x = np.random.default_rng(1).uniform(0, 0.01, (1, 3, 16, 16)).astype(np.float32)
+    plan = plan_fp16(cancel_model(), [Feed("x", {"x": x})])
+    assert plan.first.overflow == 0 and not plan.first.ok
+    assert plan.keep == ["add_offset", "sub_offset"] and plan.ok
+    assert "conv" not in plan.keep and "relu" not in plan.keep
