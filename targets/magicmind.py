@@ -58,8 +58,10 @@ def keep_fp32_line(options: BuildOptions) -> str | None:
     """What the MagicMind build does with ``emulate_fp16``'s keep-set (None when there is none).
 
     MagicMind's builder takes a whole-network ``precision_config.precision_mode``; segc found
-    no per-layer precision setting in Cambricon's public samples (magicmind_cloud,
-    buildin/ and its BuilderConfig JSON), so it cannot keep single layers in fp32. A
+    no per-layer precision setting in Cambricon's public samples (Cambricon/magicmind_cloud,
+    e.g. buildin/nlp/SpeechSynthesis/tacotron2_onnx/data/jsons/builder_config.json: archs,
+    graph_shape_mutable, precision_config.precision_mode, debug_config, opt_config, nothing
+    per layer), so it cannot keep single layers in fp32. A
     force_float16 build would overflow where the emulation did; the build falls back to
     force_float32, and says so in build.sh and the report.
     """
