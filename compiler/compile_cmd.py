@@ -372,6 +372,8 @@ def _print_summary(report: dict[str, Any], result: PipelineResult, outdir: Path)
     for row in pass_rows(report):
         table.add_row(*row)
     console.print(table)
+    if report.get("verified_shapes"):
+        console.print(f"verified at: {', '.join(report['verified_shapes'])}")
     for line in report.get("verification_notes", []):
         console.print(f"verification: {line}")
     for line in unverified_lines(report):
