@@ -42,6 +42,7 @@ NPY_FILE = "calib.npy"
 BIN_DIR = "calib_bin"  # made by build.sh from the flat calib_NNNN.bin files
 BIN_PATTERN = "calib_*.bin"
 DEFAULT_SAMPLES = 32
+LAYER_COSINE = 0.99  # a layer whose int8 output falls below this against fp32 is named in the report
 
 
 def calibration_feeds(folder: str | Path, model: onnx.ModelProto, recipe: Recipe | None,
@@ -100,6 +101,9 @@ class Int8Estimate:
     agreement: float | None
     max_abs: float | None
     per_output: list[dict[str, Any]] = field(default_factory=list)
+    # segc.localize between fp32 and the QDQ model on the first image: where int8 hurts most
+    first_divergence: dict[str, Any] | None = None
+    worst_layers: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,9 +164,17 @@ def int8_drop(model: onnx.ModelProto, feeds: list[Feed]) -> Int8Estimate:
         per_output.append({"output": name,
                            "cosine": min((m.cosine for m in ms if m.cosine is not None), default=None),
                            "agreement": min((m.agreement for m in ms if m.agreement is not None), default=None)})
+    from segc.localize import localize
+    from segc.metrics import Tolerances
+    from segc.passbase import Contract
+
+    # QDQ keeps the float tensors' names (Q/DQ pairs go between them), so the layers line up
+    loc = localize(model, qdq, feeds[0], contract=Contract.APPROXIMATE, tolerances=Tolerances(cosine=LAYER_COSINE), k=5)
     return Int8Estimate(samples=len(feeds), quantized_nodes=sum(n.op_type == "QuantizeLinear" for n in qdq.graph.node),
                         cosine=worst("cosine", min), agreement=worst("agreement", min), max_abs=worst("max_abs", max),
-                        per_output=per_output)
+                        per_output=per_output,
+                        first_divergence=loc.first_divergence.to_dict() if loc.first_divergence else None,
+                        worst_layers=[t.to_dict() for t in loc.worst])
 
 
 CALIB_LOADER = '''\

@@ -117,14 +117,17 @@ def diverges(m: OutputMetrics, contract: Contract, tol: Tolerances) -> bool:
 
 def compare_runs(ref: onnx.ModelProto, names: list[str], ref_out: dict[str, np.ndarray],
                  cand_out: dict[str, np.ndarray], feed: str, contract: Contract, tol: Tolerances,
-                 k: int = 5) -> Localization:
-    """Judge each shared tensor of two finished runs (see ``localize``)."""
+                 k: int = 5, alias: dict[str, str] | None = None) -> Localization:
+    """Judge each shared tensor of two finished runs (see ``localize``); ``alias`` maps a
+    reference tensor to the candidate tensor that carries its value, when that has another name."""
     producers = produced_tensors(ref)
+    alias = alias or {}
     result = Localization(feed=feed, contract=contract.value, compared=0)
     for name in names:
-        if name not in ref_out or name not in cand_out:
+        other = alias.get(name, name)
+        if name not in ref_out or other not in cand_out:
             continue
-        a, b = ref_out[name], cand_out[name]
+        a, b = ref_out[name], cand_out[other]
         if a.shape != b.shape:
             result.skipped.append(name)
             continue
@@ -144,11 +147,29 @@ def compare_runs(ref: onnx.ModelProto, names: list[str], ref_out: dict[str, np.n
     return result
 
 
+def qdq_alias(model: onnx.ModelProto) -> dict[str, str]:
+    """In a QDQ graph, tensor -> the DequantizeLinear output that carries its int8 value.
+
+    onnxruntime's quantiser may also drop a Relu after a Conv and let the Conv write the Relu's
+    output name, the clamp then done by the QuantizeLinear: the name is shared, but only the
+    value after Quantize/Dequantize is the Relu's. Comparing that one keeps the layers honest.
+    """
+    dq_of = {n.input[0]: n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input}
+    return {n.input[0]: dq_of[n.output[0]] for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and n.input and n.output and n.output[0] in dq_of}
+
+
 def localize(ref: onnx.ModelProto, cand: onnx.ModelProto, feed: Feed, *, contract: Contract = Contract.EXACT,
              tolerances: Tolerances | None = None, k: int = 5, config: SessionConfig | None = None) -> Localization:
-    """Run both graphs on ``feed`` exposing their shared tensors; name the first divergent node."""
+    """Run both graphs on ``feed`` exposing their shared tensors; name the first divergent node.
+
+    A QDQ candidate (int8 emulation) is compared at the dequantised value of each tensor
+    (``qdq_alias``), which is what its consumers read.
+    """
     tol = tolerances or Tolerances()
     names = shared_tensors(ref, cand)
+    alias = qdq_alias(cand)
     ref_out = run_exposing(ref, names, feed, config)
-    cand_out = run_exposing(cand, names, feed, config)
-    return compare_runs(ref, names, ref_out, cand_out, feed.label, contract, tol, k)
+    cand_names = list(dict.fromkeys(alias.get(n, n) for n in names))
+    cand_out = run_exposing(cand, cand_names, feed, config)
+    return compare_runs(ref, names, ref_out, cand_out, feed.label, contract, tol, k, alias)

@@ -46,6 +46,8 @@ def test_tensorrt_calibrates_with_polygraphy_then_builds_from_the_cache(setup) -
     est = next(p for p in report["passes"] if p["name"] == "emulate_int8")["stats"]["int8"]
     assert est["samples"] == N_IMAGES and est["quantized_nodes"] > 0
     assert 0.9 < est["cosine"] < 1.0  # a real drop, measured, not a copy of fp32
+    # the layer-by-layer comparison ran between fp32 and the QDQ graph (shared tensor names)
+    assert est["worst_layers"] == [] or est["worst_layers"][0]["node"] in {"conv_in", "relu_in", "scale_up", "relu_big", "scale_down", "conv_out"}
     script = (out / "build.sh").read_text()
     assert "polygraphy convert m.tensorrt.onnx --int8 --data-loader-script calib_loader.py --calibration-cache calib.cache" in script
     assert "--int8 --fp16 --calib=calib.cache" in script
@@ -72,3 +74,21 @@ def test_int8_without_images_is_refused_on_ascend(setup, capsys) -> None:
     src, _ = setup
     assert main(["compile", str(src), "--target", "ascend", "--precision", "int8", "-o", str(src.parent / "no")]) == 2
     assert "AMCT" in capsys.readouterr().err
+
+
+def test_localize_reads_the_dequantised_value_of_a_fused_relu() -> None:
+    """onnxruntime's quantiser lets the Conv write the Relu's output name (the clamp moves into
+    QuantizeLinear): compared by name alone, relu_in would look broken; its dequantised value is not."""
+    from segc.int8_calibration import quantize_qdq
+    from segc.localize import localize, qdq_alias
+    from segc.passbase import Contract
+    from segc.verify_inputs import Feed
+
+    model = overflow_model(scale=10.0)
+    rng = np.random.default_rng(0)
+    feeds = [Feed(f"x{i}", {"x": rng.uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32)}) for i in range(4)]
+    qdq = quantize_qdq(model, feeds)
+    assert "r1" in qdq_alias(qdq)
+    loc = localize(model, qdq, feeds[0], contract=Contract.APPROXIMATE)
+    by = {t.tensor: t for t in loc.tensors}
+    assert by["r1"].cosine > 0.99 and by["y"].cosine > 0.95
