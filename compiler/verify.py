@@ -83,6 +83,7 @@ class Verifier:
         self._user_feeds: list[Feed] | None = None
         # seeded inputs are natural-image-like until the input model shows no signal on them
         self.text_pages = False
+        self.probe_runs = 0  # extra reference runs spent choosing the kind of seeded input (0 or 1)
         self.notes: list[str] = []
 
     @property
@@ -160,6 +161,7 @@ class Verifier:
         shapes = {k: tuple(v.shape) for k, v in feeds[0].arrays.items()}
         probe = random_feed(model, shapes, self.recipe, self.seed, text=True)
         text = state.run(probe)
+        self.probe_runs += 1  # whichever kind loses, one of the two runs is spent on choosing
         if photo is None or text is None:
             return False
         a, b = _spread(photo), _spread(text)
