@@ -84,7 +84,7 @@ class InputSpec:
         if self.channel_order.upper() == "BGR":
             x = x[:, ::-1]
         if self.pixel_scale != 255.0:
-            x = x * (self.pixel_scale / 255.0)
+            x = x / np.float32(255.0 / self.pixel_scale)  # pixels / 255, as the guides wrote it
         mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
         std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
         return np.ascontiguousarray((x - mean) / std, dtype=np.float32)

@@ -1,0 +1,3 @@
+"""placeholder"""
+def add_evaluate_arguments(p): pass
+def run_evaluate(args): raise NotImplementedError
