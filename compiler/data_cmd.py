@@ -30,7 +30,7 @@ from segc.datasets import Sample, load_dataset
 from segc.errors import SegcError
 from segc.modelio import load_model
 from segc.outdir import write_file, write_text
-from segc.preprocess import ModelInput, Prepared, model_input, preprocess, recipe_for
+from segc.preprocess import ModelInput, require_data_extra, Prepared, model_input, preprocess, recipe_for
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,7 @@ def stack(group: tuple[Sample, ...], target: ModelInput, batch: int) -> tuple[np
 
 
 def run_data(args: argparse.Namespace) -> int:
+    require_data_extra()
     model = load_model(args.model)
     recipe = recipe_for(model, args.recipe)
     target = model_input(model, recipe)
@@ -92,11 +93,12 @@ def run_data(args: argparse.Namespace) -> int:
     (out / "bin").mkdir(parents=True, exist_ok=True)
     (out / "npy").mkdir(exist_ok=True)
 
+    from rich.console import Console
     from rich.progress import track
 
     files: list[InputFile] = []
     groups = list(batches(dataset.samples, args.batch))
-    for group in track(groups, description="preprocessing", transient=True):
+    for group in track(groups, description="preprocessing", transient=True, console=Console(stderr=True)):
         array, prepared = stack(group, target, args.batch)
         stem = group[0].stem
         # '<' makes the byte order explicit: the runners read little-endian

@@ -100,6 +100,15 @@ def preprocess(path: Path, target: ModelInput) -> Prepared:
     return Prepared(np.ascontiguousarray(x.astype(target.dtype)), (h, w))
 
 
+def require_data_extra() -> None:
+    """segc data / evaluate need the ``data`` extra; say so in one line instead of a traceback."""
+    import importlib.util
+
+    missing = [m for m in ("cv2", "pyclipper", "shapely") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SegcError(f"this command needs {', '.join(missing)}: pip install 'segc[data]'")
+
+
 def recipe_for(model: onnx.ModelProto, name: str | None) -> Recipe:
     """``--recipe`` (a zoo name or a .toml file), else the one in the model's metadata."""
     from segc.recipe import RECIPE_METADATA_KEY, get_recipe
