@@ -125,18 +125,34 @@ class OutputReader:
             for ext in (".npy", ".bin"):
                 if (self.folder / (name + ext)).is_file():
                     return self.folder / (name + ext)
+        if (self.folder / f"{stem}.json").is_file():  # trtexec --exportOutput
+            return self.folder / f"{stem}.json"
         raise SegcError(f"outputs folder {self.folder}: no {stem}_{self.index}.bin or .npy for image {stem}")
 
     def read(self, stem: str, input_shape: tuple[int, ...]) -> np.ndarray:
         path = self.path(stem)
         if path.suffix == ".npy":
             return np.load(path)
+        if path.suffix == ".json":
+            return self._trtexec_json(path)
         data = np.fromfile(path, self.dtype.newbyteorder("<"))
         shape = self._shape(input_shape, data.size)
         if shape is None:
             raise SegcError(f"{path}: {data.size} {self.dtype} values do not fit output {self.name!r} "
                             f"(dims {self.dims}) for input {list(input_shape)}")
         return data.reshape(shape)
+
+    def _trtexec_json(self, path: Path) -> np.ndarray:
+        """trtexec's export: a list of {"name", "dimensions": "1x19x256x512", "values": [...]}."""
+        try:
+            entries = json.loads(path.read_text())
+            entry = next(e for e in entries if e.get("name") == self.name)
+            dims = tuple(int(d) for d in str(entry["dimensions"]).split("x"))
+            return np.asarray(entry["values"], self.dtype).reshape(dims)
+        except StopIteration:
+            raise SegcError(f"{path}: trtexec export has no output {self.name!r}") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise SegcError(f"{path}: not a trtexec --exportOutput file: {exc}") from None
 
     def _shape(self, input_shape: tuple[int, ...], count: int) -> tuple[int, ...] | None:
         if input_shape not in self._inferred:

@@ -47,6 +47,7 @@ from segc.errors import SegcError
 from segc.shapes import ShapeRange
 from segc.targets.base import Artefact, BuildOptions, Target, Violation, register_target
 from segc.targets.buildscript import Requirement, Step, relative_name, write_build_script
+from segc.targets.runscript import write_run_script
 from segc.targets.legality import MODEL, RESIZE_FOLD_FIX, check_model, load_profile
 
 BROADCAST_FIX = "resize_broadcast"
@@ -456,4 +457,5 @@ class AscendTarget(Target):
         if options.extra.get("shape_route"):
             notes.append(f"shapes by {options.extra['shape_route']}")
         script = write_build_script(outdir, options, [Requirement("atc", ATC_HINT)], steps, title="Ascend ATC build", notes=notes)
-        return [script]
+        first_om = next(a[len("--output="):] for a in steps[0].argv if a.startswith("--output=")) + ".om"
+        return [script, *write_run_script(outdir, options, "ascend", first_om, model)]
