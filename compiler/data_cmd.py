@@ -64,6 +64,8 @@ def check_batch(batch: int, target: ModelInput) -> None:
         target.size_for(1, 1)  # raises when neither the recipe nor the model fixes H, W
     if batch < 1:
         raise SegcError(f"--batch {batch}: must be at least 1")
+    if target.static_batch is not None and target.static_batch != batch:
+        raise SegcError(f"--batch {batch}: the model's input {target.name!r} has a fixed batch of {target.static_batch}")
     if batch > 1 and not (target.spec.resize and target.spec.resize.mode == "fixed") and target.static_hw is None:
         raise SegcError(f"--batch {batch}: images of different sizes cannot share a file; "
                         "the recipe must resize to a fixed size")

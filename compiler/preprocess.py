@@ -29,6 +29,7 @@ class ModelInput:
     spec: InputSpec
     static_hw: tuple[int, int] | None  # the model's own H, W when they are fixed numbers
     dtype: np.dtype
+    static_batch: int | None = None  # the model's N when it is a fixed number
 
     def size_for(self, height: int, width: int) -> tuple[int, int]:
         """The (H, W) an image of this size becomes: the recipe's resize, else the model's."""
@@ -73,7 +74,7 @@ def model_input(model: onnx.ModelProto, recipe: Recipe) -> ModelInput:
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
     if dtype not in (np.float32, np.float16):
         raise SegcError(f"input {spec.name!r} is {dtype}; segc prepares float32 or float16 images")
-    return ModelInput(spec.name, spec, static, dtype)
+    return ModelInput(spec.name, spec, static, dtype, dims[0] or None)
 
 
 def read_rgb(path: Path) -> np.ndarray:

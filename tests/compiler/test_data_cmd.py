@@ -153,6 +153,10 @@ def test_bad_arguments(tmp_path: Path, capsys) -> None:
     assert "expected KIND:ROOT" in one_error(capsys, ["data", str(model), "--dataset", str(root), "--recipe",
                                                       "ocrnet_hrnetw18", "-o", "x"])
     assert "names no recipe" in one_error(capsys, ["data", str(model), "--dataset", f"cityscapes:{root}", "-o", "x"])
+    fixed = tmp_path / "fixed.toml"
+    fixed.write_text(SEG_TOML)
+    assert "has a fixed batch of 1" in one_error(capsys, ["data", str(model), "--dataset", f"cityscapes:{root}",
+                                                          "--recipe", str(fixed), "--batch", "2", "-o", "x"])
     assert "describes input(s) input, but the model's inputs are x" in one_error(
         capsys, ["data", str(model), "--dataset", f"cityscapes:{root}", "--recipe", "dbnet_r50", "-o", "x"])
     assert "dynamic H and W" in one_error(capsys, ["data", str(model), "--dataset", f"cityscapes:{root}",

@@ -201,3 +201,22 @@ def test_bad_evaluate_arguments(tmp_path: Path, capsys) -> None:
     det.write_text(PLAIN_RECIPE.format(task="text_detection", resize=FIXED, kind="probability"))
     assert "is for segmentation" in one_error(capsys, ["evaluate", model, "--dataset", f"cityscapes:{root}",
                                                         "--recipe", str(det)])
+
+
+def test_batched_device_outputs(tmp_path: Path) -> None:
+    """--batch 2: one output file per batch (named after its first image), the padding slot unused."""
+    data = frames(3, seed=11)
+    root = make_cityscapes(tmp_path / "cs", data)
+    model = save(seg_model(dims=("N", 3, "H", "W")), tmp_path / "m.onnx")
+    rec = str(recipe(tmp_path))
+    inputs, outs = tmp_path / "inputs", tmp_path / "device"
+    assert main(["data", str(model), "--dataset", f"cityscapes:{root}", "--recipe", rec, "-o", str(inputs),
+                 "--batch", "2"]) == 0
+    outs.mkdir()
+    sess = ort.InferenceSession(str(model))
+    for b in (inputs / "bin").glob("*.bin"):
+        sess.run(None, {"x": np.fromfile(b, "<f4").reshape(2, 3, 32, 64)})[0].tofile(outs / f"{b.stem}_0.bin")
+    dev = evaluate(["evaluate", str(model), "--dataset", f"cityscapes:{root}", "--recipe", rec, "--from-outputs",
+                    str(outs), "--batch", "2"], tmp_path / "dev")
+    assert dev["model"]["metrics"]["miou"] == pytest.approx(numpy_miou(data)[0])
+    assert dev["model"]["metrics"]["images"] == 3
