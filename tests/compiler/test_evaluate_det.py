@@ -15,7 +15,6 @@ from segc.db_postprocess import detect_text
 from segc.det_metrics import DetCounts, summarise
 from tests.compiler.datagen import PLAIN_RECIPE, make_icdar, save, shrink, text_model
 
-SQUARE = [(0, 0), (10, 0), (10, 10), (0, 10)]
 
 
 def box(x: float, y: float, w: float, h: float) -> list[tuple[float, float]]:
