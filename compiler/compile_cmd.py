@@ -310,6 +310,7 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
         "tolerances": tolerances.to_dict(),
         "session_config": config.to_dict(),
         "verified_shapes": verifier.feed_labels if verifier else [],
+        "verification_notes": list(verifier.notes) if verifier else [],
         "legalisation": {"added": [a.to_dict() for a in plan.added], "notes": plan.notes,
                          "warnings": cli_warnings + plan.warnings},
     }
@@ -371,6 +372,10 @@ def _print_summary(report: dict[str, Any], result: PipelineResult, outdir: Path)
     for row in pass_rows(report):
         table.add_row(*row)
     console.print(table)
+    if report.get("verified_shapes"):
+        console.print(f"verified at: {', '.join(report['verified_shapes'])}")
+    for line in report.get("verification_notes", []):
+        console.print(f"verification: {line}")
     for line in unverified_lines(report):
         console.print(line)
     legal = report.get("legalisation") or {}

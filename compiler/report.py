@@ -101,6 +101,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("recipe"):
         lines.append(f"- recipe: {report['recipe']}")
     lines.append(f"- verification: {report.get('verify_mode', '-')}, shapes {report.get('verified_shapes', '-')}")
+    lines.extend(f"- verification note: {note}" for note in report.get("verification_notes", []))
     cost = report.get("verification_cost")
     if cost:
         lines.append(f"- onnxruntime sessions {cost.get('sessions')}, runs {cost.get('runs')}")

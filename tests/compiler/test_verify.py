@@ -181,3 +181,13 @@ def test_end_mode_without_signal_is_unverified(tmp_path: Path, mode: str) -> Non
                "--passes", "simplify,cleanup", "-o", str(tmp_path / "out")])
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert rc == 0 and next(p for p in report["passes"] if p["name"] == "simplify")["status"] == "unverified"
+
+
+
+def test_a_model_with_signal_on_photos_keeps_photo_inputs(tmp_path: Path) -> None:
+    """No recipe, signal on photo-like inputs: no text probe wins, nothing is noted."""
+    main(["compile", str(_foldable(tmp_path / "m.onnx", 1.0)), "--target", "onnxruntime",
+          "--passes", "simplify,cleanup", "-o", str(tmp_path / "out")])
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert all(label.startswith("random[") for label in report["verified_shapes"])
+    assert report["verification_notes"] == []
