@@ -30,7 +30,7 @@ from segc.datasets import Sample, load_dataset
 from segc.errors import SegcError
 from segc.modelio import load_model
 from segc.outdir import write_file, write_text
-from segc.preprocess import ModelInput, require_data_extra, Prepared, model_input, preprocess, recipe_for
+from segc.preprocess import ModelInput, Prepared, model_input, preprocess, recipe_for, require_data_extra
 
 
 @dataclass(frozen=True)
