@@ -203,6 +203,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                            save / "compare" if save else None)
     report: dict[str, object] = {"task": recipe.task, "recipe": recipe.name, "dataset": args.dataset,
                                  "images": len(dataset.samples), "model": _entry(a)}
+    report.update({k: v for k, v in a.metrics.items() if k != "images"})  # miou/aacc/per_class or hmean... at the top
     exceeded = False
     if b is not None:
         drop = drops(a, b, recipe.task)

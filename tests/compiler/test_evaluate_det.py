@@ -119,7 +119,9 @@ def test_evaluate_icdar_end_to_end(tmp_path: Path) -> None:
     preds = tmp_path / "preds"
     assert main(["evaluate", str(model), "--dataset", f"icdar2015:{root}", "--recipe", rec, "-o", str(out),
                  "--save-predictions", str(preds)]) == 0
-    m = json.loads((out / "report.json").read_text())["model"]["metrics"]
+    top = json.loads((out / "report.json").read_text())
+    m = top["model"]["metrics"]
+    assert (top["precision"], top["recall"], top["hmean"]) == (m["precision"], m["recall"], m["hmean"])
     # 5 care gts (the ### one excluded), 4 of them drawn and found; the ### detection not counted
     assert (m["matched"], m["gt_care"], m["det_care"]) == (4, 5, 4)
     assert (m["precision"], m["recall"]) == (1.0, 0.8) and m["hmean"] == pytest.approx(2 * 0.8 / 1.8)

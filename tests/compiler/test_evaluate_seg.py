@@ -75,6 +75,7 @@ def test_miou_matches_numpy_and_cityscapesscripts(tmp_path: Path, capsys) -> Non
     report = evaluate(["evaluate", str(model), "--dataset", f"cityscapes:{root}", "--recipe", str(recipe(tmp_path)),
                        "--save-predictions", str(preds)], tmp_path / "ev")
     m = report["model"]["metrics"]
+    assert {k: report[k] for k in ("miou", "aacc", "per_class")} == {k: m[k] for k in ("miou", "aacc", "per_class")}
     miou, aacc, ious = numpy_miou(data)
     assert m["miou"] == pytest.approx(miou, abs=1e-9) and m["aacc"] == pytest.approx(aacc, abs=1e-9)
     assert m["per_class"]["road"] == pytest.approx(ious[0])
