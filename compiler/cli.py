@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--target")
     i.add_argument("--json", action="store_true")
 
+    from segc.data_cmd import add_data_arguments
+    from segc.evaluate_cmd import add_evaluate_arguments
+
+    add_data_arguments(sub.add_parser("data", help="preprocess a dataset into the .bin/.npy inputs device runners read"))
+    add_evaluate_arguments(sub.add_parser("evaluate", help="mIoU or hmean of a model (onnxruntime or device outputs) on a dataset"))
+
     v = sub.add_parser("verify", help="compare two models in onnxruntime")
     v.add_argument("reference")
     v.add_argument("candidate")
@@ -128,6 +134,11 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         from segc.compile_cmd import run_compile
 
         return run_compile(args, argv)
+    if args.command in ("data", "evaluate"):
+        from segc.data_cmd import run_data
+        from segc.evaluate_cmd import run_evaluate
+
+        return run_data(args) if args.command == "data" else run_evaluate(args)
     from segc import inspect_cmd
 
     if args.command == "passes":

@@ -56,6 +56,7 @@ from segc.outdir import write_text
 from segc.shapes import ShapeRange
 from segc.targets.base import Artefact, BuildOptions, Target, Violation, register_target
 from segc.targets.buildscript import Requirement, Step, relative_name, write_build_script
+from segc.targets.runscript import write_run_script
 from segc.targets.legality import MODEL, RESIZE_FOLD_FIX, check_model, load_profile
 
 BROADCAST_FIX = "resize_broadcast"
@@ -508,4 +509,5 @@ class AscendTarget(Target):
             notes.append(f"shapes by {options.extra['shape_route']}")
         needs = [Requirement("atc", ATC_HINT)] + ([Requirement("amct_onnx", AMCT_TOOL_HINT)] if amct_steps else [])
         script = write_build_script(outdir, options, needs, steps, title="Ascend ATC build", notes=notes)
-        return [script, *artefacts]
+        first_om = next(a[len("--output="):] for step in steps for a in step.argv if a.startswith("--output=")) + ".om"
+        return [script, *artefacts, *write_run_script(outdir, options, "ascend", first_om, model)]

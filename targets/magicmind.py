@@ -27,6 +27,7 @@ from segc.shapes import ShapeRange
 from segc.targets.base import Artefact, BuildOptions, Target, Violation, register_target
 from segc.outdir import write_text
 from segc.targets.buildscript import Requirement, Step, relative_name, write_build_script
+from segc.targets.runscript import write_run_script
 from segc.targets.legality import check_model, load_profile
 
 PRECISION_MODES = {"fp32": "force_float32", "fp16": "force_float16", "int8": "qint8_mixed_float16"}
@@ -379,4 +380,5 @@ class MagicMindTarget(Target):
         line = keep_fp32_line(options)
         script = write_build_script(outdir, options, needs, steps, title="Cambricon MagicMind build",
                                     notes=[line] if line else [])
-        return [Artefact(path=program, kind="program"), script]
+        run = write_run_script(outdir, options, "magicmind", relative_name(mm_path, outdir), model)
+        return [Artefact(path=program, kind="program"), script, *run]

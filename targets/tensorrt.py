@@ -33,6 +33,7 @@ from segc.recipe import get_recipe
 from segc.shapes import ShapeRange, parse_static_shape
 from segc.targets.base import Artefact, BuildOptions, Target, Violation, register_target
 from segc.targets.buildscript import Requirement, Step, relative_name, write_build_script, write_script
+from segc.targets.runscript import write_run_script
 from segc.targets.legality import check_model, load_profile
 
 TRTEXEC_HINT = "install TensorRT and put its bin/ folder (trtexec) on PATH"
@@ -283,4 +284,5 @@ class TensorRTTarget(Target):
             title="TensorRT vs onnxruntime comparison",
             notes=notes,
         )
-        return [*calib_files, script, compare_script]
+        engine = next(a[len("--saveEngine="):] for a in build.argv if a.startswith("--saveEngine="))
+        return [*calib_files, script, compare_script, *write_run_script(outdir, options, "tensorrt", engine, model)]

@@ -23,7 +23,7 @@ def _emit(model: onnx.ModelProto, outdir: Path, opts, stem: str = "m") -> list[l
     path = outdir / f"{stem}.ascend.onnx"
     onnx.save(model, path)
     arts = get_target("ascend").emit(model, path, outdir, opts)
-    assert [a.kind for a in arts] == ["script"]
+    assert [a.kind for a in arts] == ["script", "program", "script"]  # build.sh, run_device.py, run.sh
     return parse_steps((outdir / "build.sh").read_text())
 
 
