@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--nearest-resize", type=_csv, help="selectors of Resizes to switch to nearest (adds resize_to_nearest)")
     c.add_argument("--verify", default="each", choices=["each", "end", "none"])
     c.add_argument("--verify-inputs", help=".npy, .npz or a folder of images to verify with")
+    c.add_argument("--verify-data", metavar="KIND:ROOT",
+                   help="judge the build on a labelled dataset (cityscapes:ROOT, icdar2015:ROOT) instead of the synthetic budget")
+    c.add_argument("--budget", metavar="miou_drop=N|hmean_drop=N", help="the largest metric drop --verify-data accepts")
     c.add_argument("--tolerance", action="append", default=[], metavar="KEY=VALUE",
                    help="override a judgement threshold: rtol, atol, exact_agreement, cosine, agreement")
     c.add_argument("--pixel-budget", type=int, help="largest N*H*W verified at (default 2.2M)")

@@ -30,6 +30,7 @@ from segc.recipe import RECIPE_METADATA_KEY, Recipe, get_recipe
 from segc.report import PASS_COLUMNS, build_report, pass_rows, unverified_lines, write_reports
 from segc.shapes import ShapeRange, parse_shape_range, parse_static_shape, ranges_from_metadata
 from segc.legalise import Plan, final_gate_lines, legalise
+from segc.task_budget import judge_on_dataset
 from segc.preflight import validate_cli, validate_selectors
 from segc.targets.base import BuildOptions, Target, get_target
 from segc.targets.legality import errors, group_violations, unconfirmed
@@ -252,7 +253,7 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
     specs = plan_passes(args, target, recipe)
     ranges = cli_ranges(args)
     _validate_inputs(model, ranges)
-    tolerances = Tolerances.parse(args.tolerance)
+    tolerances = Tolerances.parse(args.tolerance + task_metric_tolerances(args))
     outdir = Path(args.outdir) if args.outdir else src.parent / f"{src.stem}.{target.name}"
     out_name = f"{src.stem}.{target.name}.onnx"
     if args.dump_dir:
@@ -279,6 +280,7 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
                                                 batch=planned_options.batch_sizes)
     target.validate_options(planned_options)
     validate_selectors(model, args)
+    check_task_metric_args(args, recipe)
     plan = legalise(model, target, planned_options, specs, user_passes=bool(args.passes), skipped=set(args.skip or []),
                     static_cli={n: r for n, r in ranges.items() if r.is_static})
     specs = plan.specs
@@ -339,6 +341,14 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
         raise SegcError(f"target {target.name} cannot build this model: {listed} (see {outdir / 'report.md'})")
 
     save_model(result.model, out_model, protect=out.protect)
+    if result.ok and args.verify_data:
+        judgement = judge_on_dataset(src, out_model, args.verify_data, recipe, args.budget)  # type: ignore[arg-type]
+        report_fields["task_metric"] = judgement.to_dict()
+        if not judgement.passed:
+            approximate = [r.name for r in result.records if r.contract == "approximate" and r.changed]
+            result.failed_pass = approximate[-1] if approximate else "verify-data"
+            result.failure = (f"{judgement.metric} fell {judgement.drop:.3g} on {args.verify_data} "
+                              f"({judgement.before:.4g} -> {judgement.after:.4g}), over the budget {args.budget}")
     artefacts = [{"path": str(out.final(out_model)), "kind": "model"}]
     if result.ok:
         for art in target.emit(result.model, out_model, out.staging, options):
@@ -355,6 +365,36 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
     out.commit()
     _print_summary(report, result, outdir)
     return 0 if result.ok else 1
+
+
+def task_metric_tolerances(args: argparse.Namespace) -> list[str]:
+    """With ``--verify-data``, approximate passes are judged on the dataset metric, not the synthetic budget.
+
+    The synthetic cosine/agreement budget stands in for a metric nobody measured; once the
+    user gives labelled data, the real drop (mIoU, hmean) decides. The synthetic figures are
+    still computed and reported. A budget the user set with ``--tolerance`` still applies.
+    """
+    if not getattr(args, "verify_data", None):
+        return []
+    given = {t.partition("=")[0].strip() for t in args.tolerance}
+    return [f"{key}=0" for key in ("cosine", "agreement") if key not in given]
+
+
+def check_task_metric_args(args: argparse.Namespace, recipe: Recipe | None) -> None:
+    """``--verify-data`` and ``--budget`` come together, with a recipe, and a dataset that loads."""
+    if not args.verify_data and not args.budget:
+        return
+    if not args.verify_data or not args.budget:
+        raise SegcError("--verify-data KIND:ROOT and --budget miou_drop=N (or hmean_drop=N) go together")
+    if recipe is None:
+        raise SegcError("--verify-data needs a recipe (--recipe NAME or FILE.toml) to preprocess the dataset")
+    from segc.datasets import load_dataset
+    from segc.evaluate_cmd import parse_budget
+
+    parse_budget(args.budget, recipe.task, compare=True)
+    data = load_dataset(args.verify_data, need_labels=True)
+    if data.task != recipe.task:
+        raise SegcError(f"--verify-data {data.kind} is for {data.task}, but recipe {recipe.name!r} is {recipe.task}")
 
 
 def _print_plan(plan: Plan, warnings: list[str]) -> None:

@@ -55,3 +55,33 @@ def test_nearest_resize_judged_on_miou(tmp_path: Path) -> None:
     assert judge_on_dataset(better, worse, f"cityscapes:{root}", recipe, f"miou_drop={loss + 0.01}").passed
     with pytest.raises(SegcError, match="expected miou_drop=VALUE"):
         judge_on_dataset(ref, cand, f"cityscapes:{root}", recipe, "hmean_drop=1")
+
+
+def test_compile_judges_approximate_passes_on_the_dataset(tmp_path: Path, capsys) -> None:
+    """``segc compile --verify-data KIND:ROOT --budget miou_drop=N``: the report carries mIoU before and after."""
+    root = make_cityscapes(tmp_path / "cs", frames(2, seed=21))
+    rec = tmp_path / "r.toml"
+    rec.write_text(PLAIN_RECIPE.format(task="segmentation", kind="logits", resize='resize = "fixed"\nsize = [32, 64]'))
+    ref = save(upsampling_model(), tmp_path / "ref.onnx")
+    out = tmp_path / "near"
+    code = main(["compile", str(ref), "--target", "onnxruntime", "--recipe", str(rec), "--nearest-resize", "Resize[*]",
+                 "--verify-data", f"cityscapes:{root}", "--budget", "miou_drop=100", "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    cand = next(p for p in out.glob("*.onnx"))
+    j = judge_on_dataset(ref, cand, f"cityscapes:{root}", get_recipe(str(rec)), "miou_drop=100")
+    assert report["task_metric"] == j.to_dict() and report["task_metric"]["passed"]
+    # the synthetic budget did not decide: it was lifted for the approximate pass
+    assert report["tolerances"]["agreement"] == 0 and report["tolerances"]["cosine"] == 0
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (["--budget", "miou_drop=1"], "go together"),
+    (["--verify-data", "cityscapes:/nonexistent", "--budget", "miou_drop=1"], "needs a recipe"),
+])
+def test_compile_task_metric_usage_errors(tmp_path: Path, capsys, extra: list[str], fragment: str) -> None:
+    ref = save(upsampling_model(), tmp_path / "ref.onnx")
+    assert main(["compile", str(ref), "--target", "onnxruntime", "-o", str(tmp_path / "o"), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("segc: error:") and fragment in err[0]
+    assert not (tmp_path / "o").exists()
