@@ -1,0 +1,55 @@
+"""Reproducers for what the held-out trial (issue 9) found on models outside the acceptance set.
+
+Dinov2 (transformers, dynamo export) interpolates its position embeddings with a *bicubic*
+Resize whose data is a constant and whose size comes from the input's shape:
+
+    pos (constant) --Resize(cubic, sizes=f(Shape(x)))--> Add <-- Conv(x)
+
+With a static ``--input-shape`` that whole branch is a constant and ``simplify`` folds it away,
+so no cubic Resize reaches the vendor; segc must not refuse it up front. The model here is the
+branch in five nodes, so the compile costs about a second.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+from segc.cli import main
+
+
+def cubic_position_embedding() -> onnx.ModelProto:
+    rng = np.random.RandomState(0)
+    inits = [nh.from_array(rng.randn(1, 4, 4, 4).astype(np.float32), "pos"),
+             nh.from_array(rng.randn(4, 3, 3, 3).astype(np.float32), "w"),
+             nh.from_array(np.array([2], np.int64), "s0"), nh.from_array(np.array([4], np.int64), "s1"),
+             nh.from_array(np.array([1, 4], np.int64), "nc")]
+    nodes = [h.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             h.make_node("Shape", ["x"], ["s"], name="shape"),
+             h.make_node("Slice", ["s", "s0", "s1"], ["hw"], name="slice"),
+             h.make_node("Concat", ["nc", "hw"], ["sizes"], axis=0, name="concat"),
+             h.make_node("Resize", ["pos", "", "", "sizes"], ["p"], mode="cubic", name="pos_cubic"),
+             h.make_node("Add", ["c", "p"], ["y"], name="add")]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [1, 3, "h", "w"])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [1, 4, "h", "w"])], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.xfail(strict=True, reason="trial finding: legalise._refusable refuses a Resize mode on a "
+                   "constant-only branch that a static shape folds away (see the module docstring)")
+@pytest.mark.parametrize("target", ["tensorrt", "ascend"])
+def test_cubic_resize_of_a_constant_folds_under_a_static_shape(tmp_path: Path, capsys, target: str) -> None:
+    src = tmp_path / "m.onnx"
+    onnx.save(cubic_position_embedding(), src)
+    out = tmp_path / "out"
+    code = main(["compile", str(src), "--target", target, "--input-shape", "x:1,3,8,12", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    result = onnx.load(out / f"m.{target}.onnx")
+    assert "Resize" not in {n.op_type for n in result.graph.node}, "the constant branch must be folded"
