@@ -354,7 +354,8 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
         for art in target.emit(result.model, out_model, out.staging, options):
             artefacts.append({"path": str(out.final(art.path)), "kind": art.kind})
     report_fields.update({
-        "status": "ok" if result.ok else "failed",
+        "status": ("unverified" if any(r.status == "unverified" for r in result.records) and args.verify != "none"
+                   else "ok") if result.ok else "failed",
         "output": {**_model_info(out_model, result.model), "path": str(out.final(out_model))},
         "artefacts": artefacts,
         "verification_cost": {"sessions": SESSION_STATS.sessions, "runs": SESSION_STATS.runs},

@@ -140,7 +140,15 @@ class Verifier:
         for feed in self.feeds_for(model):
             if state.run(feed) is None:
                 raise SegcError(f"onnxruntime cannot run the input model at {feed.label}: {state.errors[feed.label]}"
-                                f"{self._derived_hint(model)}")
+                                f"{self._derived_hint(model) or self._shape_hint(feed)}")
+
+    def _shape_hint(self, feed: Feed) -> str:
+        """The input model itself fails at a shape segc picked from the range: say how to narrow it."""
+        if self.user_inputs is not None:
+            return ""
+        return ("; the model does not take every shape of its range (some only take H == W, or multiples of a "
+                "stride): give --input-shape a range it takes (e.g. NAME:1,3,LO~HI/64), a static shape, or "
+                "--verify-inputs data at shapes it takes")
 
     def _prefers_text(self, state: GraphState, model: onnx.ModelProto) -> bool:
         """Whether a model with no recipe answers rendered text far more than photo-like fields.

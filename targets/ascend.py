@@ -271,6 +271,21 @@ def _classify(model: onnx.ModelProto, ranges: list[ShapeRange], found: list[Viol
     return left, broadcasts
 
 
+def _static_build_fixes_symbolic_dims(model: onnx.ModelProto, options: BuildOptions) -> bool:
+    """Whether the graph still has symbolic input dims that the build's static shapes fix.
+
+    Then ``fix_input_shapes`` gives them numbers and every shape chain becomes constants for
+    ``simplify``, whatever segc's symbolic analysis can read (DPT's Cast/Pow square root): the
+    run-time Resize keeps ``fold_resize_scales`` as its fix, and the final check judges the
+    folded graph.
+    """
+    static = {r.name for r in options.shape_ranges if r.is_static}
+    init = {t.name for t in model.graph.initializer}
+    symbolic = [vi.name for vi in model.graph.input if vi.name not in init
+                and any(not d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim)]
+    return bool(symbolic) and all(name in static for name in symbolic)
+
+
 def _reaim_static(model: onnx.ModelProto, options: BuildOptions, found: list[Violation]) -> list[Violation]:
     """Without a range: a run-time Resize that no pass can prove constant names no pass, but
     the way out (a range: gears, or a /M grid where the stride makes it fold)."""
@@ -486,7 +501,7 @@ class AscendTarget(Target):
             else:
                 found = [replace(v, fixed_by=BROADCAST_FIX) if id(v) in runtime and v.node in route.broadcasts else v
                          for v in found]
-        elif runtime_resizes(found):
+        elif runtime_resizes(found) and not _static_build_fixes_symbolic_dims(model, options):
             found = _reaim_static(model, options, found)
         if fp16_only_cube(soc) and any(not r.is_static for r in options.shape_ranges):
             found.append(Violation(MODEL, "input", f"{soc} cannot build for a shape range (ATC: ranges unsupported on Atlas 200/300/500 and 200I/500 A2)"))

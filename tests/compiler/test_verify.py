@@ -165,6 +165,7 @@ def test_compile_without_signal_marks_the_pass_unverified(tmp_path: Path, capsys
     assert rc == 0 and record["changed"] and record["status"] == "unverified"
     assert "no signal" in record["verdict"]["unverified"][0] and "--verify-inputs" in record["verdict"]["fix"]
     assert report["unverified"] and report["unverified"][0].startswith("simplify: UNVERIFIED")
+    assert report["status"] == "unverified"  # the top-level verdict does not read "ok" either
     err = capsys.readouterr().err
     assert "UNVERIFIED" in err and "--verify-inputs" in err
     assert "UNVERIFIED" in (tmp_path / "out" / "report.md").read_text()

@@ -41,8 +41,6 @@ def cubic_position_embedding() -> onnx.ModelProto:
     return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
 
 
-@pytest.mark.xfail(strict=True, reason="trial finding: legalise._refusable refuses a Resize mode on a "
-                   "constant-only branch that a static shape folds away (see the module docstring)")
 @pytest.mark.parametrize("target", ["tensorrt", "ascend"])
 def test_cubic_resize_of_a_constant_folds_under_a_static_shape(tmp_path: Path, capsys, target: str) -> None:
     src = tmp_path / "m.onnx"
@@ -81,8 +79,6 @@ def pow_sized_resize() -> onnx.ModelProto:
     return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
 
 
-@pytest.mark.xfail(strict=True, reason="trial finding: targets/ascend.py _reaim_static refuses a run-time Resize "
-                   "it cannot prove over the symbolic dims, although the static --input-shape makes it a constant")
 def test_static_shape_folds_a_resize_size_the_analysis_cannot_read(tmp_path: Path, capsys) -> None:
     src = tmp_path / "m.onnx"
     onnx.save(pow_sized_resize(), src)
