@@ -11,6 +11,7 @@ graph state gets one session and each input shape one reference run.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,7 +20,8 @@ import onnx
 import onnxruntime as ort
 
 from segc.lowering import lower_for_reference
-from segc.modelio import readable_ir
+from segc.errors import SegcError
+from segc.modelio import disk_tensors, has_disk_tensors, readable_ir
 
 
 @dataclass(frozen=True)
@@ -64,16 +66,53 @@ def session_options(config: SessionConfig) -> ort.SessionOptions:
     return opts
 
 
-def runnable_bytes(model: onnx.ModelProto) -> bytes:
-    """Serialise ``model`` for onnxruntime: vendor ops lowered, IR version readable."""
+@dataclass(frozen=True)
+class Runnable:
+    """A model as onnxruntime takes it: the serialised graph, and the folder its weights kept
+    on disk are read from (None when it holds all its weights; see segc.modelio.ON_DISK_MIN)."""
+
+    model_bytes: bytes
+    data_folder: Path | None
+
+
+def runnable(model: onnx.ModelProto) -> Runnable:
+    """``model`` for onnxruntime: vendor ops lowered, IR version readable, and weights kept on
+    disk named relative to their folder.
+
+    onnxruntime refuses absolute external-data paths and links out of the model's folder, so
+    rather than copy gigabytes next to a temporary model, the graph goes in as bytes and
+    onnxruntime is told the folder ("session.model_external_initializers_file_folder_path")
+    it reads, memory-mapping page-aligned data, from.
+    """
     model, _ = lower_for_reference(model)
-    return readable_ir(model).SerializeToString()
+    model = readable_ir(model)
+    if not has_disk_tensors(model):
+        return Runnable(model.SerializeToString(), None)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)  # kilobytes: the weights stay on disk
+    located = disk_tensors(out)
+    folders = {d.file.parent for _, d in located}
+    if len(folders) != 1:
+        raise SegcError(f"the model's weights are in {len(folders)} folders; onnxruntime reads them from one")
+    for tensor, disk in located:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = disk.file.name
+    return Runnable(out.SerializeToString(), folders.pop())
+
+
+def inference_session(model: onnx.ModelProto, opts: ort.SessionOptions) -> ort.InferenceSession:
+    """An onnxruntime CPU session for ``model`` with ``opts`` (see :func:`runnable`)."""
+    run = runnable(model)
+    if run.data_folder is not None:
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(run.data_folder))
+    return ort.InferenceSession(run.model_bytes, opts, providers=["CPUExecutionProvider"])
 
 
 def make_session(model: onnx.ModelProto, config: SessionConfig | None = None) -> ort.InferenceSession:
     """One CPU session for ``model`` (vendor ops lowered first, see segc.lowering)."""
     config = config or SessionConfig()
-    sess = ort.InferenceSession(runnable_bytes(model), session_options(config), providers=["CPUExecutionProvider"])
+    sess = inference_session(model, session_options(config))
     SESSION_STATS.sessions += 1
     return sess
 
