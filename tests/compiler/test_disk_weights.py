@@ -27,7 +27,7 @@ N = 512  # W: 512x512 float32 = 1 MiB, zeros and a ramp
 
 @pytest.fixture
 def small_limit(monkeypatch) -> None:
-    monkeypatch.setattr(modelio, "PROTOBUF_LIMIT", 1 << 20)
+    monkeypatch.setattr(modelio, "PROTOBUF_LIMIT", 1 << 19)
     monkeypatch.setattr(modelio, "ON_DISK_MIN", 64 * 1024)
 
 
@@ -100,3 +100,18 @@ def test_simplify_steps_aside_over_the_limit(tmp_path: Path, small_limit) -> Non
     out, result = get_pass("simplify")().apply(model, PassContext())
     assert out is model and not result.changed
     assert any("2 GiB" in n and "onnx-simplifier" in n for n in result.notes)
+
+
+def test_inline_weights_over_the_limit_move_to_a_data_file(tmp_path: Path, small_limit) -> None:
+    """A model held whole in memory (an export) but over the limit: its weights move to the
+    data file one tensor at a time, and the caller's model keeps them."""
+    ramp = np.arange(N * N, dtype=np.float32).reshape(N, N)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "R"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, N])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, N])], [numpy_helper.from_array(ramp, "R")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    out = save_model(model, tmp_path / "e.onnx")
+    assert out.stat().st_size < 4096 and (tmp_path / "e.onnx.data").stat().st_size == N * N * 4
+    np.testing.assert_array_equal(numpy_helper.to_array(onnx.load(str(out)).graph.initializer[0]), ramp)
+    assert model.graph.initializer[0].data_location == TensorProto.DEFAULT
+    np.testing.assert_array_equal(numpy_helper.to_array(model.graph.initializer[0]), ramp)
