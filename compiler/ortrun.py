@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 from segc.lowering import lower_for_reference
 from segc.errors import SegcError
-from segc.modelio import disk_tensors, has_disk_tensors, readable_ir
+from segc.modelio import disk_tensor, disk_tensors, has_disk_tensors, readable_ir
 
 
 @dataclass(frozen=True)
@@ -101,18 +101,54 @@ def runnable(model: onnx.ModelProto) -> Runnable:
     return Runnable(out.SerializeToString(), folders.pop())
 
 
-def inference_session(model: onnx.ModelProto, opts: ort.SessionOptions) -> ort.InferenceSession:
-    """An onnxruntime CPU session for ``model`` with ``opts`` (see :func:`runnable`)."""
+def inference_session(model: onnx.ModelProto, opts: ort.SessionOptions, *, share_weights: bool = False) -> ort.InferenceSession:
+    """An onnxruntime CPU session for ``model`` with ``opts`` (see :func:`runnable`).
+
+    With ``share_weights``, top-level weights kept on disk are handed to onnxruntime as one
+    read-only memory map per tensor (``SessionOptions.add_initializer``), the same map for
+    every session of this process: the reference and a candidate then hold the weights once,
+    not once each (measured on a 1 GiB Conv weight: two sessions 1.1 GB RSS shared, 2.1 GB
+    mapped separately). Not for a session that writes an optimised model, which must
+    contain its weights.
+    """
     run = runnable(model)
     if run.data_folder is not None:
         opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(run.data_folder))
+        if share_weights:
+            for tensor in model.graph.initializer:
+                value = _shared_weight(tensor)
+                if value is not None:
+                    opts.add_initializer(tensor.name, value)
     return ort.InferenceSession(run.model_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+# (file identity, offset, length, type, dims) -> OrtValue over a read-only np.memmap. Kept for
+# the life of the process: onnxruntime reads the buffer for as long as any session lives.
+_SHARED: dict[tuple, ort.OrtValue] = {}
+
+
+def _shared_weight(tensor: onnx.TensorProto) -> ort.OrtValue | None:
+    disk = disk_tensor(tensor)
+    if disk is None:
+        return None
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if dtype.kind not in "biuf" or dtype.itemsize * int(np.prod(tensor.dims)) != disk.length:
+        return None  # a type numpy cannot map (bfloat16, float8): onnxruntime reads it from the folder
+    st = disk.file.stat()
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, disk.offset, disk.length, tensor.data_type, tuple(tensor.dims))
+    if key not in _SHARED:
+        array = np.memmap(disk.file, dtype=dtype.newbyteorder("<"), mode="r", offset=disk.offset, shape=tuple(tensor.dims))
+        _SHARED[key] = ort.OrtValue.ortvalue_from_numpy(array)
+    return _SHARED[key]
 
 
 def make_session(model: onnx.ModelProto, config: SessionConfig | None = None) -> ort.InferenceSession:
     """One CPU session for ``model`` (vendor ops lowered first, see segc.lowering)."""
     config = config or SessionConfig()
-    sess = inference_session(model, session_options(config))
+    sess = inference_session(model, session_options(config), share_weights=True)
     SESSION_STATS.sessions += 1
     return sess
 

@@ -115,3 +115,19 @@ def test_inline_weights_over_the_limit_move_to_a_data_file(tmp_path: Path, small
     np.testing.assert_array_equal(numpy_helper.to_array(onnx.load(str(out)).graph.initializer[0]), ramp)
     assert model.graph.initializer[0].data_location == TensorProto.DEFAULT
     np.testing.assert_array_equal(numpy_helper.to_array(model.graph.initializer[0]), ramp)
+
+
+def test_sessions_share_one_map_of_each_weight(tmp_path: Path, small_limit) -> None:
+    """The reference and a candidate must not each hold the weights: one map per tensor."""
+    from segc import ortrun
+
+    path, ramp = _write_input(tmp_path / "in")
+    model = load_model(path)
+    ortrun._SHARED.clear()
+    x = np.random.default_rng(1).standard_normal((1, N)).astype(np.float32)
+    first = run_session(make_session(model), {"x": x})["y"]
+    assert len(ortrun._SHARED) == 2  # Z and R, mapped once
+    second = run_session(make_session(model), {"x": x})["y"]
+    assert len(ortrun._SHARED) == 2  # the second session reused them
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(first, x @ ramp + 1, rtol=1e-5, atol=1e-5)
