@@ -34,6 +34,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_bench.py --out build/bench
+	$(BIN)/python bench/big_model.py --out build/bench
 
 # issue 9's third-party set as a table (the same cells tests/thirdparty asserts), past failures
 thirdparty: $(STAMP)

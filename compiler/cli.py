@@ -105,9 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
     debug = "--debug" in argv
     try:
+        # inside the try: building the parser imports the export zoo (torch, seconds), and a
+        # Ctrl-C during that start-up is an interruption like any other, not a traceback
+        parser = build_parser()
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()

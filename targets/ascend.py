@@ -142,7 +142,8 @@ def input_ranges(model: onnx.ModelProto, options: BuildOptions) -> list[ShapeRan
             ranges.append(given[value.name])
             continue
         dims = [d.dim_value if d.HasField("dim_value") else 0 for d in value.type.tensor_type.shape.dim]
-        if not dims or any(d <= 0 for d in dims):
+        unknown_rank = not value.type.tensor_type.HasField("shape")  # a scalar has a shape with no dims
+        if unknown_rank or any(d <= 0 for d in dims):
             raise SegcError(f"ascend needs a shape for input {value.name!r} (its dims are not all fixed): give --input-shape {value.name}:N,C,H,W")
         ranges.append(_static_range(value.name, dims))
     return ranges
@@ -152,21 +153,37 @@ def with_batch(ranges: list[ShapeRange], batch: int) -> list[ShapeRange]:
     """The same inputs with the batch dimension fixed to ``batch``."""
     out = []
     for r in ranges:
+        if not r.min:  # a scalar has no batch dimension
+            out.append(r)
+            continue
         lo, hi, opt = list(r.min), list(r.max), list(r.opt)
         lo[0] = hi[0] = opt[0] = batch
         out.append(replace(r, min=tuple(lo), max=tuple(hi), opt=tuple(opt)))
     return out
 
 
-def shape_flag(ranges: list[ShapeRange], cann: tuple[int, int]) -> str:
-    """``--input_shape=...`` (static, or a range on CANN >= 6.3) or ``--input_shape_range=...``."""
-    if all(r.is_static for r in ranges) or cann >= RANGE_IN_INPUT_SHAPE_SINCE:
-        return "--input_shape=" + ";".join(r.vendor_atc() for r in ranges)
+def shape_flag(ranges: list[ShapeRange], cann: tuple[int, int]) -> tuple[str, ...]:
+    """``--input_shape=...`` (static, or a range on CANN >= 6.3) or ``--input_shape_range=...``;
+    no flag at all when nothing is left to say.
+
+    Scalar inputs are left out: ATC's guide calls their entry optional outside a gear build
+    (CANN 7.0: "no need to configure --input_shape for a scalar input"; 8.0 allows an empty
+    ``name:``), and a static model needs no --input_shape at all, so a model whose inputs are
+    all scalars, or that has none, gets no flag rather than a bare ``--input_shape=x:`` or
+    ``--input_shape=``. (A gear build must name its scalars, as ``B:``: see plan_gears.)
+    https://www.hiascend.com/document/detail/en/canncommercial/800/devaids/atc/atlasatcparam_16_0016.html
+    https://hiascend.com/document/detail/zh/canncommercial/700/inferapplicationdev/atctool/atlasatc_16_0050.html
+    """
+    shaped = [r for r in ranges if r.min]
+    if not shaped:
+        return ()
+    if all(r.is_static for r in shaped) or cann >= RANGE_IN_INPUT_SHAPE_SINCE:
+        return ("--input_shape=" + ";".join(r.vendor_atc() for r in shaped),)
     parts = []
-    for r in ranges:
+    for r in shaped:
         dims = [str(a) if a == b else f"{a}~{b}" for a, b in zip(r.min, r.max)]
         parts.append(f"{r.name}:[{','.join(dims)}]")
-    return "--input_shape_range=" + ";".join(parts)
+    return ("--input_shape_range=" + ";".join(parts),)
 
 
 def out_nodes(model: onnx.ModelProto, outputs: list[str]) -> str:
@@ -427,7 +444,7 @@ def atc_steps(model: onnx.ModelProto, model_path: Path, outdir: Path, options: B
         else:
             default_format = "ND" if ranged or any(len(r.min) != 4 for r in shapes) else "NCHW"
             fmt = str(options.extra.get("input_format") or default_format)
-            flags = (f"--input_format={fmt}", shape_flag(shapes, cann))
+            flags = (f"--input_format={fmt}", *shape_flag(shapes, cann))
             what = "shape range " + ";".join(r.vendor_atc() for r in shapes) if ranged else "static shape " + ";".join(r.vendor_atc() for r in shapes)
             grid_text = "; ".join(r.multiples_text() for r in shapes if r.has_multiples)
             if ranged and grid_text:
