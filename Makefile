@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[export,dev]'
+	$(BIN)/python -m pip install -q -e '.[export,dev,data]'
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -34,6 +34,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_bench.py --out build/bench
+	$(BIN)/python bench/big_model.py --out build/bench
 
 # issue 9's third-party set as a table (the same cells tests/thirdparty asserts), past failures
 thirdparty: $(STAMP)

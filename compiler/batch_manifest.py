@@ -70,6 +70,8 @@ COMPILE_KEYS: dict[str, _Key] = {
     "nearest_resize": _Key("--nearest-resize", "csv"),
     "verify": _Key("--verify", "str", ("each", "end", "none")),
     "verify_inputs": _Key("--verify-inputs", "path"),
+    "verify_data": _Key("--verify-data", "str"),  # KIND:ROOT, as on the command line
+    "budget": _Key("--budget", "str"),
     "tolerance": _Key("--tolerance", "repeat"),
     "pixel_budget": _Key("--pixel-budget", "int"),
     "seed": _Key("--seed", "int"),

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--nearest-resize", type=_csv, help="selectors of Resizes to switch to nearest (adds resize_to_nearest)")
     c.add_argument("--verify", default="each", choices=["each", "end", "none"])
     c.add_argument("--verify-inputs", help=".npy, .npz or a folder of images to verify with")
+    c.add_argument("--verify-data", metavar="KIND:ROOT",
+                   help="judge the build on a labelled dataset (cityscapes:ROOT, icdar2015:ROOT) instead of the synthetic budget")
+    c.add_argument("--budget", metavar="miou_drop=N|hmean_drop=N", help="the largest metric drop --verify-data accepts")
     c.add_argument("--tolerance", action="append", default=[], metavar="KEY=VALUE",
                    help="override a judgement threshold: rtol, atol, exact_agreement, cosine, agreement")
     c.add_argument("--pixel-budget", type=int, help="largest N*H*W verified at (default 2.2M)")
@@ -83,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--target")
     i.add_argument("--json", action="store_true")
 
+    from segc.data_cmd import add_data_arguments
+    from segc.evaluate_cmd import add_evaluate_arguments
+
+    add_data_arguments(sub.add_parser("data", help="preprocess a dataset into the .bin/.npy inputs device runners read"))
+    add_evaluate_arguments(sub.add_parser("evaluate", help="mIoU or hmean of a model (onnxruntime or device outputs) on a dataset"))
+
     v = sub.add_parser("verify", help="compare two models in onnxruntime")
     v.add_argument("reference")
     v.add_argument("candidate")
@@ -91,15 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--verify-inputs")
     v.add_argument("--tolerance", action="append", default=[])
     v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--localize", action="store_true",
+                   help="compare every intermediate tensor the graphs share; name the first node that diverges")
+    v.add_argument("--top", type=int, default=5, metavar="K", help="with --localize: how many of the worst tensors to list")
     v.add_argument("--json", action="store_true")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
     debug = "--debug" in argv
     try:
+        # inside the try: building the parser imports the export zoo (torch, seconds), and a
+        # Ctrl-C during that start-up is an interruption like any other, not a traceback
+        parser = build_parser()
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
@@ -133,6 +147,11 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         from segc.batch_run import run_batch
 
         return run_batch(args)
+    if args.command in ("data", "evaluate"):
+        from segc.data_cmd import run_data
+        from segc.evaluate_cmd import run_evaluate
+
+        return run_data(args) if args.command == "data" else run_evaluate(args)
     from segc import inspect_cmd
 
     if args.command == "passes":

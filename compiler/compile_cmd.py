@@ -22,12 +22,15 @@ from segc.metrics import Tolerances
 from segc.modelio import file_sha256, load_model_and_files, save_model
 from segc.outdir import FIXED_NAMES, StagedOutput, check_dump_dir, require_utf8
 from segc.ortrun import SESSION_STATS, SessionConfig
+from segc.fp16_emulation import fp32_layers
+from segc.passes.emulate_fp16 import precision_passes
 from segc.passes.prune_outputs import pin_selectors
 from segc.pipeline import DumpInstrument, Instrument, PassRecord, PassSpec, PipelineResult, run_pipeline
 from segc.recipe import RECIPE_METADATA_KEY, Recipe, get_recipe
 from segc.report import PASS_COLUMNS, build_report, pass_rows, unverified_lines, write_reports
 from segc.shapes import ShapeRange, parse_shape_range, parse_static_shape, ranges_from_metadata
 from segc.legalise import Plan, final_gate_lines, legalise
+from segc.task_budget import judge_on_dataset
 from segc.preflight import validate_cli, validate_selectors
 from segc.targets.base import BuildOptions, Target, get_target
 from segc.targets.legality import errors, group_violations, unconfirmed
@@ -89,6 +92,7 @@ def plan_passes(args: argparse.Namespace, target: Target, recipe: Recipe | None)
     """The pass list and each pass's options: target default < recipe < command line."""
     names = list(args.passes) if args.passes else target.pipeline(recipe)
     options = target.pass_options(recipe)
+    names = precision_passes(names, options, args.precision, args.calib_images)
 
     def ensure(name: str) -> None:
         if name not in names:
@@ -249,7 +253,7 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
     specs = plan_passes(args, target, recipe)
     ranges = cli_ranges(args)
     _validate_inputs(model, ranges)
-    tolerances = Tolerances.parse(args.tolerance)
+    tolerances = Tolerances.parse(args.tolerance + task_metric_tolerances(args))
     outdir = Path(args.outdir) if args.outdir else src.parent / f"{src.stem}.{target.name}"
     out_name = f"{src.stem}.{target.name}.onnx"
     if args.dump_dir:
@@ -276,6 +280,7 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
                                                 batch=planned_options.batch_sizes)
     target.validate_options(planned_options)
     validate_selectors(model, args)
+    check_task_metric_args(args, recipe)
     plan = legalise(model, target, planned_options, specs, user_passes=bool(args.passes), skipped=set(args.skip or []),
                     static_cli={n: r for n, r in ranges.items() if r.is_static})
     specs = plan.specs
@@ -310,18 +315,21 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
         "tolerances": tolerances.to_dict(),
         "session_config": config.to_dict(),
         "verified_shapes": verifier.feed_labels if verifier else [],
+        "verification_notes": list(verifier.notes) if verifier else [],
         "legalisation": {"added": [a.to_dict() for a in plan.added], "notes": plan.notes,
                          "warnings": cli_warnings + plan.warnings},
     }
     shapes = final_shapes(result.model, ranges, recipe, require=require_shapes, batch=planned_options.batch_sizes)
     options = build_options(args, recipe, target, shapes, chosen_outputs, argv, input_hash)
+    options.fp32_layers = fp32_layers(result.model)  # the keep-set emulate_fp16 stored, if it ran
     found = target.check(result.model, options) if result.ok else []
     violations = errors(found)
     warnings = group_violations(unconfirmed(found))
     report_fields["legalisation"]["warnings"] = cli_warnings + warnings if result.ok else report_fields["legalisation"]["warnings"]
     report_fields["violations"] = final_gate_lines(violations, result)
     report_fields["build"] = {"precision": options.precision, "batch_sizes": list(options.batch_sizes),
-                              "shapes": [s.atc() for s in shapes], "soc": options.soc, "extra": options.extra}
+                              "shapes": [s.atc() for s in shapes], "soc": options.soc, "extra": options.extra,
+                              "fp32_layers": list(options.fp32_layers)}
 
     if violations:
         report_fields["status"] = "illegal"
@@ -333,12 +341,21 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
         raise SegcError(f"target {target.name} cannot build this model: {listed} (see {outdir / 'report.md'})")
 
     save_model(result.model, out_model, protect=out.protect)
+    if result.ok and args.verify_data:
+        judgement = judge_on_dataset(src, out_model, args.verify_data, recipe, args.budget)  # type: ignore[arg-type]
+        report_fields["task_metric"] = judgement.to_dict()
+        if not judgement.passed:
+            approximate = [r.name for r in result.records if r.contract == "approximate" and r.changed]
+            result.failed_pass = approximate[-1] if approximate else "verify-data"
+            result.failure = (f"{judgement.metric} fell {judgement.drop:.3g} on {args.verify_data} "
+                              f"({judgement.before:.4g} -> {judgement.after:.4g}), over the budget {args.budget}")
     artefacts = [{"path": str(out.final(out_model)), "kind": "model"}]
     if result.ok:
         for art in target.emit(result.model, out_model, out.staging, options):
             artefacts.append({"path": str(out.final(art.path)), "kind": art.kind})
     report_fields.update({
-        "status": "ok" if result.ok else "failed",
+        "status": ("unverified" if any(r.status == "unverified" for r in result.records) and args.verify != "none"
+                   else "ok") if result.ok else "failed",
         "output": {**_model_info(out_model, result.model), "path": str(out.final(out_model))},
         "artefacts": artefacts,
         "verification_cost": {"sessions": SESSION_STATS.sessions, "runs": SESSION_STATS.runs},
@@ -349,6 +366,36 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
     out.commit()
     _print_summary(report, result, outdir)
     return 0 if result.ok else 1
+
+
+def task_metric_tolerances(args: argparse.Namespace) -> list[str]:
+    """With ``--verify-data``, approximate passes are judged on the dataset metric, not the synthetic budget.
+
+    The synthetic cosine/agreement budget stands in for a metric nobody measured; once the
+    user gives labelled data, the real drop (mIoU, hmean) decides. The synthetic figures are
+    still computed and reported. A budget the user set with ``--tolerance`` still applies.
+    """
+    if not getattr(args, "verify_data", None):
+        return []
+    given = {t.partition("=")[0].strip() for t in args.tolerance}
+    return [f"{key}=0" for key in ("cosine", "agreement") if key not in given]
+
+
+def check_task_metric_args(args: argparse.Namespace, recipe: Recipe | None) -> None:
+    """``--verify-data`` and ``--budget`` come together, with a recipe, and a dataset that loads."""
+    if not args.verify_data and not args.budget:
+        return
+    if not args.verify_data or not args.budget:
+        raise SegcError("--verify-data KIND:ROOT and --budget miou_drop=N (or hmean_drop=N) go together")
+    if recipe is None:
+        raise SegcError("--verify-data needs a recipe (--recipe NAME or FILE.toml) to preprocess the dataset")
+    from segc.datasets import load_dataset
+    from segc.evaluate_cmd import parse_budget
+
+    parse_budget(args.budget, recipe.task, compare=True)
+    data = load_dataset(args.verify_data, need_labels=True)
+    if data.task != recipe.task:
+        raise SegcError(f"--verify-data {data.kind} is for {data.task}, but recipe {recipe.name!r} is {recipe.task}")
 
 
 def _print_plan(plan: Plan, warnings: list[str]) -> None:
@@ -371,6 +418,10 @@ def _print_summary(report: dict[str, Any], result: PipelineResult, outdir: Path)
     for row in pass_rows(report):
         table.add_row(*row)
     console.print(table)
+    if report.get("verified_shapes"):
+        console.print(f"verified at: {', '.join(report['verified_shapes'])}")
+    for line in report.get("verification_notes", []):
+        console.print(f"verification: {line}")
     for line in unverified_lines(report):
         console.print(line)
     legal = report.get("legalisation") or {}

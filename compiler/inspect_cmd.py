@@ -151,8 +151,12 @@ def run_verify(args: argparse.Namespace) -> int:
     ranges = {r.name: r for r in (parse_shape_range(s) for s in args.input_shape)}
     verifier = Verifier(ranges=ranges, tolerances=Tolerances.parse(args.tolerance), seed=args.seed,
                         user_inputs=args.verify_inputs)
+    if getattr(args, "localize", False) and args.top < 1:
+        raise SegcError(f"--top {args.top}: must be at least 1")
     reference = verifier.initial_state(ref_model)
     verdict = verifier.compare(reference, verifier.new_state(cand_model, "candidate"), Contract(args.contract))
+    if getattr(args, "localize", False):
+        return _print_localization(args, verifier, ref_model, cand_model, verdict)
     if args.json:
         print(json.dumps(verdict.to_dict(), indent=2, default=str))
     else:
@@ -176,3 +180,34 @@ def run_verify(args: argparse.Namespace) -> int:
             con.print(f"{'equivalent' if verdict.ok else 'NOT equivalent'} ({args.contract})")
     # "equivalent" must mean something was found equal: a check that proved nothing is not a pass
     return 0 if verdict.status == "ok" else 1
+
+
+def _print_localization(args: argparse.Namespace, verifier: Verifier, ref_model: onnx.ModelProto,
+                        cand_model: onnx.ModelProto, verdict) -> int:
+    """``--localize``: the first divergent shared tensor and the k worst (segc.localize)."""
+    from segc.localize import localize
+
+    feed = verifier.feeds_for(ref_model)[0]
+    loc = localize(ref_model, cand_model, feed, contract=Contract(args.contract), tolerances=verifier.tolerances,
+                   k=args.top, config=verifier.config)
+    if args.json:
+        print(json.dumps({**loc.to_dict(), "verdict": verdict.to_dict()}, indent=2, default=str))
+    else:
+        con = _console()
+        con.print(f"{loc.compared} shared tensors compared at {loc.feed} ({loc.contract})", markup=False)
+        first = loc.first_divergence
+        if first is None:
+            con.print("no shared tensor diverges beyond the tolerance", markup=False)
+        else:
+            con.print(f"first divergence: node {first.node} [{first.op}] -> {first.tensor}: cosine "
+                      f"{_fmt4(first.cosine)}, max abs {_fmt4(first.max_abs)}", markup=False)
+            for t in loc.worst:
+                con.print(f"  worst: #{t.index} {t.node} [{t.op}]: cosine {_fmt4(t.cosine)}, max abs {_fmt4(t.max_abs)}"
+                          + (f", {t.nonfinite_mismatch} NaN/Inf mismatches" if t.nonfinite_mismatch else ""), markup=False)
+        if loc.skipped:
+            con.print(f"not compared (shapes differ): {', '.join(loc.skipped[:10])}", markup=False)
+    return 0 if verdict.status == "ok" and loc.first_divergence is None else 1
+
+
+def _fmt4(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g}"

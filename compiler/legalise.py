@@ -292,7 +292,12 @@ def legalise(model: onnx.ModelProto, target: Target, options: BuildOptions, spec
         else:
             missing.append(f"{first.node}: {first.reason}; give --input-shape with a batch range")
 
-    unfixable = [v for v in hard if v.fixed_by is None and _refusable(model, v, names())]
+    # a fully static build folds every branch that only constants and shapes feed (Dinov2's
+    # bicubic position-embedding Resize): what sits on such a branch is left to the final check
+    static_folds = (all(r.is_static for r in options.shape_ranges) and "simplify" in names()
+                    and (frozen or not _symbolic_left(model, set())) and not _symbolic_left(model, fully_fixed))
+    unfixable = [v for v in hard if v.fixed_by is None and _refusable(model, v, names())
+                 and not (static_folds and v.node != MODEL and not _on_data_path(model, v.node))]
     if unfixable or missing:
         lines = missing + _refusal_lines(unfixable, profile)
         shown = "; ".join(lines[:6]) + (f"; and {len(lines) - 6} more" if len(lines) > 6 else "")

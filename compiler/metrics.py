@@ -75,7 +75,7 @@ class Tolerances:
     def parse(cls, items: list[str]) -> "Tolerances":
         """Build from ``["rtol=1e-3", "cosine=0.995"]``; unknown keys are a usage error."""
         values: dict[str, float] = {}
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls) if f.name != "user_set"}
         for item in items:
             for part in item.split(","):
                 if not part.strip():

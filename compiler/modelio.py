@@ -14,7 +14,9 @@ limit, and never writes over the model it was given.
 
 from __future__ import annotations
 
+import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -22,9 +24,9 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from segc.errors import SegcError
-from segc.outdir import file_sha256, private_folder, refuse_protected, write_file
+from segc.outdir import file_sha256, private_folder, refuse_protected, remember_sha256, write_file
 
-__all__ = ["file_sha256", "load_model", "load_model_and_files", "save_model", "readable_ir", "default_opset", "tensor_nbytes", "weight_bytes"]
+__all__ = ["DiskTensor", "disk_tensor", "disk_tensors", "has_disk_tensors", "file_sha256", "load_model", "load_model_and_files", "save_model", "readable_ir", "default_opset", "tensor_nbytes", "weight_bytes"]
 
 MIN_OPSET = 7
 MAX_OPSET = 23
@@ -145,6 +147,7 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> set[Path]:
     """
     base = path.resolve().parent
     files: set[Path] = set()
+    checked: list[tuple[onnx.TensorProto, Path, int, int | None]] = []
     for tensor in _all_tensors(model):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
@@ -175,19 +178,74 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> set[Path]:
                             f"{offset + (want or 0)} of {loc!r}, which has {size}")
         if expected is not None and want != expected:
             raise SegcError(f"{path}: external data for {name!r} is {want} bytes, but its shape and type need {expected}")
+        checked.append((tensor, target, offset, want if want is not None else size - offset))
+        files.add(target)
+    inline = model.ByteSize() if checked else 0  # weightless tensors: cheap to measure
+    on_disk = inline + sum(n for *_, n in checked) > PROTOBUF_LIMIT
+    for tensor, target, offset, nbytes in checked:
+        if on_disk and nbytes >= ON_DISK_MIN:
+            _refer_to(tensor, target, offset, nbytes)
+            continue
         try:
             with open(target, "rb") as fh:
                 fh.seek(offset)
-                data = fh.read(-1 if want is None else want)
+                data = fh.read(nbytes)
         except OSError as exc:
-            raise SegcError(f"{path}: cannot read external data {loc!r}: {exc.strerror}") from None
-        if want is not None and len(data) != want:
-            raise SegcError(f"{path}: external data for {name!r} is truncated")
+            raise SegcError(f"{path}: cannot read external data of {tensor.name!r}: {exc.strerror}") from None
+        if len(data) != nbytes:
+            raise SegcError(f"{path}: external data for {tensor.name!r} is truncated")
         tensor.raw_data = data
         del tensor.external_data[:]
         tensor.data_location = onnx.TensorProto.DEFAULT
-        files.add(target)
     return files
+
+
+# Weights kept on disk. A model over protobuf's 2 GiB limit cannot be held as one message
+# (nor serialised for onnxruntime or onnx-simplifier), and reading 2.4 GB of weights into
+# Python only for every pass to copy them is what OOM-killed such compiles. So above the
+# limit, each tensor of at least ON_DISK_MIN bytes stays where the file put it: segc's
+# in-memory model refers to it by *absolute* path, offset and length (checked at load, and
+# never written in that form: save_model copies the bytes into the output's own data file,
+# segc.ortrun hands onnxruntime the folder). Passes see every tensor's name, type and dims,
+# and copying such a model costs kilobytes.
+#
+#   input:  m.onnx (graph)  +  m.data [w1 | w2 | w3]          (the user's, read only)
+#   memory: ModelProto, w1/w2/w3 -> ("/abs/dir/m.data", offset, length)
+#   output: out/m.ascend.onnx + out/m.ascend.onnx.data [w1 | w2 | w3]  (copied in chunks)
+ON_DISK_MIN = 1024 * 1024
+
+
+def _refer_to(tensor: onnx.TensorProto, target: Path, offset: int, nbytes: int) -> None:
+    del tensor.external_data[:]
+    for key, value in (("location", str(target)), ("offset", str(offset)), ("length", str(nbytes))):
+        tensor.external_data.add(key=key, value=value)
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+
+
+@dataclass(frozen=True)
+class DiskTensor:
+    """Where the bytes of a weight kept on disk are (see ON_DISK_MIN)."""
+
+    file: Path
+    offset: int
+    length: int
+
+
+def disk_tensor(tensor: onnx.TensorProto) -> DiskTensor | None:
+    """The on-disk location of ``tensor``'s data, None when it holds its data itself."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return None
+    info = {e.key: e.value for e in tensor.external_data}
+    return DiskTensor(Path(info["location"]), int(info.get("offset") or 0), int(info["length"]))
+
+
+def disk_tensors(model: onnx.ModelProto) -> list[tuple[onnx.TensorProto, DiskTensor]]:
+    """Every tensor of ``model`` whose data segc left on disk (empty for most models)."""
+    return [(t, d) for t in _all_tensors(model) if (d := disk_tensor(t)) is not None]
+
+
+def has_disk_tensors(model: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(model))
 
 
 def _check_graph(model: onnx.ModelProto, path: Path) -> None:
@@ -283,9 +341,9 @@ def save_model(model: onnx.ModelProto, path: str | Path, *, protect: list[str | 
     """Write ``model`` to ``path`` through segc's atomic writer (:mod:`segc.outdir`);
     refuses a ``path`` that is, or links to, any file in ``protect``.
 
-    Models above protobuf's 2 GiB limit are written with their weights in ``<name>.data``
-    beside the model: onnx saves both into a private folder, then the weights and the model
-    are renamed into place (the model last).
+    Models above protobuf's 2 GiB limit, and models whose weights segc kept on disk, are
+    written with their weights in ``<name>.data`` beside the model: both are written into a
+    private folder, then the weights and the model are renamed into place (the model last).
     """
     path = Path(path)
     guarded = [Path(p) for p in protect]
@@ -296,20 +354,105 @@ def save_model(model: onnx.ModelProto, path: str | Path, *, protect: list[str | 
         raise SegcError(f"{path}: cannot create its folder: {exc.strerror or type(exc).__name__}") from None
     model = readable_ir(model)
     # estimated from dims: protobuf's ByteSize walks every byte and costs seconds on big models
-    if weight_bytes(model) <= PROTOBUF_LIMIT:
+    if not has_disk_tensors(model) and weight_bytes(model) <= PROTOBUF_LIMIT:
         return write_file(path, model.SerializeToString(), protect=guarded)
     data_name = path.name + ".data"
     refuse_protected(path.parent / data_name, guarded, "the input's data")
     try:
         with private_folder(path.parent) as folder:
             staged = Path(folder) / path.name
-            onnx.save_model(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
+            digest = hashlib.sha256()
+            with open(Path(folder) / data_name, "wb") as data:
+                graph = _split_weights(model, _HashedSparseFile(data, digest), data_name)
+                os.fsync(data.fileno())
+            remember_sha256(Path(folder) / data_name, digest.hexdigest())
+            write_file(staged, graph)
             os.replace(Path(folder) / data_name, path.parent / data_name)  # weights first, model last
             os.replace(staged, path)
     except OSError as exc:
         raise SegcError(f"{path}: cannot write: {exc.strerror or type(exc).__name__}") from None
     return path
+
+
+ALIGN = 4096  # onnxruntime memory-maps external data whose offset is page aligned (no copy)
+CHUNK = 64 * 1024 * 1024
+
+
+_ZEROS = bytes(CHUNK)
+
+
+class _HashedSparseFile:
+    """A data file written forwards only, hashed as it is written (so the manifest need not
+    read gigabytes back), all-zero chunks left as holes (as ``cp --sparse`` does): zero
+    weights then cost neither disk nor write time."""
+
+    def __init__(self, fh, digest) -> None:
+        self.fh, self.digest, self.size = fh, digest, 0
+
+    def write(self, chunk: bytes) -> None:
+        if chunk == _ZEROS[: len(chunk)]:
+            self.fh.seek(len(chunk), os.SEEK_CUR)
+        else:
+            self.fh.write(chunk)
+        self.digest.update(chunk)
+        self.size += len(chunk)
+
+    def pad_to(self, align: int) -> None:
+        self.write(_ZEROS[: -self.size % align])
+
+    def finish(self) -> None:
+        self.fh.truncate(self.size)  # a trailing hole still counts towards the file's size
+
+
+def _split_weights(model: onnx.ModelProto, data: _HashedSparseFile, data_name: str) -> bytes:
+    """The serialised graph of ``model`` with every tensor of 1 KiB or more written to
+    ``data`` (page-aligned, so onnxruntime maps rather than reads it), named ``data_name``.
+
+    Weights kept on disk are copied from their file in 64 MiB chunks; inline ones are moved
+    to the file one tensor at a time. ``model`` itself is changed only for the length of
+    the call and put back as it was, so no second copy of the weights is ever held.
+    """
+    undo: list[tuple[onnx.TensorProto, bytes | None, list[tuple[str, str]]]] = []
+    try:
+        for tensor in _all_tensors(model):
+            src = disk_tensor(tensor)
+            if src is None and (tensor.data_type in _UNSIZED or len(tensor.raw_data) < 1024):
+                continue
+            data.pad_to(ALIGN)
+            offset = data.size
+            if src is not None:
+                with open(src.file, "rb") as fh:
+                    fh.seek(src.offset)
+                    left = src.length
+                    while left:
+                        chunk = fh.read(min(CHUNK, left))
+                        if not chunk:
+                            raise SegcError(f"{src.file}: the input's data file shrank while segc was reading it")
+                        data.write(chunk)
+                        left -= len(chunk)
+                undo.append((tensor, None, [(e.key, e.value) for e in tensor.external_data]))
+                length = src.length
+            else:
+                raw = tensor.raw_data
+                for start in range(0, len(raw), CHUNK):
+                    data.write(raw[start:start + CHUNK])
+                tensor.ClearField("raw_data")
+                undo.append((tensor, raw, []))
+                length = len(raw)
+            del tensor.external_data[:]
+            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
+                tensor.external_data.add(key=key, value=value)
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+        data.finish()
+        return model.SerializeToString()
+    finally:
+        for tensor, raw, entries in reversed(undo):
+            del tensor.external_data[:]
+            for key, value in entries:
+                tensor.external_data.add(key=key, value=value)
+            if raw is not None:
+                tensor.raw_data = raw
+                tensor.data_location = onnx.TensorProto.DEFAULT
 
 
 def tensor_nbytes(t: onnx.TensorProto) -> int:

@@ -93,11 +93,32 @@ def refuse_protected(path: Path, protect: Iterable[Path], what: str = "the input
 
 
 def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes; read back unless this process wrote the file itself and
+    said what it wrote (:func:`remember_sha256`), since reading a multi-GB weight file back
+    only to hash it costs longer than writing it did."""
+    st = os.stat(path)
+    known = _WRITTEN.get(_identity(st))
+    if known is not None:
+        return known
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# sha256 of files this process wrote, by (device, inode, size, mtime): a rename keeps all four,
+# and any later change to the file changes its size or mtime, so a stale entry never matches
+_WRITTEN: dict[tuple[int, int, int, int], str] = {}
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def remember_sha256(path: str | Path, sha256: str) -> None:
+    """Record the sha256 of a file this process has just finished writing (and closed)."""
+    _WRITTEN[_identity(os.stat(path))] = sha256
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ _SETTING_TARGETS: dict[str, tuple[str, ...]] = {
     "--soc": ("ascend", "magicmind"),
     "--cann-version": ("ascend",),
     "--workspace-mb": ("tensorrt",),
-    "--calib-images": ("magicmind",),
+    "--calib-images": ("magicmind", "tensorrt", "ascend"),
 }
 
 

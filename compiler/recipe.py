@@ -18,6 +18,48 @@ RECIPE_METADATA_KEY = "segc.recipe"
 
 
 @dataclass(frozen=True)
+class ResizeSpec:
+    """How a dataset image is resized to the network input (segc data / segc evaluate).
+
+    ``fixed``: every image to ``size`` (H, W), as the Cityscapes guides fed 1024x2048 or
+    512x1024. ``keep_ratio``: the ``limit_type`` side ("short" or "long") scaled to
+    ``limit_side``, the other by the same factor, then each side rounded up to a multiple of
+    ``multiple`` (MhLiao/DB's ic15 test: short side 736, multiples of 32).
+    """
+
+    mode: str = "fixed"  # "fixed" | "keep_ratio"
+    size: tuple[int, int] | None = None
+    multiple: int = 32
+    limit_side: int | None = None
+    limit_type: str = "short"
+    interpolation: str = "bilinear"  # "bilinear" | "bicubic" | "nearest" (OpenCV's)
+
+    def target_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (H, W) an image of ``height`` x ``width`` is resized to."""
+        import math
+
+        if self.mode == "fixed":
+            assert self.size is not None
+            return self.size
+        assert self.limit_side is not None
+        side = min(height, width) if self.limit_type == "short" else max(height, width)
+        scale = self.limit_side / side
+        m = self.multiple
+        return (max(m, math.ceil(height * scale / m) * m), max(m, math.ceil(width * scale / m) * m))
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What the evaluated output holds: ``logits`` [N,C,h,w] (argmax after upsampling to the
+    label size), ``labels`` (argmax inside the graph) or ``probability`` (DB's text map).
+    ``name``: which output (default the last one: DeepLabv2's and HRNet-OCR's prediction)."""
+
+    kind: str = "logits"
+    name: str | None = None
+    align_corners: bool = False  # how logits are upsampled (DeepLabv2: True)
+
+
+@dataclass(frozen=True)
 class InputSpec:
     """How one image input is produced from RGB pixels in [0, 255].
 
@@ -32,6 +74,7 @@ class InputSpec:
     pixel_scale: float = 255.0
     channel_order: str = "RGB"  # order the network expects; images are read as RGB
     layout: str = "NCHW"
+    resize: ResizeSpec | None = None  # None: the model's static input size
 
     def normalise(self, pixels: "Any") -> "Any":
         """Map an NCHW float array of RGB pixels in [0, 255] to the network's input."""
@@ -41,7 +84,7 @@ class InputSpec:
         if self.channel_order.upper() == "BGR":
             x = x[:, ::-1]
         if self.pixel_scale != 255.0:
-            x = x * (self.pixel_scale / 255.0)
+            x = x / np.float32(255.0 / self.pixel_scale)  # pixels / 255, as the guides wrote it
         mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
         std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
         return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
@@ -75,6 +118,7 @@ class Recipe:
     # (segc.text_images), where smooth noise gives them no signal
     task: str = "segmentation"
     targets: dict[str, TargetRecipe] = field(default_factory=dict)
+    output: OutputSpec | None = None  # for segc evaluate; None: from task / label_outputs
 
     def input(self, name: str) -> InputSpec | None:
         for spec in self.inputs:
@@ -87,8 +131,15 @@ class Recipe:
 
 
 def get_recipe(name: str) -> Recipe:
-    """Look a recipe up by name; raises SegcError listing the known ones."""
+    """Look a recipe up by name, or load a ``.toml`` recipe file (segc.recipe_file).
+
+    Raises SegcError listing the known ones."""
     from segc.errors import SegcError
+
+    if name.lower().endswith(".toml"):
+        from segc.recipe_file import load_recipe_file
+
+        return load_recipe_file(name)
 
     known = all_recipes()
     if name not in known:

@@ -101,6 +101,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("recipe"):
         lines.append(f"- recipe: {report['recipe']}")
     lines.append(f"- verification: {report.get('verify_mode', '-')}, shapes {report.get('verified_shapes', '-')}")
+    lines.extend(f"- verification note: {note}" for note in report.get("verification_notes", []))
     cost = report.get("verification_cost")
     if cost:
         lines.append(f"- onnxruntime sessions {cost.get('sessions')}, runs {cost.get('runs')}")
@@ -114,6 +115,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Notes", ""]
         lines += [f"- **{name}** (failed): {r}" for name, r in reasons]
         lines += [f"- {name}: {n}" for name, n in notes]
+    for p in report.get("passes", []):  # the fp16 emulation's per-layer figures (segc.fp16_emulation)
+        if (p.get("stats") or {}).get("fp16"):
+            from segc.fp16_emulation import figures_markdown
+
+            lines += figures_markdown(p["stats"]["fp16"])
     legal = report.get("legalisation") or {}
     if legal.get("added") or legal.get("warnings") or legal.get("notes"):
         lines += ["", "## Legalisation", ""]

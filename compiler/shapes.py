@@ -23,6 +23,11 @@ from segc.errors import SegcError
 SHAPE_RANGE_KEY = "segc.shape_range"
 OPT_SHAPE_KEY = "segc.opt_shape"
 
+# The largest size one dimension may have. ONNX stores dims as int64, but TensorRT 8's Dims
+# and the vendor parsers hold int32, and numpy refuses anything past int64 with an error that
+# is no message for a user; a bigger dim is a typo, refused here as bad input.
+MAX_DIM = 2**31 - 1
+
 _DIM = re.compile(r"^\s*(-?\d+)\s*(?:~\s*(\d+)\s*)?(?:/\s*(\d+)\s*)?$")
 
 
@@ -112,11 +117,12 @@ def parse_shape_range(text: str) -> ShapeRange:
         m = _DIM.match(part)
         if not m:
             raise SegcError(f"malformed --input-shape {text!r}: {part!r} is not a size, a range like 640~4096 or 640~4096/32")
-        a = int(m.group(1))
-        b = int(m.group(2)) if m.group(2) is not None else a
-        k = int(m.group(3)) if m.group(3) is not None else 1
+        a = _size(m.group(1), text)
+        b = _size(m.group(2), text) if m.group(2) is not None else a
+        k = _size(m.group(3), text) if m.group(3) is not None else 1
         if a < 1 or b < a:
             raise SegcError(f"malformed --input-shape {text!r}: {part!r} must be positive with min <= max")
+        _check_bound(b, text, "--input-shape")
         if k < 1 or a % k or b % k:
             raise SegcError(f"malformed --input-shape {text!r}: in {part!r} both bounds must be multiples of {k}")
         lo.append(a)
@@ -131,23 +137,42 @@ def parse_static_shape(text: str, what: str = "--opt-shape") -> tuple[str, tuple
     """Parse ``NAME:1,3,1280,1280`` (no ranges)."""
     name, dims_text = _split_name(text, what)
     try:
-        dims = tuple(int(d) for d in dims_text.replace("x", ",").split(","))
+        dims = tuple(_size(d.strip(), text, what) for d in dims_text.replace("x", ",").split(","))
     except ValueError:
-        raise SegcError(f"malformed {what} {text!r}: dimensions must be whole numbers") from None
+        raise SegcError(f"malformed {what} {text[:80]!r}: dimensions must be whole numbers") from None
     if any(d < 1 for d in dims):
         raise SegcError(f"malformed {what} {text!r}: dimensions must be positive")
+    for d in dims:
+        _check_bound(d, text, what)
     return name, dims
 
 
 def parse_dims(text: str, what: str = "--shape") -> tuple[int, ...]:
     """Parse ``1,3,512,1024`` (or ``1x3x512x1024``)."""
     try:
-        dims = tuple(int(d) for d in text.replace("x", ",").split(","))
+        dims = tuple(_size(d.strip(), text, what) for d in text.replace("x", ",").split(","))
     except ValueError:
-        raise SegcError(f"malformed {what} {text!r}: expected N,C,H,W e.g. 1,3,512,1024") from None
+        raise SegcError(f"malformed {what} {text[:80]!r}: expected N,C,H,W e.g. 1,3,512,1024") from None
     if any(d < 1 for d in dims):
         raise SegcError(f"malformed {what} {text!r}: dimensions must be positive")
+    for d in dims:
+        _check_bound(d, text, what)
     return dims
+
+
+def _size(digits: str, text: str, what: str = "--input-shape") -> int:
+    """int() of a dim, refusing a digit string too long to be a size before Python's own
+    4300-digit conversion limit turns it into an internal error."""
+    if len(digits.lstrip("-")) > len(str(MAX_DIM)):
+        _check_bound(MAX_DIM + 1, text, what, shown=digits)
+    return int(digits)
+
+
+def _check_bound(size: int, text: str, what: str, shown: str = "") -> None:
+    if size > MAX_DIM:
+        shown = shown or str(size)
+        shown = shown if len(shown) <= 24 else shown[:20] + "..."
+        raise SegcError(f"malformed {what} {text[:80]!r}: dim {shown} is larger than {MAX_DIM} (2^31-1), the most a vendor tool takes")
 
 
 def format_ranges(ranges: list[ShapeRange]) -> str:

@@ -164,8 +164,11 @@ def smooth_pixels(rng: np.random.Generator, shape: Shape) -> np.ndarray:
     return np.clip(field, 0, 255)
 
 
-def random_feed(model: onnx.ModelProto, shapes: ShapeSet, recipe: Recipe | None, seed: int) -> Feed:
+def random_feed(model: onnx.ModelProto, shapes: ShapeSet, recipe: Recipe | None, seed: int, *, text: bool = False) -> Feed:
     """Seeded inputs for one shape set, in each input's real value range.
+
+    Image inputs are smooth photo-like fields, or pages of rendered words for a text
+    detector (its recipe says so, or ``text``: the Verifier found the model silent on photos).
 
     Inputs that feed shape-like or index operands get valid values (segc.input_roles); one
     segc cannot derive is a usage error naming it and how to feed it.
@@ -176,6 +179,7 @@ def random_feed(model: onnx.ModelProto, shapes: ShapeSet, recipe: Recipe | None,
     roles = input_roles(model, [vi.name for vi in inputs])
     image = next((shapes[vi.name] for vi in inputs if roles[vi.name].role is Role.DATA and len(shapes[vi.name]) == 4), None)
     inferred: dict[str, tuple[int, ...]] | None = None
+    kind = "random"
     for vi in inputs:
         shape = shapes[vi.name]
         dtype = _elem_type(vi)
@@ -194,8 +198,9 @@ def random_feed(model: onnx.ModelProto, shapes: ShapeSet, recipe: Recipe | None,
         if len(shape) == 4 and shape[1] == 3 and dtype.kind == "f":
             spec = spec or InputSpec(name=vi.name)  # ImageNet normalisation: the common case
             pixels = smooth_pixels(rng, shape)
-            if recipe is not None and recipe.task == "text_detection":
+            if text or (recipe is not None and recipe.task == "text_detection"):
                 pixels = text_pixels(rng, shape, background=pixels)  # what a text detector responds to
+                kind = "text"
             arrays[vi.name] = spec.normalise(pixels).astype(dtype)
         elif dtype.kind == "f":
             arrays[vi.name] = rng.standard_normal(shape).astype(dtype)
@@ -204,7 +209,7 @@ def random_feed(model: onnx.ModelProto, shapes: ShapeSet, recipe: Recipe | None,
         else:
             arrays[vi.name] = np.zeros(shape, dtype=dtype)
     label = ";".join(f"{k}:{'x'.join(map(str, v))}" for k, v in shapes.items())
-    return Feed(label=f"random[{label}]", arrays=arrays)
+    return Feed(label=f"{kind}[{label}]", arrays=arrays)
 
 
 def load_user_feeds(path: str | Path, model: onnx.ModelProto, recipe: Recipe | None,

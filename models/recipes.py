@@ -17,7 +17,7 @@ every re-export.
 
 from __future__ import annotations
 
-from segc.recipe import InputSpec, Recipe, TargetRecipe
+from segc.recipe import InputSpec, OutputSpec, Recipe, ResizeSpec, TargetRecipe
 
 # --- normalisations --------------------------------------------------------------------------
 
@@ -36,6 +36,13 @@ DEEPLAB_CAFFE_BGR = dict(
 DB_RGB = dict(
     mean=(122.67891434, 116.66876762, 104.00698793), std=(255.0, 255.0, 255.0), pixel_scale=255.0, channel_order="RGB"
 )
+
+#: Dataset resizing as each guide did it (segc data / evaluate): the Cityscapes models take the
+#: full 1024x2048 frame; IntraDA resized bicubically to 512x1024; DB's ic15 test scales the
+#: short side to 736 with sides rounded up to multiples of 32.
+FULL_CITYSCAPES = ResizeSpec(mode="fixed", size=(1024, 2048))
+DEEPLAB_RESIZE = ResizeSpec(mode="fixed", size=(512, 1024), interpolation="bicubic")
+DB_RESIZE = ResizeSpec(mode="keep_ratio", multiple=32, limit_side=736, limit_type="short")
 
 # --- shared pass lists -----------------------------------------------------------------------
 
@@ -82,13 +89,14 @@ RECIPES: dict[str, Recipe] = {
     "ocrnet_hrnetw18": Recipe(
         name="ocrnet_hrnetw18",
         description="OCRNet with an HRNetV2-W18 backbone (Cityscapes, 19 classes); argmax inside the graph",
-        inputs=(InputSpec("x", **MMSEG_RGB),),
+        inputs=(InputSpec("x", **MMSEG_RGB, resize=FULL_CITYSCAPES),),
         output_names=("output",),
         seed_shape=(1, 3, 1024, 2048),
         batch_sizes=(1, 4, 8, 16),
         spatial_multiple=32,
         num_classes=19,
         label_outputs=("output",),
+        output=OutputSpec(kind="labels", name="output"),
         targets={
             # guide 000: ~14 chosen Resize nodes linear -> nearest (mIoU 80.67 -> 79.89)
             "ascend": TargetRecipe(
@@ -109,12 +117,13 @@ RECIPES: dict[str, Recipe] = {
     "hrnet_w48_ocr": Recipe(
         name="hrnet_w48_ocr",
         description="HRNetV2-W48 + OCR head (HRNet-Semantic-Segmentation, Cityscapes); aux and OCR logits at 1/4",
-        inputs=(InputSpec("image", **HRNET_SEG_RGB),),
+        inputs=(InputSpec("image", **HRNET_SEG_RGB, resize=FULL_CITYSCAPES),),
         output_names=("output1", "output2"),
         seed_shape=(1, 3, 1024, 2048),
         batch_sizes=(1, 4),  # the guide: memory limits the model to bs1 / bs4
         spatial_multiple=32,
         num_classes=19,
+        output=OutputSpec(kind="logits", name="output2"),
         targets={
             # guide 003: four Resize nodes to nearest, then ATC --out_nodes at the two classifiers
             "ascend": TargetRecipe(
@@ -131,12 +140,14 @@ RECIPES: dict[str, Recipe] = {
     "deeplabv2_r101": Recipe(
         name="deeplabv2_r101",
         description="IntraDA DeepLabv2 (ResNet-101 + ASPP, stride 8, multi-level); two logit outputs",
-        inputs=(InputSpec("image", **DEEPLAB_CAFFE_BGR),),
+        inputs=(InputSpec("image", **DEEPLAB_CAFFE_BGR, resize=DEEPLAB_RESIZE),),
         output_names=("output1", "output2"),
         seed_shape=(1, 3, 512, 1024),
         batch_sizes=(1, 2, 4, 8, 16, 32, 64),
         spatial_multiple=8,
         num_classes=19,
+        # the second output is the prediction, upsampled bilinearly with align_corners
+        output=OutputSpec(kind="logits", name="output2", align_corners=True),
         # guide 002 made no graph edit: every target runs its default pipeline; ATC got one
         # static model per batch size (the export has a dynamic batch)
         targets={"ascend": TargetRecipe(extra={"batch_sizes": (1, 2, 4, 8, 16, 32, 64)})},
@@ -144,7 +155,7 @@ RECIPES: dict[str, Recipe] = {
     "dbnet_r50": Recipe(
         name="dbnet_r50",
         description="DBNet text detector, ResNet-50 (plain convs), dynamic H and W; sigmoid probability map",
-        inputs=(InputSpec("input", **DB_RGB),),
+        inputs=(InputSpec("input", **DB_RGB, resize=DB_RESIZE),),
         output_names=("output",),
         seed_shape=(1, 3, 640, 640),
         batch_sizes=(1,),
@@ -152,6 +163,7 @@ RECIPES: dict[str, Recipe] = {
         opt_shape=DB_OPT_SHAPE,
         spatial_multiple=32,
         task="text_detection",
+        output=OutputSpec(kind="probability", name="output"),
         targets={
             "ascend": TargetRecipe(passes=_DB_PASSES, options=_db_range_options()),
             "tensorrt": TargetRecipe(passes=_DB_PASSES, options=_db_range_options(), extra={"precision": "fp16"}),
@@ -161,7 +173,7 @@ RECIPES: dict[str, Recipe] = {
     "dbnet_r50_dcn": Recipe(
         name="dbnet_r50_dcn",
         description="DBNet text detector, ResNet-50 with deformable conv v2 (stages 3-5), dynamic H and W",
-        inputs=(InputSpec("input", **DB_RGB),),
+        inputs=(InputSpec("input", **DB_RGB, resize=DB_RESIZE),),
         output_names=("output",),
         seed_shape=(1, 3, 640, 640),
         batch_sizes=(1,),
@@ -169,6 +181,7 @@ RECIPES: dict[str, Recipe] = {
         opt_shape=DB_OPT_SHAPE,
         spatial_multiple=32,
         task="text_detection",
+        output=OutputSpec(kind="probability", name="output"),
         targets={
             # Ascend's DeformableConv2D (x/y/mask channel layout, data_format NCHW)
             "ascend": _db_dcn_target("ascend", opset=16),

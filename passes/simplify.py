@@ -23,11 +23,18 @@ from typing import Any
 
 import onnx
 
-from segc.modelio import tensor_nbytes, weight_bytes
+from segc.modelio import has_disk_tensors, tensor_nbytes, weight_bytes
 from segc.passbase import Contract, GraphPass, PassContext, PassResult, carry_model_fields, register_pass
 
 GROWTH_ALLOWANCE = 1.02  # folding may legitimately add a little (e.g. a folded shape constant)
 GROWTH_SLACK = 4096  # bytes: small constants never count as growth
+
+# onnx-simplifier takes the whole model as one protobuf message, and protobuf cannot hold
+# more than 2 GiB: above that segc keeps the weights on disk (segc.modelio.ON_DISK_MIN) and
+# this pass leaves the graph as it is rather than fail the compile. The vendor tools fold
+# constants themselves.
+_OVER_LIMIT_NOTE = ("model over protobuf's 2 GiB limit: onnx-simplifier cannot take it, so constant folding and "
+                    "its shape inference were skipped (the graph is left as it was)")
 
 
 @register_pass
@@ -42,6 +49,8 @@ class Simplify(GraphPass):
 
     def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         notes: list[str] = []
+        if has_disk_tensors(model):
+            return model, PassResult(changed=False, stats={"skipped": True}, notes=[_OVER_LIMIT_NOTE])
         size_before = weight_bytes(model)
         attempts: list[dict[str, Any]] = [{}]
         if not ctx.option("fold_constants", True):

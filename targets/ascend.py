@@ -11,8 +11,16 @@ What the seed pipelines did by hand, and what this module decides for them:
 * ``--precision_mode`` from ``--precision``: fp16 is ``force_fp16``; fp32 is
   ``must_keep_origin_dtype`` where the chip's Cube unit computes fp32, but ``force_fp32`` on
   Ascend310/310B (fp16-only Cube) and for models with ``DeformableConv2D`` (its spec rejects
-  float inputs under ``must_keep_origin_dtype``); int8 is refused: ATC does not quantise,
-  AMCT does;
+  float inputs under ``must_keep_origin_dtype``); int8: ATC does not quantise, AMCT does, so
+  with ``--calib-images`` build.sh runs ``amct_onnx calibration`` on segc's preprocessed
+  calibration files first and atc builds AMCT's deploy model (``amct_calibration``); without
+  them int8 is refused;
+* fp16 with layers kept fp32 (``emulate_fp16``'s keep-set): ``--keep_dtype=keep_dtype.cfg``
+  beside ``--precision_mode=force_fp16``, the file listing one ONNX node name per line; ATC
+  keeps those operators in the original model's precision (fp32) and converts the rest
+  (CANN ATC guide, --keep_dtype:
+  https://www.hiascend.com/document/detail/en/canncommercial/850/devaids/atctool/atlasatcparam_16_0074.html;
+  it does not apply under ``must_keep_origin_dtype``/``origin``, so it is only written for fp16);
 * ``--out_nodes="Conv_1380:0;..."`` when outputs were chosen but not pruned (3D_HRNet), mapped
   from tensor names to the *current* node names, never typed by hand;
 * how a shape range is built (``choose_route``): as one ranged ``.om`` when every Resize has
@@ -44,9 +52,11 @@ from pathlib import Path
 import onnx
 
 from segc.errors import SegcError
+from segc.outdir import write_text
 from segc.shapes import ShapeRange
 from segc.targets.base import Artefact, BuildOptions, Target, Violation, register_target
 from segc.targets.buildscript import Requirement, Step, relative_name, write_build_script
+from segc.targets.runscript import write_run_script
 from segc.targets.legality import MODEL, RESIZE_FOLD_FIX, check_model, load_profile
 
 BROADCAST_FIX = "resize_broadcast"
@@ -61,6 +71,7 @@ KNOWN_SOCS: tuple[str, ...] = (
     "Ascend910B1", "Ascend910B2", "Ascend910B2C", "Ascend910B3", "Ascend910B4",
 )  # fmt: skip
 DEFAULT_SOC = "Ascend310P3"
+KEEP_DTYPE_FILE = "keep_dtype.cfg"  # --keep_dtype: the ONNX node names kept fp32, one a line
 
 # CANN 6.3.RC2's ATC guide is the oldest we found documenting ranges in --input_shape;
 # 6.0.1 and earlier document only --input_shape_range.
@@ -68,6 +79,7 @@ RANGE_IN_INPUT_SHAPE_SINCE = (6, 3)
 NEWEST_CANN = (99, 0)
 
 ATC_HINT = "install the CANN toolkit and run: source /usr/local/Ascend/ascend-toolkit/set_env.sh"
+AMCT_TOOL_HINT = "install AMCT for ONNX (the amct_onnx package shipped with the CANN toolkit)"
 AMCT_HINT = (
     "ATC does not quantise: quantise the ONNX model with AMCT (Ascend Model Compression Toolkit, "
     "amct_onnx calibration) and build the result with --precision fp16"
@@ -106,7 +118,7 @@ def precision_mode(precision: str, soc: str, model: onnx.ModelProto) -> str:
     if precision == "fp16":
         return "force_fp16"
     if precision == "int8":
-        raise SegcError(f"ascend cannot build int8 from a float model: {AMCT_HINT}")
+        return "force_fp16"  # on AMCT's quantised model: int8 where AMCT quantised, fp16 elsewhere
     if precision != "fp32":
         raise SegcError(f"unknown precision {precision!r}; use fp32, fp16 or int8")
     if fp16_only_cube(soc) or has_deformable_conv(model):
@@ -130,7 +142,8 @@ def input_ranges(model: onnx.ModelProto, options: BuildOptions) -> list[ShapeRan
             ranges.append(given[value.name])
             continue
         dims = [d.dim_value if d.HasField("dim_value") else 0 for d in value.type.tensor_type.shape.dim]
-        if not dims or any(d <= 0 for d in dims):
+        unknown_rank = not value.type.tensor_type.HasField("shape")  # a scalar has a shape with no dims
+        if unknown_rank or any(d <= 0 for d in dims):
             raise SegcError(f"ascend needs a shape for input {value.name!r} (its dims are not all fixed): give --input-shape {value.name}:N,C,H,W")
         ranges.append(_static_range(value.name, dims))
     return ranges
@@ -140,21 +153,37 @@ def with_batch(ranges: list[ShapeRange], batch: int) -> list[ShapeRange]:
     """The same inputs with the batch dimension fixed to ``batch``."""
     out = []
     for r in ranges:
+        if not r.min:  # a scalar has no batch dimension
+            out.append(r)
+            continue
         lo, hi, opt = list(r.min), list(r.max), list(r.opt)
         lo[0] = hi[0] = opt[0] = batch
         out.append(replace(r, min=tuple(lo), max=tuple(hi), opt=tuple(opt)))
     return out
 
 
-def shape_flag(ranges: list[ShapeRange], cann: tuple[int, int]) -> str:
-    """``--input_shape=...`` (static, or a range on CANN >= 6.3) or ``--input_shape_range=...``."""
-    if all(r.is_static for r in ranges) or cann >= RANGE_IN_INPUT_SHAPE_SINCE:
-        return "--input_shape=" + ";".join(r.vendor_atc() for r in ranges)
+def shape_flag(ranges: list[ShapeRange], cann: tuple[int, int]) -> tuple[str, ...]:
+    """``--input_shape=...`` (static, or a range on CANN >= 6.3) or ``--input_shape_range=...``;
+    no flag at all when nothing is left to say.
+
+    Scalar inputs are left out: ATC's guide calls their entry optional outside a gear build
+    (CANN 7.0: "no need to configure --input_shape for a scalar input"; 8.0 allows an empty
+    ``name:``), and a static model needs no --input_shape at all, so a model whose inputs are
+    all scalars, or that has none, gets no flag rather than a bare ``--input_shape=x:`` or
+    ``--input_shape=``. (A gear build must name its scalars, as ``B:``: see plan_gears.)
+    https://www.hiascend.com/document/detail/en/canncommercial/800/devaids/atc/atlasatcparam_16_0016.html
+    https://hiascend.com/document/detail/zh/canncommercial/700/inferapplicationdev/atctool/atlasatc_16_0050.html
+    """
+    shaped = [r for r in ranges if r.min]
+    if not shaped:
+        return ()
+    if all(r.is_static for r in shaped) or cann >= RANGE_IN_INPUT_SHAPE_SINCE:
+        return ("--input_shape=" + ";".join(r.vendor_atc() for r in shaped),)
     parts = []
-    for r in ranges:
+    for r in shaped:
         dims = [str(a) if a == b else f"{a}~{b}" for a, b in zip(r.min, r.max)]
         parts.append(f"{r.name}:[{','.join(dims)}]")
-    return "--input_shape_range=" + ";".join(parts)
+    return ("--input_shape_range=" + ";".join(parts),)
 
 
 def out_nodes(model: onnx.ModelProto, outputs: list[str]) -> str:
@@ -257,6 +286,21 @@ def _classify(model: onnx.ModelProto, ranges: list[ShapeRange], found: list[Viol
             continue
         left.append(v)
     return left, broadcasts
+
+
+def _static_build_fixes_symbolic_dims(model: onnx.ModelProto, options: BuildOptions) -> bool:
+    """Whether the graph still has symbolic input dims that the build's static shapes fix.
+
+    Then ``fix_input_shapes`` gives them numbers and every shape chain becomes constants for
+    ``simplify``, whatever segc's symbolic analysis can read (DPT's Cast/Pow square root): the
+    run-time Resize keeps ``fold_resize_scales`` as its fix, and the final check judges the
+    folded graph.
+    """
+    static = {r.name for r in options.shape_ranges if r.is_static}
+    init = {t.name for t in model.graph.initializer}
+    symbolic = [vi.name for vi in model.graph.input if vi.name not in init
+                and any(not d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim)]
+    return bool(symbolic) and all(name in static for name in symbolic)
 
 
 def _reaim_static(model: onnx.ModelProto, options: BuildOptions, found: list[Violation]) -> list[Violation]:
@@ -363,8 +407,10 @@ def plan_gears(ranges: list[ShapeRange], grid: int) -> GearPlan | None:
     return GearPlan(input_shape, f"--dynamic_dims={text}", "ND", gears)
 
 
-def atc_steps(model: onnx.ModelProto, model_path: Path, outdir: Path, options: BuildOptions) -> list[Step]:
-    """One ``atc`` step per build (batch size, or the one range)."""
+def atc_steps(model: onnx.ModelProto, model_path: Path, outdir: Path, options: BuildOptions,
+              atc_model: Path | None = None) -> list[Step]:
+    """One ``atc`` step per build (batch size, or the one range); ``atc_model``: the file atc
+    reads when it is not ``model_path`` (AMCT's deploy model, for int8)."""
     soc = check_soc(options.soc)
     mode = precision_mode(options.precision, soc, model)
     cann = parse_cann_version(options.extra.get("cann"))
@@ -378,6 +424,8 @@ def atc_steps(model: onnx.ModelProto, model_path: Path, outdir: Path, options: B
     else:
         builds = [(stem, ranges)]
     tail = [f"--soc_version={soc}", f"--precision_mode={mode}", "--log=error"]
+    if options.precision == "fp16" and options.fp32_layers:
+        tail.insert(2, f"--keep_dtype={KEEP_DTYPE_FILE}")
     if options.outputs:
         tail.append(f"--out_nodes={out_nodes(model, options.outputs)}")
     route = choose_route(model, options)
@@ -396,7 +444,7 @@ def atc_steps(model: onnx.ModelProto, model_path: Path, outdir: Path, options: B
         else:
             default_format = "ND" if ranged or any(len(r.min) != 4 for r in shapes) else "NCHW"
             fmt = str(options.extra.get("input_format") or default_format)
-            flags = (f"--input_format={fmt}", shape_flag(shapes, cann))
+            flags = (f"--input_format={fmt}", *shape_flag(shapes, cann))
             what = "shape range " + ";".join(r.vendor_atc() for r in shapes) if ranged else "static shape " + ";".join(r.vendor_atc() for r in shapes)
             grid_text = "; ".join(r.multiples_text() for r in shapes if r.has_multiples)
             if ranged and grid_text:
@@ -404,13 +452,38 @@ def atc_steps(model: onnx.ModelProto, model_path: Path, outdir: Path, options: B
         argv = (
             "atc",
             "--framework=5",
-            f"--model={relative_name(Path(model_path), outdir)}",
+            f"--model={relative_name(Path(atc_model or model_path), outdir)}",
             f"--output={output}",
             *flags,
             *tail,
         )
         steps.append(Step(argv, comment=f"{output}.om: {what}"))
     return steps
+
+
+def amct_calibration(model: onnx.ModelProto, model_path: Path, outdir: Path,
+                     options: BuildOptions) -> tuple[list[Step], list[Artefact], Path]:
+    """int8: AMCT quantises the ONNX model on segc's calibration files, ATC builds the result.
+
+    ``amct_onnx calibration --model M --save_path amct/M --input_shape x:1,3,H,W --data_dir
+    calib_bin --data_types float32`` (CANN AMCT guide, command-line options:
+    https://www.hiascend.com/document/detail/en/canncommercial/850/devaids/amct/atlasamct_16_0336.html)
+    writes ``amct/M_deploy_model.onnx`` (AMCT's ``<save_path>_deploy_model.onnx`` naming),
+    which the atc steps then build. Returns the steps, the files and the model atc reads.
+    """
+    from segc.int8_calibration import BIN_PATTERN, gather_bins_argv, emit_calibration
+
+    files = emit_calibration(model, outdir, options, formats=("bin",))
+    assert files is not None
+    name = Path(model_path).name
+    stem = name[: -len(".onnx")] if name.endswith(".onnx") else name
+    shape = ",".join(str(d) for d in files.shape)
+    argv = ("amct_onnx", "calibration", f"--model={relative_name(model_path, outdir)}", f"--save_path=amct/{stem}",
+            f"--input_shape={files.input_name}:{shape}", f"--data_dir={files.bin_dir}", "--data_types=float32")
+    gather = Step(gather_bins_argv(), comment=f"gather the {files.count} calibration inputs ({BIN_PATTERN}) into {files.bin_dir}/ for AMCT")
+    step = Step(argv, comment=f"int8: AMCT calibration on {files.count} preprocessed images ({files.bin_dir}/, float32)")
+    data = [Artefact(p, "data") for p in files.paths if p.suffix == ".bin"]
+    return [gather, step], data, outdir / "amct" / f"{stem}_deploy_model.onnx"
 
 
 @register_target
@@ -425,12 +498,14 @@ class AscendTarget(Target):
     def validate_options(self, options: BuildOptions) -> None:
         check_soc(options.soc)
         parse_cann_version(options.extra.get("cann"))
-        if options.precision == "int8":
-            raise SegcError(f"ascend cannot build int8 from a float model: {AMCT_HINT}")
+        if options.precision == "int8" and not options.extra.get("calib_images"):
+            raise SegcError(f"ascend cannot build int8 from a float model without calibration: {AMCT_HINT}, "
+                            f"or give --calib-images DIR and segc writes that step into build.sh")
 
     def check(self, model: onnx.ModelProto, options: BuildOptions) -> list[Violation]:
         soc = check_soc(options.soc)
-        precision_mode(options.precision, soc, model)  # int8 / unknown precision: user error now
+        self.validate_options(options)
+        precision_mode(options.precision, soc, model)  # unknown precision: user error now
         found = check_model(model, load_profile(self.name), options)
         if any(not r.is_static for r in options.shape_ranges):
             # run-time Resize sizes under a range are no dead end: the build takes gears, in
@@ -443,7 +518,7 @@ class AscendTarget(Target):
             else:
                 found = [replace(v, fixed_by=BROADCAST_FIX) if id(v) in runtime and v.node in route.broadcasts else v
                          for v in found]
-        elif runtime_resizes(found):
+        elif runtime_resizes(found) and not _static_build_fixes_symbolic_dims(model, options):
             found = _reaim_static(model, options, found)
         if fp16_only_cube(soc) and any(not r.is_static for r in options.shape_ranges):
             found.append(Violation(MODEL, "input", f"{soc} cannot build for a shape range (ATC: ranges unsupported on Atlas 200/300/500 and 200I/500 A2)"))
@@ -451,9 +526,20 @@ class AscendTarget(Target):
 
     def emit(self, model: onnx.ModelProto, model_path: Path, outdir: Path, options: BuildOptions) -> list[Artefact]:
         outdir = Path(outdir)
-        steps = atc_steps(model, Path(model_path), outdir, options)
+        self.validate_options(options)
+        amct_steps, artefacts, atc_model = [], [], None
+        if options.precision == "int8":
+            amct_steps, artefacts, atc_model = amct_calibration(model, Path(model_path), outdir, options)
+        steps = amct_steps + atc_steps(model, Path(model_path), outdir, options, atc_model)
         notes = [f"chip {check_soc(options.soc)}, CANN syntax for {options.extra.get('cann') or 'the newest CANN'}"]
+        if options.precision == "fp16" and options.fp32_layers:
+            keep = outdir / KEEP_DTYPE_FILE
+            write_text(keep, "".join(f"{n}\n" for n in options.fp32_layers))
+            artefacts.append(Artefact(keep, "data"))
+            notes.append(f"{len(options.fp32_layers)} layers kept fp32 by {KEEP_DTYPE_FILE} (segc's fp16 emulation overflows or misses its budget without them)")
         if options.extra.get("shape_route"):
             notes.append(f"shapes by {options.extra['shape_route']}")
-        script = write_build_script(outdir, options, [Requirement("atc", ATC_HINT)], steps, title="Ascend ATC build", notes=notes)
-        return [script]
+        needs = [Requirement("atc", ATC_HINT)] + ([Requirement("amct_onnx", AMCT_TOOL_HINT)] if amct_steps else [])
+        script = write_build_script(outdir, options, needs, steps, title="Ascend ATC build", notes=notes)
+        first_om = next(a[len("--output="):] for step in steps for a in step.argv if a.startswith("--output=")) + ".om"
+        return [script, *artefacts, *write_run_script(outdir, options, "ascend", first_om, model)]

@@ -29,6 +29,8 @@ class BuildOptions:
     shape_ranges: list[ShapeRange] = field(default_factory=list)  # final input shapes/ranges
     soc: str | None = None
     outputs: list[str] = field(default_factory=list)  # chosen output tensors when pruning is off
+    # fp16 builds: ONNX node names to keep in fp32, found by the emulate_fp16 pass (segc.fp16_emulation)
+    fp32_layers: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)  # target-specific (cann, workspace, calib...)
     command_line: str = ""
     input_sha256: str = ""

@@ -27,6 +27,7 @@ from segc.shapes import ShapeRange
 from segc.targets.base import Artefact, BuildOptions, Target, Violation, register_target
 from segc.outdir import write_text
 from segc.targets.buildscript import Requirement, Step, relative_name, write_build_script
+from segc.targets.runscript import write_run_script
 from segc.targets.legality import check_model, load_profile
 
 PRECISION_MODES = {"fp32": "force_float32", "fp16": "force_float16", "int8": "qint8_mixed_float16"}
@@ -52,6 +53,24 @@ def precision_mode(precision: str) -> str:
     if precision not in PRECISION_MODES:
         raise SegcError(f"unknown precision {precision!r}; use fp32, fp16 or int8")
     return PRECISION_MODES[precision]
+
+
+def keep_fp32_line(options: BuildOptions) -> str | None:
+    """What the MagicMind build does with ``emulate_fp16``'s keep-set (None when there is none).
+
+    MagicMind's builder takes a whole-network ``precision_config.precision_mode``; segc found
+    no per-layer precision setting in Cambricon's public samples (Cambricon/magicmind_cloud,
+    e.g. buildin/nlp/SpeechSynthesis/tacotron2_onnx/data/jsons/builder_config.json: archs,
+    graph_shape_mutable, precision_config.precision_mode, debug_config, opt_config, nothing
+    per layer), so it cannot keep single layers in fp32. A
+    force_float16 build would overflow where the emulation did; the build falls back to
+    force_float32, and says so in build.sh and the report.
+    """
+    if options.precision != "fp16" or not options.fp32_layers:
+        return None
+    return (f"MagicMind has no per-layer precision segc can set: {len(options.fp32_layers)} layers must stay fp32 "
+            f"({', '.join(options.fp32_layers[:8])}{', ...' if len(options.fp32_layers) > 8 else ''}), so this build is "
+            f"force_float32 instead of force_float16")
 
 
 def calibration_folder(options: BuildOptions) -> str:
@@ -285,6 +304,8 @@ def render_program(model: onnx.ModelProto, model_path: Path, outdir: Path, optio
     """The build program's text, the .mm path it writes, and the input ranges it uses."""
     arch = check_arch(options.soc)
     mode = precision_mode(options.precision)
+    if keep_fp32_line(options):
+        mode = PRECISION_MODES["fp32"]
     ranges = input_ranges(model, options)
     name = Path(model_path).name
     stem = name[: -len(".onnx")] if name.endswith(".onnx") else name
@@ -356,5 +377,8 @@ class MagicMindTarget(Target):
         ]
         if options.precision == "int8":
             needs.append(Requirement("PIL", "pip install pillow", kind="python-module"))
-        script = write_build_script(outdir, options, needs, steps, title="Cambricon MagicMind build")
-        return [Artefact(path=program, kind="program"), script]
+        line = keep_fp32_line(options)
+        script = write_build_script(outdir, options, needs, steps, title="Cambricon MagicMind build",
+                                    notes=[line] if line else [])
+        run = write_run_script(outdir, options, "magicmind", relative_name(mm_path, outdir), model)
+        return [Artefact(path=program, kind="program"), script, *run]

@@ -21,7 +21,8 @@ import onnx
 import onnxruntime as ort
 
 from segc.errors import SegcError
-from segc.ortrun import runnable_bytes
+from segc.modelio import has_disk_tensors
+from segc.ortrun import inference_session
 from segc.outdir import replacing
 from segc.targets.base import Artefact, BuildOptions, Target, Violation, register_target
 from segc.targets.buildscript import Requirement, Step, relative_name, write_build_script
@@ -70,7 +71,10 @@ def write_optimised_copy(model: onnx.ModelProto, dest: Path) -> Path:
     with replacing(dest) as tmp:  # onnxruntime writes the file itself: give it a fresh name
         opts.optimized_model_filepath = str(tmp)
         try:
-            ort.InferenceSession(runnable_bytes(model), opts, providers=["CPUExecutionProvider"])
+            if has_disk_tensors(model):  # over 2 GiB: onnxruntime writes the weights beside the copy
+                opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", f"{dest.name}.data")
+                opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+            inference_session(model, opts)
         except Exception as exc:  # onnxruntime raises its own exception types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise SegcError(f"onnxruntime cannot load the model for optimisation: {first}") from None

@@ -28,10 +28,12 @@ import onnx
 from dataclasses import replace
 
 from segc.errors import SegcError
+from segc.outdir import write_text
 from segc.recipe import get_recipe
 from segc.shapes import ShapeRange, parse_static_shape
 from segc.targets.base import Artefact, BuildOptions, Target, Violation, register_target
 from segc.targets.buildscript import Requirement, Step, relative_name, write_build_script, write_script
+from segc.targets.runscript import write_run_script
 from segc.targets.legality import check_model, load_profile
 
 TRTEXEC_HINT = "install TensorRT and put its bin/ folder (trtexec) on PATH"
@@ -130,7 +132,7 @@ def precision_flags(options: BuildOptions) -> list[str]:
     if options.precision == "fp32":
         return []
     if options.precision == "fp16":
-        return ["--fp16"]
+        return ["--fp16", *keep_fp32_flags(options)]
     if options.precision == "int8":
         flags = ["--int8", "--fp16"]
         cache = options.extra.get("calib_cache")
@@ -138,6 +140,25 @@ def precision_flags(options: BuildOptions) -> list[str]:
             flags.append(f"--calib={cache}")
         return flags
     raise SegcError(f"unknown precision {options.precision!r}; use fp32, fp16 or int8")
+
+
+def keep_fp32_flags(options: BuildOptions) -> list[str]:
+    """The layers ``emulate_fp16`` keeps in fp32, in trtexec's syntax (none: plain ``--fp16``).
+
+    ``--layerPrecisions`` sets the compute precision, ``--layerOutputTypes`` the type the layer
+    writes (an fp32 layer writing fp16 would overflow right there), and
+    ``--precisionConstraints=obey`` makes them binding instead of hints. TensorRT's ONNX parser
+    names layers after the ONNX node names (trtexec --help; NVIDIA/TensorRT issue 4605).
+    """
+    if not options.fp32_layers:
+        return []
+    for name in options.fp32_layers:
+        if any(c in name for c in ",:") or not name:
+            raise SegcError(f"node {name!r} is to be kept fp32, but trtexec's --layerPrecisions cannot name it "
+                            f"(',' and ':' separate its list); rename the node")
+    return ["--precisionConstraints=obey",
+            "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in options.fp32_layers),
+            "--layerOutputTypes=" + ",".join(f"{n}:fp32" for n in options.fp32_layers)]
 
 
 def workspace_flags(options: BuildOptions) -> list[str]:
@@ -172,6 +193,8 @@ def polygraphy_argv(model: onnx.ModelProto, model_path: Path, outdir: Path, opti
     argv: list[str] = ["polygraphy", "run", relative_name(Path(model_path), outdir), "--trt", "--onnxrt"]
     if options.precision in ("fp16", "int8"):
         argv.append("--fp16")
+    if options.precision == "fp16" and options.fp32_layers:
+        argv += ["--precision-constraints", "obey", "--layer-precisions", *(f"{n}:float32" for n in options.fp32_layers)]
     if options.precision == "int8":
         argv.append("--int8")
         if options.extra.get("calib_cache"):
@@ -189,6 +212,37 @@ def polygraphy_argv(model: onnx.ModelProto, model_path: Path, outdir: Path, opti
     tol = TOLERANCE.get(options.precision, 1e-4)
     argv += ["--atol", f"{tol:g}", "--rtol", f"{tol:g}"]
     return tuple(argv)
+
+
+CALIB_CACHE = "calib.cache"
+CALIB_LOADER = "calib_loader.py"
+
+
+def calibration_steps(model: onnx.ModelProto, model_path: Path, outdir: Path,
+                      options: BuildOptions) -> tuple[list[Step], list[Artefact]]:
+    """The calibration cache trtexec's ``--calib`` reads, made by polygraphy's calibrator.
+
+    trtexec cannot calibrate from images; polygraphy's ``convert --int8`` runs TensorRT's
+    entropy calibrator over ``calib_loader.py`` (which yields segc's preprocessed
+    images from ``calib.npy``) and writes ``--calibration-cache``; the engine it builds on the way is
+    thrown away and trtexec builds the real one from the cache
+    (https://github.com/NVIDIA/TensorRT/tree/main/tools/Polygraphy/examples/cli/convert/01_int8_calibration_in_tensorrt).
+    """
+    from segc.int8_calibration import calib_loader_text, emit_calibration
+
+    files = emit_calibration(model, outdir, options, formats=("npy",))
+    assert files is not None
+    loader = outdir / CALIB_LOADER
+    write_text(loader, calib_loader_text(files))
+    argv = ["polygraphy", "convert", relative_name(model_path, outdir), "--int8", "--data-loader-script", CALIB_LOADER,
+            "--calibration-cache", CALIB_CACHE, "-o", "calib_probe.engine"]
+    ranges = build_ranges(model, options)
+    if ranges and not all(r.is_static for r in ranges):
+        for flag, pick in (("--trt-min-shapes", "min"), ("--trt-opt-shapes", "opt"), ("--trt-max-shapes", "max")):
+            argv.append(flag)
+            argv += [f"{r.name}:[{_dims(getattr(r, pick), ',')}]" for r in ranges]
+    step = Step(tuple(argv), comment=f"int8 calibration cache from {files.count} preprocessed images in {files.npy_file}")
+    return [step], [Artefact(loader, "program"), Artefact(outdir / files.npy_file, "data")]
 
 
 @register_target
@@ -210,12 +264,17 @@ class TensorRTTarget(Target):
     def emit(self, model: onnx.ModelProto, model_path: Path, outdir: Path, options: BuildOptions) -> list[Artefact]:
         outdir = Path(outdir)
         notes = []
+        calib_steps, calib_files = [], []
+        if options.precision == "int8" and not options.extra.get("calib_cache") and options.extra.get("calib_images"):
+            calib_steps, calib_files = calibration_steps(model, Path(model_path), outdir, options)
+            options = replace(options, extra={**options.extra, "calib_cache": CALIB_CACHE})
         if options.precision == "int8" and not options.extra.get("calib_cache"):
             notes.append("int8 without extra['calib_cache']: trtexec uses placeholder scales, so this engine is for timing only")
         grid = "; ".join(r.multiples_text() for r in build_ranges(model, options) if r.has_multiples)
         comment = "build the engine (and time it)" + (f"; {grid} (segc folded the Resizes for those sizes only)" if grid else "")
         build = Step(trtexec_argv(model, Path(model_path), outdir, options), comment=comment)
-        script = write_build_script(outdir, options, [Requirement("trtexec", TRTEXEC_HINT)], [build], title="TensorRT build", notes=notes)
+        needs = [Requirement("trtexec", TRTEXEC_HINT)] + ([Requirement("polygraphy", POLYGRAPHY_HINT)] if calib_steps else [])
+        script = write_build_script(outdir, options, needs, [*calib_steps, build], title="TensorRT build", notes=notes)
         compare = Step(polygraphy_argv(model, Path(model_path), outdir, options), comment="compare TensorRT with onnxruntime on the same random inputs")
         compare_script = write_script(
             outdir / "compare_tensorrt.sh",
@@ -225,4 +284,5 @@ class TensorRTTarget(Target):
             title="TensorRT vs onnxruntime comparison",
             notes=notes,
         )
-        return [script, compare_script]
+        engine = next(a[len("--saveEngine="):] for a in build.argv if a.startswith("--saveEngine="))
+        return [*calib_files, script, compare_script, *write_run_script(outdir, options, "tensorrt", engine, model)]

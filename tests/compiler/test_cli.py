@@ -132,3 +132,43 @@ def test_real_process_prints_one_line(tmp_path: Path, launcher: list[str]) -> No
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"segc: error: {tmp_path / 'missing.onnx'}: no such file"
+
+
+def test_ctrl_c_while_starting_up_is_one_line(monkeypatch, capsys) -> None:
+    """Building the parser imports the export zoo (torch: seconds), so that is where a Ctrl-C
+    most often lands at start-up: exit 130 and one line, no traceback."""
+    import segc.cli as cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert main(["passes"]) == 130
+    assert capsys.readouterr().err.strip() == "segc: error: interrupted"
+
+
+def test_real_sigint_during_start_up(tmp_path: Path) -> None:
+    """A real SIGINT part-way through start-up (the parser's imports), as a user's Ctrl-C."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "segc"), "passes"], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # past the console script's own two imports, inside build_parser's torch import
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    if proc.returncode != 0:  # a machine fast enough to finish start-up in a second simply lists the passes
+        assert proc.returncode == 130 and err.strip() == "segc: error: interrupted", err
+
+
+@pytest.mark.parametrize("flag, dims", [
+    ("--input-shape", "1,3,99999999999999999999999,16"),  # past int64: numpy's "Maximum allowed dimension exceeded"
+    ("--input-shape", "1,3,16~" + "9" * 5000),  # past Python's 4300-digit int() limit
+    ("--opt-shape", "1,3," + "9" * 5000 + ",16"),
+    ("--input-shape", "1,3,2147483648,16"),  # one past int32: no vendor tool takes it
+])
+def test_over_long_dim_is_bad_input(model_path: Path, capsys, flag: str, dims: str) -> None:
+    before = model_path.read_bytes()
+    line = one_line_error(capsys, ["compile", str(model_path), "--target", "tensorrt", "-o", str(model_path.parent / "out"), flag, f"x:{dims}"])
+    assert "larger than 2147483647" in line and len(line) < 300, line
+    assert model_path.read_bytes() == before and not (model_path.parent / "out").exists()

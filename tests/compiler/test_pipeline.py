@@ -176,7 +176,9 @@ def test_one_session_per_state_and_one_run_per_shape() -> None:
     changed = sum(r.changed for r in result.records)
     assert changed == 2  # the second cleanup finds nothing
     assert SESSION_STATS.sessions == changed + 1
-    assert SESSION_STATS.runs == SESSION_STATS.sessions * len(verifier.feed_labels)
+    # a model without a recipe costs one more run: the probe that picks photo-like or text inputs
+    assert verifier.probe_runs == 1
+    assert SESSION_STATS.runs == SESSION_STATS.sessions * len(verifier.feed_labels) + verifier.probe_runs
 
 
 def test_approximate_contract_uses_the_budget() -> None:

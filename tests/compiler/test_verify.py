@@ -165,6 +165,7 @@ def test_compile_without_signal_marks_the_pass_unverified(tmp_path: Path, capsys
     assert rc == 0 and record["changed"] and record["status"] == "unverified"
     assert "no signal" in record["verdict"]["unverified"][0] and "--verify-inputs" in record["verdict"]["fix"]
     assert report["unverified"] and report["unverified"][0].startswith("simplify: UNVERIFIED")
+    assert report["status"] == "unverified"  # the top-level verdict does not read "ok" either
     err = capsys.readouterr().err
     assert "UNVERIFIED" in err and "--verify-inputs" in err
     assert "UNVERIFIED" in (tmp_path / "out" / "report.md").read_text()
@@ -181,3 +182,13 @@ def test_end_mode_without_signal_is_unverified(tmp_path: Path, mode: str) -> Non
                "--passes", "simplify,cleanup", "-o", str(tmp_path / "out")])
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert rc == 0 and next(p for p in report["passes"] if p["name"] == "simplify")["status"] == "unverified"
+
+
+
+def test_a_model_with_signal_on_photos_keeps_photo_inputs(tmp_path: Path) -> None:
+    """No recipe, signal on photo-like inputs: no text probe wins, nothing is noted."""
+    main(["compile", str(_foldable(tmp_path / "m.onnx", 1.0)), "--target", "onnxruntime",
+          "--passes", "simplify,cleanup", "-o", str(tmp_path / "out")])
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert all(label.startswith("random[") for label in report["verified_shapes"])
+    assert report["verification_notes"] == []

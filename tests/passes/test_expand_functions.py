@@ -128,6 +128,6 @@ def test_compile_for_ascend_adds_the_pass_and_verifies(tmp_path: Path, capsys) -
 
 def test_seed_model_has_nothing_to_expand(seed_onnx) -> None:
     """DBNet (opset 10, standard ops only) for Ascend: the pass finds nothing and changes nothing."""
-    model = onnx.load(seed_onnx("dbnet_r50", shape=(1, 3, 128, 128))  # the seed tests' export, shared)
+    model = onnx.load(seed_onnx("dbnet_r50", shape=(1, 3, 128, 128)))  # the seed tests' export, shared
     out, result = expand(model, target="ascend")
     assert not result.changed and out is model

@@ -23,7 +23,7 @@ def _emit(model: onnx.ModelProto, outdir: Path, opts, stem: str = "m") -> list[l
     path = outdir / f"{stem}.ascend.onnx"
     onnx.save(model, path)
     arts = get_target("ascend").emit(model, path, outdir, opts)
-    assert [a.kind for a in arts] == ["script"]
+    assert [a.kind for a in arts] == ["script", "program", "script"]  # build.sh, run_device.py, run.sh
     return parse_steps((outdir / "build.sh").read_text())
 
 
@@ -160,3 +160,51 @@ def test_header_names_input_and_command(tmp_path: Path, conv_model, options) -> 
     text = (tmp_path / "build.sh").read_text()
     assert "# input model sha256: " + "f" * 64 in text
     assert "# command line: segc compile 'a b.onnx' --target ascend" in text
+
+
+def _scalar_and_image_model(with_image: bool) -> onnx.ModelProto:
+    """``s`` a scalar input (shape ``[]``), optionally beside an image ``x``; no inputs at all
+    when both are left out is covered by test_no_inputs_gets_no_shape_flag."""
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info("s", TensorProto.FLOAT, [])]
+    nodes = [helper.make_node("Relu", ["s"], ["y"])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])]
+    if with_image:
+        inputs.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]))
+        nodes.append(helper.make_node("Mul", ["x", "s"], ["z"]))
+        outputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 3, 8, 8]))
+    graph = helper.make_graph(nodes, "g", inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("batch", [(), (1, 2)])
+def test_scalar_input_is_left_out_of_input_shape(tmp_path: Path, options, batch) -> None:
+    """ATC: a scalar's --input_shape entry is optional outside gear builds, and a static model
+    needs no --input_shape: never a bare ``--input_shape=s:`` (and --batch skips the scalar)."""
+    argvs = _emit(_scalar_and_image_model(False), tmp_path, options(batch_sizes=batch))
+    assert argvs and all(not a.startswith(("--input_shape", "--input_shape_range")) for argv in argvs for a in argv)
+    argvs = _emit(_scalar_and_image_model(True), tmp_path, options(batch_sizes=batch))
+    want = ["--input_shape=x:1,3,8,8"] if not batch else [f"--input_shape=x:{b},3,8,8" for b in batch]
+    assert [[a for a in argv if a.startswith("--input_shape")] for argv in argvs] == [[w] for w in want]
+
+
+def test_no_inputs_gets_no_shape_flag(tmp_path: Path, options) -> None:
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor("v", TensorProto.FLOAT, [1, 3, 4, 4], np.ones(48, np.float32))
+    graph = helper.make_graph([helper.make_node("Constant", [], ["c"], value=value), helper.make_node("Relu", ["c"], ["y"])],
+                              "g", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    (argv,) = _emit(model, tmp_path, options())
+    assert not [a for a in argv if a.startswith("--input_shape")]
+
+
+def test_unknown_rank_input_still_needs_a_shape(tmp_path: Path, options) -> None:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, None)  # no shape at all: not a scalar
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    with pytest.raises(SegcError, match="needs a shape for input 'x'"):
+        _emit(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path, options())

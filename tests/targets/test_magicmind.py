@@ -22,7 +22,8 @@ def _emit(model: onnx.ModelProto, outdir: Path, opts, stem: str = "m") -> list[l
     path = outdir / f"{stem}.magicmind.onnx"
     onnx.save(model, path)
     arts = get_target("magicmind").emit(model, path, outdir, opts)
-    assert [(a.path.name, a.kind) for a in arts] == [("build_magicmind.py", "program"), ("build.sh", "script")]
+    assert [(a.path.name, a.kind) for a in arts] == [("build_magicmind.py", "program"), ("build.sh", "script"),
+                                                       ("run_device.py", "program"), ("run.sh", "script")]
     return parse_steps((outdir / "build.sh").read_text())
 
 

@@ -17,7 +17,8 @@ def _emit(model: onnx.ModelProto, outdir: Path, opts, stem: str = "m") -> tuple[
     path = outdir / f"{stem}.tensorrt.onnx"
     onnx.save(model, path)
     arts = get_target("tensorrt").emit(model, path, outdir, opts)
-    assert [(a.path.name, a.kind) for a in arts] == [("build.sh", "script"), ("compare_tensorrt.sh", "script")]
+    assert [(a.path.name, a.kind) for a in arts] == [("build.sh", "script"), ("compare_tensorrt.sh", "script"),
+                                                       ("run_device.py", "program"), ("run.sh", "script")]
     return parse_steps((outdir / "build.sh").read_text()), parse_steps((outdir / "compare_tensorrt.sh").read_text())
 
 

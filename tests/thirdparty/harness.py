@@ -278,8 +278,6 @@ def compile_model(model: Path, spec: ModelSpec, target: str, outdir: Path) -> Co
     argv = ["compile", str(model), "--target", target,
             "--input-shape", spec.shape_arg(divisible_syntax_supported()),
             "-o", str(outdir), "--force"]
-    if spec.content is Content.TEXT:
-        argv += ["--verify-inputs", str(text_verify_inputs(spec, outdir.parent / "verify_inputs"))]
     buf = io.StringIO()
     start = time.perf_counter()
     with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
@@ -288,19 +286,6 @@ def compile_model(model: Path, spec: ModelSpec, target: str, outdir: Path) -> Co
     report_path = outdir / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     return CompileResult(code, seconds, outdir, buf.getvalue(), report)
-
-
-def text_verify_inputs(spec: ModelSpec, folder: Path) -> Path:
-    """A ``.npz`` page of rendered text at the range's corner (lo x hi) for ``--verify-inputs``.
-
-    segc can only know a model is a text detector from its recipe, and a package's ONNX has
-    none; on segc's random fields a text detector's map is ~0 and nothing is compared. So the
-    set does what a user of such a model does: it gives inputs that carry signal. This is not
-    one of the re-check's shapes, so the two checks see different data."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{spec.name}.npz"
-    np.savez(path, **{spec.input_name: image_input(spec, spec.lo, spec.hi, seed=100)})
-    return path
 
 
 def report_problems(result: CompileResult) -> list[str]:

@@ -125,3 +125,23 @@ def test_packaged_onnx_fetch_without_an_index_is_a_fetch_error(tmp_path: Path, m
     with pytest.raises(harness.FetchError, match=r"pip download rapidocr-onnxruntime==1\.3\.24 failed: .+"):
         harness.fetch_packaged_onnx(harness.MODELS_BY_NAME["ppocrv4_det"].source)
     assert not (tmp_path / "cache" / "onnx").exists()
+
+
+def test_a_bare_text_detector_is_verified_on_rendered_text(thirdparty_model, tmp_path: Path) -> None:
+    """Issue 9 part 4 on the real PP-OCRv4 detector, given as a user would: no recipe, no data.
+
+    On photo-like inputs its probabilities stay below 1e-4; segc must notice and verify on
+    rendered text pages, where the map carries real signal, and say so in the report.
+    """
+    import json
+
+    from segc.cli import main
+
+    spec = harness.MODELS_BY_NAME["ppocrv4_det"]
+    model = thirdparty_model(spec)
+    assert main(["compile", str(model), "--target", "onnxruntime", "--input-shape", "x:1,3,256~320,256~320",
+                 "-o", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["verified_shapes"] and all(label.startswith("text[") for label in report["verified_shapes"])
+    assert "rendered text" in report["verification_notes"][0]
+    assert report["unverified"] == [] and report["passes"][0]["status"] == "ok"
