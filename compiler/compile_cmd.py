@@ -258,6 +258,11 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
         return _compile_into(out, args, argv, src, model, target, recipe, specs, ranges, tolerances, started, cli_warnings)
 
 
+def _self_contained(src: Path, protect: list[Path]) -> Path | None:
+    """The input file when it holds the whole model (no external data), for passes that read files."""
+    return src if len(protect) == 1 else None
+
+
 def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], src: Path, model: onnx.ModelProto,
                   target: Target, recipe: Recipe | None, specs: list[PassSpec], ranges: dict[str, ShapeRange],
                   tolerances: Tolerances, started: float, cli_warnings: list[str]) -> int:
@@ -298,7 +303,7 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
     SESSION_STATS.reset()
     try:
         result = run_pipeline(model, specs, target=target.name, recipe=recipe, verify=args.verify, verifier=verifier,
-                              instruments=instruments)
+                              instruments=instruments, source=_self_contained(src, out.protect))
     finally:
         progress.close_line()
 

@@ -21,6 +21,7 @@ import enum
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import onnx
@@ -54,13 +55,16 @@ class PassContext:
 
     ``options`` holds this pass's own options (already merged: target default < recipe <
     command line). ``metadata`` is written into the model's ``metadata_props`` after the pass,
-    which is how e.g. ``set_shape_range`` tells the targets the range it set.
+    which is how e.g. ``set_shape_range`` tells the targets the range it set. ``source`` lets a
+    pass that hands the model to a file-based tool (``simplify``) skip re-serialising it.
     """
 
     options: dict[str, Any] = field(default_factory=dict)
     target: str | None = None
     recipe: Recipe | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    source: Path | None = None  # the file the model came from, set only while the model is exactly that file
+
 
     def option(self, key: str, default: Any = None) -> Any:
         return self.options.get(key, default)

@@ -193,8 +193,12 @@ def _write_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> onnx.Mo
 
 def run_pipeline(model: onnx.ModelProto, specs: list[PassSpec], *, target: str | None = None,
                  recipe: Recipe | None = None, verify: str = "each", verifier: Verifier | None = None,
-                 instruments: list[Instrument] = ()) -> PipelineResult:
-    """Run ``specs`` over ``model``; never raises for a broken pass, the result says which."""
+                 instruments: list[Instrument] = (), source: Path | None = None) -> PipelineResult:
+    """Run ``specs`` over ``model``; never raises for a broken pass, the result says which.
+
+    ``source``: the file ``model`` was read from (self-contained, no external data); passes
+    see it in ``ctx.source`` for as long as the model is still exactly that file.
+    """
     if verify not in VERIFY_MODES:
         raise SegcError(f"--verify must be one of {', '.join(VERIFY_MODES)}, not {verify!r}")
     if verify != "none" and verifier is None:
@@ -210,7 +214,8 @@ def run_pipeline(model: onnx.ModelProto, specs: list[PassSpec], *, target: str |
     for spec, pass_obj, record in zip(specs, passes, records):
         for inst in instruments:
             inst.before_pass(record, result.model)
-        ctx = PassContext(options=dict(spec.options), target=target, recipe=recipe)
+        ctx = PassContext(options=dict(spec.options), target=target, recipe=recipe,
+                          source=source if result.model is model else None)
         started = time.perf_counter()
         try:
             new_model, outcome = pass_obj.apply(result.model, ctx)

@@ -17,14 +17,16 @@ alone and says so; it does not guess.
 
 from __future__ import annotations
 
-import contextlib
-import io
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import onnx
 
+from segc.errors import SegcError
 from segc.modelio import tensor_nbytes, weight_bytes
 from segc.passbase import Contract, GraphPass, PassContext, PassResult, carry_model_fields, register_pass
+from segc.passes._onnxsim_core import FoldSettings, simplify_bytes, simplify_file
 
 GROWTH_ALLOWANCE = 1.02  # folding may legitimately add a little (e.g. a folded shape constant)
 GROWTH_SLACK = 4096  # bytes: small constants never count as growth
@@ -43,14 +45,15 @@ class Simplify(GraphPass):
     def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         notes: list[str] = []
         size_before = weight_bytes(model)
-        attempts: list[dict[str, Any]] = [{}]
+        attempts = [FoldSettings()]
         if not ctx.option("fold_constants", True):
-            attempts = [{"skip_constant_folding": True}]
+            attempts = [FoldSettings(constant_folding=False)]
         else:
             biggest = max((tensor_nbytes(t) for t in model.graph.initializer), default=0)
-            attempts += [{"tensor_size_threshold": f"{max(biggest, 1024)}B"}, {"skip_constant_folding": True}]
-        for kwargs in attempts:
-            simplified = _run_onnxsim(model, kwargs, notes)
+            attempts += [FoldSettings(tensor_size_threshold=max(biggest, 1024)), FoldSettings(constant_folding=False)]
+        source = _OnnxsimInput(model, ctx.source)
+        for settings in attempts:
+            simplified = source.simplify(settings, notes)
             if simplified is None:
                 return model, PassResult(changed=False, stats={"skipped": True}, notes=notes)
             frozen = _frozen_dims(model, simplified)
@@ -60,7 +63,7 @@ class Simplify(GraphPass):
             size_after = weight_bytes(simplified)
             if size_after <= size_before * GROWTH_ALLOWANCE + GROWTH_SLACK:
                 break
-            notes.append(f"folding with {kwargs or 'defaults'} grew the model {size_before} -> {size_after} bytes; retrying")
+            notes.append(f"folding with {settings.describe()} grew the model {size_before} -> {size_after} bytes; retrying")
         else:
             notes.append("every attempt grew the model: graph left as it was")
             return model, PassResult(changed=False, stats={"skipped": True}, notes=notes)
@@ -72,28 +75,54 @@ class Simplify(GraphPass):
             "nodes_after": len(simplified.graph.node),
             "weight_bytes_before": size_before,
             "weight_bytes_after": size_after,
-            "settings": kwargs or "defaults",
+            "settings": settings.describe(),
+            "input": source.route,
         }
         return (simplified if changed else model), PassResult(changed=changed, stats=stats, notes=notes)
 
 
-def _run_onnxsim(model: onnx.ModelProto, kwargs: dict[str, Any], notes: list[str]) -> onnx.ModelProto | None:
-    import onnxsim
+class _OnnxsimInput:
+    """How the model reaches onnx-simplifier's C++ core, chosen once for all attempts.
 
-    model = _with_output_shapes(model)
-    chatter = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(chatter):  # keep segc's own output readable
-            simplified, ok = onnxsim.simplify(model, check_n=0, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - onnxsim raises bare RuntimeErrors from C++
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        notes.append(f"onnx-simplifier could not process the model: {first[:300]}")
-        return None
-    notes.extend(f"onnx-simplifier: {line.strip()}" for line in chatter.getvalue().splitlines() if line.strip())
-    if not ok:
-        notes.append("onnx-simplifier reported that its result may be wrong: result discarded")
-        return None
-    return simplified
+    Measured on hrnet_w48_ocr (bench/compile_floor.py): handing the core the file the model
+    was read from (``simplify_path``) skips a Python ``SerializeToString`` of the whole model
+    (seconds, and a second copy of every weight held at the peak); the result is read back
+    with one ``onnx.load``. When there is no such file (an earlier pass changed the model, or
+    its outputs lack a shape field onnxsim insists on) the model is serialised once and those
+    bytes serve every retry (``simplify``, in memory).
+
+    onnxruntime's basic optimisation from the file (``SessionOptions.optimized_model_filepath``)
+    was the other candidate (issue 11): it leaves more nodes on ocrnet (1062 against
+    onnx-simplifier's 944), so onnx-simplifier stays the folding engine.
+    """
+
+    def __init__(self, model: onnx.ModelProto, source: Path | None) -> None:
+        self.model = model
+        self.path = source if source is not None and not _missing_output_shapes(model) else None
+        self.route = "file" if self.path is not None else "bytes"
+        self._bytes: bytes | None = None
+
+    def simplify(self, settings: FoldSettings, notes: list[str]) -> onnx.ModelProto | None:
+        try:
+            if self.path is not None:
+                with tempfile.TemporaryDirectory(prefix="segc-onnxsim-") as tmp:
+                    out = Path(tmp) / "simplified.onnx"
+                    simplify_file(self.path, out, settings)
+                    simplified = onnx.load(str(out))
+            else:
+                if self._bytes is None:
+                    self._bytes = _with_output_shapes(self.model).SerializeToString()
+                result = simplify_bytes(self._bytes, settings)
+                if not result:
+                    raise ValueError("the simplified model is larger than 2 GiB")
+                simplified = onnx.load_from_string(result)
+        except SegcError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - onnxsim raises bare RuntimeErrors from C++
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            notes.append(f"onnx-simplifier could not process the model: {first[:300]}")
+            return None
+        return simplified
 
 
 def _same_structure(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
@@ -121,10 +150,13 @@ def _same_structure(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
     return True
 
 
+def _missing_output_shapes(model: onnx.ModelProto) -> bool:
+    return any(not o.type.tensor_type.HasField("shape") for o in model.graph.output)
+
+
 def _with_output_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """onnx-simplifier rejects outputs whose type has no shape field; give them an empty one."""
-    missing = [o for o in model.graph.output if not o.type.tensor_type.HasField("shape")]
-    if not missing:
+    if not _missing_output_shapes(model):
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)
