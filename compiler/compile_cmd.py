@@ -38,6 +38,8 @@ from segc.verify_inputs import DEFAULT_PIXEL_BUDGET, graph_inputs, input_dims
 class ProgressInstrument(Instrument):
     """One line per pass on stderr, so long compiles show where they are."""
 
+    needs_model = False  # prints names and times only: never makes the pipeline export a graph
+
     def __init__(self, total: int) -> None:
         from rich.console import Console
 
@@ -45,11 +47,11 @@ class ProgressInstrument(Instrument):
         self.total = total
         self.line_open = False  # a pass line waits for its result; an error must not glue onto it
 
-    def before_pass(self, record: PassRecord, model: onnx.ModelProto) -> None:
+    def before_pass(self, record: PassRecord, model: onnx.ModelProto | None) -> None:
         self.console.print(f"[{record.index + 1}/{self.total}] {record.name} ...", end="")
         self.line_open = True
 
-    def after_pass(self, record: PassRecord, model: onnx.ModelProto) -> None:
+    def after_pass(self, record: PassRecord, model: onnx.ModelProto | None) -> None:
         v = f" {record.verify_seconds:.1f}s verify" if record.verify_seconds else ""
         self.console.print(f" {record.status} ({record.seconds:.2f}s{v})")
         self.line_open = False

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import onnx
+import onnx_graphsurgeon as gs
 
 from segc.errors import SegcError
 from segc.metrics import Verdict
-from segc.passbase import Contract, GraphPass, PassContext, PassResult, get_pass
+from segc.passbase import Contract, GraphPass, PassContext, PassResult, carry_model_fields, get_pass
 from segc.recipe import Recipe
 from segc.verify import GraphState, Verifier
 
@@ -82,6 +83,8 @@ class PipelineResult:
     failure: str | None = None
     end_verdict: Verdict | None = None
     bisect_probes: list[dict[str, Any]] = field(default_factory=list)
+    graph_imports: int = 0  # graph-surgeon round trips the run cost (see WorkingModel)
+    graph_exports: int = 0
 
     @property
     def ok(self) -> bool:
@@ -93,12 +96,20 @@ class PipelineResult:
 
 
 class Instrument:
-    """Hooks around each pass. Subclasses override what they need."""
+    """Hooks around each pass. Subclasses override what they need.
 
-    def before_pass(self, record: PassRecord, model: onnx.ModelProto) -> None:
+    ``needs_model``: whether the hooks look at the model. Between consecutive graph passes
+    the model lives as a graph-surgeon graph; an instrument that needs the ``ModelProto``
+    (a dump) makes the pipeline export it after every pass, one that does not (progress)
+    gets ``None`` and costs nothing.
+    """
+
+    needs_model: bool = True
+
+    def before_pass(self, record: PassRecord, model: onnx.ModelProto | None) -> None:
         pass
 
-    def after_pass(self, record: PassRecord, model: onnx.ModelProto) -> None:
+    def after_pass(self, record: PassRecord, model: onnx.ModelProto | None) -> None:
         pass
 
 
@@ -191,6 +202,81 @@ def _write_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> onnx.Mo
     return out
 
 
+class WorkingModel:
+    """The model between passes: a ``ModelProto``, or a graph-surgeon graph not yet exported.
+
+    A graph pass (one that keeps ``GraphPass.apply``) runs on ``graph()``; the next graph pass
+    gets the same graph, so a run of consecutive graph passes costs one import and, only when
+    something needs a proto (a verifier session, a dump, a whole-model pass, the end), one
+    export. Each export copies every weight, hundreds of MiB on hrnet_w48_ocr (issue 11)::
+
+        before:  proto -import-> A -export-> proto -import-> B -export-> proto
+        after:   proto -import-> A ---------------------> B -export-> proto
+
+    Metadata a pass stores (``ctx.metadata``) is kept aside while the graph is newer than the
+    proto and written on export, with the fields graph-surgeon drops (``carry_model_fields``).
+    """
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self._proto: onnx.ModelProto | None = model  # None: the graph is newer
+        self._graph: gs.Graph | None = None  # when set, the same model as _proto (or newer)
+        self._base = model  # the proto the graph came from: its fields are carried on export
+        self._metadata: dict[str, str] = {}  # stored by passes since the graph became newer
+        self.imports = 0
+        self.exports = 0
+
+    @property
+    def is_proto_current(self) -> bool:
+        return self._proto is not None
+
+    def proto(self) -> onnx.ModelProto:
+        if self._proto is None:
+            assert self._graph is not None
+            out = gs.export_onnx(self._graph)
+            self.exports += 1
+            carry_model_fields(self._base, out)
+            self._proto = _write_metadata(out, self._metadata)
+            self._base, self._metadata = self._proto, {}
+        return self._proto
+
+    def graph(self) -> gs.Graph:
+        if self._graph is None:
+            self._graph = gs.import_onnx(self.proto())
+            self.imports += 1
+            self._base = self.proto()
+        return self._graph
+
+    def metadata(self) -> dict[str, str]:
+        current = {p.key: p.value for p in self.last_exported().metadata_props}
+        return {**current, **(self._metadata if self._proto is None else {})}
+
+    def set_proto(self, model: onnx.ModelProto) -> None:
+        """A whole-model pass returned ``model``: any graph is now out of date."""
+        if model is not self._proto:
+            self._proto, self._graph, self._base, self._metadata = model, None, model, {}
+
+    def graph_changed(self) -> None:
+        self._proto = None
+
+    def last_exported(self) -> onnx.ModelProto:
+        """The newest proto there is, without exporting (after a pass crashed mid-graph)."""
+        return self._proto if self._proto is not None else self._base
+
+    def store_metadata(self, metadata: dict[str, str]) -> bool:
+        """Record a pass's metadata; True if it changed what the model carries."""
+        if not metadata or all(self.metadata().get(k) == v for k, v in metadata.items()):
+            return False
+        if self._proto is not None:
+            self._proto = self._base = _write_metadata(self._proto, metadata)
+        else:
+            self._metadata.update(metadata)
+        return True
+
+
+def _is_graph_pass(pass_obj: GraphPass) -> bool:
+    return type(pass_obj).apply is GraphPass.apply
+
+
 def run_pipeline(model: onnx.ModelProto, specs: list[PassSpec], *, target: str | None = None,
                  recipe: Recipe | None = None, verify: str = "each", verifier: Verifier | None = None,
                  instruments: list[Instrument] = (), source: Path | None = None) -> PipelineResult:
@@ -210,20 +296,32 @@ def run_pipeline(model: onnx.ModelProto, specs: list[PassSpec], *, target: str |
 
     state: GraphState | None = verifier.initial_state(model) if verify != "none" and verifier else None
     reference = state
-    history: list[onnx.ModelProto] = [model]
+    history: list[onnx.ModelProto] = [model] if verify == "end" else []
+    working = WorkingModel(model)
+
+    def proto_for(inst: Instrument) -> onnx.ModelProto | None:
+        return working.proto() if inst.needs_model else None
+
     for spec, pass_obj, record in zip(specs, passes, records):
         for inst in instruments:
-            inst.before_pass(record, result.model)
-        ctx = PassContext(options=dict(spec.options), target=target, recipe=recipe,
-                          source=source if result.model is model else None)
+            inst.before_pass(record, proto_for(inst))
+        unchanged_input = working.is_proto_current and working.proto() is result.model
+        ctx = PassContext(options=dict(spec.options), target=target, recipe=recipe, model_metadata=working.metadata(),
+                          source=source if unchanged_input else None)
         started = time.perf_counter()
         try:
-            new_model, outcome = pass_obj.apply(result.model, ctx)
-            with_meta = _write_metadata(new_model, ctx.metadata)
-            if with_meta is not new_model and not outcome.changed:
+            if _is_graph_pass(pass_obj):
+                graph = working.graph()
+                outcome = pass_obj.run(graph, ctx)
+                if outcome.changed:
+                    graph.cleanup().toposort()
+                    working.graph_changed()
+            else:
+                new_model, outcome = pass_obj.apply(working.proto(), ctx)
+                working.set_proto(new_model)
+            if working.store_metadata(ctx.metadata) and not outcome.changed:
                 # metadata is not a graph change (nothing to re-verify), but say it happened
                 outcome.notes.append(f"stored metadata: {', '.join(sorted(ctx.metadata))}")
-            new_model = with_meta
         except SegcError:
             raise
         except Exception as exc:  # noqa: BLE001 - a crashing pass is a pipeline failure, reported as such
@@ -231,6 +329,7 @@ def run_pipeline(model: onnx.ModelProto, specs: list[PassSpec], *, target: str |
             record.status = "error"
             record.error = f"{type(exc).__name__}: {exc}"
             record.notes.append(traceback.format_exc(limit=6))
+            result.model = working.last_exported()  # a crash may leave the shared graph half-rewritten
             result.failed_pass = spec.name
             result.failure = f"pass {spec.name} raised {record.error}"
             return result
@@ -238,27 +337,28 @@ def run_pipeline(model: onnx.ModelProto, specs: list[PassSpec], *, target: str |
         _take(record, outcome)
         if verify == "each" and outcome.changed and verifier is not None and state is not None:
             t0 = time.perf_counter()
-            after = verifier.new_state(new_model, f"after {spec.name}")
+            after = verifier.new_state(working.proto(), f"after {spec.name}")
             record.verdict = verifier.compare(state, after, Contract(record.contract), tolerances_of(pass_obj, spec.options))
             record.verify_seconds = time.perf_counter() - t0
             record.status = record.verdict.status
             if not record.verdict.ok:
-                result.model = new_model
+                result.model = working.proto()
                 result.failed_pass = spec.name
                 result.failure = f"pass {spec.name} failed verification ({record.contract}): {'; '.join(record.verdict.reasons[:3])}"
                 for inst in instruments:
-                    inst.after_pass(record, new_model)
+                    inst.after_pass(record, proto_for(inst))
                 return result
             state = after
         elif not outcome.changed:
             record.status = "unchanged"
         else:
             record.status = "unverified" if verify == "none" else "ok"
-        result.model = new_model
         if verify == "end" and outcome.changed:
-            history.append(new_model)  # history[k]: the model after the k-th *changing* pass
+            history.append(working.proto())  # history[k]: the model after the k-th *changing* pass
         for inst in instruments:
-            inst.after_pass(record, new_model)
+            inst.after_pass(record, proto_for(inst))
+    result.model = working.proto()
+    result.graph_imports, result.graph_exports = working.imports, working.exports
 
     pass_tolerances = {r.index: tolerances_of(p, s.options) for r, p, s in zip(records, passes, specs)}
     if verify == "end" and verifier is not None and reference is not None and len(history) > 1:
