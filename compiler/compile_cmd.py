@@ -23,7 +23,7 @@ from segc.modelio import file_sha256, load_model_and_files, save_model
 from segc.outdir import FIXED_NAMES, StagedOutput, check_dump_dir, require_utf8
 from segc.ortrun import SESSION_STATS, SessionConfig
 from segc.passes.prune_outputs import pin_selectors
-from segc.pipeline import DumpInstrument, Instrument, PassRecord, PassSpec, PipelineResult, run_pipeline
+from segc.pipeline import DumpInstrument, HandOver, Instrument, PassRecord, PassSpec, PipelineResult, run_pipeline
 from segc.recipe import RECIPE_METADATA_KEY, Recipe, get_recipe
 from segc.report import PASS_COLUMNS, build_report, pass_rows, unverified_lines, write_reports
 from segc.shapes import ShapeRange, parse_shape_range, parse_static_shape, ranges_from_metadata
@@ -256,8 +256,10 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
     out_name = f"{src.stem}.{target.name}.onnx"
     if args.dump_dir:
         check_dump_dir(args.dump_dir, [DumpInstrument.file_name(i, s.name) for i, s in enumerate(specs)], protect)
+    handed = HandOver(model)
+    del model  # the pipeline frees the input once a pass has replaced it
     with StagedOutput(outdir, force=args.force, protect=protect, names=[out_name, *FIXED_NAMES]) as out:
-        return _compile_into(out, args, argv, src, model, target, recipe, specs, ranges, tolerances, started, cli_warnings)
+        return _compile_into(out, args, argv, src, handed, target, recipe, specs, ranges, tolerances, started, cli_warnings)
 
 
 def _self_contained(src: Path, protect: list[Path]) -> Path | None:
@@ -265,10 +267,12 @@ def _self_contained(src: Path, protect: list[Path]) -> Path | None:
     return src if len(protect) == 1 else None
 
 
-def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], src: Path, model: onnx.ModelProto,
+def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], src: Path, handed: HandOver,
                   target: Target, recipe: Recipe | None, specs: list[PassSpec], ranges: dict[str, ShapeRange],
                   tolerances: Tolerances, started: float, cli_warnings: list[str]) -> int:
     """Run, verify, check and emit into ``out``'s staging folder, then move it into place."""
+    model = handed.model
+    assert model is not None
     outdir = out.outdir
     out_model = out.path(f"{src.stem}.{target.name}.onnx")
     input_hash = file_sha256(src)
@@ -303,8 +307,10 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
     if args.dump_dir:
         instruments.append(DumpInstrument(args.dump_dir, protect=out.protect))
     SESSION_STATS.reset()
+    input_nodes = len(model.graph.node)
+    del model  # `handed` gives the pipeline the only reference
     try:
-        result = run_pipeline(model, specs, target=target.name, recipe=recipe, verify=args.verify, verifier=verifier,
+        result = run_pipeline(handed, specs, target=target.name, recipe=recipe, verify=args.verify, verifier=verifier,
                               instruments=instruments, source=_self_contained(src, out.protect))
     finally:
         progress.close_line()
@@ -313,7 +319,7 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
         "command_line": shlex.join(["segc", *argv]),
         "target": target.name,
         "recipe": recipe.name if recipe else None,
-        "input": _model_info(src, model, input_hash),
+        "input": {**_model_info(src, sha256=input_hash), "nodes": input_nodes},
         "tolerances": tolerances.to_dict(),
         "session_config": config.to_dict(),
         "verified_shapes": verifier.feed_labels if verifier else [],

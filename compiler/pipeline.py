@@ -202,6 +202,21 @@ def _write_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> onnx.Mo
     return out
 
 
+@dataclass
+class HandOver:
+    """The input model given to :func:`run_pipeline` for keeps: it takes the model out, so
+    once a pass has replaced it nothing holds the input's weights any more (a caller that
+    passes a plain ``ModelProto`` keeps its own reference, and with it the memory)."""
+
+    model: onnx.ModelProto | None
+
+    def take(self) -> onnx.ModelProto:
+        model, self.model = self.model, None
+        if model is None:
+            raise RuntimeError("HandOver.take() called twice")
+        return model
+
+
 class WorkingModel:
     """The model between passes: a ``ModelProto``, or a graph-surgeon graph not yet exported.
 
@@ -224,6 +239,7 @@ class WorkingModel:
         self._metadata: dict[str, str] = {}  # stored by passes since the graph became newer
         self.imports = 0
         self.exports = 0
+        self.is_input = True  # still exactly the model the pipeline was given (no pass changed it)
 
     @property
     def is_proto_current(self) -> bool:
@@ -243,24 +259,34 @@ class WorkingModel:
         if self._graph is None:
             self._graph = gs.import_onnx(self.proto())
             self.imports += 1
-            self._base = self.proto()
+            self._base = _model_fields(self.proto())  # not the proto: it may be freed once the graph changes
         return self._graph
 
     def metadata(self) -> dict[str, str]:
-        current = {p.key: p.value for p in self.last_exported().metadata_props}
+        current = {p.key: p.value for p in (self._proto if self._proto is not None else self._base).metadata_props}
         return {**current, **(self._metadata if self._proto is None else {})}
 
     def set_proto(self, model: onnx.ModelProto) -> None:
         """A whole-model pass returned ``model``: any graph is now out of date."""
         if model is not self._proto:
             self._proto, self._graph, self._base, self._metadata = model, None, model, {}
+            self.is_input = False
 
     def graph_changed(self) -> None:
         self._proto = None
+        self.is_input = False
 
-    def last_exported(self) -> onnx.ModelProto:
-        """The newest proto there is, without exporting (after a pass crashed mid-graph)."""
-        return self._proto if self._proto is not None else self._base
+    def after_crash(self) -> tuple[onnx.ModelProto, str | None]:
+        """The model to keep after a pass raised, and a note when it is not the state before it.
+
+        The shared graph may hold the crashed pass's partial rewrite: it is exported as it is
+        (the run is reported as failed either way, the model is kept for diagnosis)."""
+        if self._proto is not None:
+            return self._proto, None
+        try:
+            return self.proto(), "the model kept includes whatever the crashed pass had rewritten"
+        except Exception as exc:  # noqa: BLE001 - a half-rewritten graph may not export
+            return self._base, f"the graph could not be exported after the crash ({type(exc).__name__}): no model kept"
 
     def store_metadata(self, metadata: dict[str, str]) -> bool:
         """Record a pass's metadata; True if it changed what the model carries."""
@@ -270,21 +296,33 @@ class WorkingModel:
             self._proto = self._base = _write_metadata(self._proto, metadata)
         else:
             self._metadata.update(metadata)
+        self.is_input = False
         return True
+
+
+def _model_fields(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A ModelProto with no graph, holding what ``carry_model_fields`` copies onto an export."""
+    fields = onnx.ModelProto(ir_version=model.ir_version, producer_name=model.producer_name,
+                             producer_version=model.producer_version, doc_string=model.doc_string)
+    fields.metadata_props.extend(model.metadata_props)
+    return fields
 
 
 def _is_graph_pass(pass_obj: GraphPass) -> bool:
     return type(pass_obj).apply is GraphPass.apply
 
 
-def run_pipeline(model: onnx.ModelProto, specs: list[PassSpec], *, target: str | None = None,
+def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, target: str | None = None,
                  recipe: Recipe | None = None, verify: str = "each", verifier: Verifier | None = None,
                  instruments: list[Instrument] = (), source: Path | None = None) -> PipelineResult:
     """Run ``specs`` over ``model``; never raises for a broken pass, the result says which.
 
     ``source``: the file ``model`` was read from (self-contained, no external data); passes
     see it in ``ctx.source`` for as long as the model is still exactly that file.
+    ``model`` as a :class:`HandOver` lets the input be freed once a pass replaced it.
     """
+    if isinstance(model, HandOver):
+        model = model.take()
     if verify not in VERIFY_MODES:
         raise SegcError(f"--verify must be one of {', '.join(VERIFY_MODES)}, not {verify!r}")
     if verify != "none" and verifier is None:
@@ -292,12 +330,13 @@ def run_pipeline(model: onnx.ModelProto, specs: list[PassSpec], *, target: str |
     passes = _instantiate(specs)
     specs = _pin_outputs(model, specs, verifier)
     records = [PassRecord(i, s.name, contract_of(p, s.options).value, dict(s.options)) for i, (s, p) in enumerate(zip(specs, passes))]
-    result = PipelineResult(model=model, records=records, verify_mode=verify)
+    result = PipelineResult(model=onnx.ModelProto(), records=records, verify_mode=verify)  # set on every return
 
     state: GraphState | None = verifier.initial_state(model) if verify != "none" and verifier else None
     reference = state
     history: list[onnx.ModelProto] = [model] if verify == "end" else []
     working = WorkingModel(model)
+    del model  # from here on only `working` (and a verifier's reference state) holds the input
 
     def proto_for(inst: Instrument) -> onnx.ModelProto | None:
         return working.proto() if inst.needs_model else None
@@ -305,9 +344,8 @@ def run_pipeline(model: onnx.ModelProto, specs: list[PassSpec], *, target: str |
     for spec, pass_obj, record in zip(specs, passes, records):
         for inst in instruments:
             inst.before_pass(record, proto_for(inst))
-        unchanged_input = working.is_proto_current and working.proto() is result.model
         ctx = PassContext(options=dict(spec.options), target=target, recipe=recipe, model_metadata=working.metadata(),
-                          source=source if unchanged_input else None)
+                          source=source if working.is_input else None)
         started = time.perf_counter()
         try:
             if _is_graph_pass(pass_obj):
@@ -329,7 +367,9 @@ def run_pipeline(model: onnx.ModelProto, specs: list[PassSpec], *, target: str |
             record.status = "error"
             record.error = f"{type(exc).__name__}: {exc}"
             record.notes.append(traceback.format_exc(limit=6))
-            result.model = working.last_exported()  # a crash may leave the shared graph half-rewritten
+            result.model, note = working.after_crash()
+            if note:
+                record.notes.append(note)
             result.failed_pass = spec.name
             result.failure = f"pass {spec.name} raised {record.error}"
             return result

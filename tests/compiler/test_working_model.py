@@ -6,6 +6,7 @@ only when something needs a proto: a verifier session, a dump, a whole-model pas
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +89,38 @@ def test_a_dump_or_a_session_still_sees_every_state(tmp_path: Path) -> None:
     assert [n.op_type for n in first.graph.node].count("Mul") == 1
     verified = run_pipeline(model(), _specs(), verify="each")
     assert verified.ok and verified.graph_exports == 2
+
+
+class CountHolders(GraphPass):
+    """Records how many references the test's input model has while the pipeline runs."""
+
+    name = "test_count_holders"
+    contract = Contract.EXACT
+    watched: list[onnx.ModelProto] = []
+    seen: list[int] = []
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        CountHolders.seen.append(sys.getrefcount(CountHolders.watched[0]))
+        return PassResult(changed=False)
+
+
+def test_a_handed_over_input_is_released_once_a_pass_replaced_it() -> None:
+    """With ``HandOver`` the pipeline keeps no reference to the input after the first change
+    (a caller that keeps its own, as this test does, is the only holder left)."""
+    from segc.pipeline import HandOver
+
+    register_pass(CountHolders)
+    try:
+        m = model()
+        CountHolders.watched[:] = [m]
+        CountHolders.seen.clear()
+        alone = sys.getrefcount(m)  # this frame and the watch list
+        specs = [PassSpec("test_count_holders"), PassSpec("test_double_output"), PassSpec("test_count_holders")]
+        result = run_pipeline(HandOver(m), specs, verify="none")
+        assert result.ok
+        before, after = CountHolders.seen
+        assert before > alone  # while it is still the working model, the pipeline holds it
+        assert after == alone  # replaced: the pipeline let go of it
+    finally:
+        unregister_pass(CountHolders.name)
+        CountHolders.watched.clear()
