@@ -355,7 +355,10 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
                     graph.cleanup().toposort()
                     working.graph_changed()
             else:
-                new_model, outcome = pass_obj.apply(working.proto(), ctx)
+                current = working.proto()  # exporting the graph earlier passes left is their cost
+                started = time.perf_counter()
+                new_model, outcome = pass_obj.apply(current, ctx)
+                del current
                 working.set_proto(new_model)
             if working.store_metadata(ctx.metadata) and not outcome.changed:
                 # metadata is not a graph change (nothing to re-verify), but say it happened

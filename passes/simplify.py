@@ -13,6 +13,17 @@ two properties it must keep:
 
 Ops onnx-simplifier does not know (vendor ops) make it fail: the pass then leaves the graph
 alone and says so; it does not guess.
+
+Only onnx-simplifier's C++ core is used (``segc.passes._onnxsim_core``: its Python package
+would import torch), and it is handed the input file itself when the model is still that
+file (``_OnnxsimInput``). The folding engine was chosen by measurement (issue 11, and
+bench/compile_floor.py): onnxruntime's basic optimisation written out with
+``SessionOptions.optimized_model_filepath`` is the one alternative that keeps symbolic dims
+and emits only standard ops, but it leaves more nodes (ocrnet_hrnetw18: 1062 against
+onnx-simplifier's 944; dbnet_r50: 239 against 243) and saved about 1.2 s of 4.4 s on dbnet_r50
+(load average 11, in process), while adding Microsoft opset domains to the model; the
+vendor tools' op lists are written against onnx-simplifier's output. So onnx-simplifier
+stays, paid for only in what it does.
 """
 
 from __future__ import annotations
@@ -84,16 +95,12 @@ class Simplify(GraphPass):
 class _OnnxsimInput:
     """How the model reaches onnx-simplifier's C++ core, chosen once for all attempts.
 
-    Measured on hrnet_w48_ocr (bench/compile_floor.py): handing the core the file the model
-    was read from (``simplify_path``) skips a Python ``SerializeToString`` of the whole model
-    (seconds, and a second copy of every weight held at the peak); the result is read back
-    with one ``onnx.load``. When there is no such file (an earlier pass changed the model, or
+    Handing the core the file the model was read from (``simplify_path``) skips a Python
+    ``SerializeToString`` of the whole model: issue 11 measured it at 2.1 s on hrnet_w48_ocr,
+    and 0.7 GiB peak for onnx-simplifier given the file against 1.5 GiB given a ModelProto.
+    The result is read back with one ``onnx.load``. When there is no such file (an earlier pass changed the model, or
     its outputs lack a shape field onnxsim insists on) the model is serialised once and those
     bytes serve every retry (``simplify``, in memory).
-
-    onnxruntime's basic optimisation from the file (``SessionOptions.optimized_model_filepath``)
-    was the other candidate (issue 11): it leaves more nodes on ocrnet (1062 against
-    onnx-simplifier's 944), so onnx-simplifier stays the folding engine.
     """
 
     def __init__(self, model: onnx.ModelProto, source: Path | None) -> None:
