@@ -253,6 +253,10 @@ class WorkingModel:
             carry_model_fields(self._base, out)
             self._proto = _write_metadata(out, self._metadata)
             self._base, self._metadata = self._proto, {}
+            # the graph still points into the proto it was imported from: dropping it frees
+            # that copy of every weight now, not at the end of the run (a later graph pass
+            # re-imports; constants stay lazy, so that costs no weight copy)
+            self._graph = None
         return self._proto
 
     def graph(self) -> gs.Graph:
@@ -354,6 +358,7 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
                 if outcome.changed:
                     graph.cleanup().toposort()
                     working.graph_changed()
+                del graph  # `working` owns it: an export may drop it, and with it the proto it points into
             else:
                 current = working.proto()  # exporting the graph earlier passes left is their cost
                 started = time.perf_counter()
