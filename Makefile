@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.segc-installed
 TORCH  := torch==2.13.0
 DEMO   := build/demo
 
-.PHONY: setup test demo bench thirdparty clean
+.PHONY: setup test demo bench bench-floor thirdparty clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run_bench.py --out build/bench
 	$(BIN)/python bench/big_model.py --out build/bench
+	$(BIN)/python bench/compile_floor.py --out build/bench
+
+# issue 11 alone: segc against load+save and onnx-simplifier, side by side, medians of 3
+bench-floor: $(STAMP)
+	$(BIN)/python bench/compile_floor.py --out build/bench
 
 # issue 9's third-party set as a table (the same cells tests/thirdparty asserts), past failures
 thirdparty: $(STAMP)

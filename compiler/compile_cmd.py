@@ -25,7 +25,7 @@ from segc.ortrun import SESSION_STATS, SessionConfig
 from segc.fp16_emulation import fp32_layers
 from segc.passes.emulate_fp16 import precision_passes
 from segc.passes.prune_outputs import pin_selectors
-from segc.pipeline import DumpInstrument, Instrument, PassRecord, PassSpec, PipelineResult, run_pipeline
+from segc.pipeline import DumpInstrument, HandOver, Instrument, PassRecord, PassSpec, PipelineResult, run_pipeline
 from segc.recipe import RECIPE_METADATA_KEY, Recipe, get_recipe
 from segc.report import PASS_COLUMNS, build_report, pass_rows, unverified_lines, write_reports
 from segc.shapes import ShapeRange, parse_shape_range, parse_static_shape, ranges_from_metadata
@@ -41,6 +41,8 @@ from segc.verify_inputs import DEFAULT_PIXEL_BUDGET, graph_inputs, input_dims
 class ProgressInstrument(Instrument):
     """One line per pass on stderr, so long compiles show where they are."""
 
+    needs_model = False  # prints names and times only: never makes the pipeline export a graph
+
     def __init__(self, total: int) -> None:
         from rich.console import Console
 
@@ -48,11 +50,11 @@ class ProgressInstrument(Instrument):
         self.total = total
         self.line_open = False  # a pass line waits for its result; an error must not glue onto it
 
-    def before_pass(self, record: PassRecord, model: onnx.ModelProto) -> None:
+    def before_pass(self, record: PassRecord, model: onnx.ModelProto | None) -> None:
         self.console.print(f"[{record.index + 1}/{self.total}] {record.name} ...", end="")
         self.line_open = True
 
-    def after_pass(self, record: PassRecord, model: onnx.ModelProto) -> None:
+    def after_pass(self, record: PassRecord, model: onnx.ModelProto | None) -> None:
         v = f" {record.verify_seconds:.1f}s verify" if record.verify_seconds else ""
         self.console.print(f" {record.status} ({record.seconds:.2f}s{v})")
         self.line_open = False
@@ -258,14 +260,23 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
     out_name = f"{src.stem}.{target.name}.onnx"
     if args.dump_dir:
         check_dump_dir(args.dump_dir, [DumpInstrument.file_name(i, s.name) for i, s in enumerate(specs)], protect)
+    handed = HandOver(model)
+    del model  # the pipeline frees the input once a pass has replaced it
     with StagedOutput(outdir, force=args.force, protect=protect, names=[out_name, *FIXED_NAMES]) as out:
-        return _compile_into(out, args, argv, src, model, target, recipe, specs, ranges, tolerances, started, cli_warnings)
+        return _compile_into(out, args, argv, src, handed, target, recipe, specs, ranges, tolerances, started, cli_warnings)
 
 
-def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], src: Path, model: onnx.ModelProto,
+def _self_contained(src: Path, protect: list[Path]) -> Path | None:
+    """The input file when it holds the whole model (no external data), for passes that read files."""
+    return src if len(protect) == 1 else None
+
+
+def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], src: Path, handed: HandOver,
                   target: Target, recipe: Recipe | None, specs: list[PassSpec], ranges: dict[str, ShapeRange],
                   tolerances: Tolerances, started: float, cli_warnings: list[str]) -> int:
     """Run, verify, check and emit into ``out``'s staging folder, then move it into place."""
+    model = handed.model
+    assert model is not None
     outdir = out.outdir
     out_model = out.path(f"{src.stem}.{target.name}.onnx")
     input_hash = file_sha256(src)
@@ -301,9 +312,11 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
     if args.dump_dir:
         instruments.append(DumpInstrument(args.dump_dir, protect=out.protect))
     SESSION_STATS.reset()
+    input_nodes = len(model.graph.node)
+    del model  # `handed` gives the pipeline the only reference
     try:
-        result = run_pipeline(model, specs, target=target.name, recipe=recipe, verify=args.verify, verifier=verifier,
-                              instruments=instruments)
+        result = run_pipeline(handed, specs, target=target.name, recipe=recipe, verify=args.verify, verifier=verifier,
+                              instruments=instruments, source=_self_contained(src, out.protect))
     finally:
         progress.close_line()
 
@@ -311,7 +324,7 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
         "command_line": shlex.join(["segc", *argv]),
         "target": target.name,
         "recipe": recipe.name if recipe else None,
-        "input": _model_info(src, model, input_hash),
+        "input": {**_model_info(src, sha256=input_hash), "nodes": input_nodes},
         "tolerances": tolerances.to_dict(),
         "session_config": config.to_dict(),
         "verified_shapes": verifier.feed_labels if verifier else [],

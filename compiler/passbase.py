@@ -21,6 +21,7 @@ import enum
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import onnx
@@ -54,13 +55,17 @@ class PassContext:
 
     ``options`` holds this pass's own options (already merged: target default < recipe <
     command line). ``metadata`` is written into the model's ``metadata_props`` after the pass,
-    which is how e.g. ``set_shape_range`` tells the targets the range it set.
+    which is how e.g. ``set_shape_range`` tells the targets the range it set. ``source`` lets a
+    pass that hands the model to a file-based tool (``simplify``) skip re-serialising it.
     """
 
     options: dict[str, Any] = field(default_factory=dict)
     target: str | None = None
     recipe: Recipe | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    model_metadata: dict[str, str] = field(default_factory=dict)  # the model's metadata_props, read-only
+    source: Path | None = None  # the file the model came from, set only while the model is exactly that file
+
 
     def option(self, key: str, default: Any = None) -> Any:
         return self.options.get(key, default)
@@ -87,7 +92,15 @@ class GraphPass:
         raise NotImplementedError
 
     def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
-        """Run the pass on a copy of ``model``; the input model is never modified."""
+        """Run the pass on a copy of ``model``; the input model is never modified.
+
+        The pipeline does not call this for a pass that keeps it: it runs ``run`` on a graph
+        shared by consecutive graph passes (``segc.pipeline.WorkingModel``). So ``run`` sees
+        the model's metadata only through ``ctx.model_metadata``, and must leave the graph
+        untouched when it returns ``changed=False``.
+        """
+        if not ctx.model_metadata:
+            ctx.model_metadata = {p.key: p.value for p in model.metadata_props}
         graph = gs.import_onnx(model)
         result = self.run(graph, ctx)
         if not result.changed:

@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import onnx
+import onnx_graphsurgeon as gs
 
 from segc.errors import SegcError
+from segc.memory import release_memory
 from segc.metrics import Verdict
-from segc.passbase import Contract, GraphPass, PassContext, PassResult, get_pass
+from segc.passbase import Contract, GraphPass, PassContext, PassResult, carry_model_fields, get_pass
 from segc.recipe import Recipe
 from segc.verify import GraphState, Verifier
 
@@ -82,6 +84,8 @@ class PipelineResult:
     failure: str | None = None
     end_verdict: Verdict | None = None
     bisect_probes: list[dict[str, Any]] = field(default_factory=list)
+    graph_imports: int = 0  # graph-surgeon round trips the run cost (see WorkingModel)
+    graph_exports: int = 0
 
     @property
     def ok(self) -> bool:
@@ -93,12 +97,20 @@ class PipelineResult:
 
 
 class Instrument:
-    """Hooks around each pass. Subclasses override what they need."""
+    """Hooks around each pass. Subclasses override what they need.
 
-    def before_pass(self, record: PassRecord, model: onnx.ModelProto) -> None:
+    ``needs_model``: whether the hooks look at the model. Between consecutive graph passes
+    the model lives as a graph-surgeon graph; an instrument that needs the ``ModelProto``
+    (a dump) makes the pipeline export it after every pass, one that does not (progress)
+    gets ``None`` and costs nothing.
+    """
+
+    needs_model: bool = True
+
+    def before_pass(self, record: PassRecord, model: onnx.ModelProto | None) -> None:
         pass
 
-    def after_pass(self, record: PassRecord, model: onnx.ModelProto) -> None:
+    def after_pass(self, record: PassRecord, model: onnx.ModelProto | None) -> None:
         pass
 
 
@@ -191,10 +203,152 @@ def _write_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> onnx.Mo
     return out
 
 
-def run_pipeline(model: onnx.ModelProto, specs: list[PassSpec], *, target: str | None = None,
+@dataclass
+class HandOver:
+    """The input model given to :func:`run_pipeline` for keeps: it takes the model out, so
+    once a pass has replaced it nothing holds the input's weights any more (a caller that
+    passes a plain ``ModelProto`` keeps its own reference, and with it the memory)."""
+
+    model: onnx.ModelProto | None
+
+    def take(self) -> onnx.ModelProto:
+        model, self.model = self.model, None
+        if model is None:
+            raise RuntimeError("HandOver.take() called twice")
+        return model
+
+
+class WorkingModel:
+    """The model between passes: a ``ModelProto``, or a graph-surgeon graph not yet exported.
+
+    A graph pass (one that keeps ``GraphPass.apply``) runs on ``graph()``; the next graph pass
+    gets the same graph, so a run of consecutive graph passes costs one import and, only when
+    something needs a proto (a verifier session, a dump, a whole-model pass, the end), one
+    export. Each export copies every weight, hundreds of MiB on hrnet_w48_ocr (issue 11)::
+
+        before:  proto -import-> A -export-> proto -import-> B -export-> proto
+        after:   proto -import-> A ---------------------> B -export-> proto
+
+    Metadata a pass stores (``ctx.metadata``) is kept aside while the graph is newer than the
+    proto and written on export, with the fields graph-surgeon drops (``carry_model_fields``).
+    """
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self._proto: onnx.ModelProto | None = model  # None: the graph is newer
+        self._graph: gs.Graph | None = None  # when set, the same model as _proto (or newer)
+        self._base = model  # the proto the graph came from: its fields are carried on export
+        self._metadata: dict[str, str] = {}  # stored by passes since the graph became newer
+        self.imports = 0
+        self.exports = 0
+        self.is_input = True  # still exactly the model the pipeline was given (no pass changed it)
+
+    @property
+    def is_proto_current(self) -> bool:
+        return self._proto is not None
+
+    def proto(self) -> onnx.ModelProto:
+        if self._proto is None:
+            assert self._graph is not None
+            out = gs.export_onnx(self._graph)
+            self.exports += 1
+            carry_model_fields(self._base, out)
+            self._proto = _write_metadata(out, self._metadata)
+            self._base, self._metadata = self._proto, {}
+            # the graph still points into the proto it was imported from: dropping it frees
+            # that copy of every weight now, not at the end of the run (a later graph pass
+            # re-imports; constants stay lazy, so that costs no weight copy)
+            self._drop_graph()
+        return self._proto
+
+    def _drop_graph(self) -> None:
+        """Forget the graph and free what it kept alive, now.
+
+        A graph-surgeon graph is a web of reference cycles (nodes <-> tensors), and its lazy
+        constants point into the proto it was imported from; plain reference counting never
+        frees it, so that proto (every weight: 270 MiB on hrnet_w48_ocr) would stay until
+        the cyclic collector happens to run. ``release_memory`` collects and hands the pages back
+        (``segc.memory``); ~20 ms on hrnet."""
+        had = self._graph is not None
+        self._graph = None
+        if had:
+            release_memory()
+
+    def release(self) -> None:
+        """End of the run: keep the final proto, free any graph."""
+        self.proto()
+        self._drop_graph()
+        release_memory()  # whatever the passes freed goes back before the output is serialised
+
+    def graph(self) -> gs.Graph:
+        if self._graph is None:
+            self._graph = gs.import_onnx(self.proto())
+            self.imports += 1
+            self._base = _model_fields(self.proto())  # not the proto: it may be freed once the graph changes
+        return self._graph
+
+    def metadata(self) -> dict[str, str]:
+        current = {p.key: p.value for p in (self._proto if self._proto is not None else self._base).metadata_props}
+        return {**current, **(self._metadata if self._proto is None else {})}
+
+    def set_proto(self, model: onnx.ModelProto) -> None:
+        """A whole-model pass returned ``model``: any graph is now out of date."""
+        if model is not self._proto:
+            self._proto, self._base, self._metadata = model, model, {}
+            self._drop_graph()
+            self.is_input = False
+            release_memory()  # the old proto, and any graph a whole-model pass made of it and left
+
+    def graph_changed(self) -> None:
+        self._proto = None
+        self.is_input = False
+
+    def after_crash(self) -> tuple[onnx.ModelProto, str | None]:
+        """The model to keep after a pass raised, and a note when it is not the state before it.
+
+        The shared graph may hold the crashed pass's partial rewrite: it is exported as it is
+        (the run is reported as failed either way, the model is kept for diagnosis)."""
+        if self._proto is not None:
+            return self._proto, None
+        try:
+            return self.proto(), "the model kept includes whatever the crashed pass had rewritten"
+        except Exception as exc:  # noqa: BLE001 - a half-rewritten graph may not export
+            return self._base, f"the graph could not be exported after the crash ({type(exc).__name__}): no model kept"
+
+    def store_metadata(self, metadata: dict[str, str]) -> bool:
+        """Record a pass's metadata; True if it changed what the model carries."""
+        if not metadata or all(self.metadata().get(k) == v for k, v in metadata.items()):
+            return False
+        if self._proto is not None:
+            self._proto = self._base = _write_metadata(self._proto, metadata)
+        else:
+            self._metadata.update(metadata)
+        self.is_input = False
+        return True
+
+
+def _model_fields(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A ModelProto with no graph, holding what ``carry_model_fields`` copies onto an export."""
+    fields = onnx.ModelProto(ir_version=model.ir_version, producer_name=model.producer_name,
+                             producer_version=model.producer_version, doc_string=model.doc_string)
+    fields.metadata_props.extend(model.metadata_props)
+    return fields
+
+
+def _is_graph_pass(pass_obj: GraphPass) -> bool:
+    return type(pass_obj).apply is GraphPass.apply
+
+
+def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, target: str | None = None,
                  recipe: Recipe | None = None, verify: str = "each", verifier: Verifier | None = None,
-                 instruments: list[Instrument] = ()) -> PipelineResult:
-    """Run ``specs`` over ``model``; never raises for a broken pass, the result says which."""
+                 instruments: list[Instrument] = (), source: Path | None = None) -> PipelineResult:
+    """Run ``specs`` over ``model``; never raises for a broken pass, the result says which.
+
+    ``source``: the file ``model`` was read from (self-contained, no external data); passes
+    see it in ``ctx.source`` for as long as the model is still exactly that file.
+    ``model`` as a :class:`HandOver` lets the input be freed once a pass replaced it.
+    """
+    if isinstance(model, HandOver):
+        model = model.take()
     if verify not in VERIFY_MODES:
         raise SegcError(f"--verify must be one of {', '.join(VERIFY_MODES)}, not {verify!r}")
     if verify != "none" and verifier is None:
@@ -202,23 +356,40 @@ def run_pipeline(model: onnx.ModelProto, specs: list[PassSpec], *, target: str |
     passes = _instantiate(specs)
     specs = _pin_outputs(model, specs, verifier)
     records = [PassRecord(i, s.name, contract_of(p, s.options).value, dict(s.options)) for i, (s, p) in enumerate(zip(specs, passes))]
-    result = PipelineResult(model=model, records=records, verify_mode=verify)
+    result = PipelineResult(model=onnx.ModelProto(), records=records, verify_mode=verify)  # set on every return
 
     state: GraphState | None = verifier.initial_state(model) if verify != "none" and verifier else None
     reference = state
-    history: list[onnx.ModelProto] = [model]
+    history: list[onnx.ModelProto] = [model] if verify == "end" else []
+    working = WorkingModel(model)
+    del model  # from here on only `working` (and a verifier's reference state) holds the input
+
+    def proto_for(inst: Instrument) -> onnx.ModelProto | None:
+        return working.proto() if inst.needs_model else None
+
     for spec, pass_obj, record in zip(specs, passes, records):
         for inst in instruments:
-            inst.before_pass(record, result.model)
-        ctx = PassContext(options=dict(spec.options), target=target, recipe=recipe)
+            inst.before_pass(record, proto_for(inst))
+        ctx = PassContext(options=dict(spec.options), target=target, recipe=recipe, model_metadata=working.metadata(),
+                          source=source if working.is_input else None)
         started = time.perf_counter()
         try:
-            new_model, outcome = pass_obj.apply(result.model, ctx)
-            with_meta = _write_metadata(new_model, ctx.metadata)
-            if with_meta is not new_model and not outcome.changed:
+            if _is_graph_pass(pass_obj):
+                graph = working.graph()
+                outcome = pass_obj.run(graph, ctx)
+                if outcome.changed:
+                    graph.cleanup().toposort()
+                    working.graph_changed()
+                del graph  # `working` owns it: an export may drop it, and with it the proto it points into
+            else:
+                current = working.proto()  # exporting the graph earlier passes left is their cost
+                started = time.perf_counter()
+                new_model, outcome = pass_obj.apply(current, ctx)
+                del current
+                working.set_proto(new_model)
+            if working.store_metadata(ctx.metadata) and not outcome.changed:
                 # metadata is not a graph change (nothing to re-verify), but say it happened
                 outcome.notes.append(f"stored metadata: {', '.join(sorted(ctx.metadata))}")
-            new_model = with_meta
         except SegcError:
             raise
         except Exception as exc:  # noqa: BLE001 - a crashing pass is a pipeline failure, reported as such
@@ -226,6 +397,9 @@ def run_pipeline(model: onnx.ModelProto, specs: list[PassSpec], *, target: str |
             record.status = "error"
             record.error = f"{type(exc).__name__}: {exc}"
             record.notes.append(traceback.format_exc(limit=6))
+            result.model, note = working.after_crash()
+            if note:
+                record.notes.append(note)
             result.failed_pass = spec.name
             result.failure = f"pass {spec.name} raised {record.error}"
             return result
@@ -233,27 +407,29 @@ def run_pipeline(model: onnx.ModelProto, specs: list[PassSpec], *, target: str |
         _take(record, outcome)
         if verify == "each" and outcome.changed and verifier is not None and state is not None:
             t0 = time.perf_counter()
-            after = verifier.new_state(new_model, f"after {spec.name}")
+            after = verifier.new_state(working.proto(), f"after {spec.name}")
             record.verdict = verifier.compare(state, after, Contract(record.contract), tolerances_of(pass_obj, spec.options))
             record.verify_seconds = time.perf_counter() - t0
             record.status = record.verdict.status
             if not record.verdict.ok:
-                result.model = new_model
+                result.model = working.proto()
                 result.failed_pass = spec.name
                 result.failure = f"pass {spec.name} failed verification ({record.contract}): {'; '.join(record.verdict.reasons[:3])}"
                 for inst in instruments:
-                    inst.after_pass(record, new_model)
+                    inst.after_pass(record, proto_for(inst))
                 return result
             state = after
         elif not outcome.changed:
             record.status = "unchanged"
         else:
             record.status = "unverified" if verify == "none" else "ok"
-        result.model = new_model
         if verify == "end" and outcome.changed:
-            history.append(new_model)  # history[k]: the model after the k-th *changing* pass
+            history.append(working.proto())  # history[k]: the model after the k-th *changing* pass
         for inst in instruments:
-            inst.after_pass(record, new_model)
+            inst.after_pass(record, proto_for(inst))
+    working.release()
+    result.model = working.proto()
+    result.graph_imports, result.graph_exports = working.imports, working.exports
 
     pass_tolerances = {r.index: tolerances_of(p, s.options) for r, p, s in zip(records, passes, specs)}
     if verify == "end" and verifier is not None and reference is not None and len(history) > 1:

@@ -147,18 +147,13 @@ class FoldResizeScales(GraphPass):
     summary = "replace shape-computed Resize scales/sizes by constants where provably identical for every input size (or every size on the range's /M grid)"
     options: dict[str, str] = {}
 
-    def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
-        # the range (with its /M multiples) lives in the model's metadata once set_shape_range ran
-        meta = {p.key: p.value for p in model.metadata_props}
-        self._ranges = ranges_from_metadata(meta)
-        return super().apply(model, ctx)
-
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         resizes = [n for n in topo_nodes(graph) if n.op in ("Resize", "Upsample") and (n.domain or "") in ("", "ai.onnx")]
         stats = {"resizes": len(resizes), "computed": 0, "folded": 0, "from_sizes": 0, "left": 0}
         if not resizes:
             return PassResult(changed=False, stats=stats)
-        ranges = list(getattr(self, "_ranges", []))
+        # the range (with its /M multiples) lives in the model's metadata once set_shape_range ran
+        ranges = list(ranges_from_metadata(ctx.model_metadata))
         analysis = ShapeAnalysis(graph, divisible_dims(graph, ranges)).run()
         notes: list[str] = []
         decisions: list[tuple[gs.Node, _Decision]] = []

@@ -13,18 +13,31 @@ two properties it must keep:
 
 Ops onnx-simplifier does not know (vendor ops) make it fail: the pass then leaves the graph
 alone and says so; it does not guess.
+
+Only onnx-simplifier's C++ core is used (``segc.passes._onnxsim_core``: its Python package
+would import torch), and it is handed the input file itself when the model is still that
+file (``_OnnxsimInput``). The folding engine was chosen by measurement (issue 11, and
+bench/compile_floor.py): onnxruntime's basic optimisation written out with
+``SessionOptions.optimized_model_filepath`` is the one alternative that keeps symbolic dims
+and emits only standard ops, but it leaves more nodes (ocrnet_hrnetw18: 1062 against
+onnx-simplifier's 944; dbnet_r50: 239 against 243) and saved about 1.2 s of 4.4 s on dbnet_r50
+(load average 11, in process), while adding Microsoft opset domains to the model; the
+vendor tools' op lists are written against onnx-simplifier's output. So onnx-simplifier
+stays, paid for only in what it does.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import onnx
 
+from segc.errors import SegcError
 from segc.modelio import has_disk_tensors, tensor_nbytes, weight_bytes
 from segc.passbase import Contract, GraphPass, PassContext, PassResult, carry_model_fields, register_pass
+from segc.passes._onnxsim_core import FoldSettings, simplify_bytes, simplify_file
 
 GROWTH_ALLOWANCE = 1.02  # folding may legitimately add a little (e.g. a folded shape constant)
 GROWTH_SLACK = 4096  # bytes: small constants never count as growth
@@ -52,14 +65,15 @@ class Simplify(GraphPass):
         if has_disk_tensors(model):
             return model, PassResult(changed=False, stats={"skipped": True}, notes=[_OVER_LIMIT_NOTE])
         size_before = weight_bytes(model)
-        attempts: list[dict[str, Any]] = [{}]
+        attempts = [FoldSettings()]
         if not ctx.option("fold_constants", True):
-            attempts = [{"skip_constant_folding": True}]
+            attempts = [FoldSettings(constant_folding=False)]
         else:
             biggest = max((tensor_nbytes(t) for t in model.graph.initializer), default=0)
-            attempts += [{"tensor_size_threshold": f"{max(biggest, 1024)}B"}, {"skip_constant_folding": True}]
-        for kwargs in attempts:
-            simplified = _run_onnxsim(model, kwargs, notes)
+            attempts += [FoldSettings(tensor_size_threshold=max(biggest, 1024)), FoldSettings(constant_folding=False)]
+        source = _OnnxsimInput(model, ctx.source)
+        for settings in attempts:
+            simplified = source.simplify(settings, notes)
             if simplified is None:
                 return model, PassResult(changed=False, stats={"skipped": True}, notes=notes)
             frozen = _frozen_dims(model, simplified)
@@ -69,7 +83,7 @@ class Simplify(GraphPass):
             size_after = weight_bytes(simplified)
             if size_after <= size_before * GROWTH_ALLOWANCE + GROWTH_SLACK:
                 break
-            notes.append(f"folding with {kwargs or 'defaults'} grew the model {size_before} -> {size_after} bytes; retrying")
+            notes.append(f"folding with {settings.describe()} grew the model {size_before} -> {size_after} bytes; retrying")
         else:
             notes.append("every attempt grew the model: graph left as it was")
             return model, PassResult(changed=False, stats={"skipped": True}, notes=notes)
@@ -81,28 +95,50 @@ class Simplify(GraphPass):
             "nodes_after": len(simplified.graph.node),
             "weight_bytes_before": size_before,
             "weight_bytes_after": size_after,
-            "settings": kwargs or "defaults",
+            "settings": settings.describe(),
+            "input": source.route,
         }
         return (simplified if changed else model), PassResult(changed=changed, stats=stats, notes=notes)
 
 
-def _run_onnxsim(model: onnx.ModelProto, kwargs: dict[str, Any], notes: list[str]) -> onnx.ModelProto | None:
-    import onnxsim
+class _OnnxsimInput:
+    """How the model reaches onnx-simplifier's C++ core, chosen once for all attempts.
 
-    model = _with_output_shapes(model)
-    chatter = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(chatter):  # keep segc's own output readable
-            simplified, ok = onnxsim.simplify(model, check_n=0, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - onnxsim raises bare RuntimeErrors from C++
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        notes.append(f"onnx-simplifier could not process the model: {first[:300]}")
-        return None
-    notes.extend(f"onnx-simplifier: {line.strip()}" for line in chatter.getvalue().splitlines() if line.strip())
-    if not ok:
-        notes.append("onnx-simplifier reported that its result may be wrong: result discarded")
-        return None
-    return simplified
+    Handing the core the file the model was read from (``simplify_path``) skips a Python
+    ``SerializeToString`` of the whole model: issue 11 measured it at 2.1 s on hrnet_w48_ocr,
+    and 0.7 GiB peak for onnx-simplifier given the file against 1.5 GiB given a ModelProto.
+    The result is read back with one ``onnx.load``. When there is no such file (an earlier pass changed the model, or
+    its outputs lack a shape field onnxsim insists on) the model is serialised once and those
+    bytes serve every retry (``simplify``, in memory).
+    """
+
+    def __init__(self, model: onnx.ModelProto, source: Path | None) -> None:
+        self.model = model
+        self.path = source if source is not None and not _missing_output_shapes(model) else None
+        self.route = "file" if self.path is not None else "bytes"
+        self._bytes: bytes | None = None
+
+    def simplify(self, settings: FoldSettings, notes: list[str]) -> onnx.ModelProto | None:
+        try:
+            if self.path is not None:
+                with tempfile.TemporaryDirectory(prefix="segc-onnxsim-") as tmp:
+                    out = Path(tmp) / "simplified.onnx"
+                    simplify_file(self.path, out, settings)
+                    simplified = onnx.load(str(out))
+            else:
+                if self._bytes is None:
+                    self._bytes = _with_output_shapes(self.model).SerializeToString()
+                result = simplify_bytes(self._bytes, settings)
+                if not result:
+                    raise ValueError("the simplified model is larger than 2 GiB")
+                simplified = onnx.load_from_string(result)
+        except SegcError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - onnxsim raises bare RuntimeErrors from C++
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            notes.append(f"onnx-simplifier could not process the model: {first[:300]}")
+            return None
+        return simplified
 
 
 def _same_structure(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
@@ -130,10 +166,13 @@ def _same_structure(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
     return True
 
 
+def _missing_output_shapes(model: onnx.ModelProto) -> bool:
+    return any(not o.type.tensor_type.HasField("shape") for o in model.graph.output)
+
+
 def _with_output_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """onnx-simplifier rejects outputs whose type has no shape field; give them an empty one."""
-    missing = [o for o in model.graph.output if not o.type.tensor_type.HasField("shape")]
-    if not missing:
+    if not _missing_output_shapes(model):
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)

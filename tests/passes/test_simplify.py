@@ -42,6 +42,20 @@ def test_folds_and_keeps_dynamic_dims() -> None:
     assert not second.changed and again is out  # idempotent
 
 
+def test_file_route_matches_bytes_route(tmp_path) -> None:
+    """Given the file the model came from, onnx-simplifier reads it itself; same graph either way."""
+    model = foldable()
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    from_file, by_file = Simplify().apply(model, PassContext(source=path))
+    from_bytes, by_bytes = Simplify().apply(model, PassContext())
+    assert (by_file.stats["input"], by_bytes.stats["input"]) == ("file", "bytes")
+    assert by_file.changed and by_bytes.changed
+    assert [n.op_type for n in from_file.graph.node] == [n.op_type for n in from_bytes.graph.node]
+    x = np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(run_model(from_file, {"x": x})["y"], run_model(from_bytes, {"x": x})["y"], rtol=1e-6)
+
+
 def test_negative_case_nothing_to_fold() -> None:
     out, _ = Simplify().apply(foldable(), PassContext())
     again, result = Simplify().apply(out, PassContext())

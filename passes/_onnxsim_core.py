@@ -1,0 +1,123 @@
+"""onnx-simplifier's C++ core, loaded without the ``onnxsim`` Python package.
+
+Why not ``import onnxsim``: onnxsim 0.8's package ``__init__`` imports some two hundred
+modules of a quantisation/export toolkit, and ``onnxsim/ppq_integration.py`` imports torch
+when it is installed (measured 5.5 s of a 25 s compile on hrnet_w48_ocr; the issue
+profiled 6.1 s), for a feature segc never uses. The simplifier itself is the extension
+module ``onnxsim_cpp2py_export``: ``simplify(executor, model_bytes, ...)`` and
+``simplify_path(executor, in_path, out_path, ...)``, where ``executor`` is a
+``ModelExecutor`` whose ``Run`` evaluates the small constant-folding sub-models the core
+builds. segc loads that extension straight from onnxsim's install folder (an
+``ExtensionFileLoader``: no parent package is imported, nothing is stubbed) and supplies its
+own onnxruntime executor, configured as onnxsim's own ``backend.run_model(...,
+single_threaded=True)`` is (no graph optimisation, one thread: each fold is tiny).
+
+Argument order and meaning follow the extension's own signature (``simplify_path.__doc__``)
+and the call in ``onnxsim/onnx_simplifier.py``'s fast path (pypi onnxsim 0.8).
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from segc.errors import SegcError
+
+EXTENSION = "onnxsim.onnxsim_cpp2py_export"
+
+
+@dataclass(frozen=True)
+class FoldSettings:
+    """What one onnx-simplifier attempt does (the knobs segc's ``simplify`` pass varies)."""
+
+    constant_folding: bool = True
+    tensor_size_threshold: int = 1 << 30  # bytes; onnxsim's default "1GB"
+
+    def describe(self) -> str:
+        if not self.constant_folding:
+            return "skip_constant_folding"
+        return "defaults" if self.tensor_size_threshold == 1 << 30 else f"tensor_size_threshold={self.tensor_size_threshold}B"
+
+
+_core: ModuleType | None = None
+_executor = None
+
+
+def core() -> ModuleType:
+    """The extension module, loaded once by file; SegcError if onnxsim is not installed."""
+    global _core
+    if _core is not None:
+        return _core
+    loaded = sys.modules.get(EXTENSION)
+    if loaded is None:
+        spec = importlib.util.find_spec("onnxsim")  # locates the package; does not run __init__
+        if spec is None or not spec.submodule_search_locations:
+            raise SegcError("the simplify pass needs onnx-simplifier (pip install onnxsim)")
+        folder = Path(next(iter(spec.submodule_search_locations)))
+        candidates = [p for p in folder.iterdir() if p.name.startswith("onnxsim_cpp2py_export.") and
+                      any(p.name.endswith(s) for s in importlib.machinery.EXTENSION_SUFFIXES)]
+        if not candidates:
+            raise SegcError(f"onnx-simplifier at {folder} has no C++ core (onnxsim_cpp2py_export)")
+        loader = importlib.machinery.ExtensionFileLoader(EXTENSION, str(candidates[0]))
+        ext_spec = importlib.util.spec_from_file_location(EXTENSION, candidates[0], loader=loader)
+        assert ext_spec is not None
+        loaded = importlib.util.module_from_spec(ext_spec)
+        loader.exec_module(loaded)
+    _core = loaded
+    return loaded
+
+
+def executor():
+    """A process-wide ``ModelExecutor`` that runs fold sub-models on onnxruntime's CPU."""
+    global _executor
+    if _executor is None:
+        _executor = _make_executor(core())
+    return _executor
+
+
+def _make_executor(c: ModuleType):
+    import numpy as np
+    import onnx
+    import onnx.numpy_helper
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    options.enable_mem_pattern = False
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+
+    class OrtFolder(c.ModelExecutor):  # type: ignore[name-defined, misc]
+        """Evaluates one constant-folding sub-model: inputs and outputs are serialised TensorProtos."""
+
+        def Run(self, model_bytes, inputs):  # noqa: N802 - the C++ interface's name
+            model = onnx.ModelProto()
+            model.ParseFromString(model_bytes)
+            names = [i.name for i in model.graph.input]
+            feed = {}
+            for name, raw in zip(names, inputs):
+                tensor = onnx.TensorProto()
+                tensor.ParseFromString(raw)
+                feed[name] = onnx.numpy_helper.to_array(tensor)
+            session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+            values = session.run(None, feed)
+            return [onnx.numpy_helper.from_array(np.asarray(v)).SerializeToString() for v in values]
+
+    return OrtFolder()
+
+
+def simplify_file(in_path: Path, out_path: Path, settings: FoldSettings) -> None:
+    """Simplify the model file ``in_path`` into ``out_path`` (the C++ core reads and writes it)."""
+    core().simplify_path(executor(), str(in_path), str(out_path), [], settings.constant_folding, True,
+                         settings.tensor_size_threshold, None, None, True, False, False, None, None, None)
+
+
+def simplify_bytes(model_bytes: bytes, settings: FoldSettings) -> bytes:
+    """Simplify a serialised model in memory; returns the serialised result."""
+    return core().simplify(executor(), model_bytes, [], settings.constant_folding, True,
+                           settings.tensor_size_threshold, None, None, True, False, False, None, None, None)
