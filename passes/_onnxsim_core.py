@@ -29,6 +29,11 @@ from segc.errors import SegcError
 
 EXTENSION = "onnxsim.onnxsim_cpp2py_export"
 
+# onnx-simplifier 0.8 fuses ViT self-attention blocks into ``com.microsoft::Attention``, an
+# onnxruntime contrib op that no vendor parser takes (found on DPT/Dinov2 with static shapes,
+# issue 9's held-out trial). segc's output must stay standard ONNX, so that fusion is off.
+SKIPPED_OPTIMIZERS = ("fuse_attention",)
+
 
 @dataclass(frozen=True)
 class FoldSettings:
@@ -113,11 +118,11 @@ def _make_executor(c: ModuleType):
 
 def simplify_file(in_path: Path, out_path: Path, settings: FoldSettings) -> None:
     """Simplify the model file ``in_path`` into ``out_path`` (the C++ core reads and writes it)."""
-    core().simplify_path(executor(), str(in_path), str(out_path), [], settings.constant_folding, True,
+    core().simplify_path(executor(), str(in_path), str(out_path), list(SKIPPED_OPTIMIZERS), settings.constant_folding, True,
                          settings.tensor_size_threshold, None, None, True, False, False, None, None, None)
 
 
 def simplify_bytes(model_bytes: bytes, settings: FoldSettings) -> bytes:
     """Simplify a serialised model in memory; returns the serialised result."""
-    return core().simplify(executor(), model_bytes, [], settings.constant_folding, True,
+    return core().simplify(executor(), model_bytes, list(SKIPPED_OPTIMIZERS), settings.constant_folding, True,
                            settings.tensor_size_threshold, None, None, True, False, False, None, None, None)

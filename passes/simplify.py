@@ -76,6 +76,11 @@ class Simplify(GraphPass):
             simplified = source.simplify(settings, notes)
             if simplified is None:
                 return model, PassResult(changed=False, stats={"skipped": True}, notes=notes)
+            added = _new_domains(model, simplified)
+            if added:
+                notes.append(f"onnx-simplifier wrote ops of domain {', '.join(added)}, which the input did not use "
+                             "and vendor parsers do not take: result discarded")
+                return model, PassResult(changed=False, stats={"skipped": True}, notes=notes)
             frozen = _frozen_dims(model, simplified)
             if frozen:
                 notes.append(f"onnx-simplifier froze dynamic dimensions ({', '.join(frozen)}): result discarded")
@@ -99,6 +104,13 @@ class Simplify(GraphPass):
             "input": source.route,
         }
         return (simplified if changed else model), PassResult(changed=changed, stats=stats, notes=notes)
+
+
+def _new_domains(before: onnx.ModelProto, after: onnx.ModelProto) -> list[str]:
+    """Op domains ``after`` uses that ``before`` did not (contrib ops from a fusion)."""
+    def domains(m: onnx.ModelProto) -> set[str]:
+        return {n.domain for n in m.graph.node if n.domain not in ("", "ai.onnx")}
+    return sorted(domains(after) - domains(before))
 
 
 class _OnnxsimInput:

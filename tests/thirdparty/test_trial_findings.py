@@ -126,8 +126,6 @@ def vit_attention_block() -> onnx.ModelProto:
     return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
 
 
-@pytest.mark.xfail(strict=True, reason="trial finding: passes/simplify.py lets onnx-simplifier's fuse_attention "
-                   "write com.microsoft::Attention, which the vendor's final check then refuses")
 @pytest.mark.parametrize("target", ["tensorrt", "magicmind"])
 def test_simplify_keeps_attention_in_standard_onnx(tmp_path: Path, capsys, target: str) -> None:
     src = tmp_path / "m.onnx"
