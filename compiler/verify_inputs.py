@@ -144,8 +144,24 @@ def verification_shapes(model: onnx.ModelProto, ranges: dict[str, ShapeRange], r
             per_input[vi.name] = [rng.min]  # a static override of a static input: trust the user
             continue
         per_input[vi.name] = _shapes_for_input(dims, rng, recipe, multiple, budget)
-    count = max((len(v) for v in per_input.values()), default=0)
-    return [{name: shapes[min(i, len(shapes) - 1)] for name, shapes in per_input.items()} for i in range(count)]
+    # a model without inputs (a constant generator) is still checked: once, with nothing to feed
+    count = max((len(v) for v in per_input.values()), default=1)
+    sets = [{name: shapes[min(i, len(shapes) - 1)] for name, shapes in per_input.items()} for i in range(count)]
+    _refuse_unrunnable(sets)
+    return sets
+
+
+MAX_FEED_BYTES = 2 << 30  # inputs alone over 2 GiB: activations would be many times that
+
+
+def _refuse_unrunnable(sets: list[ShapeSet]) -> None:
+    """A static shape too large to run on this machine is a usage error, not an OOM kill later."""
+    for shapes in sets:
+        total = sum(4 * int(np.prod(shape, dtype=np.float64)) for shape in shapes.values())
+        if total > MAX_FEED_BYTES:
+            listed = ", ".join(f"{k}:{'x'.join(map(str, v))}" for k, v in shapes.items())
+            raise SegcError(f"verifying at {listed} needs {total / 2**30:.0f} GiB for the inputs alone: "
+                            "give a smaller --input-shape (or a range), or --verify none")
 
 
 def _elem_type(vi: onnx.ValueInfoProto) -> np.dtype:

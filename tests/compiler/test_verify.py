@@ -192,3 +192,22 @@ def test_a_model_with_signal_on_photos_keeps_photo_inputs(tmp_path: Path) -> Non
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert all(label.startswith("random[") for label in report["verified_shapes"])
     assert report["verification_notes"] == []
+
+
+def test_a_model_without_inputs_is_verified_once(tmp_path: Path) -> None:
+    """A constant generator has nothing to feed; it is still checked (once), not "nothing compared"."""
+    c = numpy_helper.from_array(np.arange(-3, 3, dtype=np.float32).reshape(2, 3), "c")
+    src = _model(tmp_path / "m.onnx", [helper.make_node("Relu", ["c"], ["y"])], [], [_vi("y", [2, 3])], [c])
+    rc = main(["compile", str(src), "--target", "onnxruntime", "-o", str(tmp_path / "out")])
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rc == 0 and report["status"] == "ok" and report["verified_shapes"] == ["random[]"]
+    assert next(p for p in report["passes"] if p["name"] == "simplify")["status"] == "ok"
+
+
+def test_a_static_shape_too_large_to_verify_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    src = _model(tmp_path / "m.onnx", [helper.make_node("Relu", ["x"], ["y"])], [_vi("x", [1, 3, "h", "w"])], [_vi("y", [1, 3, "h", "w"])])
+    before = src.read_bytes()
+    rc = main(["compile", str(src), "--target", "onnxruntime", "--input-shape", "x:1,3,50000,50000", "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("segc: error: verifying at x:1x3x50000x50000 needs 28 GiB")
+    assert src.read_bytes() == before and not (tmp_path / "out").exists()
