@@ -18,6 +18,7 @@ from onnx import numpy_helper as nh
 
 from segc.cli import main
 from segc.errors import SegcError
+from tests.graphs import symbolic_chain
 from segc.legalise import PASS_RANK, insert_pass, legalise
 from segc.pipeline import PassSpec
 from segc.shapes import parse_shape_range
@@ -34,20 +35,6 @@ def dynamo_like(opset: int = 20) -> onnx.ModelProto:
     g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 32, 32])],
                      [h.make_tensor_value_info("y", T.FLOAT, [1, 4, 64, 64])], [w, sc])
     return h.make_model(g, opset_imports=[h.make_opsetid("", opset)], ir_version=10, producer_name="pytorch")
-
-
-def symbolic_chain() -> onnx.ModelProto:
-    """x[1,3,h,w] -> Resize(sizes = concat([1,3], Shape(x)[2:4] * 2)): sizes computed at run time."""
-    inits = [nh.from_array(np.array([2, 2], np.int64), "two"), nh.from_array(np.array([2, 3], np.int64), "idx"),
-             nh.from_array(np.array([1, 3], np.int64), "nc")]
-    nodes = [h.make_node("Shape", ["x"], ["s"], name="shape"),
-             h.make_node("Gather", ["s", "idx"], ["hw"], axis=0, name="gather"),
-             h.make_node("Mul", ["hw", "two"], ["hw2"], name="mul"),
-             h.make_node("Concat", ["nc", "hw2"], ["sizes"], axis=0, name="concat"),
-             h.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="nearest", name="up")]
-    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [1, 3, "h", "w"])],
-                     [h.make_tensor_value_info("y", T.FLOAT, [1, 3, "h2", "w2"])], inits)
-    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
 
 
 def deform_model() -> onnx.ModelProto:
