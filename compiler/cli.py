@@ -1,17 +1,25 @@
-"""The ``segc`` command line (DESIGN.md, "Command line contract").
+"""The ``segc`` command line (docs/design.md, "Exit codes").
 
-Exit status: 0 done; 1 verification failed (artefacts and report still written, naming the
-pass); 2 bad usage or bad input, as one line ``segc: error: ...`` and never a traceback.
+Exit status (``segc.errors.ExitStatus``):
+
+- 0 done;
+- 1 the model did not survive: a pass failed verification or refused the graph (artefacts and
+  report still written, naming the pass);
+- 2 bad usage or bad input, as one line ``segc: error: ...`` and never a traceback;
+- 70 a bug in segc (sysexits.h ``EX_SOFTWARE``), as one line ``segc: internal error: ...``
+  naming the report that holds the traceback, or printing it with ``--debug``;
+- 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from typing import NoReturn, Sequence
 
 import segc
-from segc.errors import SegcError
+from segc.errors import ExitStatus, InternalError, SegcError, first_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,12 +29,21 @@ class _Parser(argparse.ArgumentParser):
         raise SegcError(message)
 
 
+EXIT_EPILOG = """exit status:
+  0    done
+  1    a pass failed verification or refused the graph (report written, naming the pass)
+  2    bad usage or bad input (one line: segc: error: ...)
+  70   a bug in segc (one line: segc: internal error: ...; traceback in report.json or with --debug)
+  130  interrupted"""
+
+
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="segc", description="Compile segmentation and text-detection models to verified vendor builds.")
+    parser = _Parser(prog="segc", description="Compile segmentation and text-detection models to verified vendor builds.",
+                     epilog=EXIT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"segc {segc.__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for internal errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -121,15 +138,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args, argv)
     except SegcError as exc:
         print(f"segc: error: {exc}", file=sys.stderr)
-        return 2
+        return ExitStatus.USAGE
     except KeyboardInterrupt:
         print("segc: error: interrupted", file=sys.stderr)
-        return 130
+        return ExitStatus.INTERRUPTED
+    except InternalError as exc:  # a pass crashed; the compile wrote the traceback into its report
+        if debug:
+            print(exc.crash.traceback, file=sys.stderr, end="")
+        print(f"segc: internal error: {exc} (report: {exc.report})", file=sys.stderr)
+        return ExitStatus.INTERNAL
     except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into one line
         if debug:
-            raise
-        print(f"segc: error: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
-        return 2
+            traceback.print_exc()
+            print(f"segc: internal error: {type(exc).__name__}: {first_line(exc)}", file=sys.stderr)
+        else:
+            print(f"segc: internal error: {type(exc).__name__}: {first_line(exc)} (run with --debug for the traceback)",
+                  file=sys.stderr)
+        return ExitStatus.INTERNAL
 
 
 def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 import onnx
 
 import segc
-from segc.errors import SegcError
+from segc.errors import ExitStatus, InternalError, SegcError
 from segc.metrics import Tolerances
 from segc.modelio import file_sha256, load_model_and_files, save_model
 from segc.outdir import FIXED_NAMES, StagedOutput, check_dump_dir, require_utf8
@@ -368,7 +368,7 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
             artefacts.append({"path": str(out.final(art.path)), "kind": art.kind})
     report_fields.update({
         "status": ("unverified" if any(r.status == "unverified" for r in result.records) and args.verify != "none"
-                   else "ok") if result.ok else "failed",
+                   else "ok") if result.ok else "internal_error" if result.internal_error else "failed",
         "output": {**_model_info(out_model, result.model), "path": str(out.final(out_model))},
         "artefacts": artefacts,
         "verification_cost": {"sessions": SESSION_STATS.sessions, "runs": SESSION_STATS.runs},
@@ -378,7 +378,9 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
     write_reports(out.staging, report)
     out.commit()
     _print_summary(report, result, outdir)
-    return 0 if result.ok else 1
+    if result.internal_error is not None:  # a pass crashed: a bug, whose traceback is in the report
+        raise InternalError(result.internal_error, outdir / "report.json")
+    return ExitStatus.OK if result.ok else ExitStatus.FAILED
 
 
 def task_metric_tolerances(args: argparse.Namespace) -> list[str]:

@@ -15,7 +15,6 @@ spirit of TVM's pass instruments, so none of that is woven into the passes thems
 from __future__ import annotations
 
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,7 +22,7 @@ from typing import Any, Sequence
 import onnx
 import onnx_graphsurgeon as gs
 
-from segc.errors import SegcError
+from segc.errors import CrashRecord, SegcError, first_line
 from segc.memory import release_memory
 from segc.metrics import Verdict
 from segc.passbase import Contract, GraphPass, PassContext, PassResult, carry_model_fields, get_pass
@@ -55,7 +54,7 @@ class PassRecord:
     stats: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     verdict: Verdict | None = None
-    status: str = "pending"  # ok | unchanged | unverified | failed | error | skipped
+    status: str = "pending"  # ok | unchanged | unverified | failed | refused | error | skipped
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,6 +83,7 @@ class PipelineResult:
     failure: str | None = None
     end_verdict: Verdict | None = None
     bisect_probes: list[dict[str, Any]] = field(default_factory=list)
+    internal_error: CrashRecord | None = None  # set when a pass crashed (a bug, exit 70), with its traceback
     graph_imports: int = 0  # graph-surgeon round trips the run cost (see WorkingModel)
     graph_exports: int = 0
 
@@ -390,18 +390,9 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
             if working.store_metadata(ctx.metadata) and not outcome.changed:
                 # metadata is not a graph change (nothing to re-verify), but say it happened
                 outcome.notes.append(f"stored metadata: {', '.join(sorted(ctx.metadata))}")
-        except SegcError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a crashing pass is a pipeline failure, reported as such
+        except Exception as exc:  # noqa: BLE001 - a refusing or crashing pass ends the run, reported as such
             record.seconds = time.perf_counter() - started
-            record.status = "error"
-            record.error = f"{type(exc).__name__}: {exc}"
-            record.notes.append(traceback.format_exc(limit=6))
-            result.model, note = working.after_crash()
-            if note:
-                record.notes.append(note)
-            result.failed_pass = spec.name
-            result.failure = f"pass {spec.name} raised {record.error}"
+            _record_stop(result, record, exc, working)
             return result
         record.seconds = time.perf_counter() - started
         _take(record, outcome)
@@ -435,6 +426,29 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
     if verify == "end" and verifier is not None and reference is not None and len(history) > 1:
         _verify_end(result, history, verifier, reference, pass_tolerances)
     return result
+
+
+def _record_stop(result: PipelineResult, record: PassRecord, exc: Exception, working: WorkingModel) -> None:
+    """A pass raised: the run stops there and the result says why, so the report is still written.
+
+    ``SegcError`` is the pass refusing this graph (status ``refused``, exit 1): the user's
+    model or options cannot take it, and the message says why. Anything else is a bug in the
+    pass (status ``error``, exit 70), recorded with its whole traceback in
+    ``result.internal_error``; the CLI prints one line pointing at the report.
+    """
+    name = record.name
+    refused = isinstance(exc, SegcError)
+    record.status = "refused" if refused else "error"
+    record.error = first_line(exc) if refused else f"{type(exc).__name__}: {first_line(exc)}"
+    result.model, note = working.after_crash()
+    if note:
+        record.notes.append(note)
+    result.failed_pass = name
+    if refused:
+        result.failure = f"pass {name} refused the graph: {record.error}"
+    else:
+        result.internal_error = CrashRecord.of(exc, f"pass {name}")
+        result.failure = f"pass {name} crashed (a bug in segc): {record.error}"
 
 
 def _loosest(records: list[PassRecord], pass_tolerances: dict[int, dict[str, float]]) -> dict[str, float]:

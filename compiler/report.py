@@ -43,6 +43,7 @@ def build_report(result: PipelineResult | None, **fields: Any) -> dict[str, Any]
         report["ran_before_failure"] = result.passes_before(result.failed_pass) if result.failed_pass else None
         report["end_verdict"] = result.end_verdict.to_dict() if result.end_verdict else None
         report["bisect_probes"] = result.bisect_probes
+        report["internal_error"] = result.internal_error.to_dict() if result.internal_error else None
         report["unverified"] = unverified_lines(report)  # passes whose check had no signal to judge by
     return report
 
@@ -109,7 +110,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", "| " + " | ".join(PASS_COLUMNS) + " |", "|" + "---|" * len(PASS_COLUMNS)]
     for row in pass_rows(report):
         lines.append("| " + " | ".join(row) + " |")
-    notes = [(p["name"], n) for p in report.get("passes", []) for n in p.get("notes", []) if "Traceback" not in n]
+    notes = [(p["name"], n) for p in report.get("passes", []) for n in p.get("notes", [])]
     reasons = [(p["name"], r) for p in report.get("passes", []) for r in ((p.get("verdict") or {}).get("reasons") or [])]
     if reasons or notes:
         lines += ["", "## Notes", ""]
@@ -128,6 +129,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"- warning: {w}" for w in legal.get("warnings", [])]
     if report.get("violations"):
         lines += ["", "## Target legality", ""] + [f"- {v}" for v in report["violations"]]
+    crash = report.get("internal_error")
+    if crash:  # a bug in segc: the traceback to attach to the bug report
+        lines += ["", f"## Internal error in {crash['where']}", "", "```", crash["traceback"].rstrip(), "```"]
     if report.get("artefacts"):
         lines += ["", "## Artefacts", ""] + [f"- `{a['path']}` ({a['kind']})" for a in report["artefacts"]]
     lines += ["", "## Versions", ""] + [f"- {k} {v}" for k, v in report.get("versions", {}).items()]
