@@ -60,7 +60,7 @@ class CrashRecord:
     where: str  # e.g. "pass cleanup"
 
     @classmethod
-    def of(cls, exc: BaseException, where: str) -> "CrashRecord":
+    def of(cls, exc: BaseException, where: str) -> CrashRecord:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         return cls(type(exc).__name__, first_line(exc), text, where)
 

@@ -9,7 +9,6 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-
 from segc.cli import build_parser, main
 from segc.errors import ExitStatus, SegcError
 from segc.passbase import PassResult, get_pass

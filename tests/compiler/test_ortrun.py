@@ -1,0 +1,59 @@
+"""segc.ortrun: onnxruntime sessions for verification, counted, with vendor ops lowered."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+from segc.ortrun import (
+    SESSION_STATS,
+    SessionConfig,
+    make_session,
+    run_model,
+    run_session,
+    runnable,
+    session_options,
+)
+
+
+def affine() -> onnx.ModelProto:
+    a = numpy_helper.from_array(np.array([2.0, -1.0, 0.5], np.float32), "a")
+    b = numpy_helper.from_array(np.array([1.0, 0.0, -3.0], np.float32), "b")
+    g = helper.make_graph([helper.make_node("Mul", ["x", "a"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"]),
+                           helper.make_node("Relu", ["y"], ["r"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3]),
+                           helper.make_tensor_value_info("r", TensorProto.FLOAT, [2, 3])], [a, b])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def test_run_model_computes_the_graph() -> None:
+    x = np.array([[1, 2, 3], [-1, -2, -3]], np.float32)
+    out = run_model(affine(), {"x": x})
+    np.testing.assert_allclose(out["y"], x * [2.0, -1.0, 0.5] + [1.0, 0.0, -3.0])
+    np.testing.assert_allclose(out["r"], np.maximum(out["y"], 0))
+    assert list(out) == ["y", "r"]
+
+
+def test_sessions_and_runs_are_counted_and_outputs_can_be_chosen() -> None:
+    SESSION_STATS.reset()
+    sess = make_session(affine())
+    x = np.ones((2, 3), np.float32)
+    assert list(run_session(sess, {"x": x}, ["r"])) == ["r"]
+    run_session(sess, {"x": x})
+    assert (SESSION_STATS.sessions, SESSION_STATS.runs) == (1, 2)
+    SESSION_STATS.reset()
+    assert (SESSION_STATS.sessions, SESSION_STATS.runs) == (0, 0)
+
+
+def test_session_options_follow_the_config() -> None:
+    opts = session_options(SessionConfig(intra_op_threads=1, optimization="disable"))
+    assert opts.intra_op_num_threads == 1 and opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    assert session_options(SessionConfig()).graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    assert SessionConfig().to_dict()["provider"] == "CPUExecutionProvider"
+
+
+def test_a_model_holding_its_weights_runs_from_bytes() -> None:
+    run = runnable(affine())
+    assert run.data_folder is None and onnx.load_from_string(run.model_bytes).graph.node[0].op_type == "Mul"
