@@ -37,11 +37,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/big_model.py --out build/bench
 	$(BIN)/python bench/compile_floor.py --out build/bench
 
-# issue 11 alone: segc against load+save and onnx-simplifier, side by side, medians of 3
+# the compile-time floor alone: segc against load+save and onnx-simplifier, side by side, medians of 3
 bench-floor: $(STAMP)
 	$(BIN)/python bench/compile_floor.py --out build/bench
 
-# issue 9's third-party set as a table (the same cells tests/thirdparty asserts), past failures
+# the third-party acceptance set as a table (the same cells tests/thirdparty asserts), past failures
 thirdparty: $(STAMP)
 	$(BIN)/python bench/thirdparty_matrix.py --out build/thirdparty
 

@@ -1,6 +1,6 @@
 """The "over 2 GiB" benchmark: compile a generated 2.25 GiB model for every target with the
 default pipeline and verification on, and record each compile's peak memory against the
-model's size (issue 10: within 2x).
+model's size (the target: within 2x).
 
 The model is generated, not downloaded: three 1x1 convolutions whose weights are zeros in a
 sparse data file (no disk blocks, written in no time), with residual Adds so the outputs

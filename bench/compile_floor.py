@@ -1,4 +1,4 @@
-"""Compile at the floor (issue 11): segc against a bare load+save and onnx-simplifier alone.
+"""Compile at the floor: segc against a bare load+save and onnx-simplifier alone.
 
 For each model, in one run, each round runs the three tools back to back in a rotating
 order (so a noisy neighbour hurts all alike, and none always goes first), each in its own
@@ -8,7 +8,7 @@ process; wall time and peak RSS (``wait4``'s ru_maxrss) per run, medians over ro
 - ``load+save``: ``onnx.load`` + ``onnx.save`` of the same file (the floor)
 - ``onnxsim``: ``python -m onnxsim MODEL OUT`` (onnx-simplifier alone)
 
-and the node counts each output has. Targets (issue 11): segc <= 1.5x load+save and
+and the node counts each output has. Targets: segc <= 1.5x load+save and
 <= 0.7x onnxsim in time, same or fewer nodes than onnxsim, peak RSS <= 1.3x load+save on
 hrnet_w48_ocr. Timings are never asserted anywhere: this script reports.
 

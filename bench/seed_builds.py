@@ -65,7 +65,7 @@ class Job:
         return ".".join(p for p in (self.model, self.target, self.variant) if p)
 
 
-#: The vendor builds the five guides made (REFERENCE.md), one job each.
+#: The vendor builds the five guides made (docs/seed_pipelines.md), one job each.
 JOBS: tuple[Job, ...] = (
     Job("ocrnet_hrnetw18", "ascend"),
     Job("ocrnet_hrnetw18", "tensorrt"),

@@ -1,4 +1,4 @@
-"""The third-party matrix (issue 9): every model of tests/thirdparty x every target, as a table.
+"""The third-party matrix: every model of tests/thirdparty x every target, as a table.
 
 Runs exactly what ``tests/thirdparty/test_thirdparty_models.py`` runs (same harness), but
 keeps going past failures and prints one Markdown row per model with, per target, the exit

@@ -5,7 +5,7 @@ or any model runs (a missing gtFine, a label whose size differs from its image, 
 folder, a gt line without 8 coordinates), so a mistake is one error line, exit 2, not a
 crash an hour into a 500-image run.
 
-Layouts (REFERENCE.md, "Evaluation"):
+Layouts (docs/design.md, "Datasets"):
 
     cityscapes:ROOT   ROOT/leftImg8bit/val/<city>/<stem>_leftImg8bit.png
                       ROOT/gtFine/val/<city>/<stem>_gtFine_labelIds.png

@@ -1,7 +1,7 @@
 """The pass contract: GraphPass, its result, its context, and the registry.
 
 A pass is a small class over an onnx-graphsurgeon graph that returns what it did. Its
-``contract`` tells the verifier how to judge it (DESIGN.md, "The pass"):
+``contract`` tells the verifier how to judge it (docs/design.md, "The pass contract"):
 
 =============  ===================================================================
 exact          same function up to float reassociation

@@ -1,6 +1,6 @@
 """The pass pipeline: run passes in order, verify them, and say exactly which one broke what.
 
-Verification modes (DESIGN.md):
+Verification modes (docs/design.md, "Verification"):
 
 - ``each``: every pass that changed the graph is judged against the state before it.
 - ``end``: the final graph is judged once against the input; on failure the pass list is
@@ -224,7 +224,7 @@ class WorkingModel:
     A graph pass (one that keeps ``GraphPass.apply``) runs on ``graph()``; the next graph pass
     gets the same graph, so a run of consecutive graph passes costs one import and, only when
     something needs a proto (a verifier session, a dump, a whole-model pass, the end), one
-    export. Each export copies every weight, hundreds of MiB on hrnet_w48_ocr (issue 11)::
+    export. Each export copies every weight, hundreds of MiB on hrnet_w48_ocr::
 
         before:  proto -import-> A -export-> proto -import-> B -export-> proto
         after:   proto -import-> A ---------------------> B -export-> proto

@@ -27,8 +27,8 @@ The neck (SegDetector), eval path::
     binarize: conv3x3 256->64, BN, ReLU, ConvT 2x2/2, BN, ReLU, ConvT 2x2/2 -> 1, Sigmoid
 
 Every nearest upsampling computes its output size from the input's shape (``upsample_nearest``),
-so the legacy exporter writes, per Resize, the shape chain the seed graph had (REFERENCE.md,
-"DBNet (dynamic shapes)")::
+so the legacy exporter writes, per Resize, the shape chain the seed graph had (docs/seed_pipelines.md,
+section 5)::
 
     x ─ Shape ─ Gather ─ Cast ─ Mul(factor) ─ Cast ─ Floor ─ Unsqueeze ─ Concat ─ Cast ─ Div ─ Concat ─ Resize.scales
 

@@ -47,7 +47,7 @@ SEED_SHAPE = (1, 3, 512, 1024)
 #: Output size is ceil-based (H/8 + 1 for H a multiple of 8); any multiple of 8 keeps it regular.
 SPATIAL_MULTIPLE = 8
 #: DeepLabv2 ResNet-101 (multi-level, 19 classes) is reported at about 44M parameters
-#: (ResNet-101 trunk 42.5M + ASPP classifiers 2.1M); the brief's published range is 43M-45M.
+#: (ResNet-101 trunk 42.5M + ASPP classifiers 2.1M); published figures range from 43M to 45M.
 PUBLISHED_PARAMS = 44_000_000
 PUBLISHED_PARAMS_RANGE = (43_000_000, 45_000_000)
 

@@ -2,7 +2,7 @@
 
 Why this module exists: DBNet's deformable ResNet-50 (``dbnet_r50_dcn``) was silently replaced
 by a plain backbone in the hand-made pipeline because no tool carried the deformable
-convolution through to the vendors (REFERENCE.md). segc keeps it: the layer below runs in
+convolution through to the vendors (docs/seed_pipelines.md, section 6). segc keeps it: the layer below runs in
 plain PyTorch (so it needs no compiled extension such as mmcv or torchvision, and can be
 fine-tuned), and it exports as ONE standard ONNX ``DeformConv`` node (opset 19, domain "")
 with both of torch's exporters, which onnxruntime's CPU provider runs and the segc passes can

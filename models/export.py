@@ -3,7 +3,8 @@
     segc export MODEL [-o OUT.onnx] [--shape N,C,H,W] [--dynamic | --static] [--weights CKPT]
                       [--opset N] [--exporter legacy|dynamo] [--logits] [--seed N] [--force]
 
-The lead's ``segc.cli`` wires ``add_export_arguments`` and ``run_export`` as the subcommand.
+``segc.cli`` wires ``add_export_arguments`` and ``run_export`` as the subcommand, so the CLI
+imports torch only when the zoo is installed.
 Everything that can go wrong with a user's request is a SegcError (exit 2, one line); the
 success path prints one line: path, size, nodes, parameters, time.
 

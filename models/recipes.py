@@ -1,6 +1,6 @@
 """One recipe per seed model: the facts the five hand-made deployment guides encoded.
 
-Each guide (see /work/shared/seeds and REFERENCE.md) hard-wired a model's normalisation, its
+Each guide (docs/seed_pipelines.md) hard-wired a model's normalisation, its
 shapes and batch sizes, and the graph edits each vendor needed. segc keeps those facts here as
 plain data so that ``segc compile`` can use them on a machine without PyTorch: this module
 must import nothing heavier than ``segc.recipe`` (a test imports it with ``torch`` blocked).

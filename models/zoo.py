@@ -173,7 +173,7 @@ ZOO: dict[str, ZooEntry] = {
 
 
 def model_names() -> list[str]:
-    """The zoo's model names, in the order of DESIGN.md."""
+    """The zoo's model names, in the order README and docs/design.md list them."""
     return list(ZOO)
 
 

@@ -2,8 +2,8 @@
 
 Why not ``import onnxsim``: onnxsim 0.8's package ``__init__`` imports some two hundred
 modules of a quantisation/export toolkit, and ``onnxsim/ppq_integration.py`` imports torch
-when it is installed (measured 5.5 s of a 25 s compile on hrnet_w48_ocr; the issue
-profiled 6.1 s), for a feature segc never uses. The simplifier itself is the extension
+when it is installed (measured 5.5 s of a 25 s compile on hrnet_w48_ocr; another
+profile 6.1 s), for a feature segc never uses. The simplifier itself is the extension
 module ``onnxsim_cpp2py_export``: ``simplify(executor, model_bytes, ...)`` and
 ``simplify_path(executor, in_path, out_path, ...)``, where ``executor`` is a
 ``ModelExecutor`` whose ``Run`` evaluates the small constant-folding sub-models the core
@@ -31,7 +31,7 @@ EXTENSION = "onnxsim.onnxsim_cpp2py_export"
 
 # onnx-simplifier 0.8 fuses ViT self-attention blocks into ``com.microsoft::Attention``, an
 # onnxruntime contrib op that no vendor parser takes (found on DPT/Dinov2 with static shapes,
-# issue 9's held-out trial). segc's output must stay standard ONNX, so that fusion is off.
+# a held-out trial). segc's output must stay standard ONNX, so that fusion is off.
 SKIPPED_OPTIMIZERS = ("fuse_attention",)
 
 

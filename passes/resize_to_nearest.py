@@ -3,7 +3,7 @@
 What: set ``mode="nearest"`` on the Resize (or old ``Upsample``) nodes the user names with
 selectors or a preset. Why: bilinear upsampling of wide feature maps is a large share of
 HRNet's run time on NPUs; the OCRNet (Ascend) and 3D_HRNet guides switched chosen Resizes to
-nearest and accepted under one point of mIoU (REFERENCE.md). The numerics change on purpose,
+nearest and accepted under one point of mIoU (docs/seed_pipelines.md, sections 1, 4). The numerics change on purpose,
 so the contract is ``approximate`` and the verifier judges the price (cosine, label agreement).
 
     x1 [N,96,H/8,W/8] -> Resize(mode=linear,  coord=align_corners) --+

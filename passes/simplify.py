@@ -16,8 +16,8 @@ alone and says so; it does not guess.
 
 Only onnx-simplifier's C++ core is used (``segc.passes._onnxsim_core``: its Python package
 would import torch), and it is handed the input file itself when the model is still that
-file (``_OnnxsimInput``). The folding engine was chosen by measurement (issue 11, and
-bench/compile_floor.py): onnxruntime's basic optimisation written out with
+file (``_OnnxsimInput``). The folding engine was chosen by measurement
+(bench/compile_floor.py): onnxruntime's basic optimisation written out with
 ``SessionOptions.optimized_model_filepath`` is the one alternative that keeps symbolic dims
 and emits only standard ops, but it leaves more nodes (ocrnet_hrnetw18: 1062 against
 onnx-simplifier's 944; dbnet_r50: 239 against 243) and saved about 1.2 s of 4.4 s on dbnet_r50
@@ -117,7 +117,7 @@ class _OnnxsimInput:
     """How the model reaches onnx-simplifier's C++ core, chosen once for all attempts.
 
     Handing the core the file the model was read from (``simplify_path``) skips a Python
-    ``SerializeToString`` of the whole model: issue 11 measured it at 2.1 s on hrnet_w48_ocr,
+    ``SerializeToString`` of the whole model, measured at 2.1 s on hrnet_w48_ocr,
     and 0.7 GiB peak for onnx-simplifier given the file against 1.5 GiB given a ModelProto.
     The result is read back with one ``onnx.load``. When there is no such file (an earlier pass changed the model, or
     its outputs lack a shape field onnxsim insists on) the model is serialised once and those

@@ -1,6 +1,6 @@
 """The five seed pipelines end to end: export small, ``segc compile`` in-process, check the result.
 
-Each guide in /work/shared/seeds (REFERENCE.md) exported a model, edited the graph with a one-off
+Each guide (docs/seed_pipelines.md) exported a model, edited the graph with a one-off
 script and ran a vendor compiler. These tests run the same pipelines through segc with the
 models' recipes (found from the exported model's metadata, never named on the command line)
 and assert, from ``OUT/report.json``, the compiled ONNX model and the argv of ``build.sh``, that

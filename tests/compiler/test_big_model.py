@@ -1,4 +1,4 @@
-"""Over 2 GiB (issue 10): a generated 2.25 GiB model compiles for every target with the
+"""Over 2 GiB (protobuf's limit): a generated 2.25 GiB model compiles for every target with the
 default pipeline and verification on, within 2x its size in peak memory, its weights
 written as external data beside the compiled model, the input untouched.
 

@@ -1,7 +1,7 @@
 """What a compile imports: onnx-simplifier's C++ core, never its package (and so never torch).
 
 onnxsim 0.8's package ``__init__`` pulls in torch through ``onnxsim/ppq_integration.py``
-whenever torch is installed: seconds of every compile for nothing segc uses (issue 11).
+whenever torch is installed: seconds of every compile for nothing segc uses.
 The check runs a real ``segc compile`` in a fresh interpreter and asks ``sys.modules`` at exit.
 """
 

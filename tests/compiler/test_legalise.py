@@ -190,7 +190,7 @@ def test_range_the_vendor_cannot_build_is_refused_with_the_fix() -> None:
                  user_passes=False, skipped=set(), static_cli={})
 
 
-# ------------------------------------------------------------------ errors before work (part 6, issue 10)
+# ------------------------------------------------------------------------------- errors before work
 
 
 @pytest.mark.parametrize("extra, fragment", [

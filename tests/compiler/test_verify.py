@@ -1,4 +1,4 @@
-"""``segc verify`` and the Verifier: verdicts that must not lie (issue 10), lost outputs (issue 9)."""
+"""``segc verify`` and the Verifier: verdicts that must not lie, lost outputs."""
 
 from __future__ import annotations
 

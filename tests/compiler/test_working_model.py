@@ -1,4 +1,4 @@
-"""Consecutive graph passes share one graph-surgeon graph (issue 11): one import, one export.
+"""Consecutive graph passes share one graph-surgeon graph: one import, one export.
 
 Each export copies every weight (hundreds of MiB on hrnet_w48_ocr), so the pipeline exports
 only when something needs a proto: a verifier session, a dump, a whole-model pass, the end.

@@ -1,4 +1,4 @@
-"""The third-party acceptance set (issue 9): models segc did not write, compiled for every target.
+"""The third-party acceptance set: models segc did not write, compiled for every target.
 
 segc's own tests use its seed zoo, whose graphs the authors know by heart. This set is
 models from elsewhere, so that a pass which only works on the zoo's export habits shows up:
@@ -16,7 +16,7 @@ compiled ONNX (vendor ops lowered back to standard ONNX with ``segc.lowering``) 
 input model in onnxruntime, at two shapes inside the range, one of them odd.
 
 The test (``test_thirdparty_models.py``) and the matrix script (``bench/thirdparty_matrix.py``)
-both call this module, so the table the lead reads is the same check CI runs.
+both call this module, so the published table is the same check CI runs.
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ def materialise(spec: ModelSpec, workdir: Path) -> Path:
 
 
 def divisible_syntax_supported() -> bool:
-    """Whether this segc takes ``lo~hi/stride`` ranges (issue 9's divisibility syntax)."""
+    """Whether this segc takes ``lo~hi/stride`` ranges (the ``/M`` divisibility syntax)."""
     from segc.errors import SegcError
     from segc.shapes import parse_shape_range
 

@@ -1,4 +1,4 @@
-"""Reproducers for what the held-out trial (issue 9) found on models outside the acceptance set.
+"""Reproducers for what a held-out trial found on models outside the acceptance set.
 
 Dinov2 (transformers, dynamo export) interpolates its position embeddings with a *bicubic*
 Resize whose data is a constant and whose size comes from the input's shape:
