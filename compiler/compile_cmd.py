@@ -285,7 +285,7 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
     chosen_outputs = pin_selectors(model, args.outputs) if args.outputs and args.no_prune else []
     require_shapes = target.name != "onnxruntime"
 
-    # everything below is checked before the first pass runs (docs/design.md, "Preflight")
+    # everything below is checked before the first pass runs (docs/design.md, "The pipeline", step 2)
     planned_options = build_options(args, recipe, target, [], chosen_outputs, argv, input_hash)
     planned_options.shape_ranges = final_shapes(model, ranges, recipe, require=require_shapes, planned=_pass_ranges(specs),
                                                 batch=planned_options.batch_sizes)

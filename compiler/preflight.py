@@ -1,7 +1,7 @@
 """Checks of the command line that need no pass: contradictions, no-ops and selectors.
 
 Everything here runs before the first pass, so a typo costs a second, not the pipeline
-(docs/design.md, "Preflight"). Contradictions and settings no target could use are errors
+(docs/design.md, "The pipeline", step 2). Contradictions and settings no target could use are errors
 (exit 2); a setting this target merely ignores is a warning the summary repeats.
 """
 
