@@ -35,7 +35,7 @@ def test_no_file_points_at_documents_outside_the_repository() -> None:
 
 def test_section_references_name_real_sections() -> None:
     """``docs/design.md, "Section"`` in a docstring must name a heading of docs/design.md."""
-    headings = {m.group(1).strip() for m in re.finditer(r"^#+ (.+)$", DESIGN.read_text(encoding="utf-8"), re.M)}
+    headings = {m.group(1).strip() for m in re.finditer(r"^#+ (.+)$", DESIGN.read_text(encoding="utf-8"), re.MULTILINE)}
     cited = {}
     for path in repo_files():
         if path.suffix in (".py", ".md") and path != Path(__file__).resolve():
