@@ -42,7 +42,8 @@ def _csv(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="segc", description="Compile segmentation and text-detection models to verified vendor builds.",
+    parser = _Parser(prog="segc",
+                     description="Compile segmentation and text-detection models to verified vendor builds.",
                      epilog=EXIT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"segc {segc.__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for internal errors")

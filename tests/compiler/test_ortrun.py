@@ -49,7 +49,8 @@ def test_sessions_and_runs_are_counted_and_outputs_can_be_chosen() -> None:
 
 def test_session_options_follow_the_config() -> None:
     opts = session_options(SessionConfig(intra_op_threads=1, optimization="disable"))
-    assert opts.intra_op_num_threads == 1 and opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    assert opts.intra_op_num_threads == 1
+    assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     assert session_options(SessionConfig()).graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     assert SessionConfig().to_dict()["provider"] == "CPUExecutionProvider"
 

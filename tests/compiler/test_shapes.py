@@ -29,7 +29,8 @@ def test_parse_range_and_write_it_back() -> None:
 
 def test_static_shape_and_names_with_colons() -> None:
     r = parse_shape_range("input:0:1,3,8,8")
-    assert r.name == "input:0" and r.is_static and r.dynamic_axes == () and r.multiple == () and r.atc() == "input:0:1,3,8,8"
+    assert r.name == "input:0" and r.is_static and r.dynamic_axes == () and r.multiple == ()
+    assert r.atc() == "input:0:1,3,8,8"
     assert parse_static_shape("x:1x3x4x5") == ("x", (1, 3, 4, 5))
     assert parse_dims("1,3,512,1024") == (1, 3, 512, 1024)
 
