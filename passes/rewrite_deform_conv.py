@@ -11,9 +11,9 @@ What: converts each DCNv2 node, whatever its spelling (ONNX ``DeformConv``, Asce
 * ``decomposed``: standard ops only (sampling grid from Shape/Range, one GridSample, mask
   multiply, one 1x1 Conv); valid for dynamic H and W. See ``_deform_decompose``.
 
-Why: the dynamic DBNet guide (docs/seed_pipelines.md, sections 5-6) dropped the deformable
-backbone because no tool carried DCN to the vendors; the companion guide hand-edited the
-model's forward to reorder offset channels for Ascend. Here the reorder is a graph rewrite, and where the offsets come from a
+Why: the DBNet guide (docs/seed_pipelines.md, section 5) dropped the deformable backbone as no tool carried
+DCN to the vendors; the companion guide hand-edited the model's forward to reorder offset
+channels for Ascend. Here the reorder is a graph rewrite, and where the offsets come from a
 Conv (DBNet: Conv -> Slice -> offsets, Conv -> Slice -> Sigmoid -> mask) it is folded into
 that Conv's weights instead of costing runtime ops (see ``_channel_select``)::
 
