@@ -32,7 +32,8 @@ from segc.shapes import ShapeRange, parse_shape_range, parse_static_shape, range
 from segc.legalise import Plan, final_gate_lines, legalise
 from segc.task_budget import judge_on_dataset
 from segc.preflight import validate_cli, validate_selectors
-from segc.targets.base import BuildOptions, Target, get_target
+from segc.int8_calibration import DEFAULT_SAMPLES
+from segc.targets.base import BuildOptions, Target, get_target, target_values
 from segc.targets.legality import errors, group_violations, unconfirmed
 from segc.verify import Verifier
 from segc.verify_inputs import DEFAULT_PIXEL_BUDGET, graph_inputs, input_dims
@@ -94,7 +95,7 @@ def plan_passes(args: argparse.Namespace, target: Target, recipe: Recipe | None)
     """The pass list and each pass's options: target default < recipe < command line."""
     names = list(args.passes) if args.passes else target.pipeline(recipe)
     options = target.pass_options(recipe)
-    names = precision_passes(names, options, args.precision, args.calib_images)
+    names = precision_passes(names, options, args.precision, args.calib_images, args.calib_samples)
 
     def ensure(name: str) -> None:
         if name not in names:
@@ -206,20 +207,20 @@ def _model_info(path: Path, model: onnx.ModelProto | None = None, sha256: str | 
     return info
 
 
+# the recipe's per-target settings that are not a target's own (those go to Target.target_options)
+_RECIPE_COMMON = ("precision", "batch_sizes", "batch_range")
+
+
 def build_options(args: argparse.Namespace, recipe: Recipe | None, target: Target, shapes: list[ShapeRange],
                   chosen_outputs: list[str], argv: list[str], input_hash: str) -> BuildOptions:
-    extra: dict[str, Any] = {}
-    precision = "fp32"
-    batch: tuple[int, ...] = ()
-    if recipe is not None:
-        t = recipe.for_target(target.name)
-        extra.update(t.extra)
-        precision = t.extra.get("precision", precision)
-        # batch sizes are per target: the seeds built one static Ascend model per batch size,
-        # but ran TensorRT at the exported batch; a recipe says which target wants what
-        batch = tuple(t.extra.get("batch_sizes", ()))
-    if args.precision:
-        precision = args.precision
+    """The typed build options: the shared part from the command line over the recipe, and the
+    target's own part from its flags (``Target.target_options``); a flag of another target is a
+    usage error."""
+    given = recipe.for_target(target.name).extra if recipe is not None else {}
+    # batch sizes are per target: the seeds built one static Ascend model per batch size,
+    # but ran TensorRT at the exported batch; a recipe says which target wants what
+    precision = str(args.precision or given.get("precision", "fp32"))
+    batch: tuple[int, ...] = tuple(int(b) for b in given.get("batch_sizes", ()))
     if args.batch:
         try:
             batch = tuple(int(b) for b in args.batch)
@@ -227,21 +228,30 @@ def build_options(args: argparse.Namespace, recipe: Recipe | None, target: Targe
             raise SegcError(f"malformed --batch {','.join(args.batch)!r}: expected sizes like 1,4,8,16") from None
         if any(b < 1 for b in batch):
             raise SegcError("--batch sizes must be positive")
-    for key, value in (("cann", args.cann_version), ("workspace_mb", args.workspace_mb), ("calib_images", args.calib_images),
-                       ("allow_unlisted_ops", args.allow_unlisted_ops or None)):
-        if value is not None:
-            extra[key] = value
-    extra.pop("precision", None)
-    extra.pop("batch_sizes", None)
-    if recipe is not None:
-        extra.setdefault("recipe", recipe.name)
-        spec = recipe.inputs[0] if recipe.inputs else None
-        if spec is not None:
-            extra.setdefault("normalisation", {"mean": list(spec.mean), "std": list(spec.std),
-                                               "pixel_scale": spec.pixel_scale, "channel_order": spec.channel_order})
-    return BuildOptions(precision=precision, batch_sizes=batch, shape_ranges=shapes, soc=args.soc, outputs=chosen_outputs,
-                        extra=extra, command_line=shlex.join(["segc", *argv]), input_sha256=input_hash,
+    batch_range = given.get("batch_range")
+    calib = Path(args.calib_images).expanduser().resolve() if args.calib_images else None
+    if calib is not None and not calib.is_dir():
+        raise SegcError(f"--calib-images {args.calib_images}: no such folder")
+    if args.calib_samples is not None and args.calib_samples < 1:
+        raise SegcError(f"--calib-samples must be positive, got {args.calib_samples}")
+    own = target.target_options(target_values(args, target), recipe)
+    return BuildOptions(precision=precision, batch_sizes=batch,
+                        batch_range=(int(batch_range[0]), int(batch_range[1])) if batch_range else None,
+                        shape_ranges=shapes, outputs=chosen_outputs, calib_images=calib,
+                        calib_samples=args.calib_samples or DEFAULT_SAMPLES,
+                        allow_unlisted_ops=bool(args.allow_unlisted_ops), recipe=recipe, target=own,
+                        command_line=shlex.join(["segc", *argv]), input_sha256=input_hash,
                         segc_version=segc.__version__)
+
+
+def build_section(options: BuildOptions, shapes: list[ShapeRange]) -> dict[str, Any]:
+    """report.json ``build``: the shared settings and the target's own (``target_options``)."""
+    return {"precision": options.precision, "batch_sizes": list(options.batch_sizes),
+            "batch_range": list(options.batch_range) if options.batch_range else None,
+            "shapes": [s.atc() for s in shapes],
+            "calib_images": str(options.calib_images) if options.calib_images else None,
+            "calib_samples": options.calib_samples, "fp32_layers": list(options.fp32_layers),
+            "target_options": options.target.to_dict()}
 
 
 def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
@@ -340,9 +350,7 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
     warnings = group_violations(unconfirmed(found))
     report_fields["legalisation"]["warnings"] = cli_warnings + warnings if result.ok else report_fields["legalisation"]["warnings"]
     report_fields["violations"] = final_gate_lines(violations, result)
-    report_fields["build"] = {"precision": options.precision, "batch_sizes": list(options.batch_sizes),
-                              "shapes": [s.atc() for s in shapes], "soc": options.soc, "extra": options.extra,
-                              "fp32_layers": list(options.fp32_layers)}
+    report_fields["build"] = build_section(options, shapes)
 
     if violations:
         report_fields["status"] = "illegal"
