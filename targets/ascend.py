@@ -48,7 +48,8 @@ import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import onnx
 
@@ -567,7 +568,9 @@ class AscendTarget(Target):
     def emit(self, model: onnx.ModelProto, model_path: Path, outdir: Path, options: BuildOptions) -> list[Artefact]:
         outdir = Path(outdir)
         self.validate_options(options)
-        amct_steps, artefacts, atc_model = [], [], None
+        amct_steps: list[Step] = []
+        artefacts: list[Artefact] = []
+        atc_model: Path | None = None
         if options.precision == "int8":
             amct_steps, artefacts, atc_model = amct_calibration(model, Path(model_path), outdir, options)
         steps = amct_steps + atc_steps(model, Path(model_path), outdir, options, atc_model)

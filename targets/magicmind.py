@@ -34,7 +34,8 @@ from __future__ import annotations
 import pprint
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import onnx
 
