@@ -99,3 +99,13 @@ def test_compare_script_without_polygraphy(tmp_path: Path, conv_model, options) 
     _emit(conv_model(dims=(1, 3, 8, 8)), tmp_path, options())
     proc = subprocess.run(["bash", str(tmp_path / "compare_tensorrt.sh")], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
     assert proc.returncode == 127 and "compare_tensorrt.sh: polygraphy not found" in proc.stderr
+
+
+def test_workspace_from_the_recipe_and_the_command_line() -> None:
+    """OCRNet's recipe asks for the seed's 15000 MiB; --workspace-mb overrides it."""
+    from segc.recipe import get_recipe
+
+    recipe = get_recipe("ocrnet_hrnetw18")
+    assert tensorrt_options({}, recipe).workspace_mb == 15000
+    assert tensorrt_options({"workspace_mb": 64}, recipe).workspace_mb == 64
+    assert tensorrt_options({}, None).workspace_mb is None
