@@ -90,7 +90,9 @@ AMCT_HINT = (
 )
 
 
-INPUT_FORMATS = ("NCHW", "NHWC", "ND", "NCDHW", "NDHWC")  # ATC --input_format values
+# ATC --input_format for an ONNX model (NHWC and NDHWC are TensorFlow's only), CANN ATC guide:
+# https://www.hiascend.com/document/detail/en/canncommercial/800/devaids/atc/atlasatcparam_16_0015.html
+INPUT_FORMATS = ("NCHW", "NCDHW", "ND")
 
 
 @dataclass(frozen=True)
@@ -108,8 +110,8 @@ FLAGS = (
     TargetFlag("--soc", f"Ascend chip, ATC --soc_version (default {DEFAULT_SOC})", metavar="CHIP"),
     TargetFlag("--cann-version", "CANN release the ATC commands are written for, e.g. 6.3.RC2 (default: newest)",
                metavar="VERSION"),
-    TargetFlag("--input-format", "ATC --input_format (default NCHW, ND for shape ranges and non-4D inputs)",
-               choices=INPUT_FORMATS, metavar="FORMAT"),
+    TargetFlag("--input-format", f"ATC --input_format: {', '.join(INPUT_FORMATS)} (default NCHW, ND for shape "
+               "ranges and non-4D inputs)", metavar="FORMAT"),
 )
 
 
@@ -118,7 +120,11 @@ def ascend_options(values: Mapping[str, Any]) -> AscendOptions:
     soc = check_soc(values.get("soc"))
     cann = values.get("cann_version")
     parse_cann_version(cann)
-    return AscendOptions(soc=soc, cann_version=cann, input_format=values.get("input_format"))
+    fmt = values.get("input_format")
+    if fmt is not None and fmt not in INPUT_FORMATS:
+        raise SegcError(f"--input-format {fmt}: ATC takes {', '.join(INPUT_FORMATS[:-1])} or {INPUT_FORMATS[-1]} "
+                        "for an ONNX model")
+    return AscendOptions(soc=soc, cann_version=cann, input_format=fmt)
 
 
 def check_soc(soc: str | None) -> str:

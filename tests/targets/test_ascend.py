@@ -15,7 +15,7 @@ from segc.targets.ascend import (
     parse_cann_version,
     precision_mode,
 )
-from segc.targets.ascend import AscendOptions
+from segc.targets.ascend import AscendOptions, ascend_options
 from segc.targets.base import get_target
 from segc.targets.buildscript import parse_steps
 
@@ -134,8 +134,10 @@ def test_dynamic_input_without_shape(tmp_path: Path, conv_model, options) -> Non
 
 
 def test_input_format_override(tmp_path: Path, conv_model, options) -> None:
-    argvs = _emit(conv_model(), tmp_path, options("x:1,3,64,64", target=AscendOptions(input_format="NHWC")))
-    assert "--input_format=NHWC" in argvs[0]
+    argvs = _emit(conv_model(), tmp_path, options("x:1,3,64,64", target=AscendOptions(input_format="ND")))
+    assert "--input_format=ND" in argvs[0]
+    with pytest.raises(SegcError, match="--input-format NHWC: ATC takes NCHW, NCDHW or ND for an ONNX model"):
+        ascend_options({"input_format": "NHWC"})
 
 
 def test_build_sh_in_awkward_folder(nasty_dir: Path, conv_model, options, bash_syntax_ok, fake_tools, fake_log) -> None:

@@ -18,6 +18,8 @@ import pytest
 
 from segc.cli import main
 
+pytestmark = pytest.mark.slow  # a full-size architecture (exported once, compiled three times)
+
 SHAPE = (1, 3, 64, 64)
 N_IMAGES = 3
 
