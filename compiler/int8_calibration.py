@@ -25,6 +25,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -157,7 +158,7 @@ def int8_drop(model: onnx.ModelProto, feeds: list[Feed]) -> Int8Estimate:
         cand = run_model(qdq, feed.arrays)
         metrics += [compare_output(o, feed.label, ref[o], cand[o]) for o in ref if o in cand]
 
-    def worst(attr: str, fn) -> float | None:
+    def worst(attr: str, fn: Callable[[list[float]], float]) -> float | None:
         vals = [getattr(m, attr) for m in metrics if getattr(m, attr) is not None]
         return fn(vals) if vals else None
 

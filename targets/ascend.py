@@ -239,8 +239,8 @@ def out_nodes(model: onnx.ModelProto, outputs: list[str]) -> str:
                 raise SegcError(f"--out_nodes: the node producing {wanted!r} has no name; ATC selects outputs by node name")
             parts.append(f"{node.name}:{index}")
             continue
-        name, _, index = wanted.rpartition(":")
-        if name in node_names and index.isdigit() and int(index) < len(node_names[name].output):
+        name, _, slot = wanted.rpartition(":")
+        if name in node_names and slot.isdigit() and int(slot) < len(node_names[name].output):
             parts.append(wanted)
             continue
         raise SegcError(f"--out_nodes: {wanted!r} is neither a tensor nor NODE:INDEX of this model")
