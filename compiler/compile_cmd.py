@@ -26,7 +26,7 @@ from segc.fp16_emulation import fp32_layers
 from segc.passes.emulate_fp16 import precision_passes
 from segc.passes.prune_outputs import pin_selectors
 from segc.pipeline import DumpInstrument, HandOver, Instrument, PassRecord, PassSpec, PipelineResult, run_pipeline
-from segc.recipe import RECIPE_METADATA_KEY, Recipe, get_recipe
+from segc.recipe import RECIPE_METADATA_KEY, Recipe, TargetRecipe, get_recipe
 from segc.report import PASS_COLUMNS, build_report, pass_rows, unverified_lines, write_reports
 from segc.shapes import ShapeRange, parse_shape_range, parse_static_shape, ranges_from_metadata
 from segc.legalise import Plan, final_gate_lines, legalise
@@ -207,20 +207,16 @@ def _model_info(path: Path, model: onnx.ModelProto | None = None, sha256: str | 
     return info
 
 
-# the recipe's per-target settings that are not a target's own (those go to Target.target_options)
-_RECIPE_COMMON = ("precision", "batch_sizes", "batch_range")
-
-
 def build_options(args: argparse.Namespace, recipe: Recipe | None, target: Target, shapes: list[ShapeRange],
                   chosen_outputs: list[str], argv: list[str], input_hash: str) -> BuildOptions:
     """The typed build options: the shared part from the command line over the recipe, and the
     target's own part from its flags (``Target.target_options``); a flag of another target is a
     usage error."""
-    given = recipe.for_target(target.name).extra if recipe is not None else {}
+    given = recipe.for_target(target.name) if recipe is not None else TargetRecipe()
     # batch sizes are per target: the seeds built one static Ascend model per batch size,
     # but ran TensorRT at the exported batch; a recipe says which target wants what
-    precision = str(args.precision or given.get("precision", "fp32"))
-    batch: tuple[int, ...] = tuple(int(b) for b in given.get("batch_sizes", ()))
+    precision = args.precision or given.precision or "fp32"
+    batch: tuple[int, ...] = given.batch_sizes
     if args.batch:
         try:
             batch = tuple(int(b) for b in args.batch)
@@ -228,15 +224,18 @@ def build_options(args: argparse.Namespace, recipe: Recipe | None, target: Targe
             raise SegcError(f"malformed --batch {','.join(args.batch)!r}: expected sizes like 1,4,8,16") from None
         if any(b < 1 for b in batch):
             raise SegcError("--batch sizes must be positive")
-    batch_range = given.get("batch_range")
     calib = Path(args.calib_images).expanduser().resolve() if args.calib_images else None
     if calib is not None and not calib.is_dir():
         raise SegcError(f"--calib-images {args.calib_images}: no such folder")
     if args.calib_samples is not None and args.calib_samples < 1:
         raise SegcError(f"--calib-samples must be positive, got {args.calib_samples}")
-    own = target.target_options(target_values(args, target), recipe)
-    return BuildOptions(precision=precision, batch_sizes=batch,
-                        batch_range=(int(batch_range[0]), int(batch_range[1])) if batch_range else None,
+    values = target_values(args, target)
+    unknown = sorted(set(given.flags) - set(values))
+    if unknown:
+        raise SegcError(f"recipe {recipe.name if recipe else '?'} sets {unknown[0]!r} for target {target.name}, "
+                        f"which has no such flag (its flags: {', '.join(values) or 'none'})")
+    own = target.target_options({k: given.flags.get(k) if v is None else v for k, v in values.items()})
+    return BuildOptions(precision=precision, batch_sizes=batch, batch_range=given.batch_range,
                         shape_ranges=shapes, outputs=chosen_outputs, calib_images=calib,
                         calib_samples=args.calib_samples or DEFAULT_SAMPLES,
                         allow_unlisted_ops=bool(args.allow_unlisted_ops), recipe=recipe, target=own,

@@ -56,7 +56,6 @@ import onnx
 from segc.errors import SegcError
 from segc.outdir import write_text
 from segc.shapes import ShapeRange
-from segc.recipe import Recipe
 from segc.targets.base import (Artefact, BuildOptions, Target, TargetFlag, TargetOptions, Violation, own_options,
                                register_target)
 from segc.targets.buildscript import Requirement, Step, relative_name, write_build_script
@@ -538,7 +537,7 @@ class AscendTarget(Target):
     default_passes = ("simplify", "resize_broadcast", "cleanup")
     flags = FLAGS
 
-    def target_options(self, values: Mapping[str, Any], recipe: Recipe | None) -> AscendOptions:
+    def target_options(self, values: Mapping[str, Any]) -> AscendOptions:
         return ascend_options(values)
 
     def validate_options(self, options: BuildOptions) -> None:

@@ -14,7 +14,7 @@ manifests) learn a new target's flags from the registry, not from ``cli.py``:
 
     targets/foo.py  --flags-->  add_target_arguments(compile parser)   "options for foo"
                     <--values-- parsed args                            --foo-level 3
-                    target_options(values, recipe) -> FooOptions(level=3) -> BuildOptions.target
+                    target_options(values) -> FooOptions(level=3) -> BuildOptions.target
 """
 
 from __future__ import annotations
@@ -161,9 +161,10 @@ class Target:
                 opts.setdefault(name, {}).update(values)
         return opts
 
-    def target_options(self, values: Mapping[str, Any], recipe: Recipe | None) -> TargetOptions:
+    def target_options(self, values: Mapping[str, Any]) -> TargetOptions:
         """This target's typed options from its flags' values (``TargetFlag.dest`` -> value, None
-        when not given) over the recipe's settings for this target. Raise SegcError for a bad value."""
+        when not given; the command line over the recipe's ``TargetRecipe.flags``). Raise
+        SegcError for a bad value."""
         return TargetOptions()
 
     def check(self, model: onnx.ModelProto, options: BuildOptions) -> list[Violation]:

@@ -40,7 +40,6 @@ from typing import Any
 import onnx
 
 from segc.errors import SegcError
-from segc.recipe import Recipe
 from segc.shapes import ShapeRange
 from segc.targets.base import (Artefact, BuildOptions, Target, TargetFlag, TargetOptions, Violation, own_options,
                                register_target)
@@ -345,7 +344,7 @@ class MagicMindTarget(Target):
     default_passes = ("simplify", "cleanup")
     flags = FLAGS
 
-    def target_options(self, values: Mapping[str, Any], recipe: Recipe | None) -> MagicMindOptions:
+    def target_options(self, values: Mapping[str, Any]) -> MagicMindOptions:
         return magicmind_options(values)
 
     def validate_options(self, options: BuildOptions) -> None:

@@ -31,7 +31,6 @@ import onnx
 
 from segc.errors import SegcError
 from segc.outdir import write_text
-from segc.recipe import Recipe
 from segc.shapes import ShapeRange, parse_static_shape
 from segc.targets.base import (Artefact, BuildOptions, Target, TargetFlag, TargetOptions, Violation, own_options,
                                register_target)
@@ -98,11 +97,9 @@ FLAGS = (
 )
 
 
-def tensorrt_options(values: Mapping[str, Any], recipe: Recipe | None) -> TensorRTOptions:
-    """``--workspace-mb`` over the recipe's ``workspace_mb``; ``--calib-cache`` must be a file."""
-    given = recipe.for_target("tensorrt").extra if recipe is not None else {}
+def tensorrt_options(values: Mapping[str, Any]) -> TensorRTOptions:
+    """``--workspace-mb`` (or the recipe's: OCRNet's 15000) must be positive; ``--calib-cache`` a file."""
     mb = values.get("workspace_mb")
-    mb = given.get("workspace_mb") if mb is None else mb
     if mb is not None and (isinstance(mb, bool) or not isinstance(mb, int) or mb <= 0):
         raise SegcError(f"--workspace-mb must be positive, got {mb!r}")
     cache = values.get("calib_cache")
@@ -277,8 +274,8 @@ class TensorRTTarget(Target):
     default_passes = ("simplify", "cleanup")
     flags = FLAGS
 
-    def target_options(self, values: Mapping[str, Any], recipe: Recipe | None) -> TensorRTOptions:
-        return tensorrt_options(values, recipe)
+    def target_options(self, values: Mapping[str, Any]) -> TensorRTOptions:
+        return tensorrt_options(values)
 
     def validate_options(self, options: BuildOptions) -> None:
         precision_flags(options)

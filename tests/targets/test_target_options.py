@@ -20,7 +20,6 @@ from onnx import TensorProto, helper
 from segc.cli import main
 from segc.errors import SegcError
 from segc.outdir import write_text
-from segc.recipe import Recipe
 from segc.targets import base
 from segc.targets.base import Artefact, BuildOptions, Target, TargetFlag, TargetOptions, own_options
 
@@ -42,7 +41,7 @@ def toy_target(profile: Path) -> type[Target]:
                  TargetFlag("--toy-tuning", "tuning file", kind="path"))
         profile_path = profile
 
-        def target_options(self, values: Mapping[str, Any], recipe: Recipe | None) -> ToyOptions:
+        def target_options(self, values: Mapping[str, Any]) -> ToyOptions:
             level = values.get("toy_level")
             if level is not None and level not in (1, 2, 3):
                 raise SegcError(f"--toy-level must be 1, 2 or 3, got {level}")

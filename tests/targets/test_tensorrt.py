@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from segc.errors import SegcError
-from segc.targets.base import get_target
+from segc.targets.base import get_target, own_options
 from segc.targets.tensorrt import TensorRTOptions, tensorrt_options
 from segc.targets.buildscript import parse_steps
 
@@ -77,9 +77,9 @@ def test_errors(tmp_path: Path, conv_model, options) -> None:
     with pytest.raises(SegcError, match=r"needs a shape for input 'x'"):
         _emit(conv_model(), tmp_path, options())
     with pytest.raises(SegcError, match="--workspace-mb must be positive"):
-        tensorrt_options({"workspace_mb": 0}, None)
+        tensorrt_options({"workspace_mb": 0})
     with pytest.raises(SegcError, match="--calib-cache .*: no such file"):
-        tensorrt_options({"calib_cache": str(tmp_path / "none.cache")}, None)
+        tensorrt_options({"calib_cache": str(tmp_path / "none.cache")})
     with pytest.raises(SegcError, match="unknown precision 'fp8'"):
         get_target("tensorrt").check(conv_model(), options(precision="fp8"))
 
@@ -102,10 +102,18 @@ def test_compare_script_without_polygraphy(tmp_path: Path, conv_model, options) 
 
 
 def test_workspace_from_the_recipe_and_the_command_line() -> None:
-    """OCRNet's recipe asks for the seed's 15000 MiB; --workspace-mb overrides it."""
+    """OCRNet's recipe asks for the seed's 15000 MiB (TargetRecipe.flags); --workspace-mb overrides it."""
+    from segc.cli import build_parser
+    from segc.compile_cmd import build_options
     from segc.recipe import get_recipe
 
-    recipe = get_recipe("ocrnet_hrnetw18")
-    assert tensorrt_options({}, recipe).workspace_mb == 15000
-    assert tensorrt_options({"workspace_mb": 64}, recipe).workspace_mb == 64
-    assert tensorrt_options({}, None).workspace_mb is None
+    recipe, target = get_recipe("ocrnet_hrnetw18"), get_target("tensorrt")
+
+    def workspace(*flags: str) -> int | None:
+        args = build_parser().parse_args(["compile", "m.onnx", "--target", "tensorrt", *flags])
+        options = build_options(args, recipe, target, [], [], [], "")
+        assert options.precision == "fp16"  # the recipe's, too
+        return own_options(options, TensorRTOptions).workspace_mb
+
+    assert workspace() == 15000
+    assert workspace("--workspace-mb", "64") == 64
