@@ -235,16 +235,17 @@ def keep_fp32(network):
     """Float inputs and outputs of the KEEP_FP32 nodes in fp32; the rest follows PRECISION_MODE."""
     found = set()
     for node in network.get_all_nodes_in_network():
-        if node.get_node_name() not in KEEP_FP32:
+        name = node.get_node_name()
+        if name not in KEEP_FP32:
             continue
-        found.add(node.get_node_name())
+        found.add(name)
         floats = (mm.DataType.FLOAT16, mm.DataType.FLOAT32)
         for i in range(node.get_input_count()):
             if node.get_input(i).get_data_type() in floats:
-                check(node.set_precision(i, mm.DataType.FLOAT32), "keeping an input of " + node.get_node_name() + " fp32")
+                check(node.set_precision(i, mm.DataType.FLOAT32), "fp32 input " + str(i) + " of " + name)
         for i in range(node.get_output_count()):
             if node.get_output(i).get_data_type() in floats:
-                check(node.set_output_type(i, mm.DataType.FLOAT32), "keeping an output of " + node.get_node_name() + " fp32")
+                check(node.set_output_type(i, mm.DataType.FLOAT32), "fp32 output " + str(i) + " of " + name)
     missing = [name for name in KEEP_FP32 if name not in found]
     if missing:
         fail("nodes to keep in fp32 are not in the parsed network: " + ", ".join(missing))

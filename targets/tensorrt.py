@@ -91,7 +91,8 @@ class TensorRTOptions(TargetOptions):
 
 
 FLAGS = (
-    TargetFlag("--workspace-mb", "trtexec workspace pool in MiB (--memPoolSize=workspace:N)", kind="int", metavar="MIB"),
+    TargetFlag("--workspace-mb", "trtexec workspace pool in MiB (--memPoolSize=workspace:N)", kind="int",
+               metavar="MIB"),
     TargetFlag("--calib-cache", "an existing TensorRT int8 calibration cache: copied into the build as calib.cache, "
                "used instead of calibrating", kind="path", metavar="FILE"),
 )

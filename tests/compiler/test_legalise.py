@@ -229,9 +229,10 @@ def test_dynamic_model_compiles_for_onnxruntime_without_a_shape(tmp_path: Path, 
 
 def test_another_targets_flag_is_a_usage_error(tmp_path: Path, capsys) -> None:
     src = save(dynamo_like(opset=17), tmp_path)
-    line = refused(capsys, ["compile", str(src), "--target", "tensorrt", "--cann-version", "8.0", "-o", str(tmp_path / "o")])
+    out = ["-o", str(tmp_path / "o")]
+    line = refused(capsys, ["compile", str(src), "--target", "tensorrt", "--cann-version", "8.0", *out])
     assert line == "segc: error: --cann-version is an option of target ascend, not of tensorrt"
-    line = refused(capsys, ["compile", str(src), "--target", "tensorrt", "--soc", "Ascend910B", "-o", str(tmp_path / "o")])
+    line = refused(capsys, ["compile", str(src), "--target", "tensorrt", "--soc", "Ascend910B", *out])
     assert line == "segc: error: --soc is an option of target ascend and magicmind, not of tensorrt"
     assert not (tmp_path / "o").exists()
 

@@ -2,8 +2,9 @@
 calibration step reading them in build.sh, and the emulated int8 drop in report.json.
 
 One DBNet-R50 export (static 1x3x64x64, seeded weights, built at that shape rather than the
-recipe's 640~4096 range) and a folder of generated PNGs serve the three compiles; ``--verify none`` because the int8 estimate (``emulate_int8``) is what is
-under test, not the other passes.
+recipe's 640~4096 range) and a folder of generated PNGs serve the three compiles;
+``--verify none`` because the int8 estimate (``emulate_int8``) is what is under test, not the
+other passes.
 """
 
 from __future__ import annotations

@@ -101,9 +101,11 @@ def test_its_own_bad_value_and_other_targets_flags_are_usage_errors(
     assert main(["compile", str(model_file), "--target", TOY, "--toy-level", "7", "-o", str(out)]) == 2
     assert capsys.readouterr().err.strip() == "segc: error: --toy-level must be 1, 2 or 3, got 7"
     assert main(["compile", str(model_file), "--target", TOY, "--workspace-mb", "64", "-o", str(out)]) == 2
-    assert capsys.readouterr().err.strip() == "segc: error: --workspace-mb is an option of target tensorrt, not of toyvendor"
+    err = capsys.readouterr().err.strip()
+    assert err == "segc: error: --workspace-mb is an option of target tensorrt, not of toyvendor"
     assert main(["compile", str(model_file), "--target", "tensorrt", "--toy-level", "2", "-o", str(out)]) == 2
-    assert capsys.readouterr().err.strip() == "segc: error: --toy-level is an option of target toyvendor, not of tensorrt"
+    err = capsys.readouterr().err.strip()
+    assert err == "segc: error: --toy-level is an option of target toyvendor, not of tensorrt"
     assert not out.exists()
 
 
@@ -123,7 +125,8 @@ def test_batch_manifest_takes_the_targets_keys(toy: type[Target], model_file: Pa
         parse_manifest({**data, "defaults": {"toy_level": "high"}}, tmp_path / "fleet.toml")
 
 
-def test_two_targets_declaring_one_flag_differently_is_a_bug(toy: type[Target], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_targets_declaring_one_flag_differently_is_a_bug(toy: type[Target],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     class Clash(Target):
         name = "clash"
         flags = (TargetFlag("--toy-level", "as a string", kind="str"),)
