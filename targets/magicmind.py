@@ -21,8 +21,9 @@ the program sets each kept node's float inputs (``node.set_precision(i, FLOAT32)
 (``node.set_output_type(i, FLOAT32)``), found by name in
 ``network.get_all_nodes_in_network()`` (the per-node API of Cambricon/magicmind_cloud,
 buildin/cv/detection/mmdetection/gen_model/gen_model.py, which keeps NMS/Sqrt/Mul in fp32 the
-same way; its names are the ONNX node names). A kept name the parsed network lacks stops the
-build with that name, rather than building an fp16 model that overflows.
+same way, matching ``get_node_name()`` against the exporter's ONNX node names such as
+``Mul_123``). segc matches exact names; a kept name the parsed network lacks stops the build
+with that name, rather than building an fp16 model that overflows.
 
 ``build.sh`` checks for python3, the ``magicmind`` module and ``mm_run``, runs the program,
 then times the model with ``mm_run --magicmind_model M.mm --input_dims ...`` as the seed did.
