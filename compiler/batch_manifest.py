@@ -75,10 +75,8 @@ COMPILE_KEYS: dict[str, _Key] = {
     "tolerance": _Key("--tolerance", "repeat"),
     "pixel_budget": _Key("--pixel-budget", "int"),
     "seed": _Key("--seed", "int"),
-    "soc": _Key("--soc", "str"),
-    "cann_version": _Key("--cann-version", "str"),
-    "workspace_mb": _Key("--workspace-mb", "int"),
     "calib_images": _Key("--calib-images", "path"),
+    "calib_samples": _Key("--calib-samples", "int"),
     "allow_unlisted_ops": _Key("--allow-unlisted-ops", "bool"),
 }
 
@@ -108,9 +106,20 @@ class Settings:
         """These settings with ``other``'s on top."""
         return Settings({**self.values, **other.values})
 
-    def argv(self) -> tuple[str, ...]:
-        """The ``segc compile`` flags, in COMPILE_KEYS order (so equal settings give equal argv)."""
-        return _flags(self.values, COMPILE_KEYS)
+    def argv(self, target: str) -> tuple[str, ...]:
+        """The ``segc compile`` flags for a cell of ``target``, in COMPILE_KEYS order, then the
+        target's own keys (so equal settings give equal argv). A target's key set above
+        ``per_target`` (``[defaults]``, the model, an option set) reaches only the cells of the
+        targets that own it: ``soc`` in ``[defaults]`` goes to the ascend and magicmind cells."""
+        own = {k: spec for k, (spec, owners) in target_keys().items() if target in owners}
+        return _flags(self.values, COMPILE_KEYS) + _flags(self.values, own)
+
+
+def target_keys() -> dict[str, tuple[_Key, tuple[str, ...]]]:
+    """Manifest keys of the targets' own flags (``Target.flags``): key -> (its flag, the owners)."""
+    from segc.targets.base import target_flags
+
+    return {spec.dest: (_Key(spec.flag, spec.kind, spec.choices), owners) for spec, owners in target_flags().values()}
 
 
 @dataclass(frozen=True)
@@ -240,7 +249,7 @@ def expand(manifest: Manifest) -> list[Cell]:
         for target in m.targets:
             for opt in manifest.option_sets:
                 settings = manifest.defaults.over(m.settings).over(m.per_target.get(target, Settings())).over(opt.settings)
-                cells.append(Cell(m.name, target, opt.name, settings.argv(), m.timeout or manifest.timeout))
+                cells.append(Cell(m.name, target, opt.name, settings.argv(target), m.timeout or manifest.timeout))
     return cells
 
 
@@ -297,18 +306,27 @@ def _model(m: Any, i: int, base: Path, targets: list[str], known_targets: list[s
     for t, table in per_target_data.items():
         if t not in known_targets:
             raise fail(f"{where}: unknown target {t!r} in per_target; known targets: {', '.join(known_targets)}")
-        per_target[t] = _settings(table, f"{where} per_target.{t}", base, fail)
+        per_target[t] = _settings(table, f"{where} per_target.{t}", base, fail, target=t)
     return ModelEntry(name, path, zoo, _settings(settings_data, where, base, fail), per_target, tuple(model_targets),
                       _timeout(m.get("timeout"), f"{where} timeout", fail))
 
 
-def _settings(table: Any, where: str, base: Path, fail: Callable[[str], SegcError]) -> Settings:
+def _settings(table: Any, where: str, base: Path, fail: Callable[[str], SegcError],
+              target: str | None = None) -> Settings:
+    """One layer's keys: segc compile's shared keys and the targets' own (in a ``per_target``
+    table only the keys of that ``target``)."""
     if not isinstance(table, dict):
         raise fail(f"{where} must be a table")
-    _unknown(table, set(COMPILE_KEYS), where, fail)
+    owned = target_keys()
+    if target is not None:
+        for k in table:
+            if k in owned and target not in owned[k][1]:
+                raise fail(f"{where}: `{k}` is an option of target {' and '.join(owned[k][1])}, not of {target}")
+    keys = {**COMPILE_KEYS, **{k: spec for k, (spec, _) in owned.items()}}
+    _unknown(table, set(keys), where, fail)
     values = {}
     for k, v in table.items():
-        spec = COMPILE_KEYS[k]
+        spec = keys[k]
         _check_value(k, v, spec, where, fail)
         values[k] = str((base / v).resolve()) if spec.kind == "path" else v
     return Settings(values)

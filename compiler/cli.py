@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="run the verified pass pipeline and emit a vendor build")
     c.add_argument("model", help="input .onnx")
-    c.add_argument("--target", required=True, help="ascend | magicmind | tensorrt | onnxruntime")
+    from segc.targets.base import add_target_arguments
+
+    add_target_arguments(c)  # --target and each target's own flags, from the target registry
     c.add_argument("-o", "--output", dest="outdir", help="output folder (default: <model stem>.<target>/ beside the model)")
     c.add_argument("--recipe", help="model recipe (default: the one named in the model's metadata)")
     c.add_argument("--passes", type=_csv, help="comma-separated pass list (replaces the recipe's or target's)")
@@ -71,10 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--opt-shape", action="append", default=[], metavar="NAME:1,3,1280,1280")
     c.add_argument("--batch", type=_csv, help="batch sizes, e.g. 1,4,8,16 (one static build each where the target does that)")
     c.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="build precision (default: the recipe's, else fp32)")
-    c.add_argument("--soc", help="Ascend chip, e.g. Ascend310P3")
-    c.add_argument("--cann-version", help="CANN version the ATC command is written for (default: newest)")
-    c.add_argument("--workspace-mb", type=int, help="TensorRT workspace pool in MiB")
     c.add_argument("--calib-images", help="folder of calibration images (int8)")
+    c.add_argument("--calib-samples", type=int, metavar="N", help="how many calibration images to use (default 32)")
     c.add_argument("--allow-unlisted-ops", action="store_true",
                    help="silence the warnings for ops that segc's partial operator list (MagicMind) does not name")
     c.add_argument("--outputs", type=_csv, help="selectors of the tensors to keep as outputs (adds prune_outputs)")

@@ -26,13 +26,14 @@ from segc.fp16_emulation import fp32_layers
 from segc.passes.emulate_fp16 import precision_passes
 from segc.passes.prune_outputs import pin_selectors
 from segc.pipeline import DumpInstrument, HandOver, Instrument, PassRecord, PassSpec, PipelineResult, run_pipeline
-from segc.recipe import RECIPE_METADATA_KEY, Recipe, get_recipe
+from segc.recipe import RECIPE_METADATA_KEY, Recipe, TargetRecipe, get_recipe
 from segc.report import PASS_COLUMNS, build_report, pass_rows, unverified_lines, write_reports
 from segc.shapes import ShapeRange, parse_shape_range, parse_static_shape, ranges_from_metadata
 from segc.legalise import Plan, final_gate_lines, legalise
 from segc.task_budget import judge_on_dataset
 from segc.preflight import validate_cli, validate_selectors
-from segc.targets.base import BuildOptions, Target, get_target
+from segc.int8_calibration import DEFAULT_SAMPLES
+from segc.targets.base import BuildOptions, Target, get_target, target_values
 from segc.targets.legality import errors, group_violations, unconfirmed
 from segc.verify import Verifier
 from segc.verify_inputs import DEFAULT_PIXEL_BUDGET, graph_inputs, input_dims
@@ -94,7 +95,7 @@ def plan_passes(args: argparse.Namespace, target: Target, recipe: Recipe | None)
     """The pass list and each pass's options: target default < recipe < command line."""
     names = list(args.passes) if args.passes else target.pipeline(recipe)
     options = target.pass_options(recipe)
-    names = precision_passes(names, options, args.precision, args.calib_images)
+    names = precision_passes(names, options, args.precision, args.calib_images, args.calib_samples)
 
     def ensure(name: str) -> None:
         if name not in names:
@@ -208,18 +209,14 @@ def _model_info(path: Path, model: onnx.ModelProto | None = None, sha256: str | 
 
 def build_options(args: argparse.Namespace, recipe: Recipe | None, target: Target, shapes: list[ShapeRange],
                   chosen_outputs: list[str], argv: list[str], input_hash: str) -> BuildOptions:
-    extra: dict[str, Any] = {}
-    precision = "fp32"
-    batch: tuple[int, ...] = ()
-    if recipe is not None:
-        t = recipe.for_target(target.name)
-        extra.update(t.extra)
-        precision = t.extra.get("precision", precision)
-        # batch sizes are per target: the seeds built one static Ascend model per batch size,
-        # but ran TensorRT at the exported batch; a recipe says which target wants what
-        batch = tuple(t.extra.get("batch_sizes", ()))
-    if args.precision:
-        precision = args.precision
+    """The typed build options: the shared part from the command line over the recipe, and the
+    target's own part from its flags (``Target.target_options``); a flag of another target is a
+    usage error."""
+    given = recipe.for_target(target.name) if recipe is not None else TargetRecipe()
+    # batch sizes are per target: the seeds built one static Ascend model per batch size,
+    # but ran TensorRT at the exported batch; a recipe says which target wants what
+    precision = args.precision or given.precision or "fp32"
+    batch: tuple[int, ...] = given.batch_sizes
     if args.batch:
         try:
             batch = tuple(int(b) for b in args.batch)
@@ -227,21 +224,33 @@ def build_options(args: argparse.Namespace, recipe: Recipe | None, target: Targe
             raise SegcError(f"malformed --batch {','.join(args.batch)!r}: expected sizes like 1,4,8,16") from None
         if any(b < 1 for b in batch):
             raise SegcError("--batch sizes must be positive")
-    for key, value in (("cann", args.cann_version), ("workspace_mb", args.workspace_mb), ("calib_images", args.calib_images),
-                       ("allow_unlisted_ops", args.allow_unlisted_ops or None)):
-        if value is not None:
-            extra[key] = value
-    extra.pop("precision", None)
-    extra.pop("batch_sizes", None)
-    if recipe is not None:
-        extra.setdefault("recipe", recipe.name)
-        spec = recipe.inputs[0] if recipe.inputs else None
-        if spec is not None:
-            extra.setdefault("normalisation", {"mean": list(spec.mean), "std": list(spec.std),
-                                               "pixel_scale": spec.pixel_scale, "channel_order": spec.channel_order})
-    return BuildOptions(precision=precision, batch_sizes=batch, shape_ranges=shapes, soc=args.soc, outputs=chosen_outputs,
-                        extra=extra, command_line=shlex.join(["segc", *argv]), input_sha256=input_hash,
+    calib = Path(args.calib_images).expanduser().resolve() if args.calib_images else None
+    if calib is not None and not calib.is_dir():
+        raise SegcError(f"--calib-images {args.calib_images}: no such folder")
+    if args.calib_samples is not None and args.calib_samples < 1:
+        raise SegcError(f"--calib-samples must be positive, got {args.calib_samples}")
+    values = target_values(args, target)
+    unknown = sorted(set(given.flags) - set(values))
+    if unknown:
+        raise SegcError(f"recipe {recipe.name if recipe else '?'} sets {unknown[0]!r} for target {target.name}, "
+                        f"which has no such flag (its flags: {', '.join(values) or 'none'})")
+    own = target.target_options({k: given.flags.get(k) if v is None else v for k, v in values.items()})
+    return BuildOptions(precision=precision, batch_sizes=batch, batch_range=given.batch_range,
+                        shape_ranges=shapes, outputs=chosen_outputs, calib_images=calib,
+                        calib_samples=args.calib_samples or DEFAULT_SAMPLES,
+                        allow_unlisted_ops=bool(args.allow_unlisted_ops), recipe=recipe, target=own,
+                        command_line=shlex.join(["segc", *argv]), input_sha256=input_hash,
                         segc_version=segc.__version__)
+
+
+def build_section(options: BuildOptions, shapes: list[ShapeRange]) -> dict[str, Any]:
+    """report.json ``build``: the shared settings and the target's own (``target_options``)."""
+    return {"precision": options.precision, "batch_sizes": list(options.batch_sizes),
+            "batch_range": list(options.batch_range) if options.batch_range else None,
+            "shapes": [s.atc() for s in shapes],
+            "calib_images": str(options.calib_images) if options.calib_images else None,
+            "calib_samples": options.calib_samples, "fp32_layers": list(options.fp32_layers),
+            "target_options": options.target.to_dict()}
 
 
 def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
@@ -340,9 +349,7 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
     warnings = group_violations(unconfirmed(found))
     report_fields["legalisation"]["warnings"] = cli_warnings + warnings if result.ok else report_fields["legalisation"]["warnings"]
     report_fields["violations"] = final_gate_lines(violations, result)
-    report_fields["build"] = {"precision": options.precision, "batch_sizes": list(options.batch_sizes),
-                              "shapes": [s.atc() for s in shapes], "soc": options.soc, "extra": options.extra,
-                              "fp32_layers": list(options.fp32_layers)}
+    report_fields["build"] = build_section(options, shapes)
 
     if violations:
         report_fields["status"] = "illegal"

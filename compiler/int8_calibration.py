@@ -25,7 +25,8 @@ from __future__ import annotations
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -37,6 +38,9 @@ from segc.ortrun import run_model
 from segc.outdir import write_file
 from segc.recipe import Recipe
 from segc.verify_inputs import Feed, load_user_feeds
+
+if TYPE_CHECKING:
+    from segc.targets.base import BuildOptions
 
 NPY_FILE = "calib.npy"
 BIN_DIR = "calib_bin"  # made by build.sh from the flat calib_NNNN.bin files
@@ -154,7 +158,7 @@ def int8_drop(model: onnx.ModelProto, feeds: list[Feed]) -> Int8Estimate:
         cand = run_model(qdq, feed.arrays)
         metrics += [compare_output(o, feed.label, ref[o], cand[o]) for o in ref if o in cand]
 
-    def worst(attr: str, fn) -> float | None:
+    def worst(attr: str, fn: Callable[[list[float]], float]) -> float | None:
         vals = [getattr(m, attr) for m in metrics if getattr(m, attr) is not None]
         return fn(vals) if vals else None
 
@@ -208,26 +212,20 @@ def gather_bins_argv() -> tuple[str, ...]:
     return ("python3", "-c", code)
 
 
-def emit_calibration(model: onnx.ModelProto, outdir: Path, options: Any,
-                     formats: tuple[str, ...] = ("npy", "bin")) -> CalibrationFiles | None:
-    """At emit time: the calibration files for ``options.extra['calib_images']`` at the build's
-    optimisation shape (None when no folder was given). ``options`` is a BuildOptions."""
-    folder = options.extra.get("calib_images")
-    if not folder:
+def emit_calibration(model: onnx.ModelProto, outdir: Path, options: BuildOptions,
+                     formats: tuple[str, ...] = ("npy", "bin"), batch: int | None = None) -> CalibrationFiles | None:
+    """At emit time: the calibration files for ``options.calib_images`` at the build's
+    optimisation shape (None when no folder was given). ``batch`` replaces the shape's batch
+    dim (MagicMind writes one image per row and batches them itself)."""
+    if options.calib_images is None:
         return None
-    from segc.recipe import get_recipe
-
-    recipe = None
-    if options.extra.get("recipe"):
-        try:
-            recipe = get_recipe(str(options.extra["recipe"]))
-        except SegcError:
-            recipe = None
     inits = {t.name for t in model.graph.initializer}
     names = [vi.name for vi in model.graph.input if vi.name not in inits]
     ranges = {r.name: r for r in options.shape_ranges}
     if len(names) != 1 or names[0] not in ranges:
         raise SegcError(f"--calib-images needs a model with one image input of known shape; inputs {names}")
     shape = tuple(ranges[names[0]].opt)
-    feeds = calibration_feeds(folder, model, recipe, shape, int(options.extra.get("calib_samples", DEFAULT_SAMPLES)))
+    if batch is not None and shape:
+        shape = (batch, *shape[1:])
+    feeds = calibration_feeds(options.calib_images, model, options.recipe, shape, options.calib_samples)
     return write_calibration(Path(outdir), feeds, formats)

@@ -228,7 +228,7 @@ def legalise(model: onnx.ModelProto, target: Target, options: BuildOptions, spec
         shapes = [fixed_shape_option(rng) for _, rng, _ in freeze]
         reason = "the build is static at " + "; ".join(f"{rng.atc()} (symbolic dims {', '.join(map(str, axes))})" for _, rng, axes in freeze)
     # one --batch size (and no batch range) fixes a symbolic batch dim the same way
-    if len(options.batch_sizes) == 1 and not options.extra.get("batch_range"):
+    if len(options.batch_sizes) == 1 and not options.batch_range:
         batch = options.batch_sizes[0]
         init = {t.name for t in model.graph.initializer}
         only_batch = [vi.name for vi in model.graph.input if vi.name not in init and vi.name not in static_cli
@@ -313,7 +313,7 @@ def _symbolic_left(model: onnx.ModelProto, fixed: set[str]) -> bool:
 
 def _batch_ranges(model: onnx.ModelProto, options: BuildOptions) -> list[str]:
     """``x:1~16,3,512,512`` per input whose batch alone is fixed, for ``set_shape_range``."""
-    sizes = set(options.batch_sizes) | {int(b) for b in options.extra.get("batch_range", ())}
+    sizes = set(options.batch_sizes) | set(options.batch_range or ())
     if not sizes:
         return []
     init = {t.name for t in model.graph.initializer}

@@ -13,16 +13,7 @@ import onnx
 
 from segc.errors import SegcError
 from segc.shapes import parse_shape_range
-from segc.targets.base import Target
-
-
-# Which targets use which build setting: a setting the target ignores is a warning, not silence.
-_SETTING_TARGETS: dict[str, tuple[str, ...]] = {
-    "--soc": ("ascend", "magicmind"),
-    "--cann-version": ("ascend",),
-    "--workspace-mb": ("tensorrt",),
-    "--calib-images": ("magicmind", "tensorrt", "ascend"),
-}
+from segc.targets.base import Target, target_values
 
 
 def validate_cli(args: argparse.Namespace, target: Target) -> list[str]:
@@ -30,8 +21,6 @@ def validate_cli(args: argparse.Namespace, target: Target) -> list[str]:
     warnings: list[str] = []
     if args.pixel_budget is not None and args.pixel_budget <= 0:
         raise SegcError(f"--pixel-budget must be a positive number of pixels, got {args.pixel_budget}")
-    if args.workspace_mb is not None and args.workspace_mb <= 0:
-        raise SegcError(f"--workspace-mb must be positive, got {args.workspace_mb}")
     if args.batch:
         for text in args.input_shape:
             rng = parse_shape_range(text)
@@ -41,10 +30,9 @@ def validate_cli(args: argparse.Namespace, target: Target) -> list[str]:
     if target.name == "onnxruntime" and args.precision in ("fp16", "int8"):
         raise SegcError(f"--precision {args.precision}: the onnxruntime target runs the model at its own precision and "
                         "does not quantise or convert; drop --precision (or build for tensorrt, magicmind or ascend)")
-    for flag, users in _SETTING_TARGETS.items():
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if value is not None and target.name not in users:
-            warnings.append(f"{flag} is not used by target {target.name} (only by {', '.join(users)}); ignored")
+    target_values(args, target)  # a flag of another target is an error here, before the model is read further
+    if args.calib_images is not None and args.precision != "int8":
+        warnings.append("--calib-images is used by --precision int8 only; ignored")
     if args.allow_unlisted_ops:
         from segc.targets.legality import load_profile
 

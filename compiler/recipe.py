@@ -96,7 +96,13 @@ class TargetRecipe:
 
     passes: tuple[str, ...] | None = None  # None: the target's default pipeline
     options: dict[str, Any] = field(default_factory=dict)  # pass name -> {option: value}
-    extra: dict[str, Any] = field(default_factory=dict)  # target-level settings (batch, precision...)
+    precision: str | None = None  # the build precision unless --precision says otherwise
+    # one static build per batch size (the command line's --batch wins), or a batch range
+    batch_sizes: tuple[int, ...] = ()
+    batch_range: tuple[int, int] | None = None
+    # the target's own flags (TargetFlag.dest -> value), read as if given on the command line,
+    # which wins: e.g. {"workspace_mb": 15000} for TensorRT
+    flags: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

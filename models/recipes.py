@@ -64,7 +64,7 @@ def _db_range_options() -> dict[str, dict[str, object]]:
 _DB_DCN_PASSES = ("simplify", "fold_resize_scales", "rewrite_deform_conv", "set_shape_range", "cleanup")
 
 
-def _db_dcn_target(form: str, *, opset: int | None = None, **extra: object) -> TargetRecipe:
+def _db_dcn_target(form: str, *, opset: int | None = None, precision: str | None = None) -> TargetRecipe:
     """A DBNet-DCN target: the DB pipeline plus the deformable-conv rewrite in ``form``.
 
     ``opset``: convert the graph down afterwards (ATC's parser registers DeformableConv2D for
@@ -75,7 +75,7 @@ def _db_dcn_target(form: str, *, opset: int | None = None, **extra: object) -> T
     if opset is not None:
         passes = passes[:-1] + ("convert_opset",) + passes[-1:]
         options["convert_opset"] = {"version": opset}
-    return TargetRecipe(passes=passes, options=options, extra=dict(extra))
+    return TargetRecipe(passes=passes, options=options, precision=precision)
 
 
 #: The 3D_HRNet guide cut the graph at the auxiliary and the OCR classifier convolutions.
@@ -103,13 +103,13 @@ RECIPES: dict[str, Recipe] = {
                 # ATC wants constant Resize scales: fold the shape-computed ones first
                 passes=("simplify", "fold_resize_scales", "resize_to_nearest", "cleanup"),
                 options={"resize_to_nearest": {"preset": "hrnet_branches"}},
-                extra={"batch_sizes": (1, 4, 8, 16)},  # one .om per batch size, as the guide built
+                batch_sizes=(1, 4, 8, 16),  # one .om per batch size, as the guide built
             ),
             # guide 001: graph_shape_mutable with dim_range batch 1..16
-            "magicmind": TargetRecipe(passes=("simplify", "cleanup"), extra={"batch_range": (1, 16)}),
+            "magicmind": TargetRecipe(passes=("simplify", "cleanup"), batch_range=(1, 16)),
             # guide 000: trtexec --fp16 --workspace=15000
             "tensorrt": TargetRecipe(
-                passes=("simplify", "cleanup"), extra={"precision": "fp16", "workspace_mb": 15000}
+                passes=("simplify", "cleanup"), precision="fp16", flags={"workspace_mb": 15000}
             ),
             "onnxruntime": TargetRecipe(),
         },
@@ -133,7 +133,7 @@ RECIPES: dict[str, Recipe] = {
                     "prune_outputs": {"outputs": list(HRNET_W48_CLASSIFIERS)},
                 },
             ),
-            "tensorrt": TargetRecipe(passes=("simplify", "cleanup"), extra={"precision": "fp16"}),
+            "tensorrt": TargetRecipe(passes=("simplify", "cleanup"), precision="fp16"),
             "onnxruntime": TargetRecipe(),
         },
     ),
@@ -150,7 +150,7 @@ RECIPES: dict[str, Recipe] = {
         output=OutputSpec(kind="logits", name="output2", align_corners=True),
         # guide 002 made no graph edit: every target runs its default pipeline; ATC got one
         # static model per batch size (the export has a dynamic batch)
-        targets={"ascend": TargetRecipe(extra={"batch_sizes": (1, 2, 4, 8, 16, 32, 64)})},
+        targets={"ascend": TargetRecipe(batch_sizes=(1, 2, 4, 8, 16, 32, 64))},
     ),
     "dbnet_r50": Recipe(
         name="dbnet_r50",
@@ -166,7 +166,7 @@ RECIPES: dict[str, Recipe] = {
         output=OutputSpec(kind="probability", name="output"),
         targets={
             "ascend": TargetRecipe(passes=_DB_PASSES, options=_db_range_options()),
-            "tensorrt": TargetRecipe(passes=_DB_PASSES, options=_db_range_options(), extra={"precision": "fp16"}),
+            "tensorrt": TargetRecipe(passes=_DB_PASSES, options=_db_range_options(), precision="fp16"),
             "magicmind": TargetRecipe(passes=_DB_PASSES, options=_db_range_options()),
         },
     ),

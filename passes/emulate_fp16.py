@@ -73,16 +73,18 @@ class EmulateFp16(GraphPass):
 
 
 def precision_passes(names: list[str], options: dict[str, dict], precision: str | None,
-                     calib_images: str | None = None) -> list[str]:
+                     calib_images: str | None = None, calib_samples: int | None = None) -> list[str]:
     """The planner's one call: the precision check the build precision asks for, last, for every target.
 
     ``--precision fp16`` appends ``emulate_fp16``; ``--precision int8`` with ``--calib-images``
-    appends ``emulate_int8`` (and gives it the folder).
+    appends ``emulate_int8`` (and gives it the folder and ``--calib-samples``).
     """
     if precision == "fp16" and "emulate_fp16" not in names:
         return [*names, "emulate_fp16"]
     if precision == "int8" and calib_images and "emulate_int8" not in names:
         options.setdefault("emulate_int8", {})["calib_images"] = str(calib_images)
+        if calib_samples is not None:
+            options["emulate_int8"]["samples"] = int(calib_samples)
         return [*names, "emulate_int8"]
     return names
 

@@ -7,7 +7,7 @@ What the seed pipelines did by hand, and what this module decides for them:
 * or one build for a shape range (DBNet: H, W in 640~4096) with ``--input_format=ND``. The
   range syntax depends on the CANN release: ranges inside ``--input_shape`` are documented from
   CANN 6.3 on; older releases only know ``--input_shape_range="x:[1,3,640~4096,...]"``, which
-  newer ones deprecate. ``extra["cann"]`` picks (default: the newest syntax);
+  newer ones deprecate. ``--cann-version`` picks (default: the newest syntax);
 * ``--precision_mode`` from ``--precision``: fp16 is ``force_fp16``; fp32 is
   ``must_keep_origin_dtype`` where the chip's Cube unit computes fp32, but ``force_fp32`` on
   Ascend310/310B (fp16-only Cube) and for models with ``DeformableConv2D`` (its spec rejects
@@ -48,13 +48,16 @@ import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
+from collections.abc import Mapping
+from typing import Any
 
 import onnx
 
 from segc.errors import SegcError
 from segc.outdir import write_text
 from segc.shapes import ShapeRange
-from segc.targets.base import Artefact, BuildOptions, Target, Violation, register_target
+from segc.targets.base import (Artefact, BuildOptions, Target, TargetFlag, TargetOptions, Violation, own_options,
+                               register_target)
 from segc.targets.buildscript import Requirement, Step, relative_name, write_build_script
 from segc.targets.runscript import write_run_script
 from segc.targets.legality import MODEL, RESIZE_FOLD_FIX, check_model, load_profile
@@ -84,6 +87,43 @@ AMCT_HINT = (
     "ATC does not quantise: quantise the ONNX model with AMCT (Ascend Model Compression Toolkit, "
     "amct_onnx calibration) and build the result with --precision fp16"
 )
+
+
+# ATC --input_format for an ONNX model (NHWC and NDHWC are TensorFlow's only), CANN ATC guide:
+# https://www.hiascend.com/document/detail/en/canncommercial/800/devaids/atc/atlasatcparam_16_0015.html
+INPUT_FORMATS = ("NCHW", "NCDHW", "ND")
+
+
+@dataclass(frozen=True)
+class AscendOptions(TargetOptions):
+    """Ascend's own settings: the chip, the CANN release the commands are written for, the
+    input format, and (decided by ``check``, for emit and the report) how shapes are built."""
+
+    soc: str = DEFAULT_SOC  # --soc: ATC --soc_version
+    cann_version: str | None = None  # --cann-version: None writes the newest syntax
+    input_format: str | None = None  # --input-format: None lets segc choose (NCHW, ND for ranges)
+    shape_route: str | None = None  # set by AscendTarget.check: static, range or gears, and why
+
+
+FLAGS = (
+    TargetFlag("--soc", f"Ascend chip, ATC --soc_version (default {DEFAULT_SOC})", metavar="CHIP"),
+    TargetFlag("--cann-version", "CANN release the ATC commands are written for, e.g. 6.3.RC2 (default: newest)",
+               metavar="VERSION"),
+    TargetFlag("--input-format", f"ATC --input_format: {', '.join(INPUT_FORMATS)} (default NCHW, ND for shape "
+               "ranges and non-4D inputs)", metavar="FORMAT"),
+)
+
+
+def ascend_options(values: Mapping[str, Any]) -> AscendOptions:
+    """Checked now, before any pass: an unknown chip or a malformed CANN version is a usage error."""
+    soc = check_soc(values.get("soc"))
+    cann = values.get("cann_version")
+    parse_cann_version(cann)
+    fmt = values.get("input_format")
+    if fmt is not None and fmt not in INPUT_FORMATS:
+        raise SegcError(f"--input-format {fmt}: ATC takes {', '.join(INPUT_FORMATS[:-1])} or {INPUT_FORMATS[-1]} "
+                        "for an ONNX model")
+    return AscendOptions(soc=soc, cann_version=cann, input_format=fmt)
 
 
 def check_soc(soc: str | None) -> str:
@@ -198,8 +238,8 @@ def out_nodes(model: onnx.ModelProto, outputs: list[str]) -> str:
                 raise SegcError(f"--out_nodes: the node producing {wanted!r} has no name; ATC selects outputs by node name")
             parts.append(f"{node.name}:{index}")
             continue
-        name, _, index = wanted.rpartition(":")
-        if name in node_names and index.isdigit() and int(index) < len(node_names[name].output):
+        name, _, slot = wanted.rpartition(":")
+        if name in node_names and slot.isdigit() and int(slot) < len(node_names[name].output):
             parts.append(wanted)
             continue
         raise SegcError(f"--out_nodes: {wanted!r} is neither a tensor nor NODE:INDEX of this model")
@@ -411,9 +451,10 @@ def atc_steps(model: onnx.ModelProto, model_path: Path, outdir: Path, options: B
               atc_model: Path | None = None) -> list[Step]:
     """One ``atc`` step per build (batch size, or the one range); ``atc_model``: the file atc
     reads when it is not ``model_path`` (AMCT's deploy model, for int8)."""
-    soc = check_soc(options.soc)
+    own = own_options(options, AscendOptions)
+    soc = check_soc(own.soc)
     mode = precision_mode(options.precision, soc, model)
-    cann = parse_cann_version(options.extra.get("cann"))
+    cann = parse_cann_version(own.cann_version)
     ranges = input_ranges(model, options)
     name = Path(model_path).name
     stem = name[: -len(".onnx")] if name.endswith(".onnx") else name
@@ -437,13 +478,13 @@ def atc_steps(model: onnx.ModelProto, model_path: Path, outdir: Path, options: B
         if ranged and gears is None and fp16_only_cube(soc):
             raise SegcError(f"{soc} cannot build for a shape range (ATC: not supported on Atlas 200/300/500 and 200I/500 A2); give static shapes or --batch")
         if gears is not None:
-            fmt = str(options.extra.get("input_format") or gears.input_format)
+            fmt = own.input_format or gears.input_format
             flags: tuple[str, ...] = (f"--input_format={fmt}", gears.input_shape, gears.gear_flag)
             what = (f"{len(gears.gears)} static gears of " + ";".join(r.vendor_atc() for r in shapes)
                     + "; at run time the input must have one of the gear shapes (pad or resize to one)")
         else:
             default_format = "ND" if ranged or any(len(r.min) != 4 for r in shapes) else "NCHW"
-            fmt = str(options.extra.get("input_format") or default_format)
+            fmt = own.input_format or default_format
             flags = (f"--input_format={fmt}", *shape_flag(shapes, cann))
             what = "shape range " + ";".join(r.vendor_atc() for r in shapes) if ranged else "static shape " + ";".join(r.vendor_atc() for r in shapes)
             grid_text = "; ".join(r.multiples_text() for r in shapes if r.has_multiples)
@@ -494,16 +535,21 @@ class AscendTarget(Target):
     description = "Huawei Ascend NPU: atc commands producing .om files"
     # resize_broadcast: a pooled 1x1 branch's Resize is a broadcast, and ATC takes Expand
     default_passes = ("simplify", "resize_broadcast", "cleanup")
+    flags = FLAGS
+
+    def target_options(self, values: Mapping[str, Any]) -> AscendOptions:
+        return ascend_options(values)
 
     def validate_options(self, options: BuildOptions) -> None:
-        check_soc(options.soc)
-        parse_cann_version(options.extra.get("cann"))
-        if options.precision == "int8" and not options.extra.get("calib_images"):
+        own = own_options(options, AscendOptions)
+        check_soc(own.soc)
+        parse_cann_version(own.cann_version)
+        if options.precision == "int8" and options.calib_images is None:
             raise SegcError(f"ascend cannot build int8 from a float model without calibration: {AMCT_HINT}, "
                             f"or give --calib-images DIR and segc writes that step into build.sh")
 
     def check(self, model: onnx.ModelProto, options: BuildOptions) -> list[Violation]:
-        soc = check_soc(options.soc)
+        soc = check_soc(own_options(options, AscendOptions).soc)
         self.validate_options(options)
         precision_mode(options.precision, soc, model)  # unknown precision: user error now
         found = check_model(model, load_profile(self.name), options)
@@ -511,7 +557,7 @@ class AscendTarget(Target):
             # run-time Resize sizes under a range are no dead end: the build takes gears, in
             # which ATC folds them (and the report says so, with the grid that would avoid it)
             route = choose_route(model, options, found, explain=True)
-            options.extra["shape_route"] = str(route)
+            options.target = replace(own_options(options, AscendOptions), shape_route=str(route))
             runtime = {id(v) for v in runtime_resizes(found)}
             if route.kind is RouteKind.GEARS:
                 found = [v for v in found if id(v) not in runtime]
@@ -527,18 +573,21 @@ class AscendTarget(Target):
     def emit(self, model: onnx.ModelProto, model_path: Path, outdir: Path, options: BuildOptions) -> list[Artefact]:
         outdir = Path(outdir)
         self.validate_options(options)
-        amct_steps, artefacts, atc_model = [], [], None
+        amct_steps: list[Step] = []
+        artefacts: list[Artefact] = []
+        atc_model: Path | None = None
         if options.precision == "int8":
             amct_steps, artefacts, atc_model = amct_calibration(model, Path(model_path), outdir, options)
         steps = amct_steps + atc_steps(model, Path(model_path), outdir, options, atc_model)
-        notes = [f"chip {check_soc(options.soc)}, CANN syntax for {options.extra.get('cann') or 'the newest CANN'}"]
+        own = own_options(options, AscendOptions)
+        notes = [f"chip {check_soc(own.soc)}, CANN syntax for {own.cann_version or 'the newest CANN'}"]
         if options.precision == "fp16" and options.fp32_layers:
             keep = outdir / KEEP_DTYPE_FILE
             write_text(keep, "".join(f"{n}\n" for n in options.fp32_layers))
             artefacts.append(Artefact(keep, "data"))
             notes.append(f"{len(options.fp32_layers)} layers kept fp32 by {KEEP_DTYPE_FILE} (segc's fp16 emulation overflows or misses its budget without them)")
-        if options.extra.get("shape_route"):
-            notes.append(f"shapes by {options.extra['shape_route']}")
+        if own.shape_route:
+            notes.append(f"shapes by {own.shape_route}")
         needs = [Requirement("atc", ATC_HINT)] + ([Requirement("amct_onnx", AMCT_TOOL_HINT)] if amct_steps else [])
         script = write_build_script(outdir, options, needs, steps, title="Ascend ATC build", notes=notes)
         first_om = next(a[len("--output="):] for step in steps for a in step.argv if a.startswith("--output=")) + ".om"

@@ -29,7 +29,7 @@ A profile (``targets/<name>.json``) holds:
 A profile whose ``ops`` list is ``partial`` (the vendor publishes none, so segc lists only the
 ops it has evidence for) reports unlisted ops as ``Severity.UNCONFIRMED``: a warning, never a
 refusal, because the absence of evidence is not evidence of absence.
-``BuildOptions.extra["allow_unlisted_ops"]`` (``--allow-unlisted-ops``) silences those
+``BuildOptions.allow_unlisted_ops`` (``--allow-unlisted-ops``) silences those
 warnings; a complete list is never waived.
 
 Every violation says which pass fixes it, so ``segc inspect`` can tell a user what to run.
@@ -41,13 +41,14 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any, Iterable
 
 import onnx
 
 from segc.errors import SegcError
 from segc.shapes import ShapeRange
-from segc.targets.base import BuildOptions, Severity, Violation
+from segc.targets.base import BuildOptions, Severity, Violation, registered
 
 # Every deformable-convolution spelling segc meets, by (domain, op type). The pass
 # ``rewrite_deform_conv`` converts any of them into any other (or into standard ops).
@@ -103,9 +104,13 @@ class Profile:
 
 @lru_cache(maxsize=None)
 def load_profile(name: str) -> Profile:
-    """Read ``targets/<name>.json`` shipped as package data."""
+    """Read ``targets/<name>.json`` shipped as package data, or the registered target's ``profile_path``."""
+    cls = registered(name)
     try:
-        text = resources.files("segc.targets").joinpath(f"{name}.json").read_text(encoding="utf-8")
+        if cls is not None and cls.profile_path is not None:
+            text = Path(cls.profile_path).read_text(encoding="utf-8")
+        else:
+            text = resources.files("segc.targets").joinpath(f"{name}.json").read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SegcError(f"no legality profile for target {name!r} (missing {name}.json)") from None
     data = json.loads(text)
@@ -235,8 +240,8 @@ def _check_batches(model: onnx.ModelProto, profile: Profile, options: BuildOptio
     if not profile.data.get("dynamic_shapes", {}).get("batch_builds", False):
         return []
     requested = set(options.batch_sizes)
-    if options.extra.get("batch_range"):
-        requested |= {int(b) for b in options.extra["batch_range"]}
+    if options.batch_range:
+        requested |= set(options.batch_range)
     if not requested:
         return []
     init = {t.name for t in model.graph.initializer}
@@ -291,7 +296,7 @@ def _check_nodes(model: onnx.ModelProto, profile: Profile, options: BuildOptions
     ranged = _is_ranged(options)
     ops = profile.ops
     partial = bool(profile.data.get("ops", {}).get("partial", False))
-    allow_unlisted = bool(options.extra.get("allow_unlisted_ops", False))
+    allow_unlisted = options.allow_unlisted_ops
     opset = _default_opset(model)
     found: list[Violation] = []
     for node in graph.node:

@@ -4,9 +4,26 @@ MagicMind has no command-line compiler for ONNX, so the build is a program, writ
 Cambricon's own OCRNet sample (seed 001) builds: ``Parser(ModelKind.kOnnx)`` into a
 ``Network``, a ``BuilderConfig`` filled with ``parse_from_string`` JSON (``archs``,
 ``precision_config.precision_mode``, ``graph_shape_mutable`` and ``dim_range`` for a shape or
-batch range), int8 calibration over a folder of images (a ``CalibDataInterface`` subclass that
-reads, resizes and normalises them with the recipe's constants), then
-``Builder().build_model(...)`` and ``serialize_to_file`` into ``OUT/<stem>.mm``.
+batch range), then ``Builder().build_model(...)`` and ``serialize_to_file`` into
+``OUT/<stem>.mm``.
+
+int8 (``qint8_mixed_float16``) calibrates on segc's calibration set, not on the image folder:
+segc preprocesses ``--calib-images`` by the recipe and writes ``calib.npy`` (one image per row,
+batch 1) into the build folder, and the program's ``CalibDataInterface`` subclass hands
+``mm.Calibrator`` batches of those rows (``get_shape``/``get_data_type``/``get_sample``/
+``next``/``reset``, ``OUT_OF_RANGE`` when exhausted), as Cambricon's samples feed it
+preprocessed arrays (Cambricon/magicmind_cloud, buildin/python_common/common_calibrate.py and
+buildin/cv/detection/mmdetection/gen_model/calibrator.py, whose ``CalibData`` takes
+``sample_data``). So the device calibrates on exactly the inputs segc's int8 estimate used.
+
+fp16 with layers kept fp32 (``emulate_fp16``'s keep-set): the build stays ``force_float16`` and
+the program sets each kept node's float inputs (``node.set_precision(i, FLOAT32)``) and outputs
+(``node.set_output_type(i, FLOAT32)``), found by name in
+``network.get_all_nodes_in_network()`` (the per-node API of Cambricon/magicmind_cloud,
+buildin/cv/detection/mmdetection/gen_model/gen_model.py, which keeps NMS/Sqrt/Mul in fp32 the
+same way, matching ``get_node_name()`` against the exporter's ONNX node names such as
+``Mul_123``). segc matches exact names; a kept name the parsed network lacks stops the build
+with that name, rather than building an fp16 model that overflows.
 
 ``build.sh`` checks for python3, the ``magicmind`` module and ``mm_run``, runs the program,
 then times the model with ``mm_run --magicmind_model M.mm --input_dims ...`` as the seed did.
@@ -16,15 +33,17 @@ The program itself also says which module is missing (and exits 127) when run el
 from __future__ import annotations
 
 import pprint
+from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import onnx
 
 from segc.errors import SegcError
-from segc.recipe import RECIPE_METADATA_KEY, InputSpec, get_recipe
 from segc.shapes import ShapeRange
-from segc.targets.base import Artefact, BuildOptions, Target, Violation, register_target
+from segc.targets.base import (Artefact, BuildOptions, Target, TargetFlag, TargetOptions, Violation, own_options,
+                               register_target)
 from segc.outdir import write_text
 from segc.targets.buildscript import Requirement, Step, relative_name, write_build_script
 from segc.targets.runscript import write_run_script
@@ -55,47 +74,42 @@ def precision_mode(precision: str) -> str:
     return PRECISION_MODES[precision]
 
 
-def keep_fp32_line(options: BuildOptions) -> str | None:
-    """What the MagicMind build does with ``emulate_fp16``'s keep-set (None when there is none).
+@dataclass(frozen=True)
+class MagicMindOptions(TargetOptions):
+    """MagicMind's own settings: the MLU architecture built for and the MLU that calibrates."""
 
-    MagicMind's builder takes a whole-network ``precision_config.precision_mode``; segc found
-    no per-layer precision setting in Cambricon's public samples (Cambricon/magicmind_cloud,
-    e.g. buildin/nlp/SpeechSynthesis/tacotron2_onnx/data/jsons/builder_config.json: archs,
-    graph_shape_mutable, precision_config.precision_mode, debug_config, opt_config, nothing
-    per layer), so it cannot keep single layers in fp32. A
-    force_float16 build would overflow where the emulation did; the build falls back to
-    force_float32, and says so in build.sh and the report.
-    """
-    if options.precision != "fp16" or not options.fp32_layers:
-        return None
-    return (f"MagicMind has no per-layer precision segc can set: {len(options.fp32_layers)} layers must stay fp32 "
-            f"({', '.join(options.fp32_layers[:8])}{', ...' if len(options.fp32_layers) > 8 else ''}), so this build is "
-            f"force_float32 instead of force_float16")
+    arch: str = DEFAULT_ARCH  # --soc: BuilderConfig archs
+    device_id: int = 0  # --device-id: the MLU int8 calibration runs on (as the samples' --device_id)
 
 
-def calibration_folder(options: BuildOptions) -> str:
-    """The folder of int8 calibration images, which must exist (checked before any pass runs)."""
-    raw = options.extra.get("calib_images")
-    if not raw:
-        raise SegcError("magicmind int8 (qint8_mixed_float16) needs calibration images: give --calib-images FOLDER")
-    folder = Path(str(raw)).expanduser().resolve()
-    if not folder.is_dir():
-        raise SegcError(f"calibration image folder {str(raw)!r} does not exist")
-    return str(folder)
+FLAGS = (
+    TargetFlag("--soc", f"MLU architecture ({', '.join(ARCH_CLUSTERS)}; default {DEFAULT_ARCH})", metavar="CHIP"),
+    TargetFlag("--device-id", "the MLU that runs int8 calibration in the build program (default 0)", kind="int",
+               metavar="N"),
+)
+
+
+def magicmind_options(values: Mapping[str, Any]) -> MagicMindOptions:
+    device = values.get("device_id")
+    if device is not None and device < 0:
+        raise SegcError(f"--device-id must be 0 or more, got {device}")
+    return MagicMindOptions(arch=check_arch(values.get("soc")), device_id=0 if device is None else device)
+
+
+CALIB_FILE = "calib.npy"  # segc.int8_calibration.NPY_FILE, written at batch 1
 
 
 def input_ranges(model: onnx.ModelProto, options: BuildOptions) -> list[ShapeRange]:
     """One range per real input, widened to the batch range when one is given.
 
-    The batch range comes from ``extra["batch_range"]`` (recipe: OCRNet 1..16) or from
+    The batch range comes from ``batch_range`` (recipe: OCRNet 1..16) or from
     ``batch_sizes`` (min..max); a static input with neither is built static.
     """
     init = {t.name for t in model.graph.initializer}
     given = {r.name: r for r in options.shape_ranges}
     batch: tuple[int, int] | None = None
-    if options.extra.get("batch_range"):
-        lo, hi = (int(v) for v in options.extra["batch_range"])
-        batch = (lo, hi)
+    if options.batch_range:
+        batch = options.batch_range
     elif len(options.batch_sizes) > 1:
         batch = (min(options.batch_sizes), max(options.batch_sizes))
     ranges = []
@@ -116,22 +130,6 @@ def input_ranges(model: onnx.ModelProto, options: BuildOptions) -> list[ShapeRan
             r = ShapeRange(r.name, tuple(lo), tuple(hi), tuple(opt))
         ranges.append(r)
     return ranges
-
-
-def normalisation(model: onnx.ModelProto, options: BuildOptions, input_name: str) -> dict[str, Any]:
-    """Calibration preprocessing constants: extra["normalisation"], else the model's recipe."""
-    given = options.extra.get("normalisation")
-    if given:
-        spec = InputSpec(name=input_name, **dict(given))
-    else:
-        meta = {p.key: p.value for p in model.metadata_props}
-        recipe_name = options.extra.get("recipe") or meta.get(RECIPE_METADATA_KEY)
-        spec = None
-        if recipe_name:
-            spec = get_recipe(str(recipe_name)).input(input_name)
-        if spec is None:
-            raise SegcError("magicmind int8 calibration needs the input normalisation: use a model exported by segc (it names its recipe), --recipe, or extra['normalisation']")
-    return {"mean": list(spec.mean), "std": list(spec.std), "pixel_scale": float(spec.pixel_scale), "channel_order": spec.channel_order.upper()}
 
 
 def builder_configs(arch: str, mode: str, ranges: list[ShapeRange]) -> list[dict[str, Any]]:
@@ -157,10 +155,9 @@ Input model sha256: {sha256}
 Command line: {command_line}
 
 Parses the ONNX model, configures the builder ({precision_mode}, {shape_kind}),
-{calib_line}and serialises {mm_name}. Runs only where MagicMind is installed.
+{keep_line}{calib_line}and serialises {mm_name}. Runs only where MagicMind is installed.
 """
 
-import glob
 import json
 import os
 import sys
@@ -174,11 +171,11 @@ PRECISION_MODE = {precision_mode!r}
 BUILDER_CONFIG = {config}
 # per input: name, min / opt / max shape (opt is what calibration and mm_run use)
 INPUTS = {inputs}
-CALIB_DIR = {calib_dir!r}
-CALIB_SAMPLES = {calib_samples!r}
-# x = (pixels * pixel_scale / 255 - mean) / std, channels flipped first for BGR networks
-NORMALISE = {normalise}
+# segc's preprocessed calibration set: one image per row, each row of shape [1, C, H, W]
+CALIB_FILE = {calib_file!r}
 DEVICE_ID = {device_id!r}
+# ONNX node names kept in fp32 in an fp16 build (segc's fp16 emulation overflows without them)
+KEEP_FP32 = {keep_fp32}
 
 
 def fail(message, status=1):
@@ -202,34 +199,13 @@ def check(status, what):
         fail(what + " failed: " + str(status))
 
 
-def load_image(path, height, width):
-    """One image as a float32 CHW array, normalised as the network expects."""
-    try:
-        from PIL import Image
-    except ImportError:
-        fail("python module PIL not found (pip install pillow)", 127)
-    with Image.open(path) as img:
-        rgb = np.asarray(img.convert("RGB").resize((width, height), Image.BILINEAR), dtype=np.float32)
-    chw = rgb.transpose(2, 0, 1)
-    if NORMALISE["channel_order"] == "BGR":
-        chw = chw[::-1]
-    chw = chw * (NORMALISE["pixel_scale"] / 255.0)
-    mean = np.asarray(NORMALISE["mean"], dtype=np.float32).reshape(-1, 1, 1)
-    std = np.asarray(NORMALISE["std"], dtype=np.float32).reshape(-1, 1, 1)
-    return np.ascontiguousarray((chw - mean) / std, dtype=np.float32)
-
-
 class CalibData(mm.CalibDataInterface):
-    """Batches of calibration images at the input's optimisation shape (as the seed's CalibData)."""
+    """Batches of segc's preprocessed calibration rows at the input's optimisation shape."""
 
-    def __init__(self, shape, image_dir, max_samples):
+    def __init__(self, shape, rows):
         super().__init__()
-        patterns = ("*.jpg", "*.jpeg", "*.png", "*.bmp")
-        self.paths = sorted(p for pat in patterns for p in glob.glob(os.path.join(image_dir, pat)))
-        if not self.paths:
-            fail("no calibration images (jpg/png/bmp) in " + image_dir)
         self.shape = shape
-        self.max_samples = min(max_samples, len(self.paths))
+        self.rows = rows
         self.index = 0
         self.sample = None
 
@@ -243,12 +219,10 @@ class CalibData(mm.CalibDataInterface):
         return self.sample
 
     def next(self):
-        batch, _, height, width = self.shape
-        end = self.index + batch
-        if end > self.max_samples:
+        end = self.index + self.shape[0]
+        if end > len(self.rows):
             return mm.Status(mm.Code.OUT_OF_RANGE, "calibration data exhausted")
-        images = [load_image(p, height, width) for p in self.paths[self.index:end]]
-        self.sample = np.ascontiguousarray(np.stack(images))
+        self.sample = np.ascontiguousarray(np.concatenate(list(self.rows[self.index:end])), dtype=np.float32)
         self.index = end
         return mm.Status.OK()
 
@@ -256,6 +230,26 @@ class CalibData(mm.CalibDataInterface):
         self.index = 0
         self.sample = None
         return mm.Status.OK()
+
+
+def keep_fp32(network):
+    """Float inputs and outputs of the KEEP_FP32 nodes in fp32; the rest follows PRECISION_MODE."""
+    found = set()
+    for node in network.get_all_nodes_in_network():
+        name = node.get_node_name()
+        if name not in KEEP_FP32:
+            continue
+        found.add(name)
+        floats = (mm.DataType.FLOAT16, mm.DataType.FLOAT32)
+        for i in range(node.get_input_count()):
+            if node.get_input(i).get_data_type() in floats:
+                check(node.set_precision(i, mm.DataType.FLOAT32), "fp32 input " + str(i) + " of " + name)
+        for i in range(node.get_output_count()):
+            if node.get_output(i).get_data_type() in floats:
+                check(node.set_output_type(i, mm.DataType.FLOAT32), "fp32 output " + str(i) + " of " + name)
+    missing = [name for name in KEEP_FP32 if name not in found]
+    if missing:
+        fail("nodes to keep in fp32 are not in the parsed network: " + ", ".join(missing))
 
 
 def main():
@@ -267,14 +261,21 @@ def main():
     if not mutable:
         for i, spec in enumerate(INPUTS):
             check(network.get_input(i).set_dimension(mm.Dims(spec["min"])), "setting the shape of " + spec["name"])
+    if KEEP_FP32:
+        keep_fp32(network)
     config = mm.BuilderConfig()
     for piece in BUILDER_CONFIG:
         check(config.parse_from_string(json.dumps(piece)), "builder config " + json.dumps(piece))
     if PRECISION_MODE.startswith("qint"):
         if len(INPUTS) != 1:
             fail("calibration supports one image input, the model has " + str(len(INPUTS)))
-        calib = CalibData(INPUTS[0]["opt"], CALIB_DIR, CALIB_SAMPLES)
-        calibrator = mm.Calibrator([calib])
+        path = os.path.join(HERE, CALIB_FILE)
+        if not os.path.isfile(path):
+            fail("calibration set not found: " + path)
+        rows = np.load(path, allow_pickle=False)
+        if len(rows) < INPUTS[0]["opt"][0]:
+            fail("calibration set has " + str(len(rows)) + " images, fewer than the batch " + str(INPUTS[0]["opt"][0]))
+        calibrator = mm.Calibrator([CalibData(INPUTS[0]["opt"], rows)])
         check(calibrator.set_quantization_algorithm(mm.QuantizationAlgorithm.LINEAR_ALGORITHM), "choosing the quantisation algorithm")
         with mm.System() as system:
             if DEVICE_ID >= system.device_count():
@@ -302,21 +303,16 @@ def _doc_safe(text: str) -> str:
 
 def render_program(model: onnx.ModelProto, model_path: Path, outdir: Path, options: BuildOptions) -> tuple[str, Path, list[ShapeRange]]:
     """The build program's text, the .mm path it writes, and the input ranges it uses."""
-    arch = check_arch(options.soc)
+    own = own_options(options, MagicMindOptions)
+    arch = check_arch(own.arch)
     mode = precision_mode(options.precision)
-    if keep_fp32_line(options):
-        mode = PRECISION_MODES["fp32"]
+    keep = list(options.fp32_layers) if options.precision == "fp16" else []
     ranges = input_ranges(model, options)
     name = Path(model_path).name
     stem = name[: -len(".onnx")] if name.endswith(".onnx") else name
     mm_path = Path(outdir) / f"{stem}.mm"
-    calib_dir: str | None = None
-    normalise: dict[str, Any] = {}
-    if options.precision == "int8":
-        calib_dir = calibration_folder(options)
-        if len(ranges) != 1 or len(ranges[0].min) != 4:
-            raise SegcError("magicmind int8 calibration supports one NCHW image input")
-        normalise = normalisation(model, options, ranges[0].name)
+    if options.precision == "int8" and (len(ranges) != 1 or len(ranges[0].min) != 4):
+        raise SegcError("magicmind int8 calibration supports one NCHW image input")
     mutable = any(not r.is_static for r in ranges)
     text = PROGRAM.format(
         model_name=_doc_safe(stem),
@@ -325,16 +321,16 @@ def render_program(model: onnx.ModelProto, model_path: Path, outdir: Path, optio
         command_line=_doc_safe(options.command_line or "unknown"),
         precision_mode=mode,
         shape_kind="shape range (graph_shape_mutable)" if mutable else "static shapes",
-        calib_line="calibrates on the images in CALIB_DIR, " if calib_dir else "",
+        keep_line=f"keeps {len(keep)} nodes in fp32 (KEEP_FP32), " if keep else "",
+        calib_line=f"calibrates on segc's calibration set ({CALIB_FILE}), " if options.precision == "int8" else "",
         mm_name=mm_path.name,
         onnx_rel=relative_name(Path(model_path), outdir),
         mm_rel=mm_path.name,
         config=pprint.pformat(builder_configs(arch, mode, ranges), width=100),
         inputs=pprint.pformat([{"name": r.name, "min": list(r.min), "opt": list(r.opt), "max": list(r.max)} for r in ranges], width=100),
-        calib_dir=calib_dir,
-        calib_samples=int(options.extra.get("calib_samples", 32)),
-        normalise=pprint.pformat(normalise, width=100),
-        device_id=int(options.extra.get("device_id", 0)),
+        calib_file=CALIB_FILE if options.precision == "int8" else None,
+        device_id=own.device_id,
+        keep_fp32=pprint.pformat(keep, width=100),
         program=PROGRAM_NAME,
         magicmind_hint=MAGICMIND_HINT,
     )
@@ -348,21 +344,39 @@ class MagicMindTarget(Target):
     name = "magicmind"
     description = "Cambricon MagicMind: Python build program (.mm) and an mm_run timing"
     default_passes = ("simplify", "cleanup")
+    flags = FLAGS
+
+    def target_options(self, values: Mapping[str, Any]) -> MagicMindOptions:
+        return magicmind_options(values)
 
     def validate_options(self, options: BuildOptions) -> None:
-        check_arch(options.soc)
+        check_arch(own_options(options, MagicMindOptions).arch)
         precision_mode(options.precision)
-        if options.precision == "int8":
-            calibration_folder(options)
+        if options.precision == "int8" and options.calib_images is None:
+            raise SegcError("magicmind int8 (qint8_mixed_float16) needs calibration images: give --calib-images FOLDER")
 
     def check(self, model: onnx.ModelProto, options: BuildOptions) -> list[Violation]:
-        check_arch(options.soc)
+        check_arch(own_options(options, MagicMindOptions).arch)
         precision_mode(options.precision)
         return check_model(model, load_profile(self.name), options)
 
     def emit(self, model: onnx.ModelProto, model_path: Path, outdir: Path, options: BuildOptions) -> list[Artefact]:
+        from segc.int8_calibration import emit_calibration
+
         outdir = Path(outdir)
+        self.validate_options(options)
         text, mm_path, ranges = render_program(model, Path(model_path), outdir, options)
+        calib: list[Artefact] = []
+        notes: list[str] = []
+        if options.precision == "int8":
+            files = emit_calibration(model, outdir, options, formats=("npy",), batch=1)
+            assert files is not None and files.npy_file == CALIB_FILE
+            calib = [Artefact(outdir / files.npy_file, "data")]
+            notes.append(f"int8: calibrates on {files.count} preprocessed images in {files.npy_file} "
+                         f"(batches of {ranges[0].opt[0]})")
+        if options.precision == "fp16" and options.fp32_layers:
+            notes.append(f"{len(options.fp32_layers)} layers kept fp32 by the build program (KEEP_FP32: "
+                         f"set_precision / set_output_type), the rest force_float16")
         program = outdir / PROGRAM_NAME
         write_text(program, text, executable=True)
         dims = [",".join(str(d) for d in r.opt) for r in ranges]
@@ -375,10 +389,6 @@ class MagicMindTarget(Target):
             Requirement("numpy", "pip install numpy", kind="python-module"),
             Requirement("mm_run", MM_RUN_HINT),
         ]
-        if options.precision == "int8":
-            needs.append(Requirement("PIL", "pip install pillow", kind="python-module"))
-        line = keep_fp32_line(options)
-        script = write_build_script(outdir, options, needs, steps, title="Cambricon MagicMind build",
-                                    notes=[line] if line else [])
+        script = write_build_script(outdir, options, needs, steps, title="Cambricon MagicMind build", notes=notes)
         run = write_run_script(outdir, options, "magicmind", relative_name(mm_path, outdir), model)
-        return [Artefact(path=program, kind="program"), script, *run]
+        return [Artefact(path=program, kind="program"), *calib, script, *run]

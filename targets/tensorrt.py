@@ -9,10 +9,11 @@
   its ``/M`` grid (or a multiple of 32): TensorRT tunes its kernels for the opt shape, and the
   range's minimum, segc's own default for verification, would tune them for the smallest
   input. A range with ``/M`` multiples gets a comment in ``build.sh`` saying so;
-* ``--fp16`` or ``--int8`` (``--int8`` also allows fp16 fallback; with
-  ``extra["calib_cache"]`` trtexec reads that calibration cache, otherwise the int8 engine only
-  serves timing, and the script says so);
-* ``--memPoolSize=workspace:<MiB>M`` from ``extra["workspace_mb"]``; never the old
+* ``--fp16`` or ``--int8`` (``--int8`` also allows fp16 fallback; trtexec reads the
+  calibration cache ``--calib=calib.cache``, made in build.sh from ``--calib-images`` or copied
+  from ``--calib-cache FILE``; without either the int8 engine only serves timing, and the
+  script says so);
+* ``--memPoolSize=workspace:<MiB>M`` from ``--workspace-mb`` (or the recipe's); never the old
   ``--workspace`` (deprecated since TensorRT 8.4, gone in 10), which the OCRNet seed still used.
 
 ``compare_tensorrt.sh`` runs ``polygraphy run M --trt --onnxrt`` at the same shapes and
@@ -21,17 +22,18 @@ precision, with tolerances loose enough for fp16 (``1e-2``) and tight for fp32 (
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
+from collections.abc import Mapping
+from typing import Any
 
 import onnx
 
-from dataclasses import replace
-
 from segc.errors import SegcError
 from segc.outdir import write_text
-from segc.recipe import get_recipe
 from segc.shapes import ShapeRange, parse_static_shape
-from segc.targets.base import Artefact, BuildOptions, Target, Violation, register_target
+from segc.targets.base import (Artefact, BuildOptions, Target, TargetFlag, TargetOptions, Violation, own_options,
+                               register_target)
 from segc.targets.buildscript import Requirement, Step, relative_name, write_build_script, write_script
 from segc.targets.runscript import write_run_script
 from segc.targets.legality import check_model, load_profile
@@ -80,16 +82,44 @@ def build_ranges(model: onnx.ModelProto, options: BuildOptions) -> list[ShapeRan
     return ranges
 
 
+@dataclass(frozen=True)
+class TensorRTOptions(TargetOptions):
+    """TensorRT's own settings."""
+
+    workspace_mb: int | None = None  # --workspace-mb (recipe: OCRNet's 15000): trtexec's workspace pool
+    calib_cache: Path | None = None  # --calib-cache: an existing TensorRT calibration cache for int8
+
+
+FLAGS = (
+    TargetFlag("--workspace-mb", "trtexec workspace pool in MiB (--memPoolSize=workspace:N)", kind="int",
+               metavar="MIB"),
+    TargetFlag("--calib-cache", "an existing TensorRT int8 calibration cache: copied into the build as calib.cache, "
+               "used instead of calibrating", kind="path", metavar="FILE"),
+)
+
+
+def tensorrt_options(values: Mapping[str, Any]) -> TensorRTOptions:
+    """``--workspace-mb`` (or the recipe's: OCRNet's 15000) must be positive; ``--calib-cache`` a file."""
+    mb = values.get("workspace_mb")
+    if mb is not None and (isinstance(mb, bool) or not isinstance(mb, int) or mb <= 0):
+        raise SegcError(f"--workspace-mb must be positive, got {mb!r}")
+    cache = values.get("calib_cache")
+    if cache is not None and not Path(cache).is_file():
+        raise SegcError(f"--calib-cache {cache}: no such file")
+    return TensorRTOptions(workspace_mb=mb, calib_cache=Path(cache).resolve() if cache is not None else None)
+
+
+def has_calibration(options: BuildOptions) -> bool:
+    """Whether the build folder gets calib.cache: copied from --calib-cache or made from --calib-images."""
+    return own_options(options, TensorRTOptions).calib_cache is not None or options.calib_images is not None
+
+
 GRID = 32  # the spatial grid of an optimum picked for a range without /M
 
 
 def _recipe_opt(name: str, options: BuildOptions) -> tuple[int, ...] | None:
-    recipe_name = options.extra.get("recipe")
-    if not recipe_name:
-        return None
-    try:
-        recipe = get_recipe(str(recipe_name))
-    except SegcError:
+    recipe = options.recipe
+    if recipe is None:
         return None
     for text in (recipe.opt_shape or "").split(";"):
         if text.strip():
@@ -135,9 +165,8 @@ def precision_flags(options: BuildOptions) -> list[str]:
         return ["--fp16", *keep_fp32_flags(options)]
     if options.precision == "int8":
         flags = ["--int8", "--fp16"]
-        cache = options.extra.get("calib_cache")
-        if cache:
-            flags.append(f"--calib={cache}")
+        if has_calibration(options):
+            flags.append(f"--calib={CALIB_CACHE}")
         return flags
     raise SegcError(f"unknown precision {options.precision!r}; use fp32, fp16 or int8")
 
@@ -162,16 +191,8 @@ def keep_fp32_flags(options: BuildOptions) -> list[str]:
 
 
 def workspace_flags(options: BuildOptions) -> list[str]:
-    mb = options.extra.get("workspace_mb")
-    if mb is None:
-        return []
-    try:
-        value = int(mb)
-    except (TypeError, ValueError):
-        raise SegcError(f"workspace_mb must be a whole number of MiB, got {mb!r}") from None
-    if value <= 0:
-        raise SegcError(f"workspace_mb must be positive, got {value}")
-    return [f"--memPoolSize=workspace:{value}M"]
+    mb = own_options(options, TensorRTOptions).workspace_mb
+    return [] if mb is None else [f"--memPoolSize=workspace:{mb}M"]
 
 
 def trtexec_argv(model: onnx.ModelProto, model_path: Path, outdir: Path, options: BuildOptions) -> tuple[str, ...]:
@@ -197,8 +218,8 @@ def polygraphy_argv(model: onnx.ModelProto, model_path: Path, outdir: Path, opti
         argv += ["--precision-constraints", "obey", "--layer-precisions", *(f"{n}:float32" for n in options.fp32_layers)]
     if options.precision == "int8":
         argv.append("--int8")
-        if options.extra.get("calib_cache"):
-            argv += ["--calibration-cache", str(options.extra["calib_cache"])]
+        if has_calibration(options):
+            argv += ["--calibration-cache", CALIB_CACHE]
     if ranges:
         argv.append("--input-shapes")
         argv += [f"{r.name}:[{_dims(r.opt, ',')}]" for r in ranges]
@@ -206,9 +227,9 @@ def polygraphy_argv(model: onnx.ModelProto, model_path: Path, outdir: Path, opti
             for flag, pick in (("--trt-min-shapes", "min"), ("--trt-opt-shapes", "opt"), ("--trt-max-shapes", "max")):
                 argv.append(flag)
                 argv += [f"{r.name}:[{_dims(getattr(r, pick), ',')}]" for r in ranges]
-    mb = options.extra.get("workspace_mb")
+    mb = own_options(options, TensorRTOptions).workspace_mb
     if mb is not None:
-        argv += ["--pool-limit", f"workspace:{int(mb)}M"]
+        argv += ["--pool-limit", f"workspace:{mb}M"]
     tol = TOLERANCE.get(options.precision, 1e-4)
     argv += ["--atol", f"{tol:g}", "--rtol", f"{tol:g}"]
     return tuple(argv)
@@ -252,6 +273,10 @@ class TensorRTTarget(Target):
     name = "tensorrt"
     description = "NVIDIA TensorRT: trtexec engine build and a polygraphy comparison with onnxruntime"
     default_passes = ("simplify", "cleanup")
+    flags = FLAGS
+
+    def target_options(self, values: Mapping[str, Any]) -> TensorRTOptions:
+        return tensorrt_options(values)
 
     def validate_options(self, options: BuildOptions) -> None:
         precision_flags(options)
@@ -264,12 +289,19 @@ class TensorRTTarget(Target):
     def emit(self, model: onnx.ModelProto, model_path: Path, outdir: Path, options: BuildOptions) -> list[Artefact]:
         outdir = Path(outdir)
         notes = []
-        calib_steps, calib_files = [], []
-        if options.precision == "int8" and not options.extra.get("calib_cache") and options.extra.get("calib_images"):
+        calib_steps: list[Step] = []
+        calib_files: list[Artefact] = []
+        given_cache = own_options(options, TensorRTOptions).calib_cache
+        if options.precision == "int8" and given_cache is not None:
+            from segc.outdir import write_file
+
+            calib_files = [Artefact(write_file(outdir / CALIB_CACHE, given_cache.read_bytes()), "data")]
+            notes.append(f"int8 calibration cache copied from {given_cache}")
+        elif options.precision == "int8" and options.calib_images is not None:
             calib_steps, calib_files = calibration_steps(model, Path(model_path), outdir, options)
-            options = replace(options, extra={**options.extra, "calib_cache": CALIB_CACHE})
-        if options.precision == "int8" and not options.extra.get("calib_cache"):
-            notes.append("int8 without extra['calib_cache']: trtexec uses placeholder scales, so this engine is for timing only")
+        if options.precision == "int8" and not has_calibration(options):
+            notes.append("int8 without --calib-images or --calib-cache: trtexec uses placeholder scales, "
+                         "so this engine is for timing only")
         grid = "; ".join(r.multiples_text() for r in build_ranges(model, options) if r.has_multiples)
         comment = "build the engine (and time it)" + (f"; {grid} (segc folded the Resizes for those sizes only)" if grid else "")
         build = Step(trtexec_argv(model, Path(model_path), outdir, options), comment=comment)

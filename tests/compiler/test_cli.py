@@ -60,7 +60,7 @@ def test_truncated_model(tmp_path: Path, capsys) -> None:
 
 
 @pytest.mark.parametrize("extra, fragment", [
-    (["--target", "nvdla"], "unknown target 'nvdla'"),
+    (["--target", "nvdla"], "invalid choice: 'nvdla'"),
     (["--target", "onnxruntime", "--passes", "simplfy"], "did you mean simplify"),
     (["--target", "onnxruntime", "--skip", "nothing_like_this"], "unknown pass"),
     (["--target", "onnxruntime", "--input-shape", "x1,3,16,16"], "malformed --input-shape"),

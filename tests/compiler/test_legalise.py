@@ -22,6 +22,7 @@ from tests.graphs import symbolic_chain
 from segc.legalise import PASS_RANK, insert_pass, legalise
 from segc.pipeline import PassSpec
 from segc.shapes import parse_shape_range
+from segc.targets.ascend import AscendOptions
 from segc.targets.base import BuildOptions, get_target
 
 
@@ -184,7 +185,7 @@ def test_nothing_added_for_a_legal_model() -> None:
 
 
 def test_range_the_vendor_cannot_build_is_refused_with_the_fix() -> None:
-    opts = BuildOptions(soc="Ascend310", shape_ranges=[parse_shape_range("x:1,3,32~64,32~64")])
+    opts = BuildOptions(target=AscendOptions(soc="Ascend310"), shape_ranges=[parse_shape_range("x:1,3,32~64,32~64")])
     with pytest.raises(SegcError, match=r"give static shapes: --input-shape"):
         legalise(symbolic_chain(), get_target("ascend"), opts, [PassSpec("simplify"), PassSpec("set_shape_range", {"ranges": ["x:1,3,32~64,32~64"]})],
                  user_passes=False, skipped=set(), static_cli={})
@@ -226,11 +227,14 @@ def test_dynamic_model_compiles_for_onnxruntime_without_a_shape(tmp_path: Path, 
     assert report["status"] == "ok" and report["verified_shapes"]
 
 
-def test_unused_setting_is_a_warning(tmp_path: Path, capsys) -> None:
+def test_another_targets_flag_is_a_usage_error(tmp_path: Path, capsys) -> None:
     src = save(dynamo_like(opset=17), tmp_path)
-    report, err = compile_ok(capsys, ["compile", str(src), "--target", "tensorrt", "--cann-version", "8.0", "-o", str(tmp_path / "o")])
-    assert "--cann-version is not used by target tensorrt" in err
-    assert any("--cann-version" in w for w in report["legalisation"]["warnings"])
+    out = ["-o", str(tmp_path / "o")]
+    line = refused(capsys, ["compile", str(src), "--target", "tensorrt", "--cann-version", "8.0", *out])
+    assert line == "segc: error: --cann-version is an option of target ascend, not of tensorrt"
+    line = refused(capsys, ["compile", str(src), "--target", "tensorrt", "--soc", "Ascend910B", *out])
+    assert line == "segc: error: --soc is an option of target ascend and magicmind, not of tensorrt"
+    assert not (tmp_path / "o").exists()
 
 
 # ------------------------------------------------------------------ inspect
@@ -280,7 +284,7 @@ def test_final_gate_says_what_a_fix_that_ran_reported(tmp_path: Path, capsys) ->
     capsys.readouterr()
     assert code == 0
     report = json.loads((tmp_path / "o" / "report.json").read_text())
-    assert "gear" in report["build"]["extra"]["shape_route"]
+    assert "gear" in report["build"]["target_options"]["shape_route"]
     assert "--dynamic_image_size=" in (tmp_path / "o" / "build.sh").read_text()
 
 

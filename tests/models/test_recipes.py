@@ -41,8 +41,15 @@ def test_one_recipe_per_model_and_lookup() -> None:
 def test_seed_facts() -> None:
     ocr = RECIPES["ocrnet_hrnetw18"]
     assert ocr.inputs[0].name == "x" and ocr.label_outputs == ("output",) and ocr.batch_sizes == (1, 4, 8, 16)
-    assert ocr.for_target("magicmind").extra["batch_range"] == (1, 16)
-    assert ocr.for_target("tensorrt").extra == {"precision": "fp16", "workspace_mb": 15000}
+    assert ocr.for_target("magicmind").batch_range == (1, 16)
+    trt = ocr.for_target("tensorrt")
+    assert trt.precision == "fp16" and trt.flags == {"workspace_mb": 15000}
+    # a recipe's target flags are flags that target declares
+    from segc.targets.base import get_target
+
+    for recipe in RECIPES.values():
+        for name, target_recipe in recipe.targets.items():
+            assert set(target_recipe.flags) <= {f.dest for f in get_target(name).flags}, (recipe.name, name)
     assert ocr.for_target("ascend").options["resize_to_nearest"] == {"preset": "hrnet_branches"}
     w48 = RECIPES["hrnet_w48_ocr"]
     assert w48.for_target("ascend").passes == ("simplify", "fold_resize_scales", "resize_to_nearest", "prune_outputs", "cleanup")
@@ -55,7 +62,7 @@ def test_seed_facts() -> None:
         assert db.shape_range == "input:1,3,640~4096,640~4096"
         opts = db.for_target("ascend").options["set_shape_range"]
         assert opts == {"ranges": [db.shape_range], "opt": [db.opt_shape]}
-        assert db.for_target("tensorrt").extra["precision"] == "fp16"
+        assert db.for_target("tensorrt").precision == "fp16"
     dcn = RECIPES["dbnet_r50_dcn"]
     forms = {t: dcn.for_target(t).options["rewrite_deform_conv"]["form"] for t in TARGETS}
     assert forms == {"ascend": "ascend", "onnxruntime": "onnx", "tensorrt": "onnx", "magicmind": "decomposed"}

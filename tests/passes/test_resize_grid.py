@@ -151,7 +151,7 @@ def test_compile_for_ascend_on_the_grid_folds_and_verifies_on_multiples(tmp_path
     out, report = _compile(tmp_path, fpn, "x:1,3,64~256/32,64~256/32")
     assert _computed_resizes(onnx.load(out / "fpn.ascend.onnx")) == 0
     assert report["build"]["shapes"] == ["x:1,3,64~256/32,64~256/32"]
-    assert report["build"]["extra"]["shape_route"].startswith("range:")
+    assert report["build"]["target_options"]["shape_route"].startswith("range:")
     verified = " ".join(report["verified_shapes"])
     assert "x:1x3x64x64" in verified and "x:1x3x96x160" in verified  # the minimum and odd multiples of 32
     script = (out / "build.sh").read_text()
@@ -160,7 +160,7 @@ def test_compile_for_ascend_on_the_grid_folds_and_verifies_on_multiples(tmp_path
 
 def test_compile_for_ascend_off_the_grid_falls_back_to_gears(tmp_path: Path, fpn: onnx.ModelProto) -> None:
     out, report = _compile(tmp_path, fpn, "x:1,3,64~256,64~256")
-    route = report["build"]["extra"]["shape_route"]
+    route = report["build"]["target_options"]["shape_route"]
     assert route.startswith("gears:") and "--input-shape x:1,3,64~256/32,64~256/32" in route
     script = (out / "build.sh").read_text()
     assert "--dynamic_image_size=" in script and "--input_shape=x:1,3,-1,-1" in script

@@ -238,6 +238,7 @@ class ModelKind:
 
 class DataType:
     FLOAT32 = "float32"
+    FLOAT16 = "float16"
 
 
 class QuantizationAlgorithm:
@@ -259,9 +260,39 @@ class _Tensor:
         return Status()
 
 
+class _Value:
+    def get_data_type(self):
+        return DataType.FLOAT32
+
+
+class _Node:
+    """A parsed node: the stand-in network has the ONNX model's nodes, read with onnx."""
+    def __init__(self, name):
+        self.name = name
+    def get_node_name(self):
+        return self.name
+    def get_input_count(self):
+        return 1
+    def get_output_count(self):
+        return 1
+    def get_input(self, i):
+        return _Value()
+    def get_output(self, i):
+        return _Value()
+    def set_precision(self, i, dtype):
+        CALLS.setdefault("node_precision", []).append([self.name, "input", i, dtype])
+        return Status()
+    def set_output_type(self, i, dtype):
+        CALLS.setdefault("node_precision", []).append([self.name, "output", i, dtype])
+        return Status()
+
+
 class Network:
+    nodes = []
     def get_input(self, index):
         return _Tensor(index)
+    def get_all_nodes_in_network(self):
+        return [_Node(n) for n in self.nodes]
 
 
 class BuilderConfig:
@@ -298,7 +329,7 @@ class System:
     def __exit__(self, *exc):
         return False
     def device_count(self):
-        return 1
+        return 2
 
 
 class Device:
@@ -334,7 +365,9 @@ class Parser:
     def __init__(self, kind):
         CALLS["parser_kind"] = kind
     def parse(self, network, path):
+        import onnx
         CALLS["parsed"] = path
+        network.nodes = [n.name for n in onnx.load(path).graph.node]
         return Status()
 '''
 

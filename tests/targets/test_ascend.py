@@ -15,6 +15,7 @@ from segc.targets.ascend import (
     parse_cann_version,
     precision_mode,
 )
+from segc.targets.ascend import AscendOptions, ascend_options
 from segc.targets.base import get_target
 from segc.targets.buildscript import parse_steps
 
@@ -58,12 +59,12 @@ def test_dbnet_seed_shape_range_newest_cann(tmp_path: Path, conv_model, options)
     ("8.0.RC3", "--input_shape=input:1,3,640~4096,640~4096"),
 ])
 def test_range_syntax_follows_cann(tmp_path: Path, conv_model, options, cann, flag) -> None:
-    argvs = _emit(conv_model(name="input"), tmp_path, options("input:1,3,640~4096,640~4096", extra={"cann": cann}))
+    argvs = _emit(conv_model(name="input"), tmp_path, options("input:1,3,640~4096,640~4096", target=AscendOptions(cann_version=cann)))
     assert argvs[0][5] == flag
 
 
 def test_old_cann_static_shape_stays_input_shape(tmp_path: Path, conv_model, options) -> None:
-    argvs = _emit(conv_model(), tmp_path, options("x:1,3,64,64", extra={"cann": "5.0.4"}))
+    argvs = _emit(conv_model(), tmp_path, options("x:1,3,64,64", target=AscendOptions(cann_version="5.0.4")))
     assert argvs[0][5] == "--input_shape=x:1,3,64,64"
 
 
@@ -92,10 +93,10 @@ def test_out_nodes_errors(tmp_path: Path, conv_model, options) -> None:
 
 def test_soc_checked(tmp_path: Path, conv_model, options) -> None:
     assert DEFAULT_SOC == "Ascend310P3" and {"Ascend310", "Ascend910B", "Ascend910B3"} <= set(KNOWN_SOCS)
-    argvs = _emit(conv_model(dims=(1, 3, 64, 64)), tmp_path, options(soc="Ascend910B3"))
+    argvs = _emit(conv_model(dims=(1, 3, 64, 64)), tmp_path, options(target=AscendOptions(soc="Ascend910B3")))
     assert "--soc_version=Ascend910B3" in argvs[0]
     with pytest.raises(SegcError, match=r"unknown Ascend chip 'Ascend999'; known: Ascend310, "):
-        get_target("ascend").check(conv_model(), options(soc="Ascend999"))
+        get_target("ascend").check(conv_model(), options(target=AscendOptions(soc="Ascend999")))
 
 
 @pytest.mark.parametrize("precision, soc, deform, mode", [
@@ -120,7 +121,7 @@ def test_int8_points_to_amct(tmp_path: Path, conv_model, options) -> None:
 
 
 def test_no_ranges_on_ascend310(tmp_path: Path, conv_model, options) -> None:
-    opts = options("x:1,3,64~128,64~128", soc="Ascend310")
+    opts = options("x:1,3,64~128,64~128", target=AscendOptions(soc="Ascend310"))
     found = get_target("ascend").check(conv_model(), opts)
     assert [(v.node, v.op) for v in found] == [("<model>", "input")] and "Ascend310 cannot build" in found[0].reason
     with pytest.raises(SegcError, match="Ascend310 cannot build for a shape range"):
@@ -133,8 +134,10 @@ def test_dynamic_input_without_shape(tmp_path: Path, conv_model, options) -> Non
 
 
 def test_input_format_override(tmp_path: Path, conv_model, options) -> None:
-    argvs = _emit(conv_model(), tmp_path, options("x:1,3,64,64", extra={"input_format": "NHWC"}))
-    assert "--input_format=NHWC" in argvs[0]
+    argvs = _emit(conv_model(), tmp_path, options("x:1,3,64,64", target=AscendOptions(input_format="ND")))
+    assert "--input_format=ND" in argvs[0]
+    with pytest.raises(SegcError, match="--input-format NHWC: ATC takes NCHW, NCDHW or ND for an ONNX model"):
+        ascend_options({"input_format": "NHWC"})
 
 
 def test_build_sh_in_awkward_folder(nasty_dir: Path, conv_model, options, bash_syntax_ok, fake_tools, fake_log) -> None:

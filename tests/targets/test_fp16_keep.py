@@ -69,11 +69,11 @@ def test_ascend_keeps_dtype_for_those_nodes(tmp_module: Path) -> None:
     assert "--keep_dtype=keep_dtype.cfg" in atc and "--precision_mode=force_fp16" in atc
 
 
-def test_magicmind_says_it_cannot_and_builds_fp32(tmp_module: Path) -> None:
+def test_magicmind_keeps_those_nodes_per_node(tmp_module: Path) -> None:
     out, _ = compile_fp16(tmp_module, "magicmind")
-    assert "MagicMind has no per-layer precision" in (out / "build.sh").read_text()
     program = (out / "build_magicmind.py").read_text()
-    assert "PRECISION_MODE = 'force_float32'" in program
+    assert "PRECISION_MODE = 'force_float16'" in program
+    assert f"KEEP_FP32 = {KEPT!r}" in program
 
 
 def test_a_model_that_fits_gets_plain_fp16(tmp_module: Path) -> None:

@@ -92,3 +92,27 @@ def test_localize_reads_the_dequantised_value_of_a_fused_relu() -> None:
     loc = localize(model, qdq, feeds[0], contract=Contract.APPROXIMATE)
     by = {t.tensor: t for t in loc.tensors}
     assert by["r1"].cosine > 0.99 and by["y"].cosine > 0.95
+
+
+def test_calib_samples_limits_the_calibration_set_and_the_estimate(setup) -> None:
+    """--calib-samples N: N images in the vendor's calibration files and in the int8 estimate."""
+    src, images = setup
+    out = src.parent / "two"
+    assert main(["compile", str(src), "--target", "tensorrt", "--precision", "int8", "--calib-images", str(images),
+                 "--calib-samples", "2", "-o", str(out), "--passes", "cleanup"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert next(p for p in report["passes"] if p["name"] == "emulate_int8")["stats"]["int8"]["samples"] == 2
+    assert np.load(out / "calib.npy").shape[0] == 2
+    assert report["build"]["calib_samples"] == 2
+
+
+def test_bad_calibration_settings_are_usage_errors(setup, capsys) -> None:
+    src, images = setup
+    for extra, fragment in ((["--calib-samples", "0"], "--calib-samples must be positive"),
+                            (["--calib-images", str(src.parent / "nowhere")], "no such folder")):
+        argv = ["compile", str(src), "--target", "tensorrt", "--precision", "int8", "-o", str(src.parent / "bad")]
+        if "--calib-images" not in extra:
+            argv += ["--calib-images", str(images)]
+        assert main(argv + extra) == 2
+        err = capsys.readouterr().err
+        assert fragment in err and err.count("\n") == 1

@@ -166,9 +166,9 @@ def test_partial_list_can_be_waived(single_node_model, options) -> None:
     # absence from a partial list is not evidence: a warning, never an error
     assert found[0].severity is Severity.UNCONFIRMED and errors(found) == [] and unconfirmed(found) == found
     assert "--allow-unlisted-ops" in found[0].reason
-    assert get_target("magicmind").check(model, options(extra={"allow_unlisted_ops": True})) == []
+    assert get_target("magicmind").check(model, options(allow_unlisted_ops=True)) == []
     # a complete list is never waived
-    assert get_target("ascend").check(single_node_model("Frob"), options(extra={"allow_unlisted_ops": True}))
+    assert get_target("ascend").check(single_node_model("Frob"), options(allow_unlisted_ops=True))
 
 
 def test_custom_domain_ops(single_node_model, options) -> None:
@@ -239,7 +239,7 @@ def test_batch_sizes_need_a_free_batch(conv_model, options) -> None:
         found = get_target(name).check(static, options(batch_sizes=(1, 4, 8)))
         assert _triples(found) == [("x", "input", "set_shape_range")], name
         assert "fixes the batch at 1, the build asks for batch 4, 8" in found[0].reason
-    found = get_target("magicmind").check(static, options(extra={"batch_range": (1, 16)}))
+    found = get_target("magicmind").check(static, options(batch_range=(1, 16)))
     assert _triples(found) == [("x", "input", "set_shape_range")]
     # a free batch, a single matching size, or a runtime that builds nothing per batch: fine
     assert get_target("ascend").check(conv_model(dims=("N", 3, 64, 64)), options(batch_sizes=(1, 4, 8))) == []

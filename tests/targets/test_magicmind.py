@@ -12,10 +12,10 @@ import onnx
 import pytest
 
 from segc.errors import SegcError
-from segc.recipe import RECIPE_METADATA_KEY, InputSpec
+from segc.recipe import RECIPE_METADATA_KEY
 from segc.targets.base import get_target
 from segc.targets.buildscript import parse_steps
-from segc.targets.magicmind import PRECISION_MODES
+from segc.targets.magicmind import PRECISION_MODES, MagicMindOptions
 
 
 def _emit(model: onnx.ModelProto, outdir: Path, opts, stem: str = "m") -> list[list[str]]:
@@ -38,7 +38,7 @@ def test_precision_names() -> None:
 def test_ocrnet_seed_batch_range(tmp_path: Path, conv_model, options, fake_magicmind) -> None:
     """Seed 001: graph_shape_mutable, dim_range min [1,3,1024,2048] max [16,3,1024,2048]."""
     model = conv_model(dims=("N", 3, 1024, 2048), name="input")
-    steps = _emit(model, tmp_path, options("input:1,3,1024,2048", precision="fp16", extra={"batch_range": (1, 16)}), stem="ocrnet")
+    steps = _emit(model, tmp_path, options("input:1,3,1024,2048", precision="fp16", batch_range=(1, 16)), stem="ocrnet")
     assert steps == [["python3", "build_magicmind.py"],
                      ["mm_run", "--magicmind_model", "ocrnet.magicmind.mm", "--input_dims", "1,3,1024,2048", "--iterations", "1000"]]
     env, log = fake_magicmind()
@@ -59,7 +59,7 @@ def test_ocrnet_seed_batch_range(tmp_path: Path, conv_model, options, fake_magic
 
 
 def test_static_build_sets_dimensions(tmp_path: Path, conv_model, options, fake_magicmind) -> None:
-    _emit(conv_model(), tmp_path, options("x:2,3,64,96", soc="mtp_592"))
+    _emit(conv_model(), tmp_path, options("x:2,3,64,96", target=MagicMindOptions(arch="mtp_592")))
     env, log = fake_magicmind()
     assert _run_program(tmp_path, env).returncode == 0
     calls = json.loads(log.read_text())
@@ -82,50 +82,61 @@ def _write_images(folder: Path, count: int) -> list[np.ndarray]:
     return pixels
 
 
-@pytest.mark.parametrize("recipe_name, spec_kwargs", [
-    ("dbnet_r50", None),  # normalisation found through the model's recipe metadata
-    (None, {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "pixel_scale": 1.0, "channel_order": "BGR"}),
-])
-def test_int8_calibration(nasty_dir: Path, conv_model, options, fake_magicmind, recipe_name, spec_kwargs) -> None:
-    from PIL import Image
+def test_int8_calibrates_on_segcs_calibration_files(nasty_dir: Path, conv_model, options, fake_magicmind) -> None:
+    """The program feeds mm.Calibrator segc's preprocessed calib.npy rows, batched at the opt
+    shape, not images it reads and normalises itself (the same inputs as segc's int8 estimate)."""
+    from segc.int8_calibration import calibration_feeds
+    from segc.recipe import get_recipe
 
     images = nasty_dir / "calib $imgs"
     _write_images(images, 5)
     model = conv_model(name="input")
-    extra: dict[str, object] = {"calib_images": str(images), "calib_samples": 4}
-    if recipe_name:
-        model.metadata_props.add(key=RECIPE_METADATA_KEY, value=recipe_name)
-        from segc.recipe import get_recipe
-
-        spec = get_recipe(recipe_name).input("input")
-    else:
-        extra["normalisation"] = spec_kwargs
-        spec = InputSpec("input", **spec_kwargs)  # type: ignore[arg-type]
-    _emit(model, nasty_dir, options("input:2,3,32,48", precision="int8", extra=extra))
+    model.metadata_props.add(key=RECIPE_METADATA_KEY, value="dbnet_r50")
+    recipe = get_recipe("dbnet_r50")
+    opts = options("input:2,3,32,48", precision="int8", calib_images=images, calib_samples=4, recipe=recipe,
+                   target=MagicMindOptions(device_id=1))
+    path = nasty_dir / "m.magicmind.onnx"
+    onnx.save(model, path)
+    arts = get_target("magicmind").emit(model, path, nasty_dir, opts)
+    assert ("calib.npy", "data") in [(a.path.name, a.kind) for a in arts]
+    rows = np.load(nasty_dir / "calib.npy")
+    assert rows.shape == (4, 1, 3, 32, 48) and rows.dtype == np.float32
+    # the rows are the recipe's preprocessing, as segc's own calibration feeds compute it
+    feeds = calibration_feeds(images, model, recipe, (1, 3, 32, 48), 4)
+    np.testing.assert_array_equal(rows[2], feeds[2].arrays["input"])
+    assert "calib.npy" in (nasty_dir / "build.sh").read_text()
+    program = (nasty_dir / "build_magicmind.py").read_text()
+    assert "load_image" not in program and "glob" not in program  # no image reading on the device side
     env, log = fake_magicmind()
     proc = _run_program(nasty_dir, env)
     assert proc.returncode == 0, proc.stderr
     calls = json.loads(log.read_text())
     assert calls["config"][-1] == {"precision_config": {"precision_mode": "qint8_mixed_float16"}}
-    assert calls["algorithm"] == "linear" and calls["device"] == 0
-    # 4 samples in batches of 2 -> two batches of [2, 3, 32, 48] float32
+    assert calls["algorithm"] == "linear" and calls["device"] == 1
+    # 4 rows in batches of 2 -> two batches of [2, 3, 32, 48] float32: rows 0+1, then 2+3
     assert [c["shape"] for c in calls["calibration"]] == [[2, 3, 32, 48]] * 2
     assert calls["calibration"][0]["dims"] == [2, 3, 32, 48] and calls["calibration"][0]["type"] == "float32"
-    # the first values equal the recipe's normalisation of the same resized image
-    with Image.open(sorted(images.glob("*.png"))[0]) as img:
-        rgb = np.asarray(img.convert("RGB").resize((48, 32), Image.BILINEAR), dtype=np.float32)
-    expected = spec.normalise(rgb.transpose(2, 0, 1)[None])
-    np.testing.assert_allclose(calls["calibration"][0]["first"], expected.reshape(-1)[:6], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(calls["calibration"][1]["first"], rows[2].reshape(-1)[:6], rtol=1e-6)
 
 
 def test_int8_needs_images(tmp_path: Path, conv_model, options) -> None:
     with pytest.raises(SegcError, match="needs calibration images"):
         _emit(conv_model(), tmp_path, options("x:1,3,8,8", precision="int8"))
-    with pytest.raises(SegcError, match="does not exist"):
-        _emit(conv_model(), tmp_path, options("x:1,3,8,8", precision="int8", extra={"calib_images": str(tmp_path / "nope")}))
-    (tmp_path / "imgs").mkdir()
-    with pytest.raises(SegcError, match="needs the input normalisation"):
-        _emit(conv_model(), tmp_path, options("x:1,3,8,8", precision="int8", extra={"calib_images": str(tmp_path / "imgs")}))
+
+
+def test_fp16_keeps_the_named_nodes_fp32(tmp_path: Path, conv_model, options, fake_magicmind) -> None:
+    """A keep-set: force_float16 stays, and those nodes' float inputs and outputs are set to FLOAT32."""
+    _emit(conv_model(), tmp_path, options("x:1,3,16,16", precision="fp16", fp32_layers=("relu1",)))
+    env, log = fake_magicmind()
+    proc = _run_program(tmp_path, env)
+    assert proc.returncode == 0, proc.stderr
+    calls = json.loads(log.read_text())
+    assert calls["config"][-1] == {"precision_config": {"precision_mode": "force_float16"}}
+    assert calls["node_precision"] == [["relu1", "input", 0, "float32"], ["relu1", "output", 0, "float32"]]
+    # a kept name the parsed network does not have stops the build, naming it
+    _emit(conv_model(), tmp_path, options("x:1,3,16,16", precision="fp16", fp32_layers=("gone",)))
+    proc = _run_program(tmp_path, env)
+    assert proc.returncode == 1 and "not in the parsed network: gone" in proc.stderr
 
 
 def test_program_without_magicmind(nasty_dir: Path, conv_model, options, py_compiles, bash_syntax_ok) -> None:
@@ -151,6 +162,6 @@ def test_build_sh_runs_program_then_mm_run(nasty_dir: Path, conv_model, options,
 
 def test_user_errors(tmp_path: Path, conv_model, options) -> None:
     with pytest.raises(SegcError, match="unknown MLU architecture 'Ascend310P3'"):
-        get_target("magicmind").check(conv_model(), options(soc="Ascend310P3"))
+        get_target("magicmind").check(conv_model(), options(target=MagicMindOptions(arch="Ascend310P3")))
     with pytest.raises(SegcError, match="needs a shape for input 'x'"):
         _emit(conv_model(), tmp_path, options())

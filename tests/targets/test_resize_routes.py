@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from segc.recipe import get_recipe
 from segc.passbase import PassContext, get_pass, load_builtin_passes
 from segc.shapes import parse_shape_range
 from segc.targets.ascend import RouteKind, choose_route, dim_gears, plan_gears
@@ -53,9 +54,9 @@ def _build(model: onnx.ModelProto, outdir: Path, opts) -> list[list[str]]:
 def test_unprovable_sizes_take_gears_not_an_error(tmp_path: Path, options) -> None:
     model, opts = strided_resize(), options("x:1,3,64~256,64~256")
     assert get_target("ascend").check(model, opts) == []
-    assert opts.extra["shape_route"].startswith("gears: Resize fuse_up")
-    assert "multiples of 4 (the model's total stride)" in opts.extra["shape_route"]
-    assert "--input-shape x:1,3,64~256/4,64~256/4" in opts.extra["shape_route"]
+    assert opts.target.shape_route.startswith("gears: Resize fuse_up")
+    assert "multiples of 4 (the model's total stride)" in opts.target.shape_route
+    assert "--input-shape x:1,3,64~256/4,64~256/4" in opts.target.shape_route
     (argv,) = _build(model, tmp_path, opts)
     assert "--input_format=NCHW" in argv and "--input_shape=x:1,3,-1,-1" in argv
     gears = next(a for a in argv if a.startswith("--dynamic_image_size=")).split("=", 1)[1].split(";")
@@ -116,7 +117,7 @@ def test_trt_opt_keeps_a_chosen_one_and_takes_the_recipes(tmp_path: Path, conv_m
     model = conv_model(name="input")
     path = tmp_path / "db.tensorrt.onnx"
     onnx.save(model, path)
-    opts = options("input:1,3,640~4096,640~4096", extra={"recipe": "dbnet_r50"})
+    opts = options("input:1,3,640~4096,640~4096", recipe=get_recipe("dbnet_r50"))
     get_target("tensorrt").emit(model, path, tmp_path, opts)
     (argv,) = parse_steps((tmp_path / "build.sh").read_text())
     assert "--optShapes=input:1x3x1280x1280" in argv

@@ -9,7 +9,8 @@ import onnx
 import pytest
 
 from segc.errors import SegcError
-from segc.targets.base import get_target
+from segc.targets.base import get_target, own_options
+from segc.targets.tensorrt import TensorRTOptions, tensorrt_options
 from segc.targets.buildscript import parse_steps
 
 
@@ -17,8 +18,8 @@ def _emit(model: onnx.ModelProto, outdir: Path, opts, stem: str = "m") -> tuple[
     path = outdir / f"{stem}.tensorrt.onnx"
     onnx.save(model, path)
     arts = get_target("tensorrt").emit(model, path, outdir, opts)
-    assert [(a.path.name, a.kind) for a in arts] == [("build.sh", "script"), ("compare_tensorrt.sh", "script"),
-                                                       ("run_device.py", "program"), ("run.sh", "script")]
+    assert [(a.path.name, a.kind) for a in arts if a.kind != "data"] == [
+        ("build.sh", "script"), ("compare_tensorrt.sh", "script"), ("run_device.py", "program"), ("run.sh", "script")]
     return parse_steps((outdir / "build.sh").read_text()), parse_steps((outdir / "compare_tensorrt.sh").read_text())
 
 
@@ -37,7 +38,7 @@ def test_dbnet_seed_profile(tmp_path: Path, conv_model, options) -> None:
 def test_ocrnet_seed_workspace_uses_mempoolsize(tmp_path: Path, conv_model, options) -> None:
     """The seed's --workspace=15000 becomes --memPoolSize=workspace:15000M."""
     build, compare = _emit(conv_model(dims=(1, 3, 1024, 2048)), tmp_path,
-                           options(precision="fp16", extra={"workspace_mb": 15000}))
+                           options(precision="fp16", target=TensorRTOptions(workspace_mb=15000)))
     assert build == [["trtexec", "--onnx=m.tensorrt.onnx", "--saveEngine=m.tensorrt.engine", "--fp16",
                       "--memPoolSize=workspace:15000M"]]
     assert not any(a.startswith("--workspace") for a in build[0])
@@ -56,10 +57,18 @@ def test_batch_sizes_widen_a_dynamic_batch(tmp_path: Path, conv_model, options) 
     assert build[0][3:] == ["--minShapes=x:1x3x512x1024", "--optShapes=x:8x3x512x1024", "--maxShapes=x:8x3x512x1024"]
 
 
-def test_int8(tmp_path: Path, conv_model, options) -> None:
-    build, compare = _emit(conv_model(dims=(1, 3, 64, 64)), tmp_path, options(precision="int8", extra={"calib_cache": "cal ib.cache"}))
-    assert build[0][3:] == ["--int8", "--fp16", "--calib=cal ib.cache"]
-    assert compare[0][5:10] == ["--fp16", "--int8", "--calibration-cache", "cal ib.cache", "--atol"]
+def test_int8_with_a_given_calibration_cache(tmp_path: Path, conv_model, options) -> None:
+    """--calib-cache: the cache is copied into the build folder and read there; no calibration step."""
+    given = tmp_path / "cal ib.cache"
+    given.write_bytes(b"TRT-8601-EntropyCalibration2\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    build, compare = _emit(conv_model(dims=(1, 3, 64, 64)), out,
+                           options(precision="int8", target=TensorRTOptions(calib_cache=given)))
+    assert build[0][3:] == ["--int8", "--fp16", "--calib=calib.cache"]
+    assert compare[0][5:10] == ["--fp16", "--int8", "--calibration-cache", "calib.cache", "--atol"]
+    assert (out / "calib.cache").read_bytes() == given.read_bytes()
+    assert "polygraphy convert" not in (out / "build.sh").read_text()
     build, _ = _emit(conv_model(dims=(1, 3, 64, 64)), tmp_path, options(precision="int8"))
     assert "timing only" in (tmp_path / "build.sh").read_text()
 
@@ -67,14 +76,16 @@ def test_int8(tmp_path: Path, conv_model, options) -> None:
 def test_errors(tmp_path: Path, conv_model, options) -> None:
     with pytest.raises(SegcError, match=r"needs a shape for input 'x'"):
         _emit(conv_model(), tmp_path, options())
-    with pytest.raises(SegcError, match="workspace_mb must be a whole number"):
-        _emit(conv_model(dims=(1, 3, 8, 8)), tmp_path, options(extra={"workspace_mb": "lots"}))
+    with pytest.raises(SegcError, match="--workspace-mb must be positive"):
+        tensorrt_options({"workspace_mb": 0})
+    with pytest.raises(SegcError, match="--calib-cache .*: no such file"):
+        tensorrt_options({"calib_cache": str(tmp_path / "none.cache")})
     with pytest.raises(SegcError, match="unknown precision 'fp8'"):
         get_target("tensorrt").check(conv_model(), options(precision="fp8"))
 
 
 def test_scripts_in_awkward_folder(nasty_dir: Path, conv_model, options, bash_syntax_ok, fake_tools, fake_log) -> None:
-    build, compare = _emit(conv_model(), nasty_dir, options("x:1,3,64~128,64~128", precision="fp16", extra={"workspace_mb": 64}))
+    build, compare = _emit(conv_model(), nasty_dir, options("x:1,3,64~128,64~128", precision="fp16", target=TensorRTOptions(workspace_mb=64)))
     for script in ("build.sh", "compare_tensorrt.sh"):
         bash_syntax_ok(nasty_dir / script)
     env, log = fake_tools("trtexec", "polygraphy")
@@ -88,3 +99,21 @@ def test_compare_script_without_polygraphy(tmp_path: Path, conv_model, options) 
     _emit(conv_model(dims=(1, 3, 8, 8)), tmp_path, options())
     proc = subprocess.run(["bash", str(tmp_path / "compare_tensorrt.sh")], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
     assert proc.returncode == 127 and "compare_tensorrt.sh: polygraphy not found" in proc.stderr
+
+
+def test_workspace_from_the_recipe_and_the_command_line() -> None:
+    """OCRNet's recipe asks for the seed's 15000 MiB (TargetRecipe.flags); --workspace-mb overrides it."""
+    from segc.cli import build_parser
+    from segc.compile_cmd import build_options
+    from segc.recipe import get_recipe
+
+    recipe, target = get_recipe("ocrnet_hrnetw18"), get_target("tensorrt")
+
+    def workspace(*flags: str) -> int | None:
+        args = build_parser().parse_args(["compile", "m.onnx", "--target", "tensorrt", *flags])
+        options = build_options(args, recipe, target, [], [], [], "")
+        assert options.precision == "fp16"  # the recipe's, too
+        return own_options(options, TensorRTOptions).workspace_mb
+
+    assert workspace() == 15000
+    assert workspace("--workspace-mb", "64") == 64
