@@ -239,7 +239,9 @@ def expand(manifest: Manifest) -> list[Cell]:
     for m in manifest.models:
         for target in m.targets:
             for opt in manifest.option_sets:
-                settings = manifest.defaults.over(m.settings).over(m.per_target.get(target, Settings())).over(opt.settings)
+                settings = (
+                    manifest.defaults.over(m.settings).over(m.per_target.get(target, Settings())).over(opt.settings)
+                )
                 cells.append(Cell(m.name, target, opt.name, settings.argv(), m.timeout or manifest.timeout))
     return cells
 
@@ -321,7 +323,9 @@ def _check_value(key: str, value: Any, spec: _Key, where: str, fail: Callable[[s
         "path": isinstance(value, str) and value != "",
         "int": isinstance(value, int) and not isinstance(value, bool),
         "bool": isinstance(value, bool),
-        "csv": isinstance(value, list) and bool(value) and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in value),
+        "csv": isinstance(value, list)
+        and bool(value)
+        and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in value),
         "repeat": isinstance(value, list) and all(isinstance(x, str) for x in value),
     }[kind]
     if not ok:

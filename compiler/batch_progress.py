@@ -42,4 +42,7 @@ class Progress:
         self.bar.advance(self.task)
         colour = _COLOURS.get(r.status, "red" if not r.ok else "green")
         tail = "" if r.ok else f"  {r.verdict.line()}"  # error lines hold ATC shapes such as [1,3,640]: not markup
-        self.console.print(f"\\[{self.finished}/{self.total}] [{colour}]{r.status:<7}[/] {escape(r.label)}  {r.seconds:.1f}s{escape(tail)}")
+        self.console.print(
+            f"\\[{self.finished}/{self.total}] [{colour}]{r.status:<7}[/] {escape(r.label)}  "
+            f"{r.seconds:.1f}s{escape(tail)}"
+        )

@@ -26,7 +26,9 @@ def _csv(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="segc", description="Compile segmentation and text-detection models to verified vendor builds.")
+    parser = _Parser(
+        prog="segc", description="Compile segmentation and text-detection models to verified vendor builds."
+    )
     parser.add_argument("--version", action="version", version=f"segc {segc.__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for internal errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -42,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="run the verified pass pipeline and emit a vendor build")
     c.add_argument("model", help="input .onnx")
     c.add_argument("--target", required=True, help="ascend | magicmind | tensorrt | onnxruntime")
-    c.add_argument("-o", "--output", dest="outdir", help="output folder (default: <model stem>.<target>/ beside the model)")
+    c.add_argument(
+        "-o", "--output", dest="outdir", help="output folder (default: <model stem>.<target>/ beside the model)"
+    )
     c.add_argument("--recipe", help="model recipe (default: the one named in the model's metadata)")
     c.add_argument("--passes", type=_csv, help="comma-separated pass list (replaces the recipe's or target's)")
     c.add_argument("--skip", type=_csv, default=[], help="passes to leave out")
@@ -51,8 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--input-shape", action="append", default=[], metavar="NAME:1,3,640~4096,640~4096",
                    help="input shape or range, ATC syntax (repeatable)")
     c.add_argument("--opt-shape", action="append", default=[], metavar="NAME:1,3,1280,1280")
-    c.add_argument("--batch", type=_csv, help="batch sizes, e.g. 1,4,8,16 (one static build each where the target does that)")
-    c.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="build precision (default: the recipe's, else fp32)")
+    c.add_argument(
+        "--batch", type=_csv, help="batch sizes, e.g. 1,4,8,16 (one static build each where the target does that)"
+    )
+    c.add_argument(
+        "--precision", choices=["fp32", "fp16", "int8"], help="build precision (default: the recipe's, else fp32)"
+    )
     c.add_argument("--soc", help="Ascend chip, e.g. Ascend310P3")
     c.add_argument("--cann-version", help="CANN version the ATC command is written for (default: newest)")
     c.add_argument("--workspace-mb", type=int, help="TensorRT workspace pool in MiB")
@@ -60,23 +68,36 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--allow-unlisted-ops", action="store_true",
                    help="silence the warnings for ops that segc's partial operator list (MagicMind) does not name")
     c.add_argument("--outputs", type=_csv, help="selectors of the tensors to keep as outputs (adds prune_outputs)")
-    c.add_argument("--no-prune", action="store_true", help="keep the graph whole; pass chosen outputs to the vendor tool")
-    c.add_argument("--nearest-resize", type=_csv, help="selectors of Resizes to switch to nearest (adds resize_to_nearest)")
+    c.add_argument(
+        "--no-prune", action="store_true", help="keep the graph whole; pass chosen outputs to the vendor tool"
+    )
+    c.add_argument(
+        "--nearest-resize", type=_csv, help="selectors of Resizes to switch to nearest (adds resize_to_nearest)"
+    )
     c.add_argument("--verify", default="each", choices=["each", "end", "none"])
     c.add_argument("--verify-inputs", help=".npy, .npz or a folder of images to verify with")
-    c.add_argument("--verify-data", metavar="KIND:ROOT",
-                   help="judge the build on a labelled dataset (cityscapes:ROOT, icdar2015:ROOT) instead of the synthetic budget")
+    c.add_argument(
+        "--verify-data",
+        metavar="KIND:ROOT",
+        help="judge the build on a labelled dataset (cityscapes:ROOT, icdar2015:ROOT) instead of the synthetic budget",
+    )
     c.add_argument("--budget", metavar="miou_drop=N|hmean_drop=N", help="the largest metric drop --verify-data accepts")
     c.add_argument("--tolerance", action="append", default=[], metavar="KEY=VALUE",
                    help="override a judgement threshold: rtol, atol, exact_agreement, cosine, agreement")
     c.add_argument("--pixel-budget", type=int, help="largest N*H*W verified at (default 2.2M)")
     c.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
     c.add_argument("--dump-dir", help="write the graph after each pass into this folder")
-    c.add_argument("--force", action="store_true", help="replace files in the output folder that segc did not write (never the input model)")
+    c.add_argument(
+        "--force",
+        action="store_true",
+        help="replace files in the output folder that segc did not write (never the input model)",
+    )
 
     from segc.batch_run import add_batch_arguments
 
-    add_batch_arguments(sub.add_parser("batch", help="compile every model x target x option set of a manifest, in parallel, cached"))
+    add_batch_arguments(
+        sub.add_parser("batch", help="compile every model x target x option set of a manifest, in parallel, cached")
+    )
 
     p = sub.add_parser("passes", help="list the registered passes")
     p.add_argument("--json", action="store_true")
@@ -89,8 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     from segc.data_cmd import add_data_arguments
     from segc.evaluate_cmd import add_evaluate_arguments
 
-    add_data_arguments(sub.add_parser("data", help="preprocess a dataset into the .bin/.npy inputs device runners read"))
-    add_evaluate_arguments(sub.add_parser("evaluate", help="mIoU or hmean of a model (onnxruntime or device outputs) on a dataset"))
+    add_data_arguments(
+        sub.add_parser("data", help="preprocess a dataset into the .bin/.npy inputs device runners read")
+    )
+    add_evaluate_arguments(
+        sub.add_parser("evaluate", help="mIoU or hmean of a model (onnxruntime or device outputs) on a dataset")
+    )
 
     v = sub.add_parser("verify", help="compare two models in onnxruntime")
     v.add_argument("reference")
@@ -102,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--localize", action="store_true",
                    help="compare every intermediate tensor the graphs share; name the first node that diverges")
-    v.add_argument("--top", type=int, default=5, metavar="K", help="with --localize: how many of the worst tensors to list")
+    v.add_argument(
+        "--top", type=int, default=5, metavar="K", help="with --localize: how many of the worst tensors to list"
+    )
     v.add_argument("--json", action="store_true")
     return parser
 
@@ -128,7 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into one line
         if debug:
             raise
-        print(f"segc: error: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"segc: error: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 2
 
 

@@ -164,8 +164,10 @@ def final_shapes(model: onnx.ModelProto, cli: dict[str, ShapeRange], recipe: Rec
             shapes.append(ShapeRange(vi.name, seed, seed, seed))
         elif require:
             example = ",".join(str(d) if isinstance(d, int) else ("1" if i == 0 else "640") for i, d in enumerate(dims))
-            raise SegcError(f"input {vi.name!r} has dynamic dims {dims}: this target builds for given shapes; give --input-shape "
-                            f"{vi.name}:{example} (a shape) or a range such as {vi.name}:{example.replace('640', '320~1280')}")
+            raise SegcError(
+                f"input {vi.name!r} has dynamic dims {dims}: this target builds for given shapes; give --input-shape "
+                f"{vi.name}:{example} (a shape) or a range such as {vi.name}:{example.replace('640', '320~1280')}"
+            )
     return shapes
 
 
@@ -196,7 +198,9 @@ def _validate_inputs(model: onnx.ModelProto, ranges: dict[str, ShapeRange]) -> N
         if name not in names:
             raise SegcError(f"--input-shape names {name!r}, but the model's inputs are: {', '.join(names)}")
         if len(rng.min) != len(names[name]):
-            raise SegcError(f"--input-shape {rng.atc()!r} has {len(rng.min)} dims; input {name!r} has {len(names[name])}")
+            raise SegcError(
+                f"--input-shape {rng.atc()!r} has {len(rng.min)} dims; input {name!r} has {len(names[name])}"
+            )
 
 
 def _model_info(path: Path, model: onnx.ModelProto | None = None, sha256: str | None = None) -> dict[str, Any]:
@@ -227,8 +231,12 @@ def build_options(args: argparse.Namespace, recipe: Recipe | None, target: Targe
             raise SegcError(f"malformed --batch {','.join(args.batch)!r}: expected sizes like 1,4,8,16") from None
         if any(b < 1 for b in batch):
             raise SegcError("--batch sizes must be positive")
-    for key, value in (("cann", args.cann_version), ("workspace_mb", args.workspace_mb), ("calib_images", args.calib_images),
-                       ("allow_unlisted_ops", args.allow_unlisted_ops or None)):
+    for key, value in (
+        ("cann", args.cann_version),
+        ("workspace_mb", args.workspace_mb),
+        ("calib_images", args.calib_images),
+        ("allow_unlisted_ops", args.allow_unlisted_ops or None),
+    ):
         if value is not None:
             extra[key] = value
     extra.pop("precision", None)
@@ -239,9 +247,17 @@ def build_options(args: argparse.Namespace, recipe: Recipe | None, target: Targe
         if spec is not None:
             extra.setdefault("normalisation", {"mean": list(spec.mean), "std": list(spec.std),
                                                "pixel_scale": spec.pixel_scale, "channel_order": spec.channel_order})
-    return BuildOptions(precision=precision, batch_sizes=batch, shape_ranges=shapes, soc=args.soc, outputs=chosen_outputs,
-                        extra=extra, command_line=shlex.join(["segc", *argv]), input_sha256=input_hash,
-                        segc_version=segc.__version__)
+    return BuildOptions(
+        precision=precision,
+        batch_sizes=batch,
+        shape_ranges=shapes,
+        soc=args.soc,
+        outputs=chosen_outputs,
+        extra=extra,
+        command_line=shlex.join(["segc", *argv]),
+        input_sha256=input_hash,
+        segc_version=segc.__version__,
+    )
 
 
 def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
@@ -263,7 +279,9 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
     handed = HandOver(model)
     del model  # the pipeline frees the input once a pass has replaced it
     with StagedOutput(outdir, force=args.force, protect=protect, names=[out_name, *FIXED_NAMES]) as out:
-        return _compile_into(out, args, argv, src, handed, target, recipe, specs, ranges, tolerances, started, cli_warnings)
+        return _compile_into(
+            out, args, argv, src, handed, target, recipe, specs, ranges, tolerances, started, cli_warnings
+        )
 
 
 def _self_contained(src: Path, protect: list[Path]) -> Path | None:
@@ -287,8 +305,9 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
 
     # everything below is checked before the first pass runs (DESIGN.md: errors before work)
     planned_options = build_options(args, recipe, target, [], chosen_outputs, argv, input_hash)
-    planned_options.shape_ranges = final_shapes(model, ranges, recipe, require=require_shapes, planned=_pass_ranges(specs),
-                                                batch=planned_options.batch_sizes)
+    planned_options.shape_ranges = final_shapes(
+        model, ranges, recipe, require=require_shapes, planned=_pass_ranges(specs), batch=planned_options.batch_sizes
+    )
     target.validate_options(planned_options)
     validate_selectors(model, args)
     check_task_metric_args(args, recipe)
@@ -338,7 +357,9 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
     found = target.check(result.model, options) if result.ok else []
     violations = errors(found)
     warnings = group_violations(unconfirmed(found))
-    report_fields["legalisation"]["warnings"] = cli_warnings + warnings if result.ok else report_fields["legalisation"]["warnings"]
+    report_fields["legalisation"]["warnings"] = (
+        cli_warnings + warnings if result.ok else report_fields["legalisation"]["warnings"]
+    )
     report_fields["violations"] = final_gate_lines(violations, result)
     report_fields["build"] = {"precision": options.precision, "batch_sizes": list(options.batch_sizes),
                               "shapes": [s.atc() for s in shapes], "soc": options.soc, "extra": options.extra,

@@ -34,8 +34,12 @@ class OutputReader:
         self.folder, self.model, self.index, self.name = folder, model, index, name
         out = next(o for o in model.graph.output if o.name == name)
         t = out.type.tensor_type
-        self.dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)) if t.elem_type else np.dtype(np.float32)
-        self.dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim] if t.HasField("shape") else None
+        self.dtype = (
+            np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)) if t.elem_type else np.dtype(np.float32)
+        )
+        self.dims = (
+            [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim] if t.HasField("shape") else None
+        )
         self._inferred: dict[tuple[int, ...], list[int | None] | None] = {}
 
     def path(self, stem: str) -> Path:

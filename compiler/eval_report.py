@@ -21,7 +21,9 @@ def write_report_md(out: Path, report: dict) -> None:
     b = report.get("compare")
     lines = [f"# segc evaluate: {report['recipe']} on {report['dataset']}", "",
              f"{report['images']} images, task {report['task']}.", ""]
-    heads = ["", f"`{Path(a['path']).name}` ({a['source']})"] + ([f"`{Path(b['path']).name}` ({b['source']})", "drop"] if b else [])
+    heads = ["", f"`{Path(a['path']).name}` ({a['source']})"] + (
+        [f"`{Path(b['path']).name}` ({b['source']})", "drop"] if b else []
+    )
     lines += ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     if report["task"] == "segmentation":
         keys, digits = ["miou", "aacc"], 2

@@ -44,8 +44,12 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="the .onnx to evaluate (the reference when --compare is given)")
     p.add_argument("--dataset", required=True, metavar="KIND:ROOT", help="cityscapes:ROOT | icdar2015:ROOT")
     p.add_argument("--recipe", help="zoo recipe name or FILE.toml (default: the model's metadata)")
-    p.add_argument("--from-outputs", metavar="DIR", help="read MODEL's outputs from a device run instead of onnxruntime")
-    p.add_argument("--compare", metavar="MODEL_B", help="a second model (e.g. the compiled one): both figures and the drop")
+    p.add_argument(
+        "--from-outputs", metavar="DIR", help="read MODEL's outputs from a device run instead of onnxruntime"
+    )
+    p.add_argument(
+        "--compare", metavar="MODEL_B", help="a second model (e.g. the compiled one): both figures and the drop"
+    )
     p.add_argument("--compare-outputs", metavar="DIR", help="read MODEL_B's outputs from a device run")
     p.add_argument("--batch", type=int, default=1, help="images per device output file (as given to segc data)")
     p.add_argument("--budget", metavar="KEY=VALUE", help="miou_drop=1.0 (points) or hmean_drop=0.01: exit 1 beyond it")
@@ -103,8 +107,16 @@ def chosen_output(model: onnx.ModelProto, spec: OutputSpec) -> tuple[int, str]:
     return len(names) - 1, names[-1]
 
 
-def _outputs(label: str, model: onnx.ModelProto, target: ModelInput, dataset: Dataset, batch: int, index: int, name: str,
-             outputs_dir: str | None) -> Iterator[tuple[Sample, np.ndarray, tuple[int, int]]]:
+def _outputs(
+    label: str,
+    model: onnx.ModelProto,
+    target: ModelInput,
+    dataset: Dataset,
+    batch: int,
+    index: int,
+    name: str,
+    outputs_dir: str | None,
+) -> Iterator[tuple[Sample, np.ndarray, tuple[int, int]]]:
     """Each image, its evaluated output ([C,h,w] or [1,h,w]) and its original size."""
     from rich.console import Console
     from rich.progress import track
@@ -250,6 +262,8 @@ def _summary(report: dict, out: Path) -> str:
         lines.append(f"{report['compare']['path']}: {fig(report['compare']['metrics'])}")
     if "budget" in report:
         b = report["budget"]
-        lines.append(f"{b['key']} {b['drop']:.4g} vs budget {b['limit']:g}: {'EXCEEDED' if b['exceeded'] else 'within'}")
+        lines.append(
+            f"{b['key']} {b['drop']:.4g} vs budget {b['limit']:g}: {'EXCEEDED' if b['exceeded'] else 'within'}"
+        )
     lines.append(f"report: {out}/report.md, {out}/report.json")
     return "\n".join(lines)

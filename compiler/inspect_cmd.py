@@ -42,7 +42,9 @@ def run_passes(args: argparse.Namespace) -> int:
 
     table = Table("pass", "contract", "what it does", "options")
     for r in rows:
-        table.add_row(r["name"], r["contract"], r["summary"], "\n".join(f"{k}: {v}" for k, v in r["options"].items()) or "-")
+        table.add_row(
+            r["name"], r["contract"], r["summary"], "\n".join(f"{k}: {v}" for k, v in r["options"].items()) or "-"
+        )
     con = _console()
     con.print(table)
     import segc.selectors
@@ -68,14 +70,21 @@ def count_parameters(model: onnx.ModelProto) -> int:
         for attr in node.attribute:
             if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
                 t = attr.t
-                if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16):
+                if t.data_type in (
+                    onnx.TensorProto.FLOAT,
+                    onnx.TensorProto.FLOAT16,
+                    onnx.TensorProto.DOUBLE,
+                    onnx.TensorProto.BFLOAT16,
+                ):
                     total += int(np.prod(t.dims))
     return total
 
 
 def describe(model: onnx.ModelProto) -> dict[str, Any]:
     """The facts ``segc inspect`` shows (also used by the benchmark)."""
-    ops = collections.Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in model.graph.node)
+    ops = collections.Counter(
+        n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in model.graph.node
+    )
     params = count_parameters(model)
     meta = {p.key: p.value for p in model.metadata_props}
     return {
@@ -164,7 +173,11 @@ def run_verify(args: argparse.Namespace) -> int:
 
         table = Table("output", "input", "max abs", "max rel", "cosine", "agreement")
         for m in verdict.metrics:
-            table.add_row(m.output, m.feed, *(("-" if x is None else f"{x:.4g}") for x in (m.max_abs, m.max_rel, m.cosine, m.agreement)))
+            table.add_row(
+                m.output,
+                m.feed,
+                *(("-" if x is None else f"{x:.4g}") for x in (m.max_abs, m.max_rel, m.cosine, m.agreement)),
+            )
         con = _console()
         con.print(table)
         for w in verdict.warnings:
@@ -202,8 +215,11 @@ def _print_localization(args: argparse.Namespace, verifier: Verifier, ref_model:
             con.print(f"first divergence: node {first.node} [{first.op}] -> {first.tensor}: cosine "
                       f"{_fmt4(first.cosine)}, max abs {_fmt4(first.max_abs)}", markup=False)
             for t in loc.worst:
-                con.print(f"  worst: #{t.index} {t.node} [{t.op}]: cosine {_fmt4(t.cosine)}, max abs {_fmt4(t.max_abs)}"
-                          + (f", {t.nonfinite_mismatch} NaN/Inf mismatches" if t.nonfinite_mismatch else ""), markup=False)
+                con.print(
+                    f"  worst: #{t.index} {t.node} [{t.op}]: cosine {_fmt4(t.cosine)}, max abs {_fmt4(t.max_abs)}"
+                    + (f", {t.nonfinite_mismatch} NaN/Inf mismatches" if t.nonfinite_mismatch else ""),
+                    markup=False,
+                )
         if loc.skipped:
             con.print(f"not compared (shapes differ): {', '.join(loc.skipped[:10])}", markup=False)
     return 0 if verdict.status == "ok" and loc.first_divergence is None else 1

@@ -83,7 +83,9 @@ class Tolerances:
                 key, sep, value = part.partition("=")
                 key = key.strip()
                 if not sep or key not in known:
-                    raise SegcError(f"malformed --tolerance {part!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(known))}")
+                    raise SegcError(
+                        f"malformed --tolerance {part!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(known))}"
+                    )
                 try:
                     values[key] = float(value)
                 except ValueError:
@@ -215,7 +217,9 @@ def no_signal(m: OutputMetrics, tol: Tolerances) -> str | None:
     return None
 
 
-VERIFY_INPUTS_FIX = "give inputs that carry signal with --verify-inputs (a folder of real images, or a .npz by input name)"
+VERIFY_INPUTS_FIX = (
+    "give inputs that carry signal with --verify-inputs (a folder of real images, or a .npz by input name)"
+)
 
 
 @dataclass
@@ -314,7 +318,8 @@ def judge(contract: Contract, metrics: list[OutputMetrics], tol: Tolerances) -> 
         allowed = tol.atol + tol.rtol * scale
         if m.max_abs is not None and m.max_abs > allowed:
             verdict.reasons.append(
-                f"{where}: max abs error {m.max_abs:.3g} > {allowed:.3g} (rtol {tol.rtol} of max|ref| {scale:.3g} + atol {tol.atol})"
+                f"{where}: max abs error {m.max_abs:.3g} > {allowed:.3g} (rtol {tol.rtol} of max|ref| {scale:.3g} + "
+                f"atol {tol.atol})"
             )
     for output, why in silent.items():
         if why and all(why):  # no input gave this output any signal

@@ -26,7 +26,20 @@ from google.protobuf.message import DecodeError
 from segc.errors import SegcError
 from segc.outdir import file_sha256, private_folder, refuse_protected, remember_sha256, write_file
 
-__all__ = ["DiskTensor", "disk_tensor", "disk_tensors", "has_disk_tensors", "file_sha256", "load_model", "load_model_and_files", "save_model", "readable_ir", "default_opset", "tensor_nbytes", "weight_bytes"]
+__all__ = [
+    "DiskTensor",
+    "disk_tensor",
+    "disk_tensors",
+    "has_disk_tensors",
+    "file_sha256",
+    "load_model",
+    "load_model_and_files",
+    "save_model",
+    "readable_ir",
+    "default_opset",
+    "tensor_nbytes",
+    "weight_bytes",
+]
 
 MIN_OPSET = 7
 MAX_OPSET = 23
@@ -52,7 +65,9 @@ def load_model_and_files(path: str | Path) -> tuple[onnx.ModelProto, list[Path]]
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
-        raise SegcError(f"{path}: not a readable ONNX model (truncated or another format): {_first_line(exc)}") from None
+        raise SegcError(
+            f"{path}: not a readable ONNX model (truncated or another format): {_first_line(exc)}"
+        ) from None
     if not model.graph.node and not model.graph.output:
         # protobuf happily parses many byte strings as an empty message
         raise SegcError(f"{path}: not an ONNX model (no graph found)")
@@ -157,7 +172,9 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> set[Path]:
         if not loc:
             raise SegcError(f"{path}: external data of tensor {name!r} names no location")
         if os.path.isabs(loc) or Path(loc).is_absolute():
-            raise SegcError(f"{path}: external data location {loc!r} is absolute; segc only reads data beside the model")
+            raise SegcError(
+                f"{path}: external data location {loc!r} is absolute; segc only reads data beside the model"
+            )
         target = (base / loc).resolve()
         if base not in target.parents:
             raise SegcError(f"{path}: external data location {loc!r} points outside the model's folder")
@@ -177,7 +194,9 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> set[Path]:
             raise SegcError(f"{path}: external data for {name!r} is truncated: it needs bytes {offset} to "
                             f"{offset + (want or 0)} of {loc!r}, which has {size}")
         if expected is not None and want != expected:
-            raise SegcError(f"{path}: external data for {name!r} is {want} bytes, but its shape and type need {expected}")
+            raise SegcError(
+                f"{path}: external data for {name!r} is {want} bytes, but its shape and type need {expected}"
+            )
         checked.append((tensor, target, offset, want if want is not None else size - offset))
         files.add(target)
     inline = model.ByteSize() if checked else 0  # weightless tensors: cheap to measure
@@ -309,7 +328,13 @@ def _check_structure(graph: onnx.GraphProto, outer: set[str], path: Path) -> Non
                 raise bad(f"node {node.name or node.op_type!r} uses {name!r} before any node makes it "
                           "(nodes out of order, or a cycle)")
         for attr in node.attribute:
-            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
+            subs = (
+                [attr.g]
+                if attr.type == onnx.AttributeProto.GRAPH
+                else list(attr.graphs)
+                if attr.type == onnx.AttributeProto.GRAPHS
+                else []
+            )
             for sub in subs:
                 _check_structure(sub, outer | defined, path)
         for name in node.output:

@@ -355,7 +355,10 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
         verifier = Verifier(recipe=recipe)
     passes = _instantiate(specs)
     specs = _pin_outputs(model, specs, verifier)
-    records = [PassRecord(i, s.name, contract_of(p, s.options).value, dict(s.options)) for i, (s, p) in enumerate(zip(specs, passes))]
+    records = [
+        PassRecord(i, s.name, contract_of(p, s.options).value, dict(s.options))
+        for i, (s, p) in enumerate(zip(specs, passes))
+    ]
     result = PipelineResult(model=onnx.ModelProto(), records=records, verify_mode=verify)  # set on every return
 
     state: GraphState | None = verifier.initial_state(model) if verify != "none" and verifier else None
@@ -408,13 +411,17 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
         if verify == "each" and outcome.changed and verifier is not None and state is not None:
             t0 = time.perf_counter()
             after = verifier.new_state(working.proto(), f"after {spec.name}")
-            record.verdict = verifier.compare(state, after, Contract(record.contract), tolerances_of(pass_obj, spec.options))
+            record.verdict = verifier.compare(
+                state, after, Contract(record.contract), tolerances_of(pass_obj, spec.options)
+            )
             record.verify_seconds = time.perf_counter() - t0
             record.status = record.verdict.status
             if not record.verdict.ok:
                 result.model = working.proto()
                 result.failed_pass = spec.name
-                result.failure = f"pass {spec.name} failed verification ({record.contract}): {'; '.join(record.verdict.reasons[:3])}"
+                result.failure = (
+                    f"pass {spec.name} failed verification ({record.contract}): {'; '.join(record.verdict.reasons[:3])}"
+                )
                 for inst in instruments:
                     inst.after_pass(record, proto_for(inst))
                 return result
@@ -461,8 +468,12 @@ def _verify_end(result: PipelineResult, history: list[onnx.ModelProto], verifier
         state = verifier.new_state(history[k], f"after {changing[k - 1].name}")
         contract = combined_contract([Contract(r.contract) for r in changing[:k]])
         cut = any(r.contract == Contract.OUTPUTS.value for r in changing[:k])
-        verdict = verifier.compare(reference, state, contract, _loosest(changing[:k], pass_tolerances), outputs_may_change=cut)
-        result.bisect_probes.append({"passes": [r.name for r in changing[:k]], "ok": verdict.ok, "reasons": verdict.reasons[:3]})
+        verdict = verifier.compare(
+            reference, state, contract, _loosest(changing[:k], pass_tolerances), outputs_may_change=cut
+        )
+        result.bisect_probes.append(
+            {"passes": [r.name for r in changing[:k]], "ok": verdict.ok, "reasons": verdict.reasons[:3]}
+        )
         return verdict
 
     t0 = time.perf_counter()

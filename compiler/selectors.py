@@ -174,7 +174,8 @@ class _Resolver:
             node = hit.node if hit.node is not None else _producer(hit.tensor)
             if node is None:
                 raise SegcError(
-                    f"selector {selector.strip()!r} names {hit.tensor.name!r}, a graph input or constant that no node produces"
+                    f"selector {selector.strip()!r} names {hit.tensor.name!r}, a graph input or constant that no node "
+                    "produces"
                 )
             out.append(node)
         return self._sorted_nodes(out)
@@ -195,7 +196,9 @@ class _Resolver:
             kept = [h for h in resolved[i] if any(id(c) in allowed for t in h.carried() for c in t.outputs)]
             if not kept:
                 rest = ">".join(atoms[i + 1:])
-                raise SegcError(f"selector {whole!r}: no {atoms[i]!r} node feeds a {rest!r} node directly{self._ops_hint()}")
+                raise SegcError(
+                    f"selector {whole!r}: no {atoms[i]!r} node feeds a {rest!r} node directly{self._ops_hint()}"
+                )
         return kept
 
     def _atom(self, atom: str, whole: str) -> list[_Hit]:
@@ -272,9 +275,13 @@ class _Resolver:
             try:
                 i = int(pos)
             except ValueError:
-                raise SegcError(f"selector {whole!r}: bad position [{pos}] (use an integer, *, or a slice A:B)") from None
+                raise SegcError(
+                    f"selector {whole!r}: bad position [{pos}] (use an integer, *, or a slice A:B)"
+                ) from None
             if not -len(of_op) <= i < len(of_op):
-                raise SegcError(f"selector {whole!r}: position {i} is out of range; the graph has {len(of_op)} {op} node(s)")
+                raise SegcError(
+                    f"selector {whole!r}: position {i} is out of range; the graph has {len(of_op)} {op} node(s)"
+                )
             chosen = [of_op[i]]
         return [_Hit(node=n) for n in chosen]
 

@@ -92,7 +92,9 @@ class ShapeRange:
             if not lo <= v <= hi:
                 raise SegcError(f"--opt-shape for {self.name!r}: dim {i} is {v}, outside the range {lo}~{hi}")
             if v % self.step(i):
-                raise SegcError(f"--opt-shape for {self.name!r}: dim {i} is {v}, not a multiple of {self.step(i)} as the range says")
+                raise SegcError(
+                    f"--opt-shape for {self.name!r}: dim {i} is {v}, not a multiple of {self.step(i)} as the range says"
+                )
         return replace(self, opt=tuple(opt), opt_given=True)
 
 
@@ -116,7 +118,9 @@ def parse_shape_range(text: str) -> ShapeRange:
     for part in dims_text.split(","):
         m = _DIM.match(part)
         if not m:
-            raise SegcError(f"malformed --input-shape {text!r}: {part!r} is not a size, a range like 640~4096 or 640~4096/32")
+            raise SegcError(
+                f"malformed --input-shape {text!r}: {part!r} is not a size, a range like 640~4096 or 640~4096/32"
+            )
         a = _size(m.group(1), text)
         b = _size(m.group(2), text) if m.group(2) is not None else a
         k = _size(m.group(3), text) if m.group(3) is not None else 1
@@ -172,7 +176,10 @@ def _check_bound(size: int, text: str, what: str, shown: str = "") -> None:
     if size > MAX_DIM:
         shown = shown or str(size)
         shown = shown if len(shown) <= 24 else shown[:20] + "..."
-        raise SegcError(f"malformed {what} {text[:80]!r}: dim {shown} is larger than {MAX_DIM} (2^31-1), the most a vendor tool takes")
+        raise SegcError(
+            f"malformed {what} {text[:80]!r}: dim {shown} is larger than {MAX_DIM} (2^31-1), the most a vendor tool "
+            "takes"
+        )
 
 
 def format_ranges(ranges: list[ShapeRange]) -> str:

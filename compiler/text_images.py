@@ -16,7 +16,9 @@ import numpy as np
 LETTERS = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz0123456789"
 
 
-def text_pixels(rng: np.random.Generator, shape: tuple[int, int, int, int], background: np.ndarray | None = None) -> np.ndarray:
+def text_pixels(
+    rng: np.random.Generator, shape: tuple[int, int, int, int], background: np.ndarray | None = None
+) -> np.ndarray:
     """An NCHW float32 array of RGB pixels in [0, 255]: words on a light page.
 
     ``background`` (NCHW in [0, 255], e.g. ``smooth_pixels``) gives the page its texture;

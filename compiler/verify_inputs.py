@@ -180,7 +180,9 @@ def smooth_pixels(rng: np.random.Generator, shape: Shape) -> np.ndarray:
     return np.clip(field, 0, 255)
 
 
-def random_feed(model: onnx.ModelProto, shapes: ShapeSet, recipe: Recipe | None, seed: int, *, text: bool = False) -> Feed:
+def random_feed(
+    model: onnx.ModelProto, shapes: ShapeSet, recipe: Recipe | None, seed: int, *, text: bool = False
+) -> Feed:
     """Seeded inputs for one shape set, in each input's real value range.
 
     Image inputs are smooth photo-like fields, or pages of rendered words for a text
@@ -193,7 +195,9 @@ def random_feed(model: onnx.ModelProto, shapes: ShapeSet, recipe: Recipe | None,
     arrays: dict[str, np.ndarray] = {}
     inputs = graph_inputs(model)
     roles = input_roles(model, [vi.name for vi in inputs])
-    image = next((shapes[vi.name] for vi in inputs if roles[vi.name].role is Role.DATA and len(shapes[vi.name]) == 4), None)
+    image = next(
+        (shapes[vi.name] for vi in inputs if roles[vi.name].role is Role.DATA and len(shapes[vi.name]) == 4), None
+    )
     inferred: dict[str, tuple[int, ...]] | None = None
     kind = "random"
     for vi in inputs:
@@ -241,7 +245,9 @@ def load_user_feeds(path: str | Path, model: onnx.ModelProto, recipe: Recipe | N
     try:
         if path.suffix == ".npy":
             if len(names) != 1:
-                raise SegcError(f"--verify-inputs {path}: a .npy gives one array but the model has inputs {names}; use .npz")
+                raise SegcError(
+                    f"--verify-inputs {path}: a .npy gives one array but the model has inputs {names}; use .npz"
+                )
             arrays = {names[0]: np.load(path, allow_pickle=False)}
         elif path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as data:
