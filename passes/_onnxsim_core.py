@@ -45,7 +45,11 @@ class FoldSettings:
     def describe(self) -> str:
         if not self.constant_folding:
             return "skip_constant_folding"
-        return "defaults" if self.tensor_size_threshold == 1 << 30 else f"tensor_size_threshold={self.tensor_size_threshold}B"
+        return (
+            "defaults"
+            if self.tensor_size_threshold == 1 << 30
+            else f"tensor_size_threshold={self.tensor_size_threshold}B"
+        )
 
 
 _core: ModuleType | None = None
@@ -118,8 +122,23 @@ def _make_executor(c: ModuleType):
 
 def simplify_file(in_path: Path, out_path: Path, settings: FoldSettings) -> None:
     """Simplify the model file ``in_path`` into ``out_path`` (the C++ core reads and writes it)."""
-    core().simplify_path(executor(), str(in_path), str(out_path), list(SKIPPED_OPTIMIZERS), settings.constant_folding, True,
-                         settings.tensor_size_threshold, None, None, True, False, False, None, None, None)
+    core().simplify_path(
+        executor(),
+        str(in_path),
+        str(out_path),
+        list(SKIPPED_OPTIMIZERS),
+        settings.constant_folding,
+        True,
+        settings.tensor_size_threshold,
+        None,
+        None,
+        True,
+        False,
+        False,
+        None,
+        None,
+        None,
+    )
 
 
 def simplify_bytes(model_bytes: bytes, settings: FoldSettings) -> bytes:

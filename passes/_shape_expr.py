@@ -238,7 +238,9 @@ class ShapeAnalysis:
             if v is None:
                 self.why_unknown[t.name] = f"constant {t.name!r} is not a small integer/float vector"
         else:
-            self.why_unknown.setdefault(t.name, f"{t.name!r} is a graph input" if not t.inputs else f"{t.name!r} is not computed from sizes")
+            self.why_unknown.setdefault(
+                t.name, f"{t.name!r} is a graph input" if not t.inputs else f"{t.name!r} is not computed from sizes"
+            )
         self.values[t.name] = v
         return v
 
@@ -343,8 +345,16 @@ class ShapeAnalysis:
             diff = self.differing_sample(a, b)
             if diff is not None:
                 env, va, vb = diff
-                where = ", ".join(f"{k}={v}" for k, v in env.items() if k in (a.symbols() | b.symbols())) or "the traced shape"
-                raise ShapeConflict(node, f"{node.op} {node.name!r} needs equal sizes on {what}, but they are {a} and {b}: {va} vs {vb} at {where}", (a, b))
+                where = (
+                    ", ".join(f"{k}={v}" for k, v in env.items() if k in (a.symbols() | b.symbols()))
+                    or "the traced shape"
+                )
+                raise ShapeConflict(
+                    node,
+                    f"{node.op} {node.name!r} needs equal sizes on {what}, but they are {a} and {b}: {va} vs {vb} at "
+                    f"{where}",
+                    (a, b),
+                )
         # equal at runtime by the op's own contract; prefer the side that is not a fresh symbol
         if a.symbols() & self.fresh and not b.symbols() & self.fresh:
             return b
@@ -421,9 +431,21 @@ class ShapeAnalysis:
         src = self.value(node.inputs[0])
         to = ONNX_TO_KIND.get(int(node.attrs.get("to", 0)))
         if src is None or to is None:
-            self._set(node.outputs[0], self.shape(node.inputs[0]), None, why=self._unknown_why(node, node.inputs) if src is None else f"Cast {node.name!r} to an unsupported type")
+            self._set(
+                node.outputs[0],
+                self.shape(node.inputs[0]),
+                None,
+                why=self._unknown_why(node, node.inputs)
+                if src is None
+                else f"Cast {node.name!r} to an unsupported type",
+            )
             return
-        self._set(node.outputs[0], None, SymValue(to, tuple(cast_value(e, src.kind, to) for e in src.elems), src.scalar), why=f"Cast {node.name!r} to {to} is not exact" if src.known else self._unknown_why(node, node.inputs))
+        self._set(
+            node.outputs[0],
+            None,
+            SymValue(to, tuple(cast_value(e, src.kind, to) for e in src.elems), src.scalar),
+            why=f"Cast {node.name!r} to {to} is not exact" if src.known else self._unknown_why(node, node.inputs),
+        )
 
     def _op_CastLike(self, node: gs.Node) -> None:
         target = node.inputs[1]
@@ -432,7 +454,9 @@ class ShapeAnalysis:
         if src is None or kind is None:
             self._unary(node)
             return
-        self._set(node.outputs[0], None, SymValue(kind, tuple(cast_value(e, src.kind, kind) for e in src.elems), src.scalar))
+        self._set(
+            node.outputs[0], None, SymValue(kind, tuple(cast_value(e, src.kind, kind) for e in src.elems), src.scalar)
+        )
 
     def _op_Floor(self, node: gs.Node) -> None:
         self._rounding(node, Poly.floor)
@@ -445,7 +469,12 @@ class ShapeAnalysis:
         if v is None:
             self._unary(node)
             return
-        self._set(node.outputs[0], None, SymValue(v.kind, tuple(None if e is None else fn(e) for e in v.elems), v.scalar), why=self._unknown_why(node, node.inputs))
+        self._set(
+            node.outputs[0],
+            None,
+            SymValue(v.kind, tuple(None if e is None else fn(e) for e in v.elems), v.scalar),
+            why=self._unknown_why(node, node.inputs),
+        )
 
     def _op_Neg(self, node: gs.Node) -> None:
         v = self.value(node.inputs[0])
@@ -484,7 +513,12 @@ class ShapeAnalysis:
                     break
                 picks.append(v.elems[i])
             if picks is not None:
-                self._set(node.outputs[0], None, SymValue(v.kind, tuple(picks), scalar=iv.scalar), why=self._unknown_why(node, node.inputs))
+                self._set(
+                    node.outputs[0],
+                    None,
+                    SymValue(v.kind, tuple(picks), scalar=iv.scalar),
+                    why=self._unknown_why(node, node.inputs),
+                )
                 return
         s, si = self.shape(data), self.shape(idx)
         if s is None or si is None:
@@ -529,11 +563,18 @@ class ShapeAnalysis:
         if v is not None and not v.scalar and axes == [0]:
             st, en = as_int(starts[0]), as_int(ends[0])
             if st is not None and en is not None:
-                self._set(node.outputs[0], None, SymValue(v.kind, tuple(v.elems[slice(st, en, steps[0])])), why=self._unknown_why(node, node.inputs))
+                self._set(
+                    node.outputs[0],
+                    None,
+                    SymValue(v.kind, tuple(v.elems[slice(st, en, steps[0])])),
+                    why=self._unknown_why(node, node.inputs),
+                )
                 return
         out = list(s)
         for st, en, ax, step in zip(starts, ends, axes, steps):
-            out[ax] = slice_length(s[ax], st, en, step, fresh=lambda: Poly.symbol(self._new_symbol(node.outputs[0], ax)), fits=self._fits)
+            out[ax] = slice_length(
+                s[ax], st, en, step, fresh=lambda: Poly.symbol(self._new_symbol(node.outputs[0], ax)), fits=self._fits
+            )
         self._set(node.outputs[0], tuple(out), why=f"Slice {node.name!r} of a data tensor")
 
     def _fits(self, d: Poly, v: int) -> bool:
@@ -556,7 +597,9 @@ class ShapeAnalysis:
         return name
 
     def _op_Unsqueeze(self, node: gs.Node) -> None:
-        axes = node.attrs.get("axes") if self.opset < 13 else self._ints(node.inputs[1] if len(node.inputs) > 1 else None)
+        axes = (
+            node.attrs.get("axes") if self.opset < 13 else self._ints(node.inputs[1] if len(node.inputs) > 1 else None)
+        )
         v = self.value(node.inputs[0])
         if axes is not None and v is not None and v.scalar and list(axes) in ([0], [-1]):
             self._set(node.outputs[0], None, SymValue(v.kind, v.elems), why=self._unknown_why(node, node.inputs))
@@ -573,10 +616,14 @@ class ShapeAnalysis:
         self._set(node.outputs[0], tuple(out), why=self._unknown_why(node, node.inputs))
 
     def _op_Squeeze(self, node: gs.Node) -> None:
-        axes = node.attrs.get("axes") if self.opset < 13 else self._ints(node.inputs[1] if len(node.inputs) > 1 else None)
+        axes = (
+            node.attrs.get("axes") if self.opset < 13 else self._ints(node.inputs[1] if len(node.inputs) > 1 else None)
+        )
         v = self.value(node.inputs[0])
         if v is not None and not v.scalar and len(v.elems) == 1 and (axes is None or list(axes) in ([0], [-1])):
-            self._set(node.outputs[0], None, SymValue(v.kind, v.elems, scalar=True), why=self._unknown_why(node, node.inputs))
+            self._set(
+                node.outputs[0], None, SymValue(v.kind, v.elems, scalar=True), why=self._unknown_why(node, node.inputs)
+            )
             return
         s = self.shape(node.inputs[0])
         if s is None:
@@ -601,7 +648,9 @@ class ShapeAnalysis:
                 elems.extend(v.elems)  # type: ignore[union-attr]
             kinds = {v.kind for v in vals}  # type: ignore[union-attr]
             if len(kinds) == 1 and len(elems) <= MAX_VALUE_ELEMS:
-                self._set(node.outputs[0], None, SymValue(kinds.pop(), tuple(elems)), why=self._unknown_why(node, node.inputs))
+                self._set(
+                    node.outputs[0], None, SymValue(kinds.pop(), tuple(elems)), why=self._unknown_why(node, node.inputs)
+                )
                 return
         shapes = [self.shape(t) for t in node.inputs]
         known = [s for s in shapes if s is not None]
@@ -626,18 +675,33 @@ class ShapeAnalysis:
         if v is not None and target is not None and target.ints() is not None:
             dims = target.ints() or []
             if (not dims and len(v.elems) == 1) or (len(dims) == 1 and dims[0] in (-1, len(v.elems))):
-                self._set(node.outputs[0], None, SymValue(v.kind, v.elems, scalar=not dims), why=self._unknown_why(node, node.inputs))
+                self._set(
+                    node.outputs[0],
+                    None,
+                    SymValue(v.kind, v.elems, scalar=not dims),
+                    why=self._unknown_why(node, node.inputs),
+                )
                 return
         s = self.shape(node.inputs[0])
         if target is None:
             self._set(node.outputs[0], None, why=self._unknown_why(node, node.inputs))
             return
-        self._set(node.outputs[0], reshape_dims(s, target, allowzero=bool(node.attrs.get("allowzero", 0))), why=self._unknown_why(node, node.inputs))
+        self._set(
+            node.outputs[0],
+            reshape_dims(s, target, allowzero=bool(node.attrs.get("allowzero", 0))),
+            why=self._unknown_why(node, node.inputs),
+        )
 
     def _op_ReduceProd(self, node: gs.Node) -> None:
         v = self.value(node.inputs[0])
         axes = node.attrs.get("axes")
-        if v is not None and not v.scalar and v.known and (axes is None or list(axes) in ([0], [-1])) and (len(node.inputs) < 2 or is_empty(node.inputs[1])):
+        if (
+            v is not None
+            and not v.scalar
+            and v.known
+            and (axes is None or list(axes) in ([0], [-1]))
+            and (len(node.inputs) < 2 or is_empty(node.inputs[1]))
+        ):
             total = Poly.const(1)
             for e in v.elems:
                 total = total * e  # type: ignore[operator]
@@ -651,7 +715,9 @@ class ShapeAnalysis:
         if sv is None:
             self._set(node.outputs[0], None, why=self._unknown_why(node, node.inputs))
             return
-        shape = tuple(e if e is not None else Poly.symbol(self._new_symbol(node.outputs[0], i)) for i, e in enumerate(sv.elems))
+        shape = tuple(
+            e if e is not None else Poly.symbol(self._new_symbol(node.outputs[0], i)) for i, e in enumerate(sv.elems)
+        )
         fill = node.attrs.get("value")
         arr = np.asarray(fill.values) if isinstance(fill, gs.Constant) else np.zeros(1, np.float32)
         n = as_int(shape[0]) if len(shape) == 1 else None
@@ -692,7 +758,11 @@ class ShapeAnalysis:
     def _broadcast_op(self, node: gs.Node) -> None:
         ins = [t for t in node.inputs if not is_empty(t)]
         vals = [self.value(t) for t in ins]
-        if node.op in ("Add", "Sub", "Mul", "Div", "Max", "Min") and len(vals) == 2 and all(v is not None for v in vals):
+        if (
+            node.op in ("Add", "Sub", "Mul", "Div", "Max", "Min")
+            and len(vals) == 2
+            and all(v is not None for v in vals)
+        ):
             if vals[0].kind == vals[1].kind:  # type: ignore[union-attr]
                 res = self._value_binop(node, vals[0], vals[1])  # type: ignore[arg-type]
                 if res is not None:
@@ -885,7 +955,9 @@ class ShapeAnalysis:
                 dims[axis] = Poly.const(split[i])
             else:
                 part = s[axis].exact_div(k)
-                dims[axis] = part if part is not None and part.is_integer_valued() else Poly.symbol(self._new_symbol(out, axis))
+                dims[axis] = (
+                    part if part is not None and part.is_integer_valued() else Poly.symbol(self._new_symbol(out, axis))
+                )
             self._set(out, tuple(dims))
 
     def _op_Pad(self, node: gs.Node) -> None:
@@ -916,7 +988,10 @@ class ShapeAnalysis:
         if s is None or target is None:
             self._set(node.outputs[0], None, why=self._unknown_why(node, node.inputs))
             return
-        tshape = tuple(e if e is not None else Poly.symbol(self._new_symbol(node.outputs[0], i)) for i, e in enumerate(target.elems))
+        tshape = tuple(
+            e if e is not None else Poly.symbol(self._new_symbol(node.outputs[0], i))
+            for i, e in enumerate(target.elems)
+        )
         self._set(node.outputs[0], self.broadcast([s, tshape], node))
 
     def _op_Tile(self, node: gs.Node) -> None:
@@ -925,7 +1000,13 @@ class ShapeAnalysis:
         if s is None or reps is None or len(reps.elems) != len(s):
             self._set(node.outputs[0], None)
             return
-        self._set(node.outputs[0], tuple(d * r if r is not None else Poly.symbol(self._new_symbol(node.outputs[0], i)) for i, (d, r) in enumerate(zip(s, reps.elems))))
+        self._set(
+            node.outputs[0],
+            tuple(
+                d * r if r is not None else Poly.symbol(self._new_symbol(node.outputs[0], i))
+                for i, (d, r) in enumerate(zip(s, reps.elems))
+            ),
+        )
 
     def _op_DepthToSpace(self, node: gs.Node) -> None:
         s = self.shape(node.inputs[0])
@@ -968,7 +1049,9 @@ class ShapeAnalysis:
         axes = list(range(len(s))) if axes is None else [a + len(s) if a < 0 else a for a in axes]
         policy = node.attrs.get("keep_aspect_ratio_policy", "stretch")
         if node.op == "Upsample" and self.opset < 9:
-            scales_v: SymValue | None = SymValue("f32", tuple(Poly.const(Fraction(float(x))) for x in node.attrs.get("scales", [])))
+            scales_v: SymValue | None = SymValue(
+                "f32", tuple(Poly.const(Fraction(float(x))) for x in node.attrs.get("scales", []))
+            )
             sizes_t = None
         else:
             scales_t, sizes_t = self.resize_operands(node)
@@ -997,7 +1080,14 @@ class ShapeAnalysis:
 # --------------------------------------------------------------------------------------------
 
 
-def slice_length(d: Poly, start: Poly, end: Poly, step: int, fresh: Callable[[], Poly], fits: Callable[[Poly, int], bool] = lambda d, v: False) -> Poly:
+def slice_length(
+    d: Poly,
+    start: Poly,
+    end: Poly,
+    step: int,
+    fresh: Callable[[], Poly],
+    fits: Callable[[Poly, int], bool] = lambda d, v: False,
+) -> Poly:
     """Length of ``range(d)[start:end:step]`` with ONNX clamping, when it can be written.
 
     A constant end ``v`` on a varying size ``d`` gives ``min(d, v)``; that is ``v`` only where
@@ -1078,7 +1168,9 @@ def _inexact_floors(p: Poly, symbols: set[str]) -> bool:
     return any(atom.arg is not None and atom.symbols() & symbols for m in p.terms for atom, _ in m)
 
 
-def spatial_symbols(graph: gs.Graph, multiple: int, inputs: Sequence[str] | None = None) -> tuple[dict[str, tuple[Poly, ...]], set[str]]:
+def spatial_symbols(
+    graph: gs.Graph, multiple: int, inputs: Sequence[str] | None = None
+) -> tuple[dict[str, tuple[Poly, ...]], set[str]]:
     """Symbolic dims for the graph inputs with H, W (axes 2+) written ``multiple * q``.
 
     Returns the ``input_dims`` for ``ShapeAnalysis`` and the names of the quotient symbols.

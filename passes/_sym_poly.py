@@ -333,7 +333,19 @@ def kind_of_dtype(dtype: Any) -> str | None:
     return None  # float16/bfloat16 arithmetic is not exact enough to reason about
 
 
-ONNX_TO_KIND = {1: "f32", 11: "f64", 9: "bool", 2: "int", 3: "int", 4: "int", 5: "int", 6: "int", 7: "int", 12: "int", 13: "int"}
+ONNX_TO_KIND = {
+    1: "f32",
+    11: "f64",
+    9: "bool",
+    2: "int",
+    3: "int",
+    4: "int",
+    5: "int",
+    6: "int",
+    7: "int",
+    12: "int",
+    13: "int",
+}
 
 
 SIZE_BOUND = 2**16

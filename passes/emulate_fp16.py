@@ -60,8 +60,10 @@ class EmulateFp16(GraphPass):
         if not plan.ok:
             raise Fp16BudgetMissed(
                 f"fp16 emulation misses its budget even with {len(plan.keep)} layers kept fp32 "
-                f"({', '.join(plan.keep) or 'none'}): {'; '.join(final['reasons'][:2]) or 'overflow ' + str(final['overflow'])}; "
-                f"build fp32, or loosen with --option emulate_fp16.cosine=... / max_keep=...")
+                f"({', '.join(plan.keep) or 'none'}): "
+                f"{'; '.join(final['reasons'][:2]) or 'overflow ' + str(final['overflow'])}; "
+                f"build fp32, or loosen with --option emulate_fp16.cosine=... / max_keep=..."
+            )
         ctx.metadata[FP32_LAYERS_KEY] = json.dumps(plan.keep)
         first = stats["all_fp16"]
         notes = [f"all fp16: cosine {_f(first['cosine'])}, overflowing values {first['overflow']}"

@@ -129,7 +129,9 @@ def fold_castlike(nodes: list[onnx.NodeProto], elem_types: dict[str, int]) -> li
                                  value=numpy_helper.from_array(np.asarray(value, dtype=dtype)))
         out.append(n)
     consumed = {t for n in out for t in n.input}
-    return [n for n in out if not (n.op_type == "Constant" and n.output[0] not in consumed and n.output[0] in constants)]
+    return [
+        n for n in out if not (n.op_type == "Constant" and n.output[0] not in consumed and n.output[0] in constants)
+    ]
 
 
 def _attribute_values(node: onnx.NodeProto, schema_op: str, opset: int) -> dict[str, onnx.AttributeProto]:
@@ -183,7 +185,9 @@ class ExpandFunctions(GraphPass):
     name = "expand_functions"
     contract = Contract.EXACT
     summary = "replace ops a vendor lacks (Gelu, HardSigmoid, LayerNormalization...) by their ONNX function body"
-    options = {"ops": "op types to expand (default: those with an ONNX function body that the target's operator list lacks)"}
+    options = {
+        "ops": "op types to expand (default: those with an ONNX function body that the target's operator list lacks)"
+    }
 
     def run(self, graph, ctx):  # pragma: no cover - apply is overridden
         raise NotImplementedError
@@ -229,7 +233,9 @@ class ExpandFunctions(GraphPass):
         del out.graph.node[:]
         out.graph.node.extend(nodes)
         carry_model_fields(model, out)
-        notes = [f"expanded {', '.join(f'{op} x{n}' for op, n in sorted(expanded.items()))} into their ONNX function bodies"]
+        notes = [
+            f"expanded {', '.join(f'{op} x{n}' for op, n in sorted(expanded.items()))} into their ONNX function bodies"
+        ]
         return out, PassResult(changed=True, stats={"expanded": sum(expanded.values()), "by_op": expanded},
                                notes=notes + list(left.values()))
 
@@ -240,7 +246,10 @@ class ExpandFunctions(GraphPass):
             ops = {given} if isinstance(given, str) else set(given)
             bad = sorted(op for op in ops if not has_function(op, model_opset(model)))
             if bad:
-                raise SegcError(f"expand_functions: onnx defines no function body for {', '.join(bad)} at opset {model_opset(model)}")
+                raise SegcError(
+                    f"expand_functions: onnx defines no function body for {', '.join(bad)} at opset "
+                    f"{model_opset(model)}"
+                )
             return ops
         if ctx.target is None:
             return set()

@@ -41,7 +41,9 @@ def parse_fixed_shape(text: str) -> tuple[str, tuple[int, ...]]:
     try:
         dims = tuple(int(d) for d in dims_text.split(","))
     except ValueError:
-        raise SegcError(f"fix_input_shapes: malformed shape {text!r}: dims must be whole numbers (-1 keeps a dim)") from None
+        raise SegcError(
+            f"fix_input_shapes: malformed shape {text!r}: dims must be whole numbers (-1 keeps a dim)"
+        ) from None
     if any(d == 0 or d < -1 for d in dims):
         raise SegcError(f"fix_input_shapes: malformed shape {text!r}: dims must be positive, or -1 to keep one")
     return name.strip(), dims
@@ -116,7 +118,11 @@ def _reinfer(model: onnx.ModelProto) -> None:
         for i, d in enumerate(dims):
             if d.HasField("dim_value"):
                 continue
-            value = new_dims[i].dim_value if i < len(new_dims) and len(new_dims) == len(dims) and new_dims[i].HasField("dim_value") else None
+            value = (
+                new_dims[i].dim_value
+                if i < len(new_dims) and len(new_dims) == len(dims) and new_dims[i].HasField("dim_value")
+                else None
+            )
             d.Clear()
             if value:
                 d.dim_value = value

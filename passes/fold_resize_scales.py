@@ -144,11 +144,16 @@ class FoldResizeScales(GraphPass):
 
     name = "fold_resize_scales"
     contract = Contract.EXACT
-    summary = "replace shape-computed Resize scales/sizes by constants where provably identical for every input size (or every size on the range's /M grid)"
+    summary = (
+        "replace shape-computed Resize scales/sizes by constants where provably identical for every input size "
+        "(or every size on the range's /M grid)"
+    )
     options: dict[str, str] = {}
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        resizes = [n for n in topo_nodes(graph) if n.op in ("Resize", "Upsample") and (n.domain or "") in ("", "ai.onnx")]
+        resizes = [
+            n for n in topo_nodes(graph) if n.op in ("Resize", "Upsample") and (n.domain or "") in ("", "ai.onnx")
+        ]
         stats = {"resizes": len(resizes), "computed": 0, "folded": 0, "from_sizes": 0, "left": 0}
         if not resizes:
             return PassResult(changed=False, stats=stats)
@@ -230,7 +235,8 @@ class FoldResizeScales(GraphPass):
                 if ratio is None or not ratio.is_const():
                     shown = "?" if elem is None else str(elem)
                     return _Decision(
-                        reason=f"sizes[{axis}] = {shown} is not a fixed multiple of the size {dim} of its input {node.inputs[0].name!r}"
+                        reason=f"sizes[{axis}] = {shown} is not a fixed multiple of the size {dim} of its input "
+                               f"{node.inputs[0].name!r}"
                     )
                 k = ratio.constant
                 if k <= 0 or not float32_exact(k):

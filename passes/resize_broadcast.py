@@ -59,7 +59,9 @@ class ResizeBroadcast(GraphPass):
     options: dict[str, str] = {}
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        resizes = [n for n in topo_nodes(graph) if n.op in ("Resize", "Upsample") and (n.domain or "") in ("", "ai.onnx")]
+        resizes = [
+            n for n in topo_nodes(graph) if n.op in ("Resize", "Upsample") and (n.domain or "") in ("", "ai.onnx")
+        ]
         stats = {"resizes": len(resizes), "rewritten": 0}
         if not resizes:
             return PassResult(changed=False, stats=stats)
@@ -73,7 +75,10 @@ class ResizeBroadcast(GraphPass):
             node.inputs.clear()
             node.inputs.extend([src, shape])
             stats["rewritten"] += 1
-            notes.append(f"Resize {node.name!r}: input {src.name!r} is 1x1 -> Expand to {shape.name if not isinstance(shape, gs.Constant) else np.asarray(shape.values).tolist()}")
+            notes.append(
+                f"Resize {node.name!r}: input {src.name!r} is 1x1 -> Expand to "
+                f"{shape.name if not isinstance(shape, gs.Constant) else np.asarray(shape.values).tolist()}"
+            )
         return PassResult(changed=bool(plans), stats=stats, notes=notes)
 
     @staticmethod

@@ -64,7 +64,18 @@ from segc.shapes import OPT_SHAPE_KEY, SHAPE_RANGE_KEY, ShapeRange, format_range
 
 _AXIS_NAMES_4D = ("batch", "channels", "height", "width")
 _HUGE = 2**31
-_SHAPE_LITERAL_OPS = {"Reshape", "Expand", "ConstantOfShape", "Tile", "Slice", "Resize", "Upsample", "AveragePool", "MaxPool", "Pad"}
+_SHAPE_LITERAL_OPS = {
+    "Reshape",
+    "Expand",
+    "ConstantOfShape",
+    "Tile",
+    "Slice",
+    "Resize",
+    "Upsample",
+    "AveragePool",
+    "MaxPool",
+    "Pad",
+}
 
 
 def _as_list(option: Any) -> list[str]:
@@ -89,7 +100,10 @@ def parse_ranges(ranges: Any, opts: Any) -> list[ShapeRange]:
     for text in _as_list(opts):
         name, dims = parse_static_shape(text)
         if name not in by_name:
-            raise SegcError(f"--opt-shape names {name!r}, which has no --input-shape range; ranges are given for: {', '.join(names) or 'none'}")
+            raise SegcError(
+                f"--opt-shape names {name!r}, which has no --input-shape range; ranges are given for: "
+                f"{', '.join(names) or 'none'}"
+            )
         by_name[name] = by_name[name].with_opt(dims)
     return [by_name[n] for n in names]
 
@@ -120,7 +134,10 @@ def _plan(graph: gs.Graph, ranges: list[ShapeRange]) -> _Plan:
     used_params: dict[str, tuple[int, int]] = {}
     for r in ranges:
         if r.name not in inputs:
-            raise SegcError(f"set_shape_range: the model has no input {r.name!r}; its inputs are: {', '.join(_describe(t) for t in graph.inputs)}")
+            raise SegcError(
+                f"set_shape_range: the model has no input {r.name!r}; its inputs are: "
+                f"{', '.join(_describe(t) for t in graph.inputs)}"
+            )
         tensor = inputs[r.name]
         old = list(tensor.shape) if tensor.shape is not None else None
         if old is None or len(old) != len(r.min):
@@ -169,7 +186,9 @@ def _plan(graph: gs.Graph, ranges: list[ShapeRange]) -> _Plan:
         # inputs without a range keep their static sizes (symbols only for their named dims)
         if t.name not in plan.symbols and t.shape is not None:
             plan.symbols[t.name] = [
-                Poly.const(d) if isinstance(d, int) and d > 0 else Poly.symbol(d if isinstance(d, str) and d else f"{t.name}.{i}")
+                Poly.const(d)
+                if isinstance(d, int) and d > 0
+                else Poly.symbol(d if isinstance(d, str) and d else f"{t.name}.{i}")
                 for i, d in enumerate(t.shape)
             ]
     plan.samples = [plan.traced, lo_env, hi_env, opt_env]
@@ -294,7 +313,9 @@ class _Fixer:
         for i, v in enumerate(literal):
             if v == 0 and not allowzero:
                 if i >= len(t_in):
-                    raise SegcError(f"set_shape_range: Reshape {node.name!r} copies dim {i} (0) that its input does not have")
+                    raise SegcError(
+                        f"set_shape_range: Reshape {node.name!r} copies dim {i} (0) that its input does not have"
+                    )
                 t_out.append(t_in[i])
             else:
                 t_out.append(v)
@@ -303,10 +324,16 @@ class _Fixer:
         if -1 in t_out:
             known = int(np.prod([d for d in t_out if d != -1])) if len(t_out) > 1 else 1
             if known == 0 or total % known:
-                raise SegcError(f"set_shape_range: Reshape {node.name!r}: shape {literal} does not fit its input {t_in} at the traced shape")
+                raise SegcError(
+                    f"set_shape_range: Reshape {node.name!r}: shape {literal} does not fit its input {t_in} at the "
+                    "traced shape"
+                )
             t_out[t_out.index(-1)] = total // known
         if int(np.prod(t_out)) != total:
-            raise SegcError(f"set_shape_range: Reshape {node.name!r}: shape {literal} does not fit its input {t_in} at the traced shape")
+            raise SegcError(
+                f"set_shape_range: Reshape {node.name!r}: shape {literal} does not fit its input {t_in} at the traced "
+                "shape"
+            )
         groups = _regroup(t_in, t_out)
         if groups is None:
             raise SegcError(f"set_shape_range: Reshape {node.name!r}: cannot map its input dims {t_in} onto {t_out}")
@@ -348,7 +375,9 @@ class _Fixer:
         self.notes.append(f"Reshape {node.name!r}: shape {shown} -> {new}")
 
     # Resize with traced sizes or scales -------------------------------------------------------------
-    def _traced_resize(self, node: gs.Node, src: tuple[Poly, ...], axes: list[int]) -> tuple[list[Fraction], str] | None:
+    def _traced_resize(
+        self, node: gs.Node, src: tuple[Poly, ...], axes: list[int]
+    ) -> tuple[list[Fraction], str] | None:
         """Scales equal to what the Resize did at the traced shape, when its sizes or scales
         are baked (constant sizes, or size arithmetic that mixes traced constants with
         shapes); None when they already follow the input."""
@@ -406,7 +435,10 @@ class _Fixer:
                     f"the ratio {k} on axis {axis} is not an exact scale, so its output cannot follow the range"
                 )
         if node.attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
-            raise SegcError(f"set_shape_range: Resize {node.name!r} has {what} and keep_aspect_ratio_policy; cannot rewrite to scales")
+            raise SegcError(
+                f"set_shape_range: Resize {node.name!r} has {what} and keep_aspect_ratio_policy; cannot rewrite to "
+                "scales"
+            )
         scales = self._const(f"{node.name or 'resize'}_scales", np.array([float(k) for k in ratios], dtype=np.float32))
         if node.op == "Upsample" or self.analysis.opset <= 10:
             node.inputs[1] = scales
@@ -455,8 +487,16 @@ class _Fixer:
         starts = const_array(node.inputs[1])
         if src is None or ends is None or starts is None or not any(self._varies(d) for d in src):
             return
-        axes = const_array(node.inputs[3]) if len(node.inputs) > 3 and not is_empty(node.inputs[3]) else np.arange(len(ends))
-        steps = const_array(node.inputs[4]) if len(node.inputs) > 4 and not is_empty(node.inputs[4]) else np.ones(len(ends), np.int64)
+        axes = (
+            const_array(node.inputs[3])
+            if len(node.inputs) > 3 and not is_empty(node.inputs[3])
+            else np.arange(len(ends))
+        )
+        steps = (
+            const_array(node.inputs[4])
+            if len(node.inputs) > 4 and not is_empty(node.inputs[4])
+            else np.ones(len(ends), np.int64)
+        )
         if axes is None or steps is None:
             return
         t_in = self._traced(src)
@@ -470,7 +510,10 @@ class _Fixer:
         if new != [int(e) for e in ends.reshape(-1)]:
             node.inputs[2] = self._const(f"{node.name or 'slice'}_ends", np.array(new, dtype=ends.dtype))
             self.counts["slices_fixed"] += 1
-            self.notes.append(f"Slice {node.name!r}: ends {ends.reshape(-1).tolist()} -> {['end' if e == INT64_MAX else e for e in new]}")
+            self.notes.append(
+                f"Slice {node.name!r}: ends {ends.reshape(-1).tolist()} -> "
+                f"{['end' if e == INT64_MAX else e for e in new]}"
+            )
 
     # Pools over the whole traced image ---------------------------------------------------------------
     def _fix_pool(self, node: gs.Node, global_op: str) -> None:
@@ -488,17 +531,22 @@ class _Fixer:
         pads = list(node.attrs.get("pads", [0] * (2 * len(kernel))))
         dil = list(node.attrs.get("dilations", [1] * len(kernel)))
         auto = node.attrs.get("auto_pad", "NOTSET")
-        one_output = len(node.outputs) == 1 or all(not o.outputs and o not in self.graph.outputs for o in node.outputs[1:])
+        one_output = len(node.outputs) == 1 or all(
+            not o.outputs and o not in self.graph.outputs for o in node.outputs[1:]
+        )
         if all(whole) and not any(pads) and all(d == 1 for d in dil) and auto in ("NOTSET", "VALID") and one_output:
             node.op = global_op
             node.attrs.clear()
             while len(node.outputs) > 1:
                 node.outputs.pop()
             self.counts["pools_fixed"] += 1
-            self.notes.append(f"{global_op.replace('Global', '')} {node.name!r}: kernel {list(kernel)} = traced size -> {global_op}")
+            self.notes.append(
+                f"{global_op.replace('Global', '')} {node.name!r}: kernel {list(kernel)} = traced size -> {global_op}"
+            )
             return
         raise SegcError(
-            f"set_shape_range: {node.op} {node.name!r} has kernel {list(kernel)} = the traced size {t_in[2:]} on a varying axis "
+            f"set_shape_range: {node.op} {node.name!r} has kernel {list(kernel)} = the traced size {t_in[2:]} on a "
+            "varying axis "
             f"(an adaptive pooling baked in at export) and cannot become a global pooling"
         )
 
@@ -541,7 +589,10 @@ def _fold_on_grid(graph: gs.Graph, analysis: ShapeAnalysis, ranges: list[ShapeRa
         if scales is None:
             continue
         folded += 1
-        notes.append(f"{node.op} {node.name!r}: computed sizes/scales -> scales {[str(k) for k in scales]} (exact because {grid})")
+        notes.append(
+            f"{node.op} {node.name!r}: computed sizes/scales -> scales {[str(k) for k in scales]} (exact because "
+            f"{grid})"
+        )
     return folded
 
 
@@ -557,7 +608,11 @@ def _suspects(node: gs.Node, limit: int = 400) -> list[gs.Node]:
             if p is None or id(p) in seen:
                 continue
             seen.add(id(p))
-            if p.op in _SHAPE_LITERAL_OPS and any(const_array(x) is not None for x in p.inputs[1:]) or p.op == "ConstantOfShape":
+            if (
+                p.op in _SHAPE_LITERAL_OPS
+                and any(const_array(x) is not None for x in p.inputs[1:])
+                or p.op == "ConstantOfShape"
+            ):
                 found.append(p)
             queue.append(p)
     return found
@@ -574,9 +629,12 @@ class SetShapeRange(GraphPass):
 
     name = "set_shape_range"
     contract = Contract.EXACT
-    summary = "make input dims dynamic over an ATC-style range; fix sizes baked in at export or name the node that bakes them"
+    summary = (
+        "make input dims dynamic over an ATC-style range; fix sizes baked in at export or name the node that bakes them"
+    )
     options = {
-        "ranges": "list of NAME:1,3,640~4096,640~4096 (ATC syntax; 640~4096/32: multiples of 32 only), one per input to change",
+        "ranges": "list of NAME:1,3,640~4096,640~4096 (ATC syntax; 640~4096/32: multiples of 32 only), "
+        "one per input to change",
         "opt": "list of NAME:1,3,1280,1280 optimisation shapes (default: each range's minimum)",
     }
 
@@ -587,7 +645,9 @@ class SetShapeRange(GraphPass):
         plan = _plan(graph, ranges)
         ctx.metadata[SHAPE_RANGE_KEY] = format_ranges(ranges)
         # only chosen optima are stored: a default one (the minimum) lets each target pick its own
-        ctx.metadata[OPT_SHAPE_KEY] = ";".join(f"{r.name}:{','.join(str(d) for d in r.opt)}" for r in ranges if r.opt_given)
+        ctx.metadata[OPT_SHAPE_KEY] = ";".join(
+            f"{r.name}:{','.join(str(d) for d in r.opt)}" for r in ranges if r.opt_given
+        )
 
         def hint(t: gs.Tensor, axis: int) -> int | None:
             shape = t.shape
@@ -612,16 +672,24 @@ class SetShapeRange(GraphPass):
         except ShapeConflict as err:
             where = _suspects(err.node) if err.one_side_fixed else []
             if where:
-                hint_text = "; a size traced at export is probably baked in at " + ", ".join(f"{n.op} {n.name!r}" for n in where)
+                hint_text = "; a size traced at export is probably baked in at " + ", ".join(
+                    f"{n.op} {n.name!r}" for n in where
+                )
             elif err.one_side_fixed:
                 hint_text = "; one side has a size fixed at export"
             else:
-                hint_text = "; both sizes follow the input, so the model itself cannot run there: " + _grid_advice(graph, ranges)
+                hint_text = "; both sizes follow the input, so the model itself cannot run there: " + _grid_advice(
+                    graph, ranges
+                )
             raise SegcError(f"set_shape_range: the graph does not follow {range_text}: {err}{hint_text}") from None
         if any(r.has_multiples for r in ranges):
             fixer.counts["resizes_folded"] = _fold_on_grid(graph, analysis, ranges, fixer.notes)
         fixes = sum(fixer.counts.values())
-        stats: dict[str, Any] = {"inputs_changed": len(plan.changed_inputs), "dynamic_dims": plan.dynamic_dims, **fixer.counts}
+        stats: dict[str, Any] = {
+            "inputs_changed": len(plan.changed_inputs),
+            "dynamic_dims": plan.dynamic_dims,
+            **fixer.counts,
+        }
         if not plan.changed_inputs and not fixes:
             return PassResult(changed=False, stats=stats, notes=fixer.notes)
         self._annotate(graph, plan, analysis)

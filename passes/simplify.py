@@ -88,7 +88,9 @@ class Simplify(GraphPass):
             size_after = weight_bytes(simplified)
             if size_after <= size_before * GROWTH_ALLOWANCE + GROWTH_SLACK:
                 break
-            notes.append(f"folding with {settings.describe()} grew the model {size_before} -> {size_after} bytes; retrying")
+            notes.append(
+                f"folding with {settings.describe()} grew the model {size_before} -> {size_after} bytes; retrying"
+            )
         else:
             notes.append("every attempt grew the model: graph left as it was")
             return model, PassResult(changed=False, stats={"skipped": True}, notes=notes)
