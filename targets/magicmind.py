@@ -68,9 +68,11 @@ def keep_fp32_line(options: BuildOptions) -> str | None:
     """
     if options.precision != "fp16" or not options.fp32_layers:
         return None
-    return (f"MagicMind has no per-layer precision segc can set: {len(options.fp32_layers)} layers must stay fp32 "
-            f"({', '.join(options.fp32_layers[:8])}{', ...' if len(options.fp32_layers) > 8 else ''}), so this build is "
-            f"force_float32 instead of force_float16")
+    return (
+        f"MagicMind has no per-layer precision segc can set: {len(options.fp32_layers)} layers must stay fp32 "
+        f"({', '.join(options.fp32_layers[:8])}{', ...' if len(options.fp32_layers) > 8 else ''}), so this build is "
+        f"force_float32 instead of force_float16"
+    )
 
 
 def calibration_folder(options: BuildOptions) -> str:
@@ -107,7 +109,9 @@ def input_ranges(model: onnx.ModelProto, options: BuildOptions) -> list[ShapeRan
         else:
             dims = [d.dim_value if d.HasField("dim_value") else 0 for d in value.type.tensor_type.shape.dim]
             if not dims or any(d <= 0 for d in dims):
-                raise SegcError(f"magicmind needs a shape for input {value.name!r} (its dims are not all fixed): give --input-shape")
+                raise SegcError(
+                    f"magicmind needs a shape for input {value.name!r} (its dims are not all fixed): give --input-shape"
+                )
             r = ShapeRange(value.name, tuple(dims), tuple(dims), tuple(dims))
         if batch is not None:
             lo, hi, opt = list(r.min), list(r.max), list(r.opt)
@@ -130,8 +134,16 @@ def normalisation(model: onnx.ModelProto, options: BuildOptions, input_name: str
         if recipe_name:
             spec = get_recipe(str(recipe_name)).input(input_name)
         if spec is None:
-            raise SegcError("magicmind int8 calibration needs the input normalisation: use a model exported by segc (it names its recipe), --recipe, or extra['normalisation']")
-    return {"mean": list(spec.mean), "std": list(spec.std), "pixel_scale": float(spec.pixel_scale), "channel_order": spec.channel_order.upper()}
+            raise SegcError(
+                "magicmind int8 calibration needs the input normalisation: use a model exported by segc (it names its "
+                "recipe), --recipe, or extra['normalisation']"
+            )
+    return {
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "pixel_scale": float(spec.pixel_scale),
+        "channel_order": spec.channel_order.upper(),
+    }
 
 
 def builder_configs(arch: str, mode: str, ranges: list[ShapeRange]) -> list[dict[str, Any]]:
@@ -275,7 +287,8 @@ def main():
             fail("calibration supports one image input, the model has " + str(len(INPUTS)))
         calib = CalibData(INPUTS[0]["opt"], CALIB_DIR, CALIB_SAMPLES)
         calibrator = mm.Calibrator([calib])
-        check(calibrator.set_quantization_algorithm(mm.QuantizationAlgorithm.LINEAR_ALGORITHM), "choosing the quantisation algorithm")
+        check(calibrator.set_quantization_algorithm(mm.QuantizationAlgorithm.LINEAR_ALGORITHM),
+              "choosing the quantisation algorithm")
         with mm.System() as system:
             if DEVICE_ID >= system.device_count():
                 fail("no MLU device " + str(DEVICE_ID) + " for calibration")
@@ -300,7 +313,9 @@ def _doc_safe(text: str) -> str:
     return " ".join(text.split()).replace("\\", "/").replace('"""', "'''")
 
 
-def render_program(model: onnx.ModelProto, model_path: Path, outdir: Path, options: BuildOptions) -> tuple[str, Path, list[ShapeRange]]:
+def render_program(
+    model: onnx.ModelProto, model_path: Path, outdir: Path, options: BuildOptions
+) -> tuple[str, Path, list[ShapeRange]]:
     """The build program's text, the .mm path it writes, and the input ranges it uses."""
     arch = check_arch(options.soc)
     mode = precision_mode(options.precision)
@@ -330,7 +345,9 @@ def render_program(model: onnx.ModelProto, model_path: Path, outdir: Path, optio
         onnx_rel=relative_name(Path(model_path), outdir),
         mm_rel=mm_path.name,
         config=pprint.pformat(builder_configs(arch, mode, ranges), width=100),
-        inputs=pprint.pformat([{"name": r.name, "min": list(r.min), "opt": list(r.opt), "max": list(r.max)} for r in ranges], width=100),
+        inputs=pprint.pformat(
+            [{"name": r.name, "min": list(r.min), "opt": list(r.opt), "max": list(r.max)} for r in ranges], width=100
+        ),
         calib_dir=calib_dir,
         calib_samples=int(options.extra.get("calib_samples", 32)),
         normalise=pprint.pformat(normalise, width=100),
@@ -368,7 +385,18 @@ class MagicMindTarget(Target):
         dims = [",".join(str(d) for d in r.opt) for r in ranges]
         steps = [
             Step(("python3", PROGRAM_NAME), comment="parse, configure, (calibrate,) build and serialise the .mm model"),
-            Step(("mm_run", "--magicmind_model", relative_name(mm_path, outdir), "--input_dims", *dims, "--iterations", "1000"), comment="time it at the optimisation shape"),
+            Step(
+                (
+                    "mm_run",
+                    "--magicmind_model",
+                    relative_name(mm_path, outdir),
+                    "--input_dims",
+                    *dims,
+                    "--iterations",
+                    "1000",
+                ),
+                comment="time it at the optimisation shape",
+            ),
         ]
         needs = [
             Requirement("magicmind", MAGICMIND_HINT, kind="python-module"),
