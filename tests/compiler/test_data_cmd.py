@@ -108,7 +108,10 @@ def test_plain_folder_uses_the_static_input(tmp_path: Path) -> None:
     recipe = tmp_path / "r.toml"
     recipe.write_text('task = "segmentation"\n[input]\nname = "x"\n')
     out = tmp_path / "o"
-    assert main(["data", str(model), "--dataset", f"folder:{tmp_path / 'imgs'}", "--recipe", str(recipe), "-o", str(out)]) == 0
+    assert (
+        main(["data", str(model), "--dataset", f"folder:{tmp_path / 'imgs'}", "--recipe", str(recipe), "-o", str(out)])
+        == 0
+    )
     arr = np.fromfile(out / "bin" / "a.bin", "<f4").reshape(1, 3, 16, 16)
     assert np.all(arr == 200.0)
 
@@ -140,7 +143,9 @@ def test_malformed_datasets_are_one_line(tmp_path: Path, capsys, kind, breakage,
     recipe = tmp_path / "r.toml"
     recipe.write_text('task = "segmentation"\n[input]\nname = "x"\n')
     out = tmp_path / "o"
-    line = one_error(capsys, ["data", str(model), "--dataset", f"{kind}:{root}", "--recipe", str(recipe), "-o", str(out)])
+    line = one_error(
+        capsys, ["data", str(model), "--dataset", f"{kind}:{root}", "--recipe", str(recipe), "-o", str(out)]
+    )
     assert fragment in line
     assert not out.exists()  # checked before anything is written
 

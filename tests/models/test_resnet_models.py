@@ -442,7 +442,9 @@ def test_dbnet_dcn_graph_has_one_deformconv_per_deformable_block(dbnet_exports):
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         assert list(attrs["kernel_shape"]) == [3, 3] and list(attrs["pads"]) == [1, 1, 1, 1]
         assert len(node.input) == 5 and node.input[4]  # (X, W, offset, B, mask): modulated
-    strides = Counter(tuple(onnx.helper.get_attribute_value(a)) for n in deform for a in n.attribute if a.name == "strides")
+    strides = Counter(
+        tuple(onnx.helper.get_attribute_value(a)) for n in deform for a in n.attribute if a.name == "strides"
+    )
     assert strides == {(2, 2): 3, (1, 1): 10}  # first block of layer2/3/4 downsamples
 
 

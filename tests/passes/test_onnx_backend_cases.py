@@ -138,7 +138,11 @@ def test_exact_passes_on_onnx_node_case(case: Case) -> None:
         after = run_model(out, case.inputs)
         for name, want in case.outputs.items():
             assert name in after, f"{pass_name} lost output {name}"
-            assert _matches(want, after[name], case.rtol, case.atol), f"{pass_name} broke {case.name}: {name} differs from the reference"
+            assert _matches(want, after[name], case.rtol, case.atol), (
+                f"{pass_name} broke {case.name}: {name} differs from the reference"
+            )
             scale = max(float(np.abs(before[name]).max()), 1e-6) if before[name].size else 1.0
-            assert np.all(np.abs(after[name] - before[name]) <= 1e-4 * scale), f"{pass_name} changed {case.name}'s {name}"
+            assert np.all(np.abs(after[name] - before[name]) <= 1e-4 * scale), (
+                f"{pass_name} changed {case.name}'s {name}"
+            )
     assert ran >= 2  # at least fold_resize_scales and set_shape_range (no options: a no-op)

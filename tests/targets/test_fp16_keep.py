@@ -29,7 +29,10 @@ def compile_fp16(tmp_path: Path, target: str, scale: float = 1e5) -> tuple[Path,
     src = tmp_path / f"over_{int(scale)}.onnx"
     onnx.save(overflow_model(scale), src)
     out = tmp_path / f"{target}_{int(scale)}"
-    assert main(["compile", str(src), "--target", target, "--precision", "fp16", "-o", str(out), "--passes", "cleanup"]) == 0
+    assert (
+        main(["compile", str(src), "--target", target, "--precision", "fp16", "-o", str(out), "--passes", "cleanup"])
+        == 0
+    )
     return out, json.loads((out / "report.json").read_text())
 
 
@@ -79,7 +82,9 @@ def test_magicmind_says_it_cannot_and_builds_fp32(tmp_module: Path) -> None:
 def test_a_model_that_fits_gets_plain_fp16(tmp_module: Path) -> None:
     out, report = compile_fp16(tmp_module, "tensorrt", scale=10.0)
     argv = _trtexec_line(out)
-    assert "--fp16" in argv and not any(a.startswith("--precisionConstraints") or a.startswith("--layerPrecisions") for a in argv)
+    assert "--fp16" in argv and not any(
+        a.startswith("--precisionConstraints") or a.startswith("--layerPrecisions") for a in argv
+    )
     assert report["build"]["fp32_layers"] == []
     out, _ = compile_fp16(tmp_module, "ascend", scale=10.0)
     assert not (out / "keep_dtype.cfg").exists()

@@ -24,10 +24,23 @@ def _emit(model: onnx.ModelProto, outdir: Path, opts, stem: str = "m") -> tuple[
 
 def test_dbnet_seed_profile(tmp_path: Path, conv_model, options) -> None:
     """DBNet guide: one profile min 640 / opt 1280 / max 4096, FP16."""
-    build, compare = _emit(conv_model(name="input"), tmp_path,
-                           options("input:1,3,640~4096,640~4096", opt=(1, 3, 1280, 1280), precision="fp16"), stem="dbnet")
-    assert build == [["trtexec", "--onnx=dbnet.tensorrt.onnx", "--saveEngine=dbnet.tensorrt.engine", "--fp16",
-                      "--minShapes=input:1x3x640x640", "--optShapes=input:1x3x1280x1280", "--maxShapes=input:1x3x4096x4096"]]
+    build, compare = _emit(
+        conv_model(name="input"),
+        tmp_path,
+        options("input:1,3,640~4096,640~4096", opt=(1, 3, 1280, 1280), precision="fp16"),
+        stem="dbnet",
+    )
+    assert build == [
+        [
+            "trtexec",
+            "--onnx=dbnet.tensorrt.onnx",
+            "--saveEngine=dbnet.tensorrt.engine",
+            "--fp16",
+            "--minShapes=input:1x3x640x640",
+            "--optShapes=input:1x3x1280x1280",
+            "--maxShapes=input:1x3x4096x4096",
+        ]
+    ]
     assert compare == [["polygraphy", "run", "dbnet.tensorrt.onnx", "--trt", "--onnxrt", "--fp16",
                         "--input-shapes", "input:[1,3,1280,1280]",
                         "--trt-min-shapes", "input:[1,3,640,640]", "--trt-opt-shapes", "input:[1,3,1280,1280]",
@@ -57,7 +70,9 @@ def test_batch_sizes_widen_a_dynamic_batch(tmp_path: Path, conv_model, options) 
 
 
 def test_int8(tmp_path: Path, conv_model, options) -> None:
-    build, compare = _emit(conv_model(dims=(1, 3, 64, 64)), tmp_path, options(precision="int8", extra={"calib_cache": "cal ib.cache"}))
+    build, compare = _emit(
+        conv_model(dims=(1, 3, 64, 64)), tmp_path, options(precision="int8", extra={"calib_cache": "cal ib.cache"})
+    )
     assert build[0][3:] == ["--int8", "--fp16", "--calib=cal ib.cache"]
     assert compare[0][5:10] == ["--fp16", "--int8", "--calibration-cache", "cal ib.cache", "--atol"]
     build, _ = _emit(conv_model(dims=(1, 3, 64, 64)), tmp_path, options(precision="int8"))
@@ -74,7 +89,9 @@ def test_errors(tmp_path: Path, conv_model, options) -> None:
 
 
 def test_scripts_in_awkward_folder(nasty_dir: Path, conv_model, options, bash_syntax_ok, fake_tools, fake_log) -> None:
-    build, compare = _emit(conv_model(), nasty_dir, options("x:1,3,64~128,64~128", precision="fp16", extra={"workspace_mb": 64}))
+    build, compare = _emit(
+        conv_model(), nasty_dir, options("x:1,3,64~128,64~128", precision="fp16", extra={"workspace_mb": 64})
+    )
     for script in ("build.sh", "compare_tensorrt.sh"):
         bash_syntax_ok(nasty_dir / script)
     env, log = fake_tools("trtexec", "polygraphy")
@@ -86,5 +103,7 @@ def test_scripts_in_awkward_folder(nasty_dir: Path, conv_model, options, bash_sy
 
 def test_compare_script_without_polygraphy(tmp_path: Path, conv_model, options) -> None:
     _emit(conv_model(dims=(1, 3, 8, 8)), tmp_path, options())
-    proc = subprocess.run(["bash", str(tmp_path / "compare_tensorrt.sh")], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        ["bash", str(tmp_path / "compare_tensorrt.sh")], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}
+    )
     assert proc.returncode == 127 and "compare_tensorrt.sh: polygraphy not found" in proc.stderr
