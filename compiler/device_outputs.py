@@ -111,7 +111,7 @@ def _infer_output_dims(model: onnx.ModelProto, name: str, input_shape: tuple[int
     del m.graph.value_info[:]
     inits = {t.name for t in m.graph.initializer}
     first = next(vi for vi in m.graph.input if vi.name not in inits)
-    for d, v in zip(first.type.tensor_type.shape.dim, input_shape):
+    for d, v in zip(first.type.tensor_type.shape.dim, input_shape, strict=False):
         d.Clear()
         d.dim_value = int(v)
     try:

@@ -139,7 +139,7 @@ def _outputs(
             out = out[:, None]
         if out.shape[0] < len(group):
             raise SegcError(f"output {name!r} has batch {out.shape[0]} for {len(group)} images (give --batch)")
-        for slot, (sample, prep) in enumerate(zip(group, prepared)):
+        for slot, (sample, prep) in enumerate(zip(group, prepared, strict=False)):
             yield sample, out[slot], prep.original_hw
 
 

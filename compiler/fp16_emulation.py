@@ -320,7 +320,7 @@ def plan_fp16(model: onnx.ModelProto, feeds: list[Feed], budget: Tolerances | No
         final.verdict.metrics += check.verdict.metrics
         final.verdict.reasons += check.verdict.reasons
         final.verdict.ok = final.verdict.ok and check.verdict.ok
-        for mine, theirs in zip(final.layers, check.layers):
+        for mine, theirs in zip(final.layers, check.layers, strict=False):
             mine.overflow += theirs.overflow
     return Fp16Plan(first=first, final=final, keep=sorted(keep), rounds=rounds, budget=budget)
 

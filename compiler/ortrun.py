@@ -173,7 +173,7 @@ def run_session(
     names = outputs or [o.name for o in sess.get_outputs()]
     values = sess.run(names, feeds)
     SESSION_STATS.runs += 1
-    return dict(zip(names, values))
+    return dict(zip(names, values, strict=False))
 
 
 def run_model(

@@ -357,7 +357,7 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
     specs = _pin_outputs(model, specs, verifier)
     records = [
         PassRecord(i, s.name, contract_of(p, s.options).value, dict(s.options))
-        for i, (s, p) in enumerate(zip(specs, passes))
+        for i, (s, p) in enumerate(zip(specs, passes, strict=False))
     ]
     result = PipelineResult(model=onnx.ModelProto(), records=records, verify_mode=verify)  # set on every return
 
@@ -370,7 +370,7 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
     def proto_for(inst: Instrument) -> onnx.ModelProto | None:
         return working.proto() if inst.needs_model else None
 
-    for spec, pass_obj, record in zip(specs, passes, records):
+    for spec, pass_obj, record in zip(specs, passes, records, strict=False):
         for inst in instruments:
             inst.before_pass(record, proto_for(inst))
         ctx = PassContext(options=dict(spec.options), target=target, recipe=recipe, model_metadata=working.metadata(),
@@ -438,7 +438,7 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
     result.model = working.proto()
     result.graph_imports, result.graph_exports = working.imports, working.exports
 
-    pass_tolerances = {r.index: tolerances_of(p, s.options) for r, p, s in zip(records, passes, specs)}
+    pass_tolerances = {r.index: tolerances_of(p, s.options) for r, p, s in zip(records, passes, specs, strict=False)}
     if verify == "end" and verifier is not None and reference is not None and len(history) > 1:
         _verify_end(result, history, verifier, reference, pass_tolerances)
     return result

@@ -61,19 +61,19 @@ class ShapeRange:
 
     @property
     def dynamic_axes(self) -> tuple[int, ...]:
-        return tuple(i for i, (a, b) in enumerate(zip(self.min, self.max)) if a != b)
+        return tuple(i for i, (a, b) in enumerate(zip(self.min, self.max, strict=False)) if a != b)
 
     def atc(self) -> str:
         """``name:1,3,640~4096/32,640~4096/32``: ATC's spelling plus segc's ``/M`` multiples."""
         dims = []
-        for i, (a, b) in enumerate(zip(self.min, self.max)):
+        for i, (a, b) in enumerate(zip(self.min, self.max, strict=False)):
             text = str(a) if a == b else f"{a}~{b}"
             dims.append(f"{text}/{self.step(i)}" if self.step(i) > 1 and a != b else text)
         return f"{self.name}:{','.join(dims)}"
 
     def vendor_atc(self) -> str:
         """``name:1,3,640~4096,640~4096`` (the newer ATC --input_shape spelling, no ``/M``)."""
-        dims = [str(a) if a == b else f"{a}~{b}" for a, b in zip(self.min, self.max)]
+        dims = [str(a) if a == b else f"{a}~{b}" for a, b in zip(self.min, self.max, strict=False)]
         return f"{self.name}:{','.join(dims)}"
 
     def multiples_text(self) -> str:
@@ -88,7 +88,7 @@ class ShapeRange:
     def with_opt(self, opt: tuple[int, ...]) -> "ShapeRange":
         if len(opt) != len(self.min):
             raise SegcError(f"--opt-shape for {self.name!r} has {len(opt)} dims, the range has {len(self.min)}")
-        for i, (lo, v, hi) in enumerate(zip(self.min, opt, self.max)):
+        for i, (lo, v, hi) in enumerate(zip(self.min, opt, self.max, strict=False)):
             if not lo <= v <= hi:
                 raise SegcError(f"--opt-shape for {self.name!r}: dim {i} is {v}, outside the range {lo}~{hi}")
             if v % self.step(i):

@@ -123,7 +123,7 @@ class Verifier:
                                                    shape_sets[0] if shape_sets else None)
             return self._user_feeds
         feeds = []
-        for i, shapes in enumerate(shape_sets):
+        for shapes in shape_sets:
             key = tuple(sorted(shapes.items()))
             if key not in self._feeds:
                 self._feeds[key] = random_feed(
