@@ -360,7 +360,7 @@ class ChannelAssembler:
         if count is not None and channels == list(range(count)):
             return source
         step = channels[1] - channels[0] if len(channels) > 1 else 1
-        arithmetic = step > 0 and all(b - a == step for a, b in zip(channels, channels[1:]))
+        arithmetic = step > 0 and all(b - a == step for a, b in zip(channels, channels[1:], strict=False))
         if not own:
             self.stats.runtime_selects += 1
         if arithmetic and self.slice_inputs:

@@ -360,7 +360,7 @@ def _padded_input(ctx: EmitContext, spec: DeformSpec) -> tuple[gs.Tensor, tuple[
 
 def emit_onnx(ctx: EmitContext, spec: DeformSpec) -> gs.Node:
     """Write ONNX ``DeformConv`` into ``spec.output``."""
-    interleaved = [pick for pair in zip(spec.dy, spec.dx) for pick in pair]
+    interleaved = [pick for pair in zip(spec.dy, spec.dx, strict=False) for pick in pair]
     ctx.request(interleaved)
     if spec.mask is not None:
         ctx.request(spec.mask)
@@ -395,7 +395,7 @@ def emit_ascend(ctx: EmitContext, spec: DeformSpec) -> gs.Node:
 def emit_mmcv(ctx: EmitContext, spec: DeformSpec) -> gs.Node:
     """Write mmcv's ``MMCVModulatedDeformConv2d`` (domain "mmcv") into ``spec.output``."""
     x, pads_hw = _padded_input(ctx, spec)
-    interleaved = [pick for pair in zip(spec.dy, spec.dx) for pick in pair]
+    interleaved = [pick for pair in zip(spec.dy, spec.dx, strict=False) for pick in pair]
     ctx.request(interleaved)
     if spec.mask is not None:
         ctx.request(spec.mask)

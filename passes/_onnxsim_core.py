@@ -109,7 +109,7 @@ def _make_executor(c: ModuleType):
             model.ParseFromString(model_bytes)
             names = [i.name for i in model.graph.input]
             feed = {}
-            for name, raw in zip(names, inputs):
+            for name, raw in zip(names, inputs, strict=False):
                 tensor = onnx.TensorProto()
                 tensor.ParseFromString(raw)
                 feed[name] = onnx.numpy_helper.to_array(tensor)

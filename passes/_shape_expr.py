@@ -571,9 +571,14 @@ class ShapeAnalysis:
                 )
                 return
         out = list(s)
-        for st, en, ax, step in zip(starts, ends, axes, steps):
+        for st, en, ax, step in zip(starts, ends, axes, steps, strict=False):
             out[ax] = slice_length(
-                s[ax], st, en, step, fresh=lambda: Poly.symbol(self._new_symbol(node.outputs[0], ax)), fits=self._fits
+                s[ax],
+                st,
+                en,
+                step,
+                fresh=lambda ax=ax: Poly.symbol(self._new_symbol(node.outputs[0], ax)),
+                fits=self._fits,
             )
         self._set(node.outputs[0], tuple(out), why=f"Slice {node.name!r} of a data tensor")
 
@@ -1004,7 +1009,7 @@ class ShapeAnalysis:
             node.outputs[0],
             tuple(
                 d * r if r is not None else Poly.symbol(self._new_symbol(node.outputs[0], i))
-                for i, (d, r) in enumerate(zip(s, reps.elems))
+                for i, (d, r) in enumerate(zip(s, reps.elems, strict=False))
             ),
         )
 
@@ -1062,10 +1067,10 @@ class ShapeAnalysis:
             if sv is None or len(sv.elems) != len(axes) or policy != "stretch":
                 self._set(node.outputs[0], None)
                 return
-            for a, e in zip(axes, sv.elems):
+            for a, e in zip(axes, sv.elems, strict=False):
                 out[a] = e if e is not None else Poly.symbol(self._new_symbol(node.outputs[0], a))
         elif scales_v is not None and len(scales_v.elems) == len(axes):
-            for a, e in zip(axes, scales_v.elems):
+            for a, e in zip(axes, scales_v.elems, strict=False):
                 out[a] = (s[a] * e).floor() if e is not None else Poly.symbol(self._new_symbol(node.outputs[0], a))
         else:
             self._set(node.outputs[0], None)

@@ -48,7 +48,7 @@ class EmulateFp16(GraphPass):
 
     def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         named = name_nodes(model)
-        changed = any(a.name != b.name for a, b in zip(model.graph.node, named.graph.node))
+        changed = any(a.name != b.name for a, b in zip(model.graph.node, named.graph.node, strict=False))
         budget = Tolerances(cosine=float(ctx.option("cosine", FP16_BUDGET.cosine)),
                             agreement=float(ctx.option("agreement", FP16_BUDGET.agreement)))
         verifier = Verifier(recipe=ctx.recipe, seed=int(ctx.option("seed", 0)),

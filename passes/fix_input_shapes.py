@@ -78,7 +78,7 @@ class FixInputShapes(GraphPass):
             have = inputs[name].type.tensor_type.shape.dim
             if len(have) != len(dims):
                 raise SegcError(f"fix_input_shapes: {name!r} has {len(have)} dims, the shape gives {len(dims)}")
-            for axis, (d, v) in enumerate(zip(have, dims)):
+            for axis, (d, v) in enumerate(zip(have, dims, strict=False)):
                 if v != -1 and d.HasField("dim_value") and d.dim_value != v:
                     raise SegcError(f"fix_input_shapes: {name!r} dim {axis} is {d.dim_value} in the graph, not {v}")
 
@@ -86,7 +86,7 @@ class FixInputShapes(GraphPass):
         out = onnx.ModelProto()
         out.CopyFrom(model)
         for vi in out.graph.input:
-            for axis, (d, v) in enumerate(zip(vi.type.tensor_type.shape.dim, wanted.get(vi.name, ()))):
+            for axis, (d, v) in enumerate(zip(vi.type.tensor_type.shape.dim, wanted.get(vi.name, ()), strict=False)):
                 if v != -1 and not d.HasField("dim_value"):
                     fixed.append(f"{vi.name}[{axis}] {d.dim_param or '?'}->{v}")
                     d.Clear()

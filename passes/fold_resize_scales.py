@@ -229,7 +229,7 @@ class FoldResizeScales(GraphPass):
             if len(value.elems) != len(axes):
                 return _Decision(reason=f"sizes has {len(value.elems)} elements for {len(axes)} axes")
             ratios: list[Fraction] = []
-            for axis, elem in zip(axes, value.elems):
+            for axis, elem in zip(axes, value.elems, strict=False):
                 dim = in_shape[axis]
                 ratio = None if elem is None else elem.exact_div(dim)
                 if ratio is None or not ratio.is_const():

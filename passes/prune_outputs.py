@@ -76,7 +76,7 @@ class PruneOutputs(GraphPass):
                 raise SegcError(f"prune_outputs: {t.name!r} is a constant (a weight), not a computed tensor")
 
         old = list(graph.outputs)
-        if len(old) == len(wanted) and all(a is b for a, b in zip(old, wanted)):
+        if len(old) == len(wanted) and all(a is b for a, b in zip(old, wanted, strict=False)):
             return PassResult(
                 changed=False, stats={"outputs": [t.name for t in old], "dropped": [], "nodes_removed": 0}
             )

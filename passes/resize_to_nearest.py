@@ -190,7 +190,7 @@ def _without_full_resolution(resizes: list[gs.Node]) -> list[gs.Node]:
     top = max(areas)
     if areas.count(top) != 1:
         return resizes
-    return [n for n, a in zip(resizes, areas) if a != top]
+    return [n for n, a in zip(resizes, areas, strict=False) if a != top]
 
 
 def hrnet_branch_resizes(graph: gs.Graph) -> list[gs.Node]:

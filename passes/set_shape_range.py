@@ -148,7 +148,7 @@ def _plan(graph: gs.Graph, ranges: list[ShapeRange]) -> _Plan:
             )
         dims: list[int | str] = []
         syms: list[Poly] = []
-        for axis, (lo, hi, opt, cur) in enumerate(zip(r.min, r.max, r.opt, old)):
+        for axis, (lo, hi, opt, cur) in enumerate(zip(r.min, r.max, r.opt, old, strict=False)):
             traced = cur if isinstance(cur, int) and cur > 0 else None
             if lo == hi and traced == lo:
                 dims.append(lo)
@@ -390,7 +390,7 @@ class _Fixer:
             else:
                 sym = self.analysis.value(sizes_t)
                 if sym is not None and sym.known and all(
-                    not (e.is_const() and self._varies(src[a])) for a, e in zip(axes, sym.elems)  # type: ignore[union-attr]
+                    not (e.is_const() and self._varies(src[a])) for a, e in zip(axes, sym.elems, strict=False)  # type: ignore[union-attr]
                 ):
                     return None  # sizes computed from shapes: they follow the input already
                 if not self.static_origin or self.traced_analysis is None:
@@ -404,7 +404,7 @@ class _Fixer:
             t_in = self._traced(src)
             if t_in is None or len(sizes) != len(axes):
                 return None
-            return [Fraction(sz) / t_in[a] for a, sz in zip(axes, sizes)], f"sizes {shown}"  # type: ignore[arg-type]
+            return [Fraction(sz) / t_in[a] for a, sz in zip(axes, sizes, strict=False)], f"sizes {shown}"  # type: ignore[arg-type]
         if scales_t is None or const_array(scales_t) is not None:
             return None
         sym = self.analysis.value(scales_t)
@@ -428,7 +428,7 @@ class _Fixer:
         if found is None:
             return
         ratios, what = found
-        for axis, k in zip(axes, ratios):
+        for axis, k in zip(axes, ratios, strict=False):
             if not float32_exact(k) or k <= 0:
                 raise SegcError(
                     f"set_shape_range: Resize {node.name!r} has {what} traced at input {self._traced(src)}; "
@@ -503,7 +503,7 @@ class _Fixer:
         if t_in is None:
             return
         new = [int(e) for e in ends.reshape(-1)]
-        for k, (axis, step) in enumerate(zip(axes.reshape(-1).tolist(), steps.reshape(-1).tolist())):
+        for k, (axis, step) in enumerate(zip(axes.reshape(-1).tolist(), steps.reshape(-1).tolist(), strict=False)):
             axis = axis + len(src) if axis < 0 else axis
             if step > 0 and self._varies(src[axis]) and t_in[axis] <= new[k] < _HUGE:
                 new[k] = INT64_MAX  # "to the end", as traced
@@ -524,8 +524,8 @@ class _Fixer:
         t_in = self._traced(src)
         if t_in is None:
             return
-        whole = [k == t for k, t in zip(kernel, t_in[2:])]
-        covers_varying = [w for w, d in zip(whole, src[2:]) if self._varies(d)]
+        whole = [k == t for k, t in zip(kernel, t_in[2:], strict=False)]
+        covers_varying = [w for w, d in zip(whole, src[2:], strict=False) if self._varies(d)]
         if not any(covers_varying):
             return
         pads = list(node.attrs.get("pads", [0] * (2 * len(kernel))))
@@ -704,7 +704,7 @@ class SetShapeRange(GraphPass):
         # the analysed symbol of each input dim (``32*x_height/32`` on a grid) -> its dim_param
         names = {str(p): str(p) for syms in plan.symbols.values() for p in syms if not p.is_const()}
         for name, syms in plan.symbols.items():
-            for p, d in zip(syms, plan.dims.get(name, [])):
+            for p, d in zip(syms, plan.dims.get(name, []), strict=False):
                 if not p.is_const() and isinstance(d, str):
                     names[str(p)] = d
         io = {id(t) for t in graph.inputs} | {id(t) for t in graph.outputs}

@@ -166,7 +166,7 @@ def _same_structure(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
     if len(ga.node) != len(gb.node) or len(ga.initializer) != len(gb.initializer):
         return False
     if any(x.SerializeToString(deterministic=True) != y.SerializeToString(deterministic=True)
-           for x, y in zip((*ga.node, *ga.input, *ga.output), (*gb.node, *gb.input, *gb.output))):
+           for x, y in zip((*ga.node, *ga.input, *ga.output), (*gb.node, *gb.input, *gb.output), strict=False)):
         return False
     if len(ga.input) != len(gb.input) or len(ga.output) != len(gb.output):
         return False
@@ -213,7 +213,7 @@ def _frozen_dims(before: onnx.ModelProto, after: onnx.ModelProto) -> list[str]:
         old = _dims(getattr(before.graph, group))
         new = _dims(getattr(after.graph, group))
         for name, dims in old.items():
-            for i, (a, b) in enumerate(zip(dims, new.get(name, dims))):
+            for i, (a, b) in enumerate(zip(dims, new.get(name, dims), strict=False)):
                 if isinstance(a, str) and isinstance(b, int) and b > 0:
                     frozen.append(f"{name}[{i}] {a}->{b}")
     return frozen
