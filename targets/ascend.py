@@ -184,7 +184,7 @@ def shape_flag(ranges: list[ShapeRange], cann: tuple[int, int]) -> tuple[str, ..
         return ("--input_shape=" + ";".join(r.vendor_atc() for r in shaped),)
     parts = []
     for r in shaped:
-        dims = [str(a) if a == b else f"{a}~{b}" for a, b in zip(r.min, r.max)]
+        dims = [str(a) if a == b else f"{a}~{b}" for a, b in zip(r.min, r.max, strict=False)]
         parts.append(f"{r.name}:[{','.join(dims)}]")
     return ("--input_shape_range=" + ";".join(parts),)
 

@@ -110,7 +110,11 @@ def with_optimum(r: ShapeRange, options: BuildOptions) -> ShapeRange:
     if r.opt_given or r.is_static or r.opt != r.min:  # chosen (also when built without the flag)
         return r
     chosen = _recipe_opt(r.name, options)
-    if chosen is not None and len(chosen) == len(r.min) and all(a <= v <= b for a, v, b in zip(r.min, chosen, r.max)):
+    if (
+        chosen is not None
+        and len(chosen) == len(r.min)
+        and all(a <= v <= b for a, v, b in zip(r.min, chosen, r.max, strict=False))
+    ):
         return replace(r, opt=tuple(chosen), opt_given=True)
     opt = list(r.opt)
     for axis in r.dynamic_axes:
