@@ -215,7 +215,7 @@ def test_ocrnet_ascend_atc_commands(ocr_ascend: Build) -> None:
     assert ocr_ascend.report["build"]["batch_sizes"] == batches  # from the recipe, not the command line
     atc = ocr_ascend.tool("atc")
     assert len(atc) == len(batches)
-    for argv, b in zip(atc, batches):
+    for argv, b in zip(atc, batches, strict=False):
         assert flag(argv, "--output").endswith(f"_bs{b}")
         assert flag(argv, "--framework") == "5" and flag(argv, "--input_format") == "NCHW"
         assert flag(argv, "--input_shape") == f"x:{b},3,128,256"
@@ -303,7 +303,7 @@ def test_deeplabv2_ascend(deeplab_onnx: Path, deeplab_ascend: Build) -> None:
     batches = get_recipe("deeplabv2_r101").batch_sizes
     atc = deeplab_ascend.tool("atc")
     assert len(atc) == len(batches) == 7
-    for argv, b in zip(atc, batches):
+    for argv, b in zip(atc, batches, strict=False):
         assert flag(argv, "--input_shape") == f"image:{b},3,128,256"
         assert flag(argv, "--output").endswith(f"_bs{b}") and flag(argv, "--input_format") == "NCHW"
 

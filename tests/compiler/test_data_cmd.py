@@ -62,7 +62,7 @@ def test_cityscapes_bins_are_the_recipe_preprocessing(tmp_path: Path) -> None:
     images = sorted((root / "leftImg8bit" / "val" / "aachen").glob("*.png"))
     bins = sorted((out / "bin").glob("*.bin"))
     assert [b.stem for b in bins] == [p.name[: -len("_leftImg8bit.png")] for p in images]
-    for image, b in zip(images, bins):
+    for image, b in zip(images, bins, strict=False):
         want = expected_seg(image)
         assert b.read_bytes() == want.tobytes()  # raw, little-endian float32, NCHW
         np.testing.assert_array_equal(np.load(out / "npy" / f"{b.stem}.npy"), want)

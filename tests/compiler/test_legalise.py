@@ -198,7 +198,7 @@ def test_insert_pass_follows_the_rank_order() -> None:
         "set_shape_range",
         "cleanup",
     ]
-    assert all(PASS_RANK[a.name] <= PASS_RANK[b.name] for a, b in zip(specs, specs[1:]))
+    assert all(PASS_RANK[a.name] <= PASS_RANK[b.name] for a, b in zip(specs, specs[1:], strict=False))
 
 
 def test_nothing_added_for_a_legal_model() -> None:

@@ -129,7 +129,7 @@ def compare(name: str, model_path: Path, torch_model: "torch.nn.Module", shape: 
     outs = run_session(session, {zoo.get_entry(name).input_names[0]: x})
     expected = expected_outputs(name, shape)
     assert list(outs) == list(expected)
-    for (out_name, value), torch_value in zip(outs.items(), ref):
+    for (out_name, value), torch_value in zip(outs.items(), ref, strict=False):
         want_shape, want_dtype = expected[out_name]
         assert value.shape == want_shape and value.dtype == want_dtype, (out_name, value.shape, value.dtype)
         t = torch_value.numpy()

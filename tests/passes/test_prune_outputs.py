@@ -190,7 +190,7 @@ def test_ocrnet_cut_before_resize_and_argmax(seed_onnx) -> None:
     assert len(kept) == 2 and result.stats["dropped"] == ["output"]
     assert "decode_head.1" in kept[0] and "decode_head.0" in kept[1]
     assert "ArgMax" not in {n.op_type for n in out.graph.node}
-    for name, elem, dims in outputs_of(out):
+    for _name, elem, dims in outputs_of(out):
         assert elem == TensorProto.FLOAT and (not dims or dims[1] in (0, 19))
     feed = {"x": RNG.standard_normal(SEED_SHAPE).astype(np.float32)}
     before = run_model(with_outputs(model, kept), feed)

@@ -252,7 +252,7 @@ def _random_fpn(strides: list[int], kernels: list[int]) -> onnx.ModelProto:
     rng = np.random.default_rng(len(strides))
     inits, nodes, feats = [], [], []
     prev = "x"
-    for i, (s, k) in enumerate(zip(strides, kernels)):
+    for i, (s, k) in enumerate(zip(strides, kernels, strict=False)):
         inits.append(
             helper.make_tensor(
                 f"w{i}", TensorProto.FLOAT, [2, 2, k, k], rng.standard_normal(4 * k * k).astype(np.float32).tolist()

@@ -37,7 +37,7 @@ def compile_fp16(tmp_path: Path, target: str, scale: float = 1e5) -> tuple[Path,
 
 
 def _trtexec_line(out: Path) -> list[str]:
-    line = next(l for l in (out / "build.sh").read_text().splitlines() if l.startswith("trtexec "))
+    line = next(ln for ln in (out / "build.sh").read_text().splitlines() if ln.startswith("trtexec "))
     return shlex.split(line)
 
 
@@ -68,7 +68,7 @@ def test_tensorrt_obeys_the_keep_set(tmp_module: Path) -> None:
 def test_ascend_keeps_dtype_for_those_nodes(tmp_module: Path) -> None:
     out, _ = compile_fp16(tmp_module, "ascend")
     assert (out / "keep_dtype.cfg").read_text().split() == KEPT
-    atc = next(l for l in (out / "build.sh").read_text().splitlines() if l.startswith("atc "))
+    atc = next(ln for ln in (out / "build.sh").read_text().splitlines() if ln.startswith("atc "))
     assert "--keep_dtype=keep_dtype.cfg" in atc and "--precision_mode=force_fp16" in atc
 
 

@@ -481,8 +481,8 @@ def recheck(original: Path, compiled: Path, spec: ModelSpec) -> list[ShapeCheck]
     for i, (h, w) in enumerate(spec.check_shapes):
         x = image_input(spec, h, w, seed=i)
         ref = ref_sess.run(None, {ref_sess.get_inputs()[0].name: x})
-        got = dict(zip(cand_names, cand_sess.run(None, {cand_sess.get_inputs()[0].name: x})))
-        for name, r in zip(ref_names, ref):
+        got = dict(zip(cand_names, cand_sess.run(None, {cand_sess.get_inputs()[0].name: x}), strict=False))
+        for name, r in zip(ref_names, ref, strict=False):
             c = got.get(name)
             if c is None or c.shape != r.shape:
                 checks.append(ShapeCheck(x.shape, name, float("inf"), 0.0, 0.0, False))
