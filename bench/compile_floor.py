@@ -119,11 +119,13 @@ def render(results: dict[str, Any]) -> str:
     for name, e in results["models"].items():
         t, r, n = e["tools"], e.get("ratios", {}), e["nodes"]
 
-        def cell(tool: str) -> str:
+        def cell(tool: str, t: dict[str, Any] = t) -> str:
             x = t[tool]
             return f"{x['seconds']:.1f} / {x['peak_mib']:.0f}" if x["seconds"] else f"failed: {x['failures'][:1]}"
 
-        ratio = (lambda k: f"{r[k]:.2f}x" if k in r else "-")
+        def ratio(k: str, r: dict[str, float] = r) -> str:
+            return f"{r[k]:.2f}x" if k in r else "-"
+
         lines.append(
             f"| {name} ({e['file_mib']:.0f}) | {cell('load+save')} | {cell('onnxsim')} | {cell('segc')} | "
             f"{ratio('segc/load+save time')} | {ratio('segc/onnxsim time')} | {ratio('segc/load+save peak')} | "

@@ -250,7 +250,7 @@ def main() -> int:
             "error": run["error"],
         }
         print(f"  synthetic {n}: passes {secs:.2f}s", flush=True)
-    ok = [(n, t) for n, t in zip(sizes, times) if t == t and t > 0]
+    ok = [(n, t) for n, t in zip(sizes, times, strict=False) if t == t and t > 0]
     if len(ok) >= 2:
         results["scaling"]["exponent"] = growth_exponent([n for n, _ in ok], [t for _, t in ok])
     (out / "results.json").write_text(json.dumps(results, indent=2))

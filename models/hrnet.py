@@ -209,7 +209,7 @@ class HighResolutionModule(nn.Module):
         return nn.ModuleList(rows)
 
     def forward(self, x: list[torch.Tensor]) -> list[torch.Tensor]:
-        x = [branch(t) for branch, t in zip(self.branches, x)]
+        x = [branch(t) for branch, t in zip(self.branches, x, strict=False)]
         if self.fuse_layers is None:
             return x
         fused: list[torch.Tensor] = []

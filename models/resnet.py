@@ -205,7 +205,7 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1, ceil_mode=config.ceil_mode_pool)
         widths = (64, 128, 256, 512)
-        stages = zip(widths, config.blocks, config.strides, config.dilations, config.dcn_stages)
+        stages = zip(widths, config.blocks, config.strides, config.dilations, config.dcn_stages, strict=False)
         for index, (planes, blocks, stride, dilation, dcn) in enumerate(stages, start=1):
             self.add_module(f"layer{index}", self._make_layer(planes, blocks, stride, dilation, dcn))
 
