@@ -7,6 +7,7 @@ printed, so a log reads ``[3/20] passed  dbnet_r50/ascend  41.2s``.
 from __future__ import annotations
 
 import sys
+from types import TracebackType
 
 from rich.console import Console
 from rich.markup import escape
@@ -31,8 +32,10 @@ class Progress:
         self.bar.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.bar.__exit__(*exc)  # type: ignore[arg-type]
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.bar.__exit__(kind, exc, tb)
 
     def note(self, line: str) -> None:
         self.console.print(escape(line))

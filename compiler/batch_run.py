@@ -38,7 +38,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from types import FrameType
+from typing import IO, Any, Callable, Sequence
 
 import segc
 from segc.batch_cache import STATE_DIR, cell_key, export_key, lookup, store
@@ -82,7 +83,7 @@ class JobOutcome:
     last_error: str | None  # the ``segc: error:`` line, else the log's last line
 
 
-_LIVE: set[subprocess.Popen] = set()  # the compiles running now, killed if the batch is stopped
+_LIVE: set[subprocess.Popen[bytes]] = set()  # the compiles running now, killed if the batch is stopped
 _LIVE_LOCK = threading.Lock()
 
 
@@ -126,7 +127,7 @@ def _last_error(log: Path) -> str | None:
     except OSError:
         return None
     errors = [ln for ln in lines if ln.startswith("segc: error:")]
-    return (errors or lines or [None])[-1]
+    return (errors or lines)[-1] if errors or lines else None
 
 
 def outcome_name(o: JobOutcome) -> str:
@@ -173,7 +174,7 @@ def ray_executor(jobs_at_once: int | None, address: str | None) -> Executor:
                 ray.init(num_cpus=jobs_at_once or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
                          object_store_memory=200 * 1024 * 1024)
         task = ray.remote(num_cpus=1, max_retries=0)(run_job)
-        queue, pending = list(jobs), {}
+        queue, pending = list(jobs), dict[Any, Job]()
         limit = jobs_at_once or len(queue)
         while queue or pending:
             while queue and len(pending) < limit:
@@ -227,7 +228,8 @@ def _check_args(args: argparse.Namespace) -> None:
             raise SegcError("--executor ray needs Ray: pip install 'segc[fleet]' (or pip install ray)") from None
 
 
-def _lock(outdir: Path):  # noqa: ANN202 - the open file; closing it releases the lock
+def _lock(outdir: Path) -> IO[str]:
+    """The open lock file; closing it releases the lock."""
     state = outdir / STATE_DIR
     state.mkdir(parents=True, exist_ok=True)
     fh = open(state / "lock", "a+")
@@ -239,11 +241,11 @@ def _lock(outdir: Path):  # noqa: ANN202 - the open file; closing it releases th
     return fh
 
 
-def _stop_on_sigterm():  # noqa: ANN202 - the previous handler, or None off the main thread
+def _stop_on_sigterm() -> Callable[[int, FrameType | None], Any] | int | None:
     """SIGTERM (a scheduler's stop, ``timeout``) stops the batch like Ctrl-C: the running
     compiles are killed, not orphaned holding their OUTDIR locks."""
 
-    def stop(signum: int, frame: object) -> None:
+    def stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     if threading.current_thread() is not threading.main_thread():

@@ -37,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     try:
         from segc.models.export import add_export_arguments
     except ImportError:  # the zoo is optional; its absence is reported when export is used
-        add_export_arguments = None
-    if add_export_arguments is not None:
+        pass
+    else:
         add_export_arguments(exp)
 
     c = sub.add_parser("compile", help="run the verified pass pipeline and emit a vendor build")

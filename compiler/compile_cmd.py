@@ -154,10 +154,10 @@ def final_shapes(model: onnx.ModelProto, cli: dict[str, ShapeRange], recipe: Rec
             continue
         dims = input_dims(vi)
         if all(isinstance(d, int) for d in dims):
-            static = tuple(int(d) for d in dims)  # type: ignore[arg-type]
+            static = tuple(d for d in dims if isinstance(d, int))
             shapes.append(ShapeRange(vi.name, static, static, static))
         elif batch and dims and all(isinstance(d, int) for d in dims[1:]):
-            fixed = (min(batch), *(int(d) for d in dims[1:]))  # type: ignore[arg-type]
+            fixed = (min(batch), *(d for d in dims[1:] if isinstance(d, int)))
             shapes.append(ShapeRange(vi.name, fixed, fixed, fixed))
         elif recipe is not None and len(recipe.seed_shape) == len(dims):
             seed = tuple(d if isinstance(d, int) else recipe.seed_shape[i] for i, d in enumerate(dims))
@@ -376,7 +376,8 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
 
     save_model(result.model, out_model, protect=out.protect)
     if result.ok and args.verify_data:
-        judgement = judge_on_dataset(src, out_model, args.verify_data, recipe, args.budget)  # type: ignore[arg-type]
+        assert recipe is not None  # --verify-data without a recipe is refused before any work
+        judgement = judge_on_dataset(src, out_model, args.verify_data, recipe, args.budget)
         report_fields["task_metric"] = judgement.to_dict()
         if not judgement.passed:
             approximate = [r.name for r in result.records if r.contract == "approximate" and r.changed]

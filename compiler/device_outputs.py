@@ -54,7 +54,7 @@ class OutputReader:
     def read(self, stem: str, input_shape: tuple[int, ...]) -> np.ndarray:
         path = self.path(stem)
         if path.suffix == ".npy":
-            return np.load(path)
+            return np.asarray(np.load(path))
         if path.suffix == ".json":
             return self._trtexec_json(path)
         data = np.fromfile(path, self.dtype.newbyteorder("<"))
@@ -88,18 +88,18 @@ class OutputReader:
             unknown = [i for i, d in enumerate(dims) if d is None]
             known = int(np.prod([d for d in dims if d is not None])) if dims else 1
             if not unknown and known == count:
-                return tuple(int(d) for d in dims)
+                return tuple(int(d) for d in dims if d is not None)
             if unknown and known and count % known == 0:
                 rest = count // known
                 if len(unknown) == 1:
                     dims[unknown[0]] = rest
-                    return tuple(int(d) for d in dims)
+                    return tuple(int(d) for d in dims if d is not None)
                 if len(unknown) == 2:
                     ratio = input_shape[-2] / input_shape[-1]
                     h = int(round(math.sqrt(rest * ratio)))
                     if h and rest % h == 0:
                         dims[unknown[0]], dims[unknown[1]] = h, rest // h
-                        return tuple(int(d) for d in dims)
+                        return tuple(int(d) for d in dims if d is not None)
         return None
 
 

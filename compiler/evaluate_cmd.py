@@ -21,7 +21,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import onnx
@@ -68,7 +68,7 @@ class Budget:
 class Evaluation:
     model: str
     source: str  # "onnxruntime" or the outputs folder
-    metrics: dict[str, object]
+    metrics: dict[str, Any]  # the figures as report.json writes them
 
 
 def parse_budget(text: str | None, task: str, compare: bool) -> Budget | None:
@@ -134,6 +134,7 @@ def _outputs(
         if reader is not None:
             out = reader.read(group[0].stem, tuple(array.shape))
         else:
+            assert session is not None  # made above when there is no reader
             out = session.run([name], {target.name: array})[0]
         if out.ndim == 3:
             out = out[:, None]
@@ -157,6 +158,7 @@ def evaluate_model(path: str, recipe: Recipe, dataset: Dataset, batch: int, outp
 
         counts = seg_metrics.SegCounts(recipe.num_classes or 19)
         for sample, out, _ in _outputs(path, model, target, dataset, batch, index, name, outputs_dir):
+            assert sample.label is not None  # load_dataset(need_labels=True) checked
             gt = seg_metrics.label_ids_to_train_ids(np.asarray(Image.open(sample.label)))
             pred = seg_metrics.prediction_at(out, spec.kind, gt.shape, spec.align_corners)
             counts.add(pred, gt)
@@ -176,15 +178,15 @@ def evaluate_model(path: str, recipe: Recipe, dataset: Dataset, batch: int, outp
     return Evaluation(path, str(outputs_dir) if outputs_dir else "onnxruntime", metrics)
 
 
-def drops(a: Evaluation, b: Evaluation, task: str) -> dict[str, object]:
+def drops(a: Evaluation, b: Evaluation, task: str) -> dict[str, Any]:
     if task == "segmentation":
-        per = {}
-        for name, va in a.metrics["per_class"].items():  # type: ignore[union-attr]
-            vb = b.metrics["per_class"].get(name)  # type: ignore[union-attr]
+        per: dict[str, float | None] = {}
+        for name, va in a.metrics["per_class"].items():
+            vb = b.metrics["per_class"].get(name)
             per[name] = None if va is None or vb is None else va - vb
         return {"miou": a.metrics["miou"] - b.metrics["miou"], "aacc": a.metrics["aacc"] - b.metrics["aacc"],
                 "per_class": per}
-    return {k: a.metrics[k] - b.metrics[k] for k in ("precision", "recall", "hmean")}  # type: ignore[operator]
+    return {k: a.metrics[k] - b.metrics[k] for k in ("precision", "recall", "hmean")}
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -221,7 +223,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         drop = drops(a, b, recipe.task)
         report["compare"] = _entry(b) | {"drop": drop}
         if budget is not None:
-            value = float(drop["miou" if budget.key == "miou_drop" else "hmean"])  # type: ignore[arg-type]
+            value = float(drop["miou" if budget.key == "miou_drop" else "hmean"])
             exceeded = value > budget.limit
             report["budget"] = {"key": budget.key, "limit": budget.limit, "drop": value, "exceeded": exceeded}
     out.mkdir(parents=True, exist_ok=True)
@@ -251,8 +253,8 @@ def _nan_to_none(obj: object) -> object:
     return obj
 
 
-def _summary(report: dict, out: Path) -> str:
-    def fig(m: dict) -> str:
+def _summary(report: dict[str, Any], out: Path) -> str:
+    def fig(m: dict[str, Any]) -> str:
         if "miou" in m:
             return f"mIoU {m['miou']:.2f}  aAcc {m['aacc']:.2f}"
         return f"precision {m['precision']:.4f}  recall {m['recall']:.4f}  hmean {m['hmean']:.4f}"

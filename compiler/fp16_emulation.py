@@ -198,7 +198,7 @@ def emulate(model: onnx.ModelProto, keep: set[str]) -> _Rewrite:
             src_fp16 = src is not None and src.name in fp16
             if node.name in fp16 or src_fp16:
                 node.input[i] = round_of(name)
-                who = [src.name] if src_fp16 else [node.name]
+                who = [src.name] if src is not None and src_fp16 else [node.name]
                 charged.setdefault(name, [])
                 charged[name] += [w for w in who if w not in charged[name]]
     for original, raw in renamed.items():

@@ -7,21 +7,24 @@ import collections
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
 from segc.errors import SegcError
-from segc.metrics import VERIFY_INPUTS_FIX, Tolerances
+from segc.metrics import VERIFY_INPUTS_FIX, Tolerances, Verdict
 from segc.modelio import default_opset, load_model
 from segc.passbase import Contract, all_passes
 from segc.shapes import parse_shape_range, ranges_from_metadata
 from segc.verify import Verifier
 from segc.verify_inputs import graph_inputs, input_dims
 
+if TYPE_CHECKING:
+    from rich.console import Console
 
-def _console():
+
+def _console() -> Console:
     from rich.console import Console
 
     # a pipe or CI log is not 80 columns wide; don't wrap tables and commands there
@@ -29,7 +32,7 @@ def _console():
 
 
 def run_passes(args: argparse.Namespace) -> int:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, cls in all_passes().items():
         contract = cls.contract.value
         if callable(getattr(cls, "contract_for", None)):
@@ -196,7 +199,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def _print_localization(args: argparse.Namespace, verifier: Verifier, ref_model: onnx.ModelProto,
-                        cand_model: onnx.ModelProto, verdict) -> int:
+                        cand_model: onnx.ModelProto, verdict: Verdict) -> int:
     """``--localize``: the first divergent shared tensor and the k worst (segc.localize)."""
     from segc.localize import localize
 

@@ -25,14 +25,14 @@ from __future__ import annotations
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnx
 import onnx.version_converter
 
 from segc.errors import SegcError
-from segc.metrics import compare_output
+from segc.metrics import OutputMetrics, compare_output
 from segc.ortrun import run_model
 from segc.outdir import write_file
 from segc.recipe import Recipe
@@ -148,13 +148,13 @@ def quantize_qdq(model: onnx.ModelProto, feeds: list[Feed]) -> onnx.ModelProto:
 def int8_drop(model: onnx.ModelProto, feeds: list[Feed]) -> Int8Estimate:
     """Quantise on ``feeds`` and compare the QDQ model with fp32 on the same inputs."""
     qdq = quantize_qdq(model, feeds)
-    metrics = []
+    metrics: list[OutputMetrics] = []
     for feed in feeds:
         ref = run_model(model, feed.arrays)
         cand = run_model(qdq, feed.arrays)
         metrics += [compare_output(o, feed.label, ref[o], cand[o]) for o in ref if o in cand]
 
-    def worst(attr: str, fn) -> float | None:
+    def worst(attr: str, fn: Callable[[list[float]], float]) -> float | None:
         vals = [getattr(m, attr) for m in metrics if getattr(m, attr) is not None]
         return fn(vals) if vals else None
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -68,13 +68,13 @@ class Tolerances:
         decomposed into GridSample + Conv) adds more rounding noise than a fold does; it may
         say so, and the user's explicit ``--tolerance`` still wins.
         """
-        changes = {k: v for k, v in defaults.items() if k not in keep and hasattr(self, k)}
+        changes: dict[str, Any] = {k: v for k, v in defaults.items() if k not in keep and hasattr(self, k)}
         return replace(self, **changes) if changes else self
 
     @classmethod
     def parse(cls, items: list[str]) -> "Tolerances":
         """Build from ``["rtol=1e-3", "cosine=0.995"]``; unknown keys are a usage error."""
-        values: dict[str, float] = {}
+        values: dict[str, Any] = {}
         known = {f.name for f in fields(cls) if f.name != "user_set"}
         for item in items:
             for part in item.split(","):
@@ -247,7 +247,7 @@ class Verdict:
     def summary(self) -> dict[str, float | None]:
         """Worst figures over all outputs and inputs (what the tables show)."""
 
-        def worst(attr: str, fn) -> float | None:
+        def worst(attr: str, fn: Callable[[list[float]], float]) -> float | None:
             vals = [getattr(m, attr) for m in self.metrics if getattr(m, attr) is not None]
             return fn(vals) if vals else None
 

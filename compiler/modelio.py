@@ -18,10 +18,10 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator, Sequence
 
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from segc.errors import SegcError
 from segc.outdir import file_sha256, private_folder, refuse_protected, remember_sha256, write_file
@@ -86,7 +86,7 @@ def default_opset(model: onnx.ModelProto) -> int:
     """The model's default-domain ("" or "ai.onnx") opset version, 0 when absent."""
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
-            return imp.version
+            return int(imp.version)
     return 0
 
 
@@ -162,7 +162,7 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> set[Path]:
     """
     base = path.resolve().parent
     files: set[Path] = set()
-    checked: list[tuple[onnx.TensorProto, Path, int, int | None]] = []
+    checked: list[tuple[onnx.TensorProto, Path, int, int]] = []
     for tensor in _all_tensors(model):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
@@ -303,7 +303,7 @@ def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     return skeleton
 
 
-def _copy_fields(src, dst, skip: str) -> None:
+def _copy_fields(src: Message, dst: Message, skip: str) -> None:
     for fd, value in src.ListFields():
         if fd.name == skip:
             continue
@@ -362,7 +362,7 @@ def readable_ir(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def save_model(model: onnx.ModelProto, path: str | Path, *, protect: list[str | Path] = ()) -> Path:
+def save_model(model: onnx.ModelProto, path: str | Path, *, protect: Sequence[str | Path] = ()) -> Path:
     """Write ``model`` to ``path`` through segc's atomic writer (:mod:`segc.outdir`);
     refuses a ``path`` that is, or links to, any file in ``protect``.
 
@@ -411,7 +411,7 @@ class _HashedSparseFile:
     read gigabytes back), all-zero chunks left as holes (as ``cp --sparse`` does): zero
     weights then cost neither disk nor write time."""
 
-    def __init__(self, fh, digest) -> None:
+    def __init__(self, fh: BinaryIO, digest: hashlib._Hash) -> None:
         self.fh, self.digest, self.size = fh, digest, 0
 
     def write(self, chunk: bytes) -> None:
@@ -469,14 +469,15 @@ def _split_weights(model: onnx.ModelProto, data: _HashedSparseFile, data_name: s
                 tensor.external_data.add(key=key, value=value)
             tensor.data_location = onnx.TensorProto.EXTERNAL
         data.finish()
-        return model.SerializeToString()
+        serialised: bytes = model.SerializeToString()
+        return serialised
     finally:
-        for tensor, raw, entries in reversed(undo):
+        for tensor, saved, entries in reversed(undo):
             del tensor.external_data[:]
             for key, value in entries:
                 tensor.external_data.add(key=key, value=value)
-            if raw is not None:
-                tensor.raw_data = raw
+            if saved is not None:
+                tensor.raw_data = saved
                 tensor.data_location = onnx.TensorProto.DEFAULT
 
 
@@ -488,7 +489,7 @@ def tensor_nbytes(t: onnx.TensorProto) -> int:
     try:
         itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
     except (KeyError, TypeError, ValueError):  # strings and exotic types: measure the message
-        return t.ByteSize()
+        return int(t.ByteSize())
     return count * itemsize
 
 

@@ -126,7 +126,7 @@ def inference_session(
 
 # (file identity, offset, length, type, dims) -> OrtValue over a read-only np.memmap. Kept for
 # the life of the process: onnxruntime reads the buffer for as long as any session lives.
-_SHARED: dict[tuple, ort.OrtValue] = {}
+_SHARED: dict[tuple[Any, ...], ort.OrtValue] = {}
 
 
 def _shared_weight(tensor: onnx.TensorProto) -> ort.OrtValue | None:

@@ -514,8 +514,9 @@ class StagedOutput:
             shutil.rmtree(self._stage, ignore_errors=True)
             self._stage = None
         if self._lock_fd is not None:
+            assert self._lock_path is not None  # set together with _lock_fd
             with contextlib.suppress(OSError):
-                os.unlink(self._lock_path)  # type: ignore[arg-type]
+                os.unlink(self._lock_path)
             os.close(self._lock_fd)
             self._lock_fd = None
         if not self.committed:

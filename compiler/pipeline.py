@@ -130,8 +130,11 @@ class DumpInstrument(Instrument):
     def file_name(index: int, name: str) -> str:
         return f"{index:02d}_{name}.onnx"
 
-    def after_pass(self, record: PassRecord, model: onnx.ModelProto) -> None:
+    def after_pass(self, record: PassRecord, model: onnx.ModelProto | None) -> None:
         from segc.modelio import save_model
+
+        if model is None:  # the pass failed: nothing new to write
+            return
 
         save_model(model, self.directory / self.file_name(record.index, record.name), protect=self.protect)
 
@@ -340,7 +343,7 @@ def _is_graph_pass(pass_obj: GraphPass) -> bool:
 
 def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, target: str | None = None,
                  recipe: Recipe | None = None, verify: str = "each", verifier: Verifier | None = None,
-                 instruments: list[Instrument] = (), source: Path | None = None) -> PipelineResult:
+                 instruments: Sequence[Instrument] = (), source: Path | None = None) -> PipelineResult:
     """Run ``specs`` over ``model``; never raises for a broken pass, the result says which.
 
     ``source``: the file ``model`` was read from (self-contained, no external data); passes

@@ -86,7 +86,7 @@ class Verifier:
         # tensors (e.g. the --outputs chosen on the input model) compared at every step, so a
         # pass that keeps a name but changes its value fails at that pass
         self.watch = tuple(watch)
-        self._feeds: dict[tuple, Feed] = {}
+        self._feeds: dict[tuple[tuple[str, tuple[int, ...]], ...], Feed] = {}
         self._user_feeds: list[Feed] | None = None
         # seeded inputs are natural-image-like until the input model shows no signal on them
         self.text_pages = False
@@ -267,7 +267,7 @@ class Verifier:
                             f"their values fails; --skip it to keep them")
         metrics: list[OutputMetrics] = []
         skipped: list[str] = []
-        tried: set[tuple] = set()
+        tried: set[tuple[tuple[str, tuple[int, ...]], ...]] = set()
         both_failed: list[str] = []  # shapes neither graph could run
         for feeds in (self.feeds_for(after.model), self.feeds_for(before.model)):
             for feed in feeds:

@@ -82,7 +82,7 @@ def _round_to(value: int, multiple: int) -> int:
 def _shapes_for_input(dims: list[int | str | None], rng: ShapeRange | None, recipe: Recipe | None,
                       multiple: int, budget: int) -> list[Shape]:
     if all(isinstance(d, int) for d in dims):
-        return [tuple(dims)]  # type: ignore[arg-type]
+        return [tuple(d for d in dims if isinstance(d, int))]
     if rng is not None:
         shapes = [rng.min]
         if rng.opt != rng.min:
@@ -280,7 +280,7 @@ def _image_feeds(folder: Path, inputs: list[onnx.ValueInfoProto], recipe: Recipe
     feeds = []
     for f in files:
         try:
-            img = Image.open(f).convert("RGB").resize((w, h), Image.BILINEAR)
+            img = Image.open(f).convert("RGB").resize((w, h), Image.Resampling.BILINEAR)
         except OSError as exc:
             raise SegcError(f"--verify-inputs {f}: not a readable image: {exc}") from None
         pixels = np.asarray(img, dtype=np.float32).transpose(2, 0, 1)[None]
