@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from segc.errors import SegcError
 
@@ -80,7 +81,7 @@ def core() -> ModuleType:
     return loaded
 
 
-def executor():
+def executor() -> Any:
     """A process-wide ``ModelExecutor`` that runs fold sub-models on onnxruntime's CPU."""
     global _executor
     if _executor is None:
@@ -88,7 +89,7 @@ def executor():
     return _executor
 
 
-def _make_executor(c: ModuleType):
+def _make_executor(c: ModuleType) -> Any:
     import numpy as np
     import onnx
     import onnx.numpy_helper
@@ -101,14 +102,16 @@ def _make_executor(c: ModuleType):
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
 
-    class OrtFolder(c.ModelExecutor):  # type: ignore[name-defined, misc]
+    base: Any = c.ModelExecutor  # onnxsim's C++ extension: no stubs, so the base is Any
+
+    class OrtFolder(base):  # type: ignore[misc]  # subclassing Any (disallow_subclassing_any)
         """Evaluates one constant-folding sub-model: inputs and outputs are serialised TensorProtos."""
 
-        def Run(self, model_bytes, inputs):  # noqa: N802 - the C++ interface's name
+        def Run(self, model_bytes: bytes, inputs: list[bytes]) -> list[bytes]:  # noqa: N802 - the C++ interface's name
             model = onnx.ModelProto()
             model.ParseFromString(model_bytes)
             names = [i.name for i in model.graph.input]
-            feed = {}
+            feed: dict[str, Any] = {}
             for name, raw in zip(names, inputs, strict=False):
                 tensor = onnx.TensorProto()
                 tensor.ParseFromString(raw)
@@ -143,5 +146,6 @@ def simplify_file(in_path: Path, out_path: Path, settings: FoldSettings) -> None
 
 def simplify_bytes(model_bytes: bytes, settings: FoldSettings) -> bytes:
     """Simplify a serialised model in memory; returns the serialised result."""
-    return core().simplify(executor(), model_bytes, list(SKIPPED_OPTIMIZERS), settings.constant_folding, True,
+    out: bytes = core().simplify(executor(), model_bytes, list(SKIPPED_OPTIMIZERS), settings.constant_folding, True,
                            settings.tensor_size_threshold, None, None, True, False, False, None, None, None)
+    return out

@@ -307,7 +307,7 @@ class SymValue:
         """All elements as numbers when every element is a known constant."""
         if not all(e is not None and e.is_const() for e in self.elems):
             return None
-        return [e.constant for e in self.elems]  # type: ignore[union-attr]
+        return [e.constant for e in self.elems if e is not None]
 
     def ints(self) -> list[int] | None:
         vals = self.constants()
@@ -366,7 +366,7 @@ def _representable(p: Poly, kind: str) -> bool:
     if den & (den - 1) or any(sum(pw for _, pw in m) > 1 for m in p.terms):
         return False
     bound = sum(abs(c) for c in p.terms.values()) * SIZE_BOUND * den
-    return bound < 2**mantissa
+    return bool(bound < 2**mantissa)
 
 
 def constant_value(arr: np.ndarray) -> SymValue | None:

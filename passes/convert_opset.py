@@ -30,7 +30,7 @@ class ConvertOpset(GraphPass):
         "only_down": "convert only if the graph is newer (default true)",
     }
 
-    def run(self, graph, ctx):  # pragma: no cover - apply is overridden
+    def run(self, graph: object, ctx: PassContext) -> PassResult:  # pragma: no cover - apply is overridden
         raise NotImplementedError
 
     def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:

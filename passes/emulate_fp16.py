@@ -74,7 +74,7 @@ class EmulateFp16(GraphPass):
         return (named if changed else model), PassResult(changed=changed, stats={"fp16": stats}, notes=notes)
 
 
-def precision_passes(names: list[str], options: dict[str, dict], precision: str | None,
+def precision_passes(names: list[str], options: dict[str, dict[str, str]], precision: str | None,
                      calib_images: str | None = None) -> list[str]:
     """The planner's one call: the precision check the build precision asks for, last, for every target.
 

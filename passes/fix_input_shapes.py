@@ -61,7 +61,7 @@ class FixInputShapes(GraphPass):
     summary = "give symbolic input dims the numbers of a static build, so shape computations fold (run before simplify)"
     options = {"shapes": "NAME:D1,D2,... per input ('-1' keeps a dim); a list, or ';'-separated"}
 
-    def run(self, graph, ctx):  # pragma: no cover - apply is overridden
+    def run(self, graph: object, ctx: PassContext) -> PassResult:  # pragma: no cover - apply is overridden
         raise NotImplementedError
 
     def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:

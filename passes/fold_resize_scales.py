@@ -68,11 +68,10 @@ import onnx_graphsurgeon as gs
 import onnx
 
 from segc.passbase import Contract, GraphPass, PassContext, PassResult, register_pass
-from segc.passes._sym_poly import Poly
+from segc.passes._sym_poly import Poly, float32_exact
 from segc.passes._shape_expr import (
     ShapeAnalysis,
     const_array,
-    float32_exact,
     is_empty,
     spatial_symbols,
     topo_nodes,
@@ -148,7 +147,6 @@ class FoldResizeScales(GraphPass):
         "replace shape-computed Resize scales/sizes by constants where provably identical for every input size "
         "(or every size on the range's /M grid)"
     )
-    options: dict[str, str] = {}
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         resizes = [
@@ -244,15 +242,15 @@ class FoldResizeScales(GraphPass):
                 ratios.append(k)
             return _Decision(scales=ratios, from_sizes=True)
 
-        value = analysis.value(scales_t)  # type: ignore[arg-type]
+        value = analysis.value(scales_t)
         if value is None:
-            return _Decision(reason=f"its scales cannot be evaluated: {analysis.unknown_reason(scales_t)}")  # type: ignore[arg-type]
+            return _Decision(reason=f"its scales cannot be evaluated: {analysis.unknown_reason(scales_t)}")
         if value.kind != "f32":
             return _Decision(reason=f"its scales are {value.kind}, not float32")
         consts: list[Fraction] = []
         for i, elem in enumerate(value.elems):
             if elem is None:
-                return _Decision(reason=f"scales[{i}] cannot be proven constant: {analysis.unknown_reason(scales_t)}")  # type: ignore[arg-type]
+                return _Decision(reason=f"scales[{i}] cannot be proven constant: {analysis.unknown_reason(scales_t)}")
             if not elem.is_const():
                 return _Decision(reason=f"scales[{i}] = {elem} depends on the input size")
             if elem.constant <= 0 or not float32_exact(elem.constant):

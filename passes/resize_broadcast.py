@@ -39,7 +39,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from segc.passbase import Contract, GraphPass, PassContext, PassResult, register_pass
-from segc.passes._shape_expr import ShapeAnalysis, as_int, const_array, topo_nodes
+from segc.passes._shape_expr import ShapeAnalysis, const_array, topo_nodes
+from segc.passes._sym_poly import as_int
 
 
 def _text(value: object) -> object:
@@ -56,7 +57,6 @@ class ResizeBroadcast(GraphPass):
     name = "resize_broadcast"
     contract = Contract.EXACT
     summary = "Resize of a provably NxCx1x1 map (ASPP/PSP pooling branches) -> Expand: no Resize parameters left"
-    options: dict[str, str] = {}
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         resizes = [

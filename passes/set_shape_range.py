@@ -50,16 +50,14 @@ from segc.errors import SegcError
 from segc.passbase import Contract, GraphPass, PassContext, PassResult, register_pass
 from segc.passes._shape_expr import (
     INT64_MAX,
-    Poly,
     ShapeAnalysis,
     ShapeConflict,
-    as_int,
     const_array,
-    float32_exact,
     is_empty,
     producer,
     reshape_dims,
 )
+from segc.passes._sym_poly import Poly, as_int, float32_exact
 from segc.shapes import OPT_SHAPE_KEY, SHAPE_RANGE_KEY, ShapeRange, format_ranges, parse_shape_range, parse_static_shape
 
 _AXIS_NAMES_4D = ("batch", "channels", "height", "width")
@@ -298,7 +296,7 @@ class _Fixer:
         target = self.analysis.value(node.inputs[1])
         if target is None or not target.known:
             return  # computed by ops the analysis does not model: nothing to say
-        literal_t = self._traced(target.elems)  # type: ignore[arg-type]
+        literal_t = self._traced(tuple(e for e in target.elems if e is not None))  # all known
         t_in = self._traced(src)
         if t_in is None or literal_t is None:
             self.notes.append(f"Reshape {node.name!r}: sizes unknown at the traced shape; not checked")
@@ -385,12 +383,18 @@ class _Fixer:
         if sizes_t is not None:
             literal = const_array(sizes_t)
             if literal is not None:
-                sizes: list[Fraction | None] = [Fraction(int(v)) for v in literal.reshape(-1)]
+                sizes: list[Fraction] = [Fraction(int(v)) for v in literal.reshape(-1)]
                 shown = str(literal.reshape(-1).tolist())
             else:
                 sym = self.analysis.value(sizes_t)
-                if sym is not None and sym.known and all(
-                    not (e.is_const() and self._varies(src[a])) for a, e in zip(axes, sym.elems, strict=False)  # type: ignore[union-attr]
+                if (
+                    sym is not None
+                    and sym.known
+                    and all(
+                        not (e.is_const() and self._varies(src[a]))
+                        for a, e in zip(axes, sym.elems, strict=False)
+                        if e is not None
+                    )
                 ):
                     return None  # sizes computed from shapes: they follow the input already
                 if not self.static_origin or self.traced_analysis is None:
@@ -404,7 +408,7 @@ class _Fixer:
             t_in = self._traced(src)
             if t_in is None or len(sizes) != len(axes):
                 return None
-            return [Fraction(sz) / t_in[a] for a, sz in zip(axes, sizes, strict=False)], f"sizes {shown}"  # type: ignore[arg-type]
+            return [Fraction(sz) / t_in[a] for a, sz in zip(axes, sizes, strict=False)], f"sizes {shown}"
         if scales_t is None or const_array(scales_t) is not None:
             return None
         sym = self.analysis.value(scales_t)
@@ -718,7 +722,7 @@ class SetShapeRange(GraphPass):
                     t.shape = [None] * len(t.shape)  # rank kept, sizes unknown
                 continue
             out: list[int | str | None] = []
-            for d in dims:
-                v = as_int(d)
-                out.append(v if v is not None else names.get(str(d)))
+            for dim in dims:
+                v = as_int(dim)
+                out.append(v if v is not None else names.get(str(dim)))
             t.shape = out

@@ -57,7 +57,7 @@ class Simplify(GraphPass):
     summary = "onnx-simplifier with shape inference; keeps dynamic dims, never grows the model"
     options = {"fold_constants": "fold constant subgraphs (default true)"}
 
-    def run(self, graph, ctx):  # pragma: no cover - apply is overridden
+    def run(self, graph: object, ctx: PassContext) -> PassResult:  # pragma: no cover - apply is overridden
         raise NotImplementedError
 
     def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
