@@ -203,8 +203,8 @@ def out_nodes(model: onnx.ModelProto, outputs: list[str]) -> str:
                 )
             parts.append(f"{node.name}:{index}")
             continue
-        name, _, index = wanted.rpartition(":")
-        if name in node_names and index.isdigit() and int(index) < len(node_names[name].output):
+        name, _, suffix = wanted.rpartition(":")
+        if name in node_names and suffix.isdigit() and int(suffix) < len(node_names[name].output):
             parts.append(wanted)
             continue
         raise SegcError(f"--out_nodes: {wanted!r} is neither a tensor nor NODE:INDEX of this model")
@@ -562,7 +562,9 @@ class AscendTarget(Target):
     def emit(self, model: onnx.ModelProto, model_path: Path, outdir: Path, options: BuildOptions) -> list[Artefact]:
         outdir = Path(outdir)
         self.validate_options(options)
-        amct_steps, artefacts, atc_model = [], [], None
+        amct_steps: list[Step] = []
+        artefacts: list[Artefact] = []
+        atc_model: Path | None = None
         if options.precision == "int8":
             amct_steps, artefacts, atc_model = amct_calibration(model, Path(model_path), outdir, options)
         steps = amct_steps + atc_steps(model, Path(model_path), outdir, options, atc_model)

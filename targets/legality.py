@@ -178,9 +178,9 @@ def _is_ranged(options: BuildOptions) -> bool:
 def _dtype_name(elem_type: int) -> str:
     """``float32``, ``int64``...: numpy-style names, as the profiles spell them."""
     try:
-        return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name
+        return str(onnx.helper.tensor_dtype_to_np_dtype(elem_type).name)
     except Exception:  # string, undefined, or types numpy lacks (bfloat16, fp8...)
-        return onnx.TensorProto.DataType.Name(elem_type).lower()
+        return str(onnx.TensorProto.DataType.Name(elem_type)).lower()
 
 
 # --------------------------------------------------------------------------- the checks

@@ -96,8 +96,8 @@ def input_ranges(model: onnx.ModelProto, options: BuildOptions) -> list[ShapeRan
     given = {r.name: r for r in options.shape_ranges}
     batch: tuple[int, int] | None = None
     if options.extra.get("batch_range"):
-        lo, hi = (int(v) for v in options.extra["batch_range"])
-        batch = (lo, hi)
+        first, last = (int(v) for v in options.extra["batch_range"])
+        batch = (first, last)
     elif len(options.batch_sizes) > 1:
         batch = (min(options.batch_sizes), max(options.batch_sizes))
     ranges = []
@@ -125,6 +125,7 @@ def input_ranges(model: onnx.ModelProto, options: BuildOptions) -> list[ShapeRan
 def normalisation(model: onnx.ModelProto, options: BuildOptions, input_name: str) -> dict[str, Any]:
     """Calibration preprocessing constants: extra["normalisation"], else the model's recipe."""
     given = options.extra.get("normalisation")
+    spec: InputSpec | None
     if given:
         spec = InputSpec(name=input_name, **dict(given))
     else:

@@ -281,7 +281,8 @@ class TensorRTTarget(Target):
     def emit(self, model: onnx.ModelProto, model_path: Path, outdir: Path, options: BuildOptions) -> list[Artefact]:
         outdir = Path(outdir)
         notes = []
-        calib_steps, calib_files = [], []
+        calib_steps: list[Step] = []
+        calib_files: list[Artefact] = []
         if options.precision == "int8" and not options.extra.get("calib_cache") and options.extra.get("calib_images"):
             calib_steps, calib_files = calibration_steps(model, Path(model_path), outdir, options)
             options = replace(options, extra={**options.extra, "calib_cache": CALIB_CACHE})
