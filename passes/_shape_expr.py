@@ -505,14 +505,15 @@ class ShapeAnalysis:
         iv = self.value(idx)
         if v is not None and not v.scalar and axis == 0 and iv is not None and iv.ints() is not None:
             n = len(v.elems)
-            picks = []
+            picks: list[Poly | None] = []
+            in_range = True
             for i in iv.ints() or []:
                 i = i + n if i < 0 else i
                 if not 0 <= i < n:
-                    picks = None
+                    in_range = False
                     break
                 picks.append(v.elems[i])
-            if picks is not None:
+            if in_range:
                 self._set(
                     node.outputs[0],
                     None,
@@ -528,6 +529,8 @@ class ShapeAnalysis:
         self._set(node.outputs[0], s[:axis] + si + s[axis + 1 :], why=self._unknown_why(node, node.inputs))
 
     def _slice_params(self, node: gs.Node, rank: int) -> tuple[list[Poly], list[Poly], list[int], list[int]] | None:
+        axes: list[int] | None
+        steps: list[int] | None
         if self.opset < 10:
             starts = [Poly.const(x) for x in node.attrs.get("starts", [])]
             ends = [Poly.const(x) for x in node.attrs.get("ends", [])]
@@ -538,8 +541,8 @@ class ShapeAnalysis:
             ev = self.value(node.inputs[2])
             if sv is None or ev is None or not sv.known or not ev.known:
                 return None
-            starts = list(sv.elems)  # type: ignore[arg-type]
-            ends = list(ev.elems)  # type: ignore[arg-type]
+            starts = [e for e in sv.elems if e is not None]  # all known
+            ends = [e for e in ev.elems if e is not None]
             axes_t = node.inputs[3] if len(node.inputs) > 3 and not is_empty(node.inputs[3]) else None
             steps_t = node.inputs[4] if len(node.inputs) > 4 and not is_empty(node.inputs[4]) else None
             axes = self._ints(axes_t) if axes_t is not None else list(range(len(starts)))
@@ -571,15 +574,12 @@ class ShapeAnalysis:
                 )
                 return
         out = list(s)
-        for st, en, ax, step in zip(starts, ends, axes, steps, strict=False):
-            out[ax] = slice_length(
-                s[ax],
-                st,
-                en,
-                step,
-                fresh=lambda ax=ax: Poly.symbol(self._new_symbol(node.outputs[0], ax)),
-                fits=self._fits,
-            )
+
+        def fresh_for(ax: int) -> Callable[[], Poly]:
+            return lambda: Poly.symbol(self._new_symbol(node.outputs[0], ax))
+
+        for start, end, ax, step in zip(starts, ends, axes, steps, strict=False):
+            out[ax] = slice_length(s[ax], start, end, step, fresh=fresh_for(ax), fits=self._fits)
         self._set(node.outputs[0], tuple(out), why=f"Slice {node.name!r} of a data tensor")
 
     def _fits(self, d: Poly, v: int) -> bool:
@@ -778,12 +778,17 @@ class ShapeAnalysis:
             if res is not None:
                 self._set(node.outputs[0], None, SymValue("bool", res.elems, res.scalar))
                 return
-        if node.op == "Where" and all(v is not None for v in vals):
-            cond, a, b = vals  # type: ignore[misc]
+        known_vals = [v for v in vals if v is not None]
+        if node.op == "Where" and len(known_vals) == len(vals) == 3:
+            cond, a, b = known_vals
             n = max(len(cond.elems), len(a.elems), len(b.elems))
-            if all(len(v.elems) in (1, n) for v in vals) and all(c is not None and c.is_const() for c in cond.elems):  # type: ignore[union-attr]
-                pick = lambda v, i: v.elems[i if len(v.elems) > 1 else 0]  # noqa: E731
-                elems = tuple(pick(a, i) if pick(cond, i).constant else pick(b, i) for i in range(n))  # type: ignore[union-attr]
+            conds = cond.constants()
+            if all(len(v.elems) in (1, n) for v in known_vals) and conds is not None:
+
+                def pick(v: SymValue, i: int) -> Poly | None:
+                    return v.elems[i if len(v.elems) > 1 else 0]
+
+                elems = tuple(pick(a, i) if conds[i if len(conds) > 1 else 0] else pick(b, i) for i in range(n))
                 self._set(node.outputs[0], None, SymValue(a.kind, elems, cond.scalar and a.scalar and b.scalar))
                 return
         shapes = [self.shape(t) for t in ins]
@@ -823,7 +828,7 @@ class ShapeAnalysis:
         if any(k is None for k in kernel):
             self._set(node.outputs[0], None)
             return
-        spatial = self._conv_like(node, s[2:], kernel)  # type: ignore[arg-type]
+        spatial = self._conv_like(node, s[2:], kernel)
         self._set(node.outputs[0], None if spatial is None else (s[0], w[0], *spatial))
 
     _op_DeformConv = _op_Conv
@@ -1148,16 +1153,15 @@ def reshape_dims(src: Shape | None, target: SymValue, *, allowzero: bool = False
         for d in src:
             total = total * d
         known = Poly.const(1)
-        for j, d in enumerate(out):
-            if j != infer:
-                known = known * d  # type: ignore[operator]
+        for j, dim in enumerate(out):
+            if j != infer and dim is not None:  # all are, but the one inferred (checked above)
+                known = known * dim
         q = total.exact_div(known)
         if q is None or not q.is_integer_valued():
             return None
         out[infer] = q
-    if any(d is None for d in out):
-        return None
-    return tuple(out)  # type: ignore[arg-type]
+    dims = tuple(d for d in out if d is not None)
+    return dims if len(dims) == len(out) else None
 
 
 # --------------------------------------------------------------------------------------------
