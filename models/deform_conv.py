@@ -43,7 +43,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
+from types import FrameType, ModuleType
 from typing import Any
 
 import torch
@@ -51,10 +51,13 @@ from torch import Tensor, nn
 
 from segc.errors import SegcError
 
+_dynamo_exporter_flags: ModuleType | None
 try:  # private, read only to recognise the strict fallback of the dynamo exporter
-    from torch.onnx._internal.exporter import _flags as _dynamo_exporter_flags
+    from torch.onnx._internal.exporter import _flags
+
+    _dynamo_exporter_flags = _flags
 except ImportError:  # pragma: no cover - other torch versions
-    _dynamo_exporter_flags = None  # type: ignore[assignment]
+    _dynamo_exporter_flags = None
 
 __all__ = [
     "DEFORM_CONV_MIN_OPSET",
@@ -94,10 +97,11 @@ def deform_conv2d_output_size(
     dilation: tuple[int, int],
 ) -> tuple[int, int]:
     """Output (Ho, Wo) of a convolution: what the offset/mask spatial dims must equal."""
-    return tuple(  # type: ignore[return-value]
+    ho, wo = (
         (size[a] + 2 * padding[a] - dilation[a] * (kernel_size[a] - 1) - 1) // stride[a] + 1
         for a in range(2)
     )
+    return ho, wo
 
 
 def require_deform_conv_opset(opset: int | None) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import torch
 from torch import Tensor, nn
@@ -250,14 +250,14 @@ class ResNet(nn.Module):
         return c2, c3, c4, c5
 
 
-def resnet50(**options: object) -> ResNet:
+def resnet50(**options: Any) -> ResNet:
     """ResNet-50 trunk; ``options`` are ResNetConfig fields other than ``blocks``."""
-    return ResNet(ResNetConfig(blocks=RESNET50_BLOCKS, **options))  # type: ignore[arg-type]
+    return ResNet(ResNetConfig(blocks=RESNET50_BLOCKS, **options))
 
 
-def resnet101(**options: object) -> ResNet:
+def resnet101(**options: Any) -> ResNet:
     """ResNet-101 trunk; ``options`` are ResNetConfig fields other than ``blocks``."""
-    return ResNet(ResNetConfig(blocks=RESNET101_BLOCKS, **options))  # type: ignore[arg-type]
+    return ResNet(ResNetConfig(blocks=RESNET101_BLOCKS, **options))
 
 
 def init_weights(module: nn.Module) -> None:

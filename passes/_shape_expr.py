@@ -647,11 +647,12 @@ class ShapeAnalysis:
     def _op_Concat(self, node: gs.Node) -> None:
         axis = int(node.attrs.get("axis", 0))
         vals = [self.value(t) for t in node.inputs]
-        if all(v is not None and not v.scalar for v in vals) and axis in (0, -1):
+        known_vals = [v for v in vals if v is not None and not v.scalar]
+        if len(known_vals) == len(vals) and axis in (0, -1):
             elems: list[Poly | None] = []
-            for v in vals:
-                elems.extend(v.elems)  # type: ignore[union-attr]
-            kinds = {v.kind for v in vals}  # type: ignore[union-attr]
+            for v in known_vals:
+                elems.extend(v.elems)
+            kinds = {v.kind for v in known_vals}
             if len(kinds) == 1 and len(elems) <= MAX_VALUE_ELEMS:
                 self._set(
                     node.outputs[0], None, SymValue(kinds.pop(), tuple(elems)), why=self._unknown_why(node, node.inputs)
@@ -709,7 +710,8 @@ class ShapeAnalysis:
         ):
             total = Poly.const(1)
             for e in v.elems:
-                total = total * e  # type: ignore[operator]
+                if e is not None:  # all are (v.known)
+                    total = total * e
             keep = bool(node.attrs.get("keepdims", 1))
             self._set(node.outputs[0], None, SymValue(v.kind, (total,), scalar=not keep))
             return
@@ -735,20 +737,23 @@ class ShapeAnalysis:
 
     def _op_Range(self, node: gs.Node) -> None:
         vals = [self.value(t) for t in node.inputs[:3]]
-        if all(v is not None and v.constants() is not None for v in vals):
-            start, limit, delta = (v.constants()[0] for v in vals)  # type: ignore[index,union-attr]
+        known_vals = [v for v in vals if v is not None]
+        consts = [c for c in (v.constants() for v in known_vals) if c is not None]
+        if len(consts) == len(vals):
+            start, limit, delta = (c[0] for c in consts)
             n = max(math.ceil((limit - start) / delta), 0) if delta else 0
-            kind = vals[0].kind  # type: ignore[union-attr]
+            kind = known_vals[0].kind
             if n <= MAX_VALUE_ELEMS:
                 self._set(node.outputs[0], None, SymValue(kind, tuple(Poly.const(start + i * delta) for i in range(n))))
             else:
                 self._set(node.outputs[0], (Poly.const(n),))
             return
-        if all(v is not None and v.known for v in vals):
-            start, limit, delta = (v.elems[0] for v in vals)  # type: ignore[union-attr]
-            if start.is_const() and delta.is_const() and delta.constant > 0:  # type: ignore[union-attr]
+        firsts = [e for v in known_vals if v.known for e in v.elems[:1] if e is not None]
+        if len(firsts) == len(vals):
+            first, limit_p, step = firsts
+            if first.is_const() and step.is_const() and step.constant > 0:
                 # a size-dependent length: ceil((limit - start) / delta), limit >= start assumed
-                n_sym = ((limit - start) * (1 / delta.constant)).ceil()  # type: ignore[operator,union-attr]
+                n_sym = ((limit_p - first) * (1 / step.constant)).ceil()
                 self._set(node.outputs[0], (n_sym,), why=f"Range {node.name!r} has a size-dependent length")
                 return
         self._set(node.outputs[0], None, why=self._unknown_why(node, node.inputs))
@@ -763,22 +768,18 @@ class ShapeAnalysis:
     def _broadcast_op(self, node: gs.Node) -> None:
         ins = [t for t in node.inputs if not is_empty(t)]
         vals = [self.value(t) for t in ins]
-        if (
-            node.op in ("Add", "Sub", "Mul", "Div", "Max", "Min")
-            and len(vals) == 2
-            and all(v is not None for v in vals)
-        ):
-            if vals[0].kind == vals[1].kind:  # type: ignore[union-attr]
-                res = self._value_binop(node, vals[0], vals[1])  # type: ignore[arg-type]
+        known_vals = [v for v in vals if v is not None]
+        if node.op in ("Add", "Sub", "Mul", "Div", "Max", "Min") and len(known_vals) == len(vals) == 2:
+            if known_vals[0].kind == known_vals[1].kind:
+                res = self._value_binop(node, known_vals[0], known_vals[1])
                 if res is not None:
                     self._set(node.outputs[0], None, res, why=self.why_unknown.get(node.outputs[0].name))
                     return
-        if node.op == "Equal" and len(vals) == 2 and all(v is not None for v in vals):
-            res = self._value_binop(node, vals[0], vals[1])  # type: ignore[arg-type]
+        if node.op == "Equal" and len(known_vals) == len(vals) == 2:
+            res = self._value_binop(node, known_vals[0], known_vals[1])
             if res is not None:
                 self._set(node.outputs[0], None, SymValue("bool", res.elems, res.scalar))
                 return
-        known_vals = [v for v in vals if v is not None]
         if node.op == "Where" and len(known_vals) == len(vals) == 3:
             cond, a, b = known_vals
             n = max(len(cond.elems), len(a.elems), len(b.elems))
@@ -792,10 +793,11 @@ class ShapeAnalysis:
                 self._set(node.outputs[0], None, SymValue(a.kind, elems, cond.scalar and a.scalar and b.scalar))
                 return
         shapes = [self.shape(t) for t in ins]
-        if any(s is None for s in shapes):
+        known_shapes = [s for s in shapes if s is not None]
+        if len(known_shapes) != len(shapes):
             self._set(node.outputs[0], None, why=self._unknown_why(node, ins))
             return
-        self._set(node.outputs[0], self.broadcast(shapes, node), why=self._unknown_why(node, ins))  # type: ignore[arg-type]
+        self._set(node.outputs[0], self.broadcast(known_shapes, node), why=self._unknown_why(node, ins))
 
     def _conv_like(self, node: gs.Node, spatial: Sequence[Poly], kernel: Sequence[int]) -> list[Poly] | None:
         n = len(spatial)
