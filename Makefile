@@ -23,6 +23,8 @@ setup: $(STAMP)
 # mypy cannot follow the editable install's import hook, and segc's sources are not laid out as
 # packages (compiler/ is segc, passes/ is segc.passes, ...): $(TYPECHECK)/segc is rebuilt as a
 # tree of symlinks in the installed layout on every run, so new modules are checked at once.
+# mypy names files by that tree: build/typecheck/segc/X.py is compiler/X.py, .../segc/passes/X.py
+# is passes/X.py. Cold about 30 s (2 cores), then about 3 s from build/mypy_cache.
 # Config: [tool.ruff] and [tool.mypy] in pyproject.toml.
 TYPECHECK := build/typecheck
 
