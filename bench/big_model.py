@@ -71,9 +71,23 @@ def write_big_model(folder: Path, channels: int = CHANNELS) -> tuple[Path, int]:
     return path, offset
 
 
-def compile_measured(model: Path, target: str, outdir: Path, extra: list[str] = (), sample_anon: bool = False) -> dict[str, Any]:
+def compile_measured(
+    model: Path, target: str, outdir: Path, extra: list[str] = (), sample_anon: bool = False
+) -> dict[str, Any]:
     """One ``segc compile`` in its own process: rc, wall seconds, peak RSS (MiB), stderr tail."""
-    cmd = [sys.executable, "-m", "segc", "compile", str(model), "--target", target, "-o", str(outdir), "--force", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "segc",
+        "compile",
+        str(model),
+        "--target",
+        target,
+        "-o",
+        str(outdir),
+        "--force",
+        *extra,
+    ]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     anon = 0
@@ -117,10 +131,17 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row))
     (args.out / "big_model.json").write_text(json.dumps({"model_mib": round(size_mib), "rows": rows}, indent=2))
-    lines = [f"over 2 GiB: {size_mib:.0f} MiB model, default pipeline, verification on", "",
-             "| target | rc | seconds | peak RSS MiB | peak / model size | peak RssAnon MiB |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['target']} | {r['rc']} | {r['seconds']} | {r['peak_mib']} | {r['peak_over_model']} | {r['peak_anon_mib']} |"
-              for r in rows]
+    lines = [
+        f"over 2 GiB: {size_mib:.0f} MiB model, default pipeline, verification on",
+        "",
+        "| target | rc | seconds | peak RSS MiB | peak / model size | peak RssAnon MiB |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['target']} | {r['rc']} | {r['seconds']} | {r['peak_mib']} | {r['peak_over_model']} | "
+        f"{r['peak_anon_mib']} |"
+        for r in rows
+    ]
     (args.out / "big_model.md").write_text("\n".join(lines) + "\n")
     import shutil
 

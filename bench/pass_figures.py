@@ -43,22 +43,30 @@ def main() -> int:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = ["| model | target | pass | contract | changed | time s | verify s | verdict | max rel err | cosine | agreement |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| model | target | pass | contract | changed | time s | verify s | verdict | max rel err | cosine | "
+        "agreement |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for model, target, shape, flags in PIPELINES:
         onnx_path = out / f"{model}_{shape.replace(',', 'x')}.onnx"
         if not onnx_path.exists():
             subprocess.run([*SEGC, "export", model, "-o", str(onnx_path), "--shape", shape, "--force"], check=True)
         outdir = out / f"{model}.{target}"
-        proc = subprocess.run([*SEGC, "compile", str(onnx_path), "--target", target, "-o", str(outdir), "--force", *flags],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [*SEGC, "compile", str(onnx_path), "--target", target, "-o", str(outdir), "--force", *flags],
+            capture_output=True,
+            text=True,
+        )
         report = json.loads((outdir / "report.json").read_text())
         print(f"{model} -> {target}: exit {proc.returncode}, shapes {report.get('verified_shapes')}", flush=True)
         for p in report["passes"]:
             s = (p.get("verdict") or {}).get("summary") or {}
-            rows.append(f"| {model} | {target} | {p['name']} | {p['contract']} | {'yes' if p['changed'] else 'no'} | "
-                        f"{p['seconds']:.2f} | {p['verify_seconds']:.2f} | {p['status']} | {fmt(s.get('max_rel'), '.2g')} | "
-                        f"{fmt(s.get('cosine'), '.6f')} | {fmt(s.get('agreement'), '.4f')} |")
+            rows.append(
+                f"| {model} | {target} | {p['name']} | {p['contract']} | {'yes' if p['changed'] else 'no'} | "
+                f"{p['seconds']:.2f} | {p['verify_seconds']:.2f} | {p['status']} | {fmt(s.get('max_rel'), '.2g')} | "
+                f"{fmt(s.get('cosine'), '.6f')} | {fmt(s.get('agreement'), '.4f')} |"
+            )
     text = "\n".join(rows) + "\n"
     (out / "pass_figures.md").write_text(text)
     print(text)

@@ -62,14 +62,32 @@ def export_seed(name: str, models_dir: Path) -> Path:
 def tool_commands(model: Path, work: Path, targets: tuple[str, ...]) -> dict[str, list[str]]:
     """Every command timed per model: the floor, the two simplifiers, segc per target, verification."""
     cmds = {
-        "onnx load+save": [PY, "-c", "import onnx,sys; m=onnx.load(sys.argv[1]); onnx.save(m, sys.argv[2])", str(model), str(work / "floor.onnx")],
+        "onnx load+save": [
+            PY,
+            "-c",
+            "import onnx,sys; m=onnx.load(sys.argv[1]); onnx.save(m, sys.argv[2])",
+            str(model),
+            str(work / "floor.onnx"),
+        ],
         "onnx-simplifier": [PY, "-m", "onnxsim", str(model), str(work / "onnxsim.onnx")],
         "onnxslim": [PY, "-m", "onnxslim", str(model), str(work / "onnxslim.onnx")],
     }
     for t in targets:
         # MagicMind's published op list is partial (targets/magicmind.json): time the build anyway
         extra = ["--allow-unlisted-ops"] if t == "magicmind" else []
-        cmds[f"segc {t}"] = [*SEGC, "compile", str(model), "--target", t, "-o", str(work / t), "--verify", "none", "--force", *extra]
+        cmds[f"segc {t}"] = [
+            *SEGC,
+            "compile",
+            str(model),
+            "--target",
+            t,
+            "-o",
+            str(work / t),
+            "--verify",
+            "none",
+            "--force",
+            *extra,
+        ]
     return cmds
 
 
@@ -127,7 +145,9 @@ def synthetic_graph(nodes: int, path: Path) -> None:
             made.append(helper.make_node("Shape", [cur], [f"s{k}"]))
             made.append(helper.make_node("Resize", [f"p{k}", "", "", f"s{k}"], [f"u{k}"], mode="nearest"))
             made.append(helper.make_node("Concat", [cur, f"u{k}"], [f"cat{k}"], axis=1))
-            inits.append(numpy_helper.from_array((rng.standard_normal((c, 2 * c, 1, 1)) * 0.3).astype(np.float32), f"m{k}"))
+            inits.append(
+                numpy_helper.from_array((rng.standard_normal((c, 2 * c, 1, 1)) * 0.3).astype(np.float32), f"m{k}")
+            )
             made.append(helper.make_node("Conv", [f"cat{k}", f"m{k}"], [f"mix{k}"]))
             cur = f"mix{k}"
         k += 1
@@ -176,7 +196,9 @@ def main() -> int:
         for r in range(args.rounds):
             for label, cmd in cmds.items():  # alternate tools within each round
                 runs[label].append(measure(cmd))
-                print(f"  round {r + 1} {label}: {runs[label][-1]['seconds']:.1f}s rc={runs[label][-1]['rc']}", flush=True)
+                print(
+                    f"  round {r + 1} {label}: {runs[label][-1]['seconds']:.1f}s rc={runs[label][-1]['rc']}", flush=True
+                )
         entry: dict[str, Any] = {"file_mib": model.stat().st_size / 2**20, "tools": {}}
         for label, rs in runs.items():
             ok = [x for x in rs if x["rc"] == 0]
@@ -186,7 +208,9 @@ def main() -> int:
                 "failures": [x["error"] for x in rs if x["rc"] != 0][:1],
             }
         # verification alone: the default `each` compile minus the same compile without it
-        verify_run = measure([*SEGC, "compile", str(model), "--target", "onnxruntime", "-o", str(work / "verified"), "--force"])
+        verify_run = measure(
+            [*SEGC, "compile", str(model), "--target", "onnxruntime", "-o", str(work / "verified"), "--force"]
+        )
         rep = work / "verified" / "report.json"
         if rep.exists():
             data = json.loads(rep.read_text())
@@ -219,10 +243,14 @@ def main() -> int:
                        "--verify", "none", "--force"])
         secs = pass_seconds(out / "work" / f"syn_{n}" / "report.json") if run["rc"] == 0 else math.nan
         times.append(secs)
-        results["scaling"][str(n)] = {"pass_seconds": secs, "process_seconds": run["seconds"], "peak_mib": run["peak_mib"],
-                                      "error": run["error"]}
+        results["scaling"][str(n)] = {
+            "pass_seconds": secs,
+            "process_seconds": run["seconds"],
+            "peak_mib": run["peak_mib"],
+            "error": run["error"],
+        }
         print(f"  synthetic {n}: passes {secs:.2f}s", flush=True)
-    ok = [(n, t) for n, t in zip(sizes, times) if t == t and t > 0]
+    ok = [(n, t) for n, t in zip(sizes, times, strict=False) if t == t and t > 0]
     if len(ok) >= 2:
         results["scaling"]["exponent"] = growth_exponent([n for n, _ in ok], [t for _, t in ok])
     (out / "results.json").write_text(json.dumps(results, indent=2))
@@ -248,11 +276,18 @@ def render(results: dict[str, Any]) -> str:
                   "| model | verify s | sessions | runs | changed passes | shapes |", "|---|---|---|---|---|---|"]
         for name, e in results["models"].items():
             v = e.get("verification") or {}
-            lines.append(f"| {name} | {_f(v.get('verify_seconds'))} | {v.get('sessions', '-')} | {v.get('runs', '-')} | "
-                         f"{v.get('changed_passes', '-')} | {len(v.get('shapes', []))} |")
+            lines.append(
+                f"| {name} | {_f(v.get('verify_seconds'))} | {v.get('sessions', '-')} | {v.get('runs', '-')} | "
+                f"{v.get('changed_passes', '-')} | {len(v.get('shapes', []))} |"
+            )
         lat_cols = sorted({k for e in results["models"].values() for k in e["latency_ms"]})
-        lines += ["", "## onnxruntime CPU latency (median ms; fixed dims as exported, dynamic ones from 1x3x512x1024)", "",
-                  "| model | " + " | ".join(lat_cols) + " |", "|---|" + "---|" * len(lat_cols)]
+        lines += [
+            "",
+            "## onnxruntime CPU latency (median ms; fixed dims as exported, dynamic ones from 1x3x512x1024)",
+            "",
+            "| model | " + " | ".join(lat_cols) + " |",
+            "|---|" + "---|" * len(lat_cols),
+        ]
         for name, e in results["models"].items():
             lines.append(f"| {name} | " + " | ".join(_f(e["latency_ms"].get(c)) for c in lat_cols) + " |")
     if results["scaling"]:
@@ -260,7 +295,10 @@ def render(results: dict[str, Any]) -> str:
                   "| nodes | pass s | process s | peak MiB |", "|---|---|---|---|"]
         for n, s in results["scaling"].items():
             if n != "exponent":
-                lines.append(f"| {n} | {_f(s['pass_seconds'], '.2f')} | {_f(s['process_seconds'])} | {_f(s['peak_mib'], '.0f')} |")
+                lines.append(
+                    f"| {n} | {_f(s['pass_seconds'], '.2f')} | {_f(s['process_seconds'])} | "
+                    f"{_f(s['peak_mib'], '.0f')} |"
+                )
         if "exponent" in results["scaling"]:
             lines.append(f"\nGrowth exponent of pass time in node count: {results['scaling']['exponent']:.2f}")
     return "\n".join(lines) + "\n"

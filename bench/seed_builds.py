@@ -114,7 +114,11 @@ class JobResult:
 
     def to_dict(self) -> dict[str, Any]:
         def run(r: RunResult | None) -> dict[str, Any] | None:
-            return None if r is None else {"command": r.shown, "status": r.status, "seconds": round(r.seconds, 1), "error": r.error}
+            return (
+                None
+                if r is None
+                else {"command": r.shown, "status": r.status, "seconds": round(r.seconds, 1), "error": r.error}
+            )
 
         return {
             "model": self.job.model, "target": self.job.target, "why": self.job.why,

@@ -33,7 +33,9 @@ def _cell(spec: harness.ModelSpec, model: Path, target: str, out: Path) -> dict:
             try:
                 checks = harness.recheck(model, res.compiled_onnx, spec)
                 cell["recheck"] = all(c.ok for c in checks)
-                cell["verdict"] = ("re-check ok: " if cell["recheck"] else "RE-CHECK FAILED: ") + harness.describe(checks)
+                cell["verdict"] = ("re-check ok: " if cell["recheck"] else "RE-CHECK FAILED: ") + harness.describe(
+                    checks
+                )
             except Exception as exc:  # noqa: BLE001 - a matrix keeps going
                 cell["recheck"] = False
                 cell["verdict"] = f"RE-CHECK ERROR: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
@@ -76,7 +78,9 @@ def main() -> int:
     print("| model | target | exit | s | verdict |")
     print("|---|---|---|---|---|")
     for c in cells:
-        print(f"| {c['model']} | {c['target']} | {c['exit']} | {c['seconds']} | {c['verdict'].replace('|', '/')[:300]} |")
+        print(
+            f"| {c['model']} | {c['target']} | {c['exit']} | {c['seconds']} | {c['verdict'].replace('|', '/')[:300]} |"
+        )
     passed = sum(1 for c in cells if c["exit"] == 0 and c["recheck"])
     print(f"\n{passed} of {len(cells)} cells pass (exit 0, verified, re-checked); {total:.0f}s in all")
     if args.json:

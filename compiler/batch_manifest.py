@@ -339,7 +339,9 @@ def _check_value(key: str, value: Any, spec: _Key, where: str, fail: Callable[[s
         "path": isinstance(value, str) and value != "",
         "int": isinstance(value, int) and not isinstance(value, bool),
         "bool": isinstance(value, bool),
-        "csv": isinstance(value, list) and bool(value) and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in value),
+        "csv": isinstance(value, list)
+        and bool(value)
+        and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in value),
         "repeat": isinstance(value, list) and all(isinstance(x, str) for x in value),
     }[kind]
     if not ok:

@@ -7,6 +7,7 @@ printed, so a log reads ``[3/20] passed  dbnet_r50/ascend  41.2s``.
 from __future__ import annotations
 
 import sys
+from types import TracebackType
 
 from rich.console import Console
 from rich.markup import escape
@@ -31,8 +32,10 @@ class Progress:
         self.bar.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.bar.__exit__(*exc)  # type: ignore[arg-type]
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.bar.__exit__(kind, exc, tb)
 
     def note(self, line: str) -> None:
         self.console.print(escape(line))
@@ -42,4 +45,7 @@ class Progress:
         self.bar.advance(self.task)
         colour = _COLOURS.get(r.status, "red" if not r.ok else "green")
         tail = "" if r.ok else f"  {r.verdict.line()}"  # error lines hold ATC shapes such as [1,3,640]: not markup
-        self.console.print(f"\\[{self.finished}/{self.total}] [{colour}]{r.status:<7}[/] {escape(r.label)}  {r.seconds:.1f}s{escape(tail)}")
+        self.console.print(
+            f"\\[{self.finished}/{self.total}] [{colour}]{r.status:<7}[/] {escape(r.label)}  "
+            f"{r.seconds:.1f}s{escape(tail)}"
+        )

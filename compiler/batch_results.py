@@ -122,9 +122,15 @@ def _text(r: CellResult) -> str:
 def render_markdown(results: list[CellResult]) -> str:
     rows, targets, cells = _matrix(results)
     failed = sum(not r.ok for r in results)
-    lines = ["# segc batch results", "",
-             f"{len(results)} cells: {len(results) - failed} passed, {failed} failed, {sum(r.cached for r in results)} cached.",
-             "", "| model | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
+    lines = [
+        "# segc batch results",
+        "",
+        f"{len(results)} cells: {len(results) - failed} passed, {failed} failed, {sum(r.cached for r in results)} "
+        "cached.",
+        "",
+        "| model | " + " | ".join(targets) + " |",
+        "|---|" + "---|" * len(targets),
+    ]
     for row in rows:
         out = []
         for t in targets:
@@ -145,7 +151,8 @@ th.sort{cursor:pointer;text-decoration:underline}.passed{background:#c8f0c8}.fai
 # Sorts the cell list by its time column; the matrix above stays as it is.
 _SCRIPT = """function sortBy(col){var t=document.getElementById('cells'),b=t.tBodies[0],
 rows=Array.prototype.slice.call(b.rows),asc=t.dataset.asc!=='1';t.dataset.asc=asc?'1':'0';
-rows.sort(function(x,y){var a=parseFloat(x.cells[col].dataset.v),c=parseFloat(y.cells[col].dataset.v);return asc?a-c:c-a;});
+rows.sort(function(x,y){var a=parseFloat(x.cells[col].dataset.v),c=parseFloat(y.cells[col].dataset.v);
+return asc?a-c:c-a;});
 rows.forEach(function(r){b.appendChild(r);});}"""
 
 
@@ -157,9 +164,14 @@ def render_html(results: list[CellResult]) -> str:
     """A static page: the matrix in pass/fail colours, and every cell in a list sortable by time."""
     rows, targets, cells = _matrix(results)
     e = html.escape
-    out = ["<!doctype html><html><head><meta charset='utf-8'><title>segc batch results</title>",
-           f"<style>{_STYLE}</style><script>{_SCRIPT}</script></head><body>", "<h1>segc batch results</h1>",
-           "<table id='matrix'><thead><tr><th>model</th>" + "".join(f"<th>{e(t)}</th>" for t in targets) + "</tr></thead><tbody>"]
+    out = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>segc batch results</title>",
+        f"<style>{_STYLE}</style><script>{_SCRIPT}</script></head><body>",
+        "<h1>segc batch results</h1>",
+        "<table id='matrix'><thead><tr><th>model</th>"
+        + "".join(f"<th>{e(t)}</th>" for t in targets)
+        + "</tr></thead><tbody>",
+    ]
     for row in rows:
         tds = []
         for t in targets:
@@ -170,15 +182,22 @@ def render_html(results: list[CellResult]) -> str:
             body = e(_text(r))
             if r.report:
                 body = f"<a href='{e(r.report)}'>{body}</a>"
-            tds.append(f"<td class='{_css(r)}{' cached' if r.cached else ''}' title='{e(r.verdict.line())}'>{body}</td>")
+            tds.append(
+                f"<td class='{_css(r)}{' cached' if r.cached else ''}' title='{e(r.verdict.line())}'>{body}</td>"
+            )
         out.append(f"<tr><th>{e(row)}</th>{''.join(tds)}</tr>")
-    out += ["</tbody></table>", "<h2>Cells</h2>",
-            "<table id='cells'><thead><tr><th>cell</th><th>status</th><th class='sort' onclick='sortBy(2)'>time (s)</th>"
-            "<th>exit</th><th>verdict</th><th>report</th></tr></thead><tbody>"]
+    out += [
+        "</tbody></table>",
+        "<h2>Cells</h2>",
+        "<table id='cells'><thead><tr><th>cell</th><th>status</th><th class='sort' onclick='sortBy(2)'>time (s)</th>"
+        "<th>exit</th><th>verdict</th><th>report</th></tr></thead><tbody>",
+    ]
     for r in results:
         link = f"<a href='{e(r.report)}'>report.md</a>" if r.report else f"<a href='{e(r.log)}'>log</a>"
-        out.append(f"<tr class='{_css(r)}'><td>{e(r.label)}</td><td>{e(r.status)}</td>"
-                   f"<td data-v='{r.seconds:.3f}'>{r.seconds:.2f}</td><td>{'-' if r.exit_code is None else r.exit_code}</td>"
-                   f"<td>{e(r.verdict.line())}</td><td>{link}</td></tr>")
+        out.append(
+            f"<tr class='{_css(r)}'><td>{e(r.label)}</td><td>{e(r.status)}</td>"
+            f"<td data-v='{r.seconds:.3f}'>{r.seconds:.2f}</td><td>{'-' if r.exit_code is None else r.exit_code}</td>"
+            f"<td>{e(r.verdict.line())}</td><td>{link}</td></tr>"
+        )
     out.append("</tbody></table></body></html>")
     return "\n".join(out) + "\n"

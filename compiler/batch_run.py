@@ -38,7 +38,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from types import FrameType
+from typing import IO, Any, Callable, Sequence
 
 import segc
 from segc.batch_cache import STATE_DIR, cell_key, export_key, lookup, store
@@ -50,12 +51,16 @@ from segc.outdir import file_sha256
 
 def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("manifest", metavar="MANIFEST.toml")
-    parser.add_argument("-j", "--jobs", type=int, default=None, help="cells compiled at once (default: the number of cores)")
+    parser.add_argument(
+        "-j", "--jobs", type=int, default=None, help="cells compiled at once (default: the number of cores)"
+    )
     parser.add_argument("-o", "--output", dest="outdir", default=None,
                         help="output folder (default: <manifest stem>.batch/ beside the manifest)")
     parser.add_argument("--executor", choices=["local", "ray"], default="local",
                         help="local: a pool of subprocesses on this machine; ray: the same cells as Ray tasks")
-    parser.add_argument("--address", default=None, help="Ray cluster address, e.g. ray://head:10001 (default: a local Ray)")
+    parser.add_argument(
+        "--address", default=None, help="Ray cluster address, e.g. ray://head:10001 (default: a local Ray)"
+    )
     parser.add_argument("--no-cache", action="store_true", help="compile every cell, cached or not")
     parser.add_argument("--list", action="store_true", help="print each cell's segc compile command; compile nothing")
 
@@ -78,7 +83,7 @@ class JobOutcome:
     last_error: str | None  # the ``segc: error:`` line, else the log's last line
 
 
-_LIVE: set[subprocess.Popen] = set()  # the compiles running now, killed if the batch is stopped
+_LIVE: set[subprocess.Popen[bytes]] = set()  # the compiles running now, killed if the batch is stopped
 _LIVE_LOCK = threading.Lock()
 
 
@@ -122,7 +127,7 @@ def _last_error(log: Path) -> str | None:
     except OSError:
         return None
     errors = [ln for ln in lines if ln.startswith("segc: error:")]
-    return (errors or lines or [None])[-1]
+    return (errors or lines)[-1] if errors or lines else None
 
 
 def outcome_name(o: JobOutcome) -> str:
@@ -169,7 +174,7 @@ def ray_executor(jobs_at_once: int | None, address: str | None) -> Executor:
                 ray.init(num_cpus=jobs_at_once or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
                          object_store_memory=200 * 1024 * 1024)
         task = ray.remote(num_cpus=1, max_retries=0)(run_job)
-        queue, pending = list(jobs), {}
+        queue, pending = list(jobs), dict[Any, Job]()
         limit = jobs_at_once or len(queue)
         while queue or pending:
             while queue and len(pending) < limit:
@@ -191,7 +196,15 @@ def ray_executor(jobs_at_once: int | None, address: str | None) -> Executor:
 
 def cell_argv(cell: Cell, model_path: Path | str, outdir: Path) -> list[str]:
     """The ``segc compile`` command line of ``cell`` (without the leading ``segc``)."""
-    return ["compile", str(model_path), "--target", cell.target, "-o", str(outdir / cell.rel_outdir), *cell.compile_flags]
+    return [
+        "compile",
+        str(model_path),
+        "--target",
+        cell.target,
+        "-o",
+        str(outdir / cell.rel_outdir),
+        *cell.compile_flags,
+    ]
 
 
 def _zoo_path(outdir: Path, m: ModelEntry) -> Path:
@@ -215,7 +228,8 @@ def _check_args(args: argparse.Namespace) -> None:
             raise SegcError("--executor ray needs Ray: pip install 'segc[fleet]' (or pip install ray)") from None
 
 
-def _lock(outdir: Path):  # noqa: ANN202 - the open file; closing it releases the lock
+def _lock(outdir: Path) -> IO[str]:
+    """The open lock file; closing it releases the lock."""
     state = outdir / STATE_DIR
     state.mkdir(parents=True, exist_ok=True)
     fh = open(state / "lock", "a+")
@@ -227,11 +241,11 @@ def _lock(outdir: Path):  # noqa: ANN202 - the open file; closing it releases th
     return fh
 
 
-def _stop_on_sigterm():  # noqa: ANN202 - the previous handler, or None off the main thread
+def _stop_on_sigterm() -> Callable[[int, FrameType | None], Any] | int | None:
     """SIGTERM (a scheduler's stop, ``timeout``) stops the batch like Ctrl-C: the running
     compiles are killed, not orphaned holding their OUTDIR locks."""
 
-    def stop(signum: int, frame: object) -> None:
+    def stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     if threading.current_thread() is not threading.main_thread():
@@ -275,7 +289,10 @@ def run_batch(args: argparse.Namespace) -> int:
     paths = write_results(outdir, results, executor=args.executor, segc_version=segc.__version__)
     if interrupted:
         left = sum(r.outcome == NOT_RUN for r in results)
-        print(f"segc: error: interrupted: {left} of {len(results)} cells not run (rerun to resume); {paths[1]}", file=sys.stderr)
+        print(
+            f"segc: error: interrupted: {left} of {len(results)} cells not run (rerun to resume); {paths[1]}",
+            file=sys.stderr,
+        )
         return 130
     failed = [r for r in results if not r.ok]
     print(f"segc batch: {len(results)} cells, {len(results) - len(failed)} passed, {len(failed)} failed, "
@@ -285,8 +302,18 @@ def run_batch(args: argparse.Namespace) -> int:
 
 def _not_run(cell: Cell, outdir: Path) -> CellResult:
     log = outdir / STATE_DIR / "logs" / cell.rel_outdir.with_name(cell.rel_outdir.name + ".log")
-    return _result(cell, NOT_RUN, None, 0.0, VerdictSummary(None, 0, None, "the batch was stopped before this cell finished", 0),
-                   None, log, outdir, "", None)
+    return _result(
+        cell,
+        NOT_RUN,
+        None,
+        0.0,
+        VerdictSummary(None, 0, None, "the batch was stopped before this cell finished", 0),
+        None,
+        log,
+        outdir,
+        "",
+        None,
+    )
 
 
 def _run(manifest: Manifest, cells: list[Cell], outdir: Path, executor: Executor, results: dict[str, CellResult], *,
@@ -303,13 +330,21 @@ def _run(manifest: Manifest, cells: list[Cell], outdir: Path, executor: Executor
         exports = []
         for m in manifest.models:
             if m.zoo is not None and not (use_cache and _zoo_path(outdir, m).is_file()):
-                exports.append(Job(m.name, ("export", m.zoo.name, "-o", str(_zoo_path(outdir, m)), "--force", *m.zoo.export_argv),
-                                   str(state / "logs" / m.name / "export.log"), m.timeout or manifest.timeout))
+                exports.append(
+                    Job(
+                        m.name,
+                        ("export", m.zoo.name, "-o", str(_zoo_path(outdir, m)), "--force", *m.zoo.export_argv),
+                        str(state / "logs" / m.name / "export.log"),
+                        m.timeout or manifest.timeout,
+                    )
+                )
 
         def exported(job: Job, o: JobOutcome) -> None:
             if o.exit_code != 0:
                 export_failure[job.label] = f"export failed ({outcome_name(o)}): {o.last_error}"
-            progress.note(f"exported {job.label}" if o.exit_code == 0 else f"export of {job.label} failed: {o.last_error}")
+            progress.note(
+                f"exported {job.label}" if o.exit_code == 0 else f"export of {job.label} failed: {o.last_error}"
+            )
 
         executor(exports, exported)
 
@@ -320,8 +355,18 @@ def _run(manifest: Manifest, cells: list[Cell], outdir: Path, executor: Executor
             m = models[cell.model]
             log = state / "logs" / cell.rel_outdir.with_name(cell.rel_outdir.name + ".log")
             if cell.model in export_failure:
-                results[cell.label] = _result(cell, "error", 2, 0.0, VerdictSummary(None, 0, None, export_failure[cell.model], 0),
-                                              None, log, outdir, "", None)
+                results[cell.label] = _result(
+                    cell,
+                    "error",
+                    2,
+                    0.0,
+                    VerdictSummary(None, 0, None, export_failure[cell.model], 0),
+                    None,
+                    log,
+                    outdir,
+                    "",
+                    None,
+                )
                 progress.done(results[cell.label])
                 continue
             input_sha = file_sha256(_model_path(outdir, m))
@@ -341,10 +386,14 @@ def _run(manifest: Manifest, cells: list[Cell], outdir: Path, executor: Executor
             error_line = o.last_error if o.exit_code != 0 else None
             summary = VerdictSummary.from_report(report.with_name("report.json"), error_line) if report else \
                 VerdictSummary(None, 0, None, o.last_error if o.exit_code != 0 else None, 0)
-            r = _result(cell, outcome_name(o), o.exit_code, o.seconds, summary, report, Path(job.log), outdir, key, input_sha)
+            r = _result(
+                cell, outcome_name(o), o.exit_code, o.seconds, summary, report, Path(job.log), outdir, key, input_sha
+            )
             store(outdir, cell, r)
             with open(state / "compiles.log", "a") as fh:  # appended after the compile, so it counts finished ones
-                fh.write(json.dumps({"cell": cell.label, "key": key, "exit_code": o.exit_code, "seconds": o.seconds}) + "\n")
+                fh.write(
+                    json.dumps({"cell": cell.label, "key": key, "exit_code": o.exit_code, "seconds": o.seconds}) + "\n"
+                )
             results[cell.label] = r
             progress.done(r)
 
@@ -362,9 +411,31 @@ def _fresh_report(cell_dir: Path, argv: tuple[str, ...]) -> Path | None:
     return cell_dir / "report.md"
 
 
-def _result(cell: Cell, outcome: str, exit_code: int | None, seconds: float, summary: VerdictSummary, report: Path | None,
-            log: Path, outdir: Path, key: str, input_sha: str | None) -> CellResult:
-    return CellResult(model=cell.model, target=cell.target, option_set=cell.option_set, options=list(cell.compile_flags),
-                      status=outcome, outcome=outcome, exit_code=exit_code, seconds=seconds, verdict=summary,
-                      report=str(report.relative_to(outdir)) if report else None, log=str(log.relative_to(outdir)),
-                      cached=False, key=key, input_sha256=input_sha)
+def _result(
+    cell: Cell,
+    outcome: str,
+    exit_code: int | None,
+    seconds: float,
+    summary: VerdictSummary,
+    report: Path | None,
+    log: Path,
+    outdir: Path,
+    key: str,
+    input_sha: str | None,
+) -> CellResult:
+    return CellResult(
+        model=cell.model,
+        target=cell.target,
+        option_set=cell.option_set,
+        options=list(cell.compile_flags),
+        status=outcome,
+        outcome=outcome,
+        exit_code=exit_code,
+        seconds=seconds,
+        verdict=summary,
+        report=str(report.relative_to(outdir)) if report else None,
+        log=str(log.relative_to(outdir)),
+        cached=False,
+        key=key,
+        input_sha256=input_sha,
+    )

@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     try:
         from segc.models.export import add_export_arguments
     except ImportError:  # the zoo is optional; its absence is reported when export is used
-        add_export_arguments = None
-    if add_export_arguments is not None:
+        pass
+    else:
         add_export_arguments(exp)
 
     c = sub.add_parser("compile", help="run the verified pass pipeline and emit a vendor build")
@@ -78,23 +78,36 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--allow-unlisted-ops", action="store_true",
                    help="silence the warnings for ops that segc's partial operator list (MagicMind) does not name")
     c.add_argument("--outputs", type=_csv, help="selectors of the tensors to keep as outputs (adds prune_outputs)")
-    c.add_argument("--no-prune", action="store_true", help="keep the graph whole; pass chosen outputs to the vendor tool")
-    c.add_argument("--nearest-resize", type=_csv, help="selectors of Resizes to switch to nearest (adds resize_to_nearest)")
+    c.add_argument(
+        "--no-prune", action="store_true", help="keep the graph whole; pass chosen outputs to the vendor tool"
+    )
+    c.add_argument(
+        "--nearest-resize", type=_csv, help="selectors of Resizes to switch to nearest (adds resize_to_nearest)"
+    )
     c.add_argument("--verify", default="each", choices=["each", "end", "none"])
     c.add_argument("--verify-inputs", help=".npy, .npz or a folder of images to verify with")
-    c.add_argument("--verify-data", metavar="KIND:ROOT",
-                   help="judge the build on a labelled dataset (cityscapes:ROOT, icdar2015:ROOT) instead of the synthetic budget")
+    c.add_argument(
+        "--verify-data",
+        metavar="KIND:ROOT",
+        help="judge the build on a labelled dataset (cityscapes:ROOT, icdar2015:ROOT) instead of the synthetic budget",
+    )
     c.add_argument("--budget", metavar="miou_drop=N|hmean_drop=N", help="the largest metric drop --verify-data accepts")
     c.add_argument("--tolerance", action="append", default=[], metavar="KEY=VALUE",
                    help="override a judgement threshold: rtol, atol, exact_agreement, cosine, agreement")
     c.add_argument("--pixel-budget", type=int, help="largest N*H*W verified at (default 2.2M)")
     c.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
     c.add_argument("--dump-dir", help="write the graph after each pass into this folder")
-    c.add_argument("--force", action="store_true", help="replace files in the output folder that segc did not write (never the input model)")
+    c.add_argument(
+        "--force",
+        action="store_true",
+        help="replace files in the output folder that segc did not write (never the input model)",
+    )
 
     from segc.batch_run import add_batch_arguments
 
-    add_batch_arguments(sub.add_parser("batch", help="compile every model x target x option set of a manifest, in parallel, cached"))
+    add_batch_arguments(
+        sub.add_parser("batch", help="compile every model x target x option set of a manifest, in parallel, cached")
+    )
 
     p = sub.add_parser("passes", help="list the registered passes")
     p.add_argument("--json", action="store_true")
@@ -107,8 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     from segc.data_cmd import add_data_arguments
     from segc.evaluate_cmd import add_evaluate_arguments
 
-    add_data_arguments(sub.add_parser("data", help="preprocess a dataset into the .bin/.npy inputs device runners read"))
-    add_evaluate_arguments(sub.add_parser("evaluate", help="mIoU or hmean of a model (onnxruntime or device outputs) on a dataset"))
+    add_data_arguments(
+        sub.add_parser("data", help="preprocess a dataset into the .bin/.npy inputs device runners read")
+    )
+    add_evaluate_arguments(
+        sub.add_parser("evaluate", help="mIoU or hmean of a model (onnxruntime or device outputs) on a dataset")
+    )
 
     v = sub.add_parser("verify", help="compare two models in onnxruntime")
     v.add_argument("reference")
@@ -120,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--localize", action="store_true",
                    help="compare every intermediate tensor the graphs share; name the first node that diverges")
-    v.add_argument("--top", type=int, default=5, metavar="K", help="with --localize: how many of the worst tensors to list")
+    v.add_argument(
+        "--top", type=int, default=5, metavar="K", help="with --localize: how many of the worst tensors to list"
+    )
     v.add_argument("--json", action="store_true")
     return parser
 

@@ -155,18 +155,20 @@ def final_shapes(model: onnx.ModelProto, cli: dict[str, ShapeRange], recipe: Rec
             continue
         dims = input_dims(vi)
         if all(isinstance(d, int) for d in dims):
-            static = tuple(int(d) for d in dims)  # type: ignore[arg-type]
+            static = tuple(d for d in dims if isinstance(d, int))
             shapes.append(ShapeRange(vi.name, static, static, static))
         elif batch and dims and all(isinstance(d, int) for d in dims[1:]):
-            fixed = (min(batch), *(int(d) for d in dims[1:]))  # type: ignore[arg-type]
+            fixed = (min(batch), *(d for d in dims[1:] if isinstance(d, int)))
             shapes.append(ShapeRange(vi.name, fixed, fixed, fixed))
         elif recipe is not None and len(recipe.seed_shape) == len(dims):
             seed = tuple(d if isinstance(d, int) else recipe.seed_shape[i] for i, d in enumerate(dims))
             shapes.append(ShapeRange(vi.name, seed, seed, seed))
         elif require:
             example = ",".join(str(d) if isinstance(d, int) else ("1" if i == 0 else "640") for i, d in enumerate(dims))
-            raise SegcError(f"input {vi.name!r} has dynamic dims {dims}: this target builds for given shapes; give --input-shape "
-                            f"{vi.name}:{example} (a shape) or a range such as {vi.name}:{example.replace('640', '320~1280')}")
+            raise SegcError(
+                f"input {vi.name!r} has dynamic dims {dims}: this target builds for given shapes; give --input-shape "
+                f"{vi.name}:{example} (a shape) or a range such as {vi.name}:{example.replace('640', '320~1280')}"
+            )
     return shapes
 
 
@@ -197,7 +199,9 @@ def _validate_inputs(model: onnx.ModelProto, ranges: dict[str, ShapeRange]) -> N
         if name not in names:
             raise SegcError(f"--input-shape names {name!r}, but the model's inputs are: {', '.join(names)}")
         if len(rng.min) != len(names[name]):
-            raise SegcError(f"--input-shape {rng.atc()!r} has {len(rng.min)} dims; input {name!r} has {len(names[name])}")
+            raise SegcError(
+                f"--input-shape {rng.atc()!r} has {len(rng.min)} dims; input {name!r} has {len(names[name])}"
+            )
 
 
 def _model_info(path: Path, model: onnx.ModelProto | None = None, sha256: str | None = None) -> dict[str, Any]:
@@ -272,7 +276,9 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
     handed = HandOver(model)
     del model  # the pipeline frees the input once a pass has replaced it
     with StagedOutput(outdir, force=args.force, protect=protect, names=[out_name, *FIXED_NAMES]) as out:
-        return _compile_into(out, args, argv, src, handed, target, recipe, specs, ranges, tolerances, started, cli_warnings)
+        return _compile_into(
+            out, args, argv, src, handed, target, recipe, specs, ranges, tolerances, started, cli_warnings
+        )
 
 
 def _self_contained(src: Path, protect: list[Path]) -> Path | None:
@@ -296,8 +302,9 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
 
     # everything below is checked before the first pass runs (docs/design.md, "The pipeline", step 2)
     planned_options = build_options(args, recipe, target, [], chosen_outputs, argv, input_hash)
-    planned_options.shape_ranges = final_shapes(model, ranges, recipe, require=require_shapes, planned=_pass_ranges(specs),
-                                                batch=planned_options.batch_sizes)
+    planned_options.shape_ranges = final_shapes(
+        model, ranges, recipe, require=require_shapes, planned=_pass_ranges(specs), batch=planned_options.batch_sizes
+    )
     target.validate_options(planned_options)
     validate_selectors(model, args)
     check_task_metric_args(args, recipe)
@@ -347,7 +354,9 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
     found = target.check(result.model, options) if result.ok else []
     violations = errors(found)
     warnings = group_violations(unconfirmed(found))
-    report_fields["legalisation"]["warnings"] = cli_warnings + warnings if result.ok else report_fields["legalisation"]["warnings"]
+    report_fields["legalisation"]["warnings"] = (
+        cli_warnings + warnings if result.ok else report_fields["legalisation"]["warnings"]
+    )
     report_fields["violations"] = final_gate_lines(violations, result)
     report_fields["build"] = build_section(options, shapes)
 
@@ -362,7 +371,8 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
 
     save_model(result.model, out_model, protect=out.protect)
     if result.ok and args.verify_data:
-        judgement = judge_on_dataset(src, out_model, args.verify_data, recipe, args.budget)  # type: ignore[arg-type]
+        assert recipe is not None  # --verify-data without a recipe is refused before any work
+        judgement = judge_on_dataset(src, out_model, args.verify_data, recipe, args.budget)
         report_fields["task_metric"] = judgement.to_dict()
         if not judgement.passed:
             approximate = [r.name for r in result.records if r.contract == "approximate" and r.changed]

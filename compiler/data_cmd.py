@@ -45,7 +45,9 @@ class InputFile:
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="the .onnx the inputs are for (its input name, dtype and recipe)")
-    p.add_argument("--dataset", required=True, metavar="KIND:ROOT", help="cityscapes:ROOT | icdar2015:ROOT | folder:ROOT")
+    p.add_argument(
+        "--dataset", required=True, metavar="KIND:ROOT", help="cityscapes:ROOT | icdar2015:ROOT | folder:ROOT"
+    )
     p.add_argument("--recipe", help="zoo recipe name or FILE.toml (default: the model's metadata)")
     p.add_argument("-o", "--output", dest="outdir", required=True, help="output folder")
     p.add_argument("--batch", type=int, default=1, help="images per input file (needs a fixed input size)")
@@ -65,7 +67,9 @@ def check_batch(batch: int, target: ModelInput) -> None:
     if batch < 1:
         raise SegcError(f"--batch {batch}: must be at least 1")
     if target.static_batch is not None and target.static_batch != batch:
-        raise SegcError(f"--batch {batch}: the model's input {target.name!r} has a fixed batch of {target.static_batch}")
+        raise SegcError(
+            f"--batch {batch}: the model's input {target.name!r} has a fixed batch of {target.static_batch}"
+        )
     if batch > 1 and not (target.spec.resize and target.spec.resize.mode == "fixed") and target.static_hw is None:
         raise SegcError(f"--batch {batch}: images of different sizes cannot share a file; "
                         "the recipe must resize to a fixed size")

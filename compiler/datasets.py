@@ -67,7 +67,9 @@ def load_dataset(text: str, *, need_labels: bool = False) -> Dataset:
         samples = _icdar2015(root)
     else:
         if need_labels:
-            raise SegcError(f"--dataset {text}: a plain folder has no labels to evaluate against; use cityscapes: or icdar2015:")
+            raise SegcError(
+                f"--dataset {text}: a plain folder has no labels to evaluate against; use cityscapes: or icdar2015:"
+            )
         samples = tuple(Sample(p.stem, p) for p in _images(root, f"--dataset {text}"))
     _unique_stems(samples, root)
     return Dataset(kind, root, samples)
@@ -107,7 +109,9 @@ def _cityscapes(root: Path) -> tuple[Sample, ...]:
             raise SegcError(f"cityscapes dataset {root}: label {label.name} is {lsize[0]}x{lsize[1]} but its image is "
                             f"{isize[0]}x{isize[1]}")
         if lmode not in ("L", "P", "I"):
-            raise SegcError(f"cityscapes dataset {root}: label {label.name} is {lmode}, not a single-channel label-id PNG")
+            raise SegcError(
+                f"cityscapes dataset {root}: label {label.name} is {lmode}, not a single-channel label-id PNG"
+            )
         samples.append(Sample(stem, image, label=label))
     return tuple(samples)
 
@@ -142,8 +146,10 @@ def parse_icdar_gt(path: Path) -> tuple[TextBox, ...]:
             except ValueError:
                 break
         if len(numbers) < 8:
-            raise SegcError(f"icdar2015 ground truth {path.name} line {no}: expected 8 coordinates and a transcription, "
-                            f"got {len(numbers)} number{'s' if len(numbers) != 1 else ''}")
+            raise SegcError(
+                f"icdar2015 ground truth {path.name} line {no}: expected 8 coordinates and a transcription, "
+                f"got {len(numbers)} number{'s' if len(numbers) != 1 else ''}"
+            )
         text = ",".join(fields[8:])
         pts = tuple((numbers[i], numbers[i + 1]) for i in range(0, 8, 2))
         boxes.append(TextBox(pts, dont_care=text.strip() == DONT_CARE))

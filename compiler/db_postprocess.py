@@ -96,5 +96,5 @@ def detect_text(prob: np.ndarray, image_hw: tuple[int, int], params: DBParams = 
             continue
         xs = np.clip(np.round(box[:, 0] / w * dest_w), 0, dest_w)
         ys = np.clip(np.round(box[:, 1] / h * dest_h), 0, dest_h)
-        found.append(TextDetection(tuple((float(x), float(y)) for x, y in zip(xs, ys)), score))
+        found.append(TextDetection(tuple((float(x), float(y)) for x, y in zip(xs, ys, strict=False)), score))
     return found

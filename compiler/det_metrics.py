@@ -30,7 +30,7 @@ class DetCounts:
         """One image; returns its number of matches."""
         from shapely.geometry import Polygon
 
-        def valid(points) -> Polygon | None:
+        def valid(points: Sequence[tuple[float, float]]) -> Polygon | None:
             poly = Polygon(points)
             return poly if poly.is_valid and poly.area > 0 else None
 

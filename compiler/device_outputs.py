@@ -34,8 +34,12 @@ class OutputReader:
         self.folder, self.model, self.index, self.name = folder, model, index, name
         out = next(o for o in model.graph.output if o.name == name)
         t = out.type.tensor_type
-        self.dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)) if t.elem_type else np.dtype(np.float32)
-        self.dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim] if t.HasField("shape") else None
+        self.dtype = (
+            np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)) if t.elem_type else np.dtype(np.float32)
+        )
+        self.dims = (
+            [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim] if t.HasField("shape") else None
+        )
         self._inferred: dict[tuple[int, ...], list[int | None] | None] = {}
 
     def path(self, stem: str) -> Path:
@@ -50,7 +54,7 @@ class OutputReader:
     def read(self, stem: str, input_shape: tuple[int, ...]) -> np.ndarray:
         path = self.path(stem)
         if path.suffix == ".npy":
-            return np.load(path)
+            return np.asarray(np.load(path))
         if path.suffix == ".json":
             return self._trtexec_json(path)
         data = np.fromfile(path, self.dtype.newbyteorder("<"))
@@ -84,18 +88,18 @@ class OutputReader:
             unknown = [i for i, d in enumerate(dims) if d is None]
             known = int(np.prod([d for d in dims if d is not None])) if dims else 1
             if not unknown and known == count:
-                return tuple(int(d) for d in dims)
+                return tuple(int(d) for d in dims if d is not None)
             if unknown and known and count % known == 0:
                 rest = count // known
                 if len(unknown) == 1:
                     dims[unknown[0]] = rest
-                    return tuple(int(d) for d in dims)
+                    return tuple(int(d) for d in dims if d is not None)
                 if len(unknown) == 2:
                     ratio = input_shape[-2] / input_shape[-1]
                     h = int(round(math.sqrt(rest * ratio)))
                     if h and rest % h == 0:
                         dims[unknown[0]], dims[unknown[1]] = h, rest // h
-                        return tuple(int(d) for d in dims)
+                        return tuple(int(d) for d in dims if d is not None)
         return None
 
 
@@ -107,7 +111,7 @@ def _infer_output_dims(model: onnx.ModelProto, name: str, input_shape: tuple[int
     del m.graph.value_info[:]
     inits = {t.name for t in m.graph.initializer}
     first = next(vi for vi in m.graph.input if vi.name not in inits)
-    for d, v in zip(first.type.tensor_type.shape.dim, input_shape):
+    for d, v in zip(first.type.tensor_type.shape.dim, input_shape, strict=False):
         d.Clear()
         d.dim_value = int(v)
     try:

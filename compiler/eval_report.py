@@ -8,20 +8,23 @@ upsampling). matplotlib with the Agg backend, so no display is needed.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from segc.outdir import write_text
 
 
 def _f(v: object, digits: int = 2) -> str:
-    return "n/a" if v is None else f"{float(v):.{digits}f}"  # type: ignore[arg-type]
+    return "n/a" if not isinstance(v, (int, float)) else f"{float(v):.{digits}f}"
 
 
-def write_report_md(out: Path, report: dict) -> None:
+def write_report_md(out: Path, report: dict[str, Any]) -> None:
     a = report["model"]
     b = report.get("compare")
     lines = [f"# segc evaluate: {report['recipe']} on {report['dataset']}", "",
              f"{report['images']} images, task {report['task']}.", ""]
-    heads = ["", f"`{Path(a['path']).name}` ({a['source']})"] + ([f"`{Path(b['path']).name}` ({b['source']})", "drop"] if b else [])
+    heads = ["", f"`{Path(a['path']).name}` ({a['source']})"] + (
+        [f"`{Path(b['path']).name}` ({b['source']})", "drop"] if b else []
+    )
     lines += ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     if report["task"] == "segmentation":
         keys, digits = ["miou", "aacc"], 2
@@ -47,7 +50,7 @@ def write_report_md(out: Path, report: dict) -> None:
     write_text(out / "report.md", "\n".join(lines) + "\n")
 
 
-def _chart(path: Path, report: dict) -> bool:
+def _chart(path: Path, report: dict[str, Any]) -> bool:
     try:
         import matplotlib
 

@@ -21,7 +21,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import onnx
@@ -44,8 +44,12 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="the .onnx to evaluate (the reference when --compare is given)")
     p.add_argument("--dataset", required=True, metavar="KIND:ROOT", help="cityscapes:ROOT | icdar2015:ROOT")
     p.add_argument("--recipe", help="zoo recipe name or FILE.toml (default: the model's metadata)")
-    p.add_argument("--from-outputs", metavar="DIR", help="read MODEL's outputs from a device run instead of onnxruntime")
-    p.add_argument("--compare", metavar="MODEL_B", help="a second model (e.g. the compiled one): both figures and the drop")
+    p.add_argument(
+        "--from-outputs", metavar="DIR", help="read MODEL's outputs from a device run instead of onnxruntime"
+    )
+    p.add_argument(
+        "--compare", metavar="MODEL_B", help="a second model (e.g. the compiled one): both figures and the drop"
+    )
     p.add_argument("--compare-outputs", metavar="DIR", help="read MODEL_B's outputs from a device run")
     p.add_argument("--batch", type=int, default=1, help="images per device output file (as given to segc data)")
     p.add_argument("--budget", metavar="KEY=VALUE", help="miou_drop=1.0 (points) or hmean_drop=0.01: exit 1 beyond it")
@@ -64,7 +68,7 @@ class Budget:
 class Evaluation:
     model: str
     source: str  # "onnxruntime" or the outputs folder
-    metrics: dict[str, object]
+    metrics: dict[str, Any]  # the figures as report.json writes them
 
 
 def parse_budget(text: str | None, task: str, compare: bool) -> Budget | None:
@@ -103,8 +107,16 @@ def chosen_output(model: onnx.ModelProto, spec: OutputSpec) -> tuple[int, str]:
     return len(names) - 1, names[-1]
 
 
-def _outputs(label: str, model: onnx.ModelProto, target: ModelInput, dataset: Dataset, batch: int, index: int, name: str,
-             outputs_dir: str | None) -> Iterator[tuple[Sample, np.ndarray, tuple[int, int]]]:
+def _outputs(
+    label: str,
+    model: onnx.ModelProto,
+    target: ModelInput,
+    dataset: Dataset,
+    batch: int,
+    index: int,
+    name: str,
+    outputs_dir: str | None,
+) -> Iterator[tuple[Sample, np.ndarray, tuple[int, int]]]:
     """Each image, its evaluated output ([C,h,w] or [1,h,w]) and its original size."""
     from rich.console import Console
     from rich.progress import track
@@ -122,12 +134,13 @@ def _outputs(label: str, model: onnx.ModelProto, target: ModelInput, dataset: Da
         if reader is not None:
             out = reader.read(group[0].stem, tuple(array.shape))
         else:
+            assert session is not None  # made above when there is no reader
             out = session.run([name], {target.name: array})[0]
         if out.ndim == 3:
             out = out[:, None]
         if out.shape[0] < len(group):
             raise SegcError(f"output {name!r} has batch {out.shape[0]} for {len(group)} images (give --batch)")
-        for slot, (sample, prep) in enumerate(zip(group, prepared)):
+        for slot, (sample, prep) in enumerate(zip(group, prepared, strict=False)):
             yield sample, out[slot], prep.original_hw
 
 
@@ -145,6 +158,7 @@ def evaluate_model(path: str, recipe: Recipe, dataset: Dataset, batch: int, outp
 
         counts = seg_metrics.SegCounts(recipe.num_classes or 19)
         for sample, out, _ in _outputs(path, model, target, dataset, batch, index, name, outputs_dir):
+            assert sample.label is not None  # load_dataset(need_labels=True) checked
             gt = seg_metrics.label_ids_to_train_ids(np.asarray(Image.open(sample.label)))
             pred = seg_metrics.prediction_at(out, spec.kind, gt.shape, spec.align_corners)
             counts.add(pred, gt)
@@ -164,15 +178,15 @@ def evaluate_model(path: str, recipe: Recipe, dataset: Dataset, batch: int, outp
     return Evaluation(path, str(outputs_dir) if outputs_dir else "onnxruntime", metrics)
 
 
-def drops(a: Evaluation, b: Evaluation, task: str) -> dict[str, object]:
+def drops(a: Evaluation, b: Evaluation, task: str) -> dict[str, Any]:
     if task == "segmentation":
-        per = {}
-        for name, va in a.metrics["per_class"].items():  # type: ignore[union-attr]
-            vb = b.metrics["per_class"].get(name)  # type: ignore[union-attr]
+        per: dict[str, float | None] = {}
+        for name, va in a.metrics["per_class"].items():
+            vb = b.metrics["per_class"].get(name)
             per[name] = None if va is None or vb is None else va - vb
         return {"miou": a.metrics["miou"] - b.metrics["miou"], "aacc": a.metrics["aacc"] - b.metrics["aacc"],
                 "per_class": per}
-    return {k: a.metrics[k] - b.metrics[k] for k in ("precision", "recall", "hmean")}  # type: ignore[operator]
+    return {k: a.metrics[k] - b.metrics[k] for k in ("precision", "recall", "hmean")}
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -209,7 +223,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         drop = drops(a, b, recipe.task)
         report["compare"] = _entry(b) | {"drop": drop}
         if budget is not None:
-            value = float(drop["miou" if budget.key == "miou_drop" else "hmean"])  # type: ignore[arg-type]
+            value = float(drop["miou" if budget.key == "miou_drop" else "hmean"])
             exceeded = value > budget.limit
             report["budget"] = {"key": budget.key, "limit": budget.limit, "drop": value, "exceeded": exceeded}
     out.mkdir(parents=True, exist_ok=True)
@@ -239,8 +253,8 @@ def _nan_to_none(obj: object) -> object:
     return obj
 
 
-def _summary(report: dict, out: Path) -> str:
-    def fig(m: dict) -> str:
+def _summary(report: dict[str, Any], out: Path) -> str:
+    def fig(m: dict[str, Any]) -> str:
         if "miou" in m:
             return f"mIoU {m['miou']:.2f}  aAcc {m['aacc']:.2f}"
         return f"precision {m['precision']:.4f}  recall {m['recall']:.4f}  hmean {m['hmean']:.4f}"
@@ -250,6 +264,8 @@ def _summary(report: dict, out: Path) -> str:
         lines.append(f"{report['compare']['path']}: {fig(report['compare']['metrics'])}")
     if "budget" in report:
         b = report["budget"]
-        lines.append(f"{b['key']} {b['drop']:.4g} vs budget {b['limit']:g}: {'EXCEEDED' if b['exceeded'] else 'within'}")
+        lines.append(
+            f"{b['key']} {b['drop']:.4g} vs budget {b['limit']:g}: {'EXCEEDED' if b['exceeded'] else 'within'}"
+        )
     lines.append(f"report: {out}/report.md, {out}/report.json")
     return "\n".join(lines)

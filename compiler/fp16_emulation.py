@@ -24,8 +24,8 @@ budget, the layer with the largest *local* error (its output's cosine drop minus
 drop among its inputs: the error it adds, not the error it inherits) is kept, one per round,
 up to ``max_keep`` layers. A kept layer that still adds the largest error is losing it to
 the fp16 rounding of its inputs (``(x + 1000) - 1000``: the Sub is exact, the Add's fp16
-output is not), so then its fp16 producers are kept instead. Each round is a fresh emulation; the final set is verified again
-on every verification input.
+output is not), so then its fp16 producers are kept instead. Each round is a fresh emulation; the final set is
+verified again on every verification input.
 """
 
 from __future__ import annotations
@@ -182,7 +182,9 @@ def emulate(model: onnx.ModelProto, keep: set[str]) -> _Rewrite:
             half = f"{name}__half"
             rounded[name] = target or f"{name}__fp16"
             cast_nodes.append(helper.make_node("Cast", [name], [half], name=f"{name}__to_fp16", to=TensorProto.FLOAT16))
-            cast_nodes.append(helper.make_node("Cast", [half], [rounded[name]], name=f"{name}__to_fp32", to=TensorProto.FLOAT))
+            cast_nodes.append(
+                helper.make_node("Cast", [half], [rounded[name]], name=f"{name}__to_fp32", to=TensorProto.FLOAT)
+            )
         return rounded[name]
 
     for node in g.node:
@@ -196,7 +198,7 @@ def emulate(model: onnx.ModelProto, keep: set[str]) -> _Rewrite:
             src_fp16 = src is not None and src.name in fp16
             if node.name in fp16 or src_fp16:
                 node.input[i] = round_of(name)
-                who = [src.name] if src_fp16 else [node.name]
+                who = [src.name] if src is not None and src_fp16 else [node.name]
                 charged.setdefault(name, [])
                 charged[name] += [w for w in who if w not in charged[name]]
     for original, raw in renamed.items():
@@ -300,7 +302,10 @@ def plan_fp16(model: onnx.ModelProto, feeds: list[Feed], budget: Tolerances | No
             worst_kept = max(persisting, key=lambda layer: layer.local_drop, default=None)
             if worst_kept is not None and (best is None or worst_kept.local_drop > best.local_drop):
                 added = [p for p in inputs_from[worst_kept.node] if p not in keep][: max_keep - len(keep)]
-                why = f"kept {worst_kept.node} still drops cosine by {worst_kept.local_drop:.3g}: its inputs are rounded by these"
+                why = (
+                    f"kept {worst_kept.node} still drops cosine by {worst_kept.local_drop:.3g}: "
+                    "its inputs are rounded by these"
+                )
             elif best is not None:
                 added, why = [best.node], f"largest local cosine drop {best.local_drop:.3g}"
             else:
@@ -315,7 +320,7 @@ def plan_fp16(model: onnx.ModelProto, feeds: list[Feed], budget: Tolerances | No
         final.verdict.metrics += check.verdict.metrics
         final.verdict.reasons += check.verdict.reasons
         final.verdict.ok = final.verdict.ok and check.verdict.ok
-        for mine, theirs in zip(final.layers, check.layers):
+        for mine, theirs in zip(final.layers, check.layers, strict=False):
             mine.overflow += theirs.overflow
     return Fp16Plan(first=first, final=final, keep=sorted(keep), rounds=rounds, budget=budget)
 
@@ -335,18 +340,24 @@ def figures_markdown(stats: dict[str, Any]) -> list[str]:
     """The per-layer table of report.md (layers with overflow, kept, or a visible drop)."""
     lines = ["", "## fp16 emulation", ""]
     first, final = stats["all_fp16"], stats["final"]
-    lines.append(f"- all fp16: cosine {_f(first['cosine'])}, agreement {_f(first['agreement'])}, max abs "
-                 f"{_f(first['max_abs'])}, overflowing values {first['overflow']}; {'meets' if first['ok'] else 'misses'} "
-                 f"the budget (cosine >= {stats['budget']['cosine']}, agreement >= {stats['budget']['agreement']}, no overflow)"
-                 + (f": {first['reasons'][0]}" if first["reasons"] else ""))
+    lines.append(
+        f"- all fp16: cosine {_f(first['cosine'])}, agreement {_f(first['agreement'])}, max abs "
+        f"{_f(first['max_abs'])}, overflowing values {first['overflow']}; {'meets' if first['ok'] else 'misses'} "
+        f"the budget (cosine >= {stats['budget']['cosine']}, agreement >= {stats['budget']['agreement']}, no overflow)"
+        + (f": {first['reasons'][0]}" if first["reasons"] else "")
+    )
     if stats["kept_fp32"]:
         lines.append(f"- kept fp32 ({stats['search']} search): {', '.join(stats['kept_fp32'])}; then cosine "
                      f"{_f(final['cosine'])}, agreement {_f(final['agreement'])}, overflow {final['overflow']}; "
                      f"{'meets' if final['ok'] else 'MISSES'} the budget")
     else:
         lines.append("- nothing kept in fp32: the build is plain fp16")
-    lines += ["", "| layer | op | precision | cosine (all fp16) | max abs (all fp16) | overflow (all fp16) | fp32 values > 65504 |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| layer | op | precision | cosine (all fp16) | max abs (all fp16) | overflow (all fp16) | fp32 values > "
+        "65504 |",
+        "|---|---|---|---|---|---|---|",
+    ]
     final_prec = {row["node"]: row["precision"] for row in stats["layers_final"]}
     rows = [r for r in stats["layers"] if r["overflow"] or r["fp32_beyond"] or final_prec.get(r["node"]) == "fp32"
             or (r["cosine"] is not None and r["cosine"] < 0.99999)]

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import onnx
@@ -149,7 +150,9 @@ def derive_value(role: InputRole, shape: tuple[int, ...], dtype: np.dtype, data_
     n = int(np.prod(shape)) if shape else 1
     if role.role is Role.RESIZE_SCALES:
         rank = len(data_shape) if data_shape else n
-        value = [1.0 if (role.axes is None and n == rank and i < min(2, rank - 1)) else 2.0 for i in range(n)]
+        value: Sequence[float] = [
+            1.0 if (role.axes is None and n == rank and i < min(2, rank - 1)) else 2.0 for i in range(n)
+        ]
     elif role.role is Role.RESIZE_SIZES:
         if data_shape is None:
             return None

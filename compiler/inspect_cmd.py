@@ -7,21 +7,24 @@ import collections
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
 from segc.errors import SegcError
-from segc.metrics import VERIFY_INPUTS_FIX, Tolerances
+from segc.metrics import VERIFY_INPUTS_FIX, Tolerances, Verdict
 from segc.modelio import default_opset, load_model
 from segc.passbase import Contract, all_passes
 from segc.shapes import parse_shape_range, ranges_from_metadata
 from segc.verify import Verifier
 from segc.verify_inputs import graph_inputs, input_dims
 
+if TYPE_CHECKING:
+    from rich.console import Console
 
-def _console():
+
+def _console() -> Console:
     from rich.console import Console
 
     # a pipe or CI log is not 80 columns wide; don't wrap tables and commands there
@@ -29,7 +32,7 @@ def _console():
 
 
 def run_passes(args: argparse.Namespace) -> int:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, cls in all_passes().items():
         contract = cls.contract.value
         if callable(getattr(cls, "contract_for", None)):
@@ -42,7 +45,9 @@ def run_passes(args: argparse.Namespace) -> int:
 
     table = Table("pass", "contract", "what it does", "options")
     for r in rows:
-        table.add_row(r["name"], r["contract"], r["summary"], "\n".join(f"{k}: {v}" for k, v in r["options"].items()) or "-")
+        table.add_row(
+            r["name"], r["contract"], r["summary"], "\n".join(f"{k}: {v}" for k, v in r["options"].items()) or "-"
+        )
     con = _console()
     con.print(table)
     import segc.selectors
@@ -68,14 +73,21 @@ def count_parameters(model: onnx.ModelProto) -> int:
         for attr in node.attribute:
             if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
                 t = attr.t
-                if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16):
+                if t.data_type in (
+                    onnx.TensorProto.FLOAT,
+                    onnx.TensorProto.FLOAT16,
+                    onnx.TensorProto.DOUBLE,
+                    onnx.TensorProto.BFLOAT16,
+                ):
                     total += int(np.prod(t.dims))
     return total
 
 
 def describe(model: onnx.ModelProto) -> dict[str, Any]:
     """The facts ``segc inspect`` shows (also used by the benchmark)."""
-    ops = collections.Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in model.graph.node)
+    ops = collections.Counter(
+        n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in model.graph.node
+    )
     params = count_parameters(model)
     meta = {p.key: p.value for p in model.metadata_props}
     return {
@@ -164,7 +176,11 @@ def run_verify(args: argparse.Namespace) -> int:
 
         table = Table("output", "input", "max abs", "max rel", "cosine", "agreement")
         for m in verdict.metrics:
-            table.add_row(m.output, m.feed, *(("-" if x is None else f"{x:.4g}") for x in (m.max_abs, m.max_rel, m.cosine, m.agreement)))
+            table.add_row(
+                m.output,
+                m.feed,
+                *(("-" if x is None else f"{x:.4g}") for x in (m.max_abs, m.max_rel, m.cosine, m.agreement)),
+            )
         con = _console()
         con.print(table)
         for w in verdict.warnings:
@@ -183,7 +199,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def _print_localization(args: argparse.Namespace, verifier: Verifier, ref_model: onnx.ModelProto,
-                        cand_model: onnx.ModelProto, verdict) -> int:
+                        cand_model: onnx.ModelProto, verdict: Verdict) -> int:
     """``--localize``: the first divergent shared tensor and the k worst (segc.localize)."""
     from segc.localize import localize
 
@@ -202,8 +218,11 @@ def _print_localization(args: argparse.Namespace, verifier: Verifier, ref_model:
             con.print(f"first divergence: node {first.node} [{first.op}] -> {first.tensor}: cosine "
                       f"{_fmt4(first.cosine)}, max abs {_fmt4(first.max_abs)}", markup=False)
             for t in loc.worst:
-                con.print(f"  worst: #{t.index} {t.node} [{t.op}]: cosine {_fmt4(t.cosine)}, max abs {_fmt4(t.max_abs)}"
-                          + (f", {t.nonfinite_mismatch} NaN/Inf mismatches" if t.nonfinite_mismatch else ""), markup=False)
+                con.print(
+                    f"  worst: #{t.index} {t.node} [{t.op}]: cosine {_fmt4(t.cosine)}, max abs {_fmt4(t.max_abs)}"
+                    + (f", {t.nonfinite_mismatch} NaN/Inf mismatches" if t.nonfinite_mismatch else ""),
+                    markup=False,
+                )
         if loc.skipped:
             con.print(f"not compared (shapes differ): {', '.join(loc.skipped[:10])}", markup=False)
     return 0 if verdict.status == "ok" and loc.first_divergence is None else 1

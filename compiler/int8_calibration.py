@@ -33,7 +33,7 @@ import onnx
 import onnx.version_converter
 
 from segc.errors import SegcError
-from segc.metrics import compare_output
+from segc.metrics import OutputMetrics, compare_output
 from segc.ortrun import run_model
 from segc.outdir import write_file
 from segc.recipe import Recipe
@@ -152,7 +152,7 @@ def quantize_qdq(model: onnx.ModelProto, feeds: list[Feed]) -> onnx.ModelProto:
 def int8_drop(model: onnx.ModelProto, feeds: list[Feed]) -> Int8Estimate:
     """Quantise on ``feeds`` and compare the QDQ model with fp32 on the same inputs."""
     qdq = quantize_qdq(model, feeds)
-    metrics = []
+    metrics: list[OutputMetrics] = []
     for feed in feeds:
         ref = run_model(model, feed.arrays)
         cand = run_model(qdq, feed.arrays)

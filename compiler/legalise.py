@@ -203,7 +203,9 @@ def legalise(model: onnx.ModelProto, target: Target, options: BuildOptions, spec
             return
         if user_passes or name in skipped:
             how = "--skip leaves it out" if name in skipped else "--passes leaves it out"
-            missing.append(f"{reason}: needs pass {name}, which {how}; add it (or drop --passes/--skip and segc adds it)")
+            missing.append(
+                f"{reason}: needs pass {name}, which {how}; add it (or drop --passes/--skip and segc adds it)"
+            )
             return
         insert_pass(plan.specs, PassSpec(name, dict(opts)))
         plan.added.append(AddedPass(name, dict(opts), reason))
@@ -226,7 +228,9 @@ def legalise(model: onnx.ModelProto, target: Target, options: BuildOptions, spec
         from segc.passes.fix_input_shapes import fixed_shape_option
 
         shapes = [fixed_shape_option(rng) for _, rng, _ in freeze]
-        reason = "the build is static at " + "; ".join(f"{rng.atc()} (symbolic dims {', '.join(map(str, axes))})" for _, rng, axes in freeze)
+        reason = "the build is static at " + "; ".join(
+            f"{rng.atc()} (symbolic dims {', '.join(map(str, axes))})" for _, rng, axes in freeze
+        )
     # one --batch size (and no batch range) fixes a symbolic batch dim the same way
     if len(options.batch_sizes) == 1 and not options.batch_range:
         batch = options.batch_sizes[0]
@@ -239,7 +243,9 @@ def legalise(model: onnx.ModelProto, target: Target, options: BuildOptions, spec
             if symbolic_axes(model, name) == [0]:
                 fully_fixed.add(name)
         if only_batch:
-            reason = (reason + "; " if freeze else "") + f"--batch {batch} fixes the symbolic batch of {', '.join(only_batch)}"
+            reason = (
+                reason + "; " if freeze else ""
+            ) + f"--batch {batch} fixes the symbolic batch of {', '.join(only_batch)}"
     if shapes and not (user_passes or FREEZE_FIX in skipped):
         need(FREEZE_FIX, {"shapes": shapes}, f"{reason}; fixed dims let simplify fold the shape computations")
     frozen = FREEZE_FIX in names()
@@ -255,7 +261,11 @@ def legalise(model: onnx.ModelProto, target: Target, options: BuildOptions, spec
         if form.get("op"):
             will_have.add(str(form["op"]))
     for v in deform[:1]:
-        need(DEFORM_FIX, {"form": profile.deform_form.get("form")}, f"{len(deform)} deformable convolution(s) not in the form {profile.vendor} takes ({v.reason})")
+        need(
+            DEFORM_FIX,
+            {"form": profile.deform_form.get("form")},
+            f"{len(deform)} deformable convolution(s) not in the form {profile.vendor} takes ({v.reason})",
+        )
 
     functions = [v for v in hard if v.fixed_by == FUNCTION_FIX]
     if functions:
@@ -281,7 +291,11 @@ def legalise(model: onnx.ModelProto, target: Target, options: BuildOptions, spec
         static_build = all(r.is_static for r in options.shape_ranges)
         folds_by_simplify = frozen and static_build and "simplify" in names() and not _symbolic_left(model, fully_fixed)
         if not folds_by_simplify:
-            need(RESIZE_FOLD_FIX, {}, f"{len(resize)} Resize(s) with sizes/scales computed at run time ({resize[0].reason})")
+            need(
+                RESIZE_FOLD_FIX,
+                {},
+                f"{len(resize)} Resize(s) with sizes/scales computed at run time ({resize[0].reason})",
+            )
 
     batch_issues = [v for v in hard if v.fixed_by == RANGE_FIX and "batch" in v.reason]
     if batch_issues and RANGE_FIX not in names():
@@ -308,7 +322,9 @@ def legalise(model: onnx.ModelProto, target: Target, options: BuildOptions, spec
 def _symbolic_left(model: onnx.ModelProto, fixed: set[str]) -> bool:
     """Whether an input keeps a symbolic dim after ``fix_input_shapes`` fixed those in ``fixed``."""
     init = {t.name for t in model.graph.initializer}
-    return any(symbolic_axes(model, vi.name) for vi in model.graph.input if vi.name not in init and vi.name not in fixed)
+    return any(
+        symbolic_axes(model, vi.name) for vi in model.graph.input if vi.name not in init and vi.name not in fixed
+    )
 
 
 def _batch_ranges(model: onnx.ModelProto, options: BuildOptions) -> list[str]:

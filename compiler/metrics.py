@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -68,13 +68,13 @@ class Tolerances:
         decomposed into GridSample + Conv) adds more rounding noise than a fold does; it may
         say so, and the user's explicit ``--tolerance`` still wins.
         """
-        changes = {k: v for k, v in defaults.items() if k not in keep and hasattr(self, k)}
+        changes: dict[str, Any] = {k: v for k, v in defaults.items() if k not in keep and hasattr(self, k)}
         return replace(self, **changes) if changes else self
 
     @classmethod
     def parse(cls, items: list[str]) -> "Tolerances":
         """Build from ``["rtol=1e-3", "cosine=0.995"]``; unknown keys are a usage error."""
-        values: dict[str, float] = {}
+        values: dict[str, Any] = {}
         known = {f.name for f in fields(cls) if f.name != "user_set"}
         for item in items:
             for part in item.split(","):
@@ -83,7 +83,9 @@ class Tolerances:
                 key, sep, value = part.partition("=")
                 key = key.strip()
                 if not sep or key not in known:
-                    raise SegcError(f"malformed --tolerance {part!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(known))}")
+                    raise SegcError(
+                        f"malformed --tolerance {part!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(known))}"
+                    )
                 try:
                     values[key] = float(value)
                 except ValueError:
@@ -215,7 +217,9 @@ def no_signal(m: OutputMetrics, tol: Tolerances) -> str | None:
     return None
 
 
-VERIFY_INPUTS_FIX = "give inputs that carry signal with --verify-inputs (a folder of real images, or a .npz by input name)"
+VERIFY_INPUTS_FIX = (
+    "give inputs that carry signal with --verify-inputs (a folder of real images, or a .npz by input name)"
+)
 
 
 @dataclass
@@ -243,7 +247,7 @@ class Verdict:
     def summary(self) -> dict[str, float | None]:
         """Worst figures over all outputs and inputs (what the tables show)."""
 
-        def worst(attr: str, fn) -> float | None:
+        def worst(attr: str, fn: Callable[[list[float]], float]) -> float | None:
             vals = [getattr(m, attr) for m in self.metrics if getattr(m, attr) is not None]
             return fn(vals) if vals else None
 
@@ -314,7 +318,8 @@ def judge(contract: Contract, metrics: list[OutputMetrics], tol: Tolerances) -> 
         allowed = tol.atol + tol.rtol * scale
         if m.max_abs is not None and m.max_abs > allowed:
             verdict.reasons.append(
-                f"{where}: max abs error {m.max_abs:.3g} > {allowed:.3g} (rtol {tol.rtol} of max|ref| {scale:.3g} + atol {tol.atol})"
+                f"{where}: max abs error {m.max_abs:.3g} > {allowed:.3g} (rtol {tol.rtol} of max|ref| {scale:.3g} + "
+                f"atol {tol.atol})"
             )
     for output, why in silent.items():
         if why and all(why):  # no input gave this output any signal

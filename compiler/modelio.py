@@ -18,15 +18,28 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator, Sequence
 
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from segc.errors import SegcError
 from segc.outdir import file_sha256, private_folder, refuse_protected, remember_sha256, write_file
 
-__all__ = ["DiskTensor", "disk_tensor", "disk_tensors", "has_disk_tensors", "file_sha256", "load_model", "load_model_and_files", "save_model", "readable_ir", "default_opset", "tensor_nbytes", "weight_bytes"]
+__all__ = [
+    "DiskTensor",
+    "disk_tensor",
+    "disk_tensors",
+    "has_disk_tensors",
+    "file_sha256",
+    "load_model",
+    "load_model_and_files",
+    "save_model",
+    "readable_ir",
+    "default_opset",
+    "tensor_nbytes",
+    "weight_bytes",
+]
 
 MIN_OPSET = 7
 MAX_OPSET = 23
@@ -52,7 +65,9 @@ def load_model_and_files(path: str | Path) -> tuple[onnx.ModelProto, list[Path]]
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
-        raise SegcError(f"{path}: not a readable ONNX model (truncated or another format): {_first_line(exc)}") from None
+        raise SegcError(
+            f"{path}: not a readable ONNX model (truncated or another format): {_first_line(exc)}"
+        ) from None
     if not model.graph.node and not model.graph.output:
         # protobuf happily parses many byte strings as an empty message
         raise SegcError(f"{path}: not an ONNX model (no graph found)")
@@ -71,7 +86,7 @@ def default_opset(model: onnx.ModelProto) -> int:
     """The model's default-domain ("" or "ai.onnx") opset version, 0 when absent."""
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
-            return imp.version
+            return int(imp.version)
     return 0
 
 
@@ -147,7 +162,7 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> set[Path]:
     """
     base = path.resolve().parent
     files: set[Path] = set()
-    checked: list[tuple[onnx.TensorProto, Path, int, int | None]] = []
+    checked: list[tuple[onnx.TensorProto, Path, int, int]] = []
     for tensor in _all_tensors(model):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
@@ -157,7 +172,9 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> set[Path]:
         if not loc:
             raise SegcError(f"{path}: external data of tensor {name!r} names no location")
         if os.path.isabs(loc) or Path(loc).is_absolute():
-            raise SegcError(f"{path}: external data location {loc!r} is absolute; segc only reads data beside the model")
+            raise SegcError(
+                f"{path}: external data location {loc!r} is absolute; segc only reads data beside the model"
+            )
         target = (base / loc).resolve()
         if base not in target.parents:
             raise SegcError(f"{path}: external data location {loc!r} points outside the model's folder")
@@ -177,7 +194,9 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> set[Path]:
             raise SegcError(f"{path}: external data for {name!r} is truncated: it needs bytes {offset} to "
                             f"{offset + (want or 0)} of {loc!r}, which has {size}")
         if expected is not None and want != expected:
-            raise SegcError(f"{path}: external data for {name!r} is {want} bytes, but its shape and type need {expected}")
+            raise SegcError(
+                f"{path}: external data for {name!r} is {want} bytes, but its shape and type need {expected}"
+            )
         checked.append((tensor, target, offset, want if want is not None else size - offset))
         files.add(target)
     inline = model.ByteSize() if checked else 0  # weightless tensors: cheap to measure
@@ -284,7 +303,7 @@ def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     return skeleton
 
 
-def _copy_fields(src, dst, skip: str) -> None:
+def _copy_fields(src: Message, dst: Message, skip: str) -> None:
     for fd, value in src.ListFields():
         if fd.name == skip:
             continue
@@ -309,7 +328,13 @@ def _check_structure(graph: onnx.GraphProto, outer: set[str], path: Path) -> Non
                 raise bad(f"node {node.name or node.op_type!r} uses {name!r} before any node makes it "
                           "(nodes out of order, or a cycle)")
         for attr in node.attribute:
-            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
+            subs = (
+                [attr.g]
+                if attr.type == onnx.AttributeProto.GRAPH
+                else list(attr.graphs)
+                if attr.type == onnx.AttributeProto.GRAPHS
+                else []
+            )
             for sub in subs:
                 _check_structure(sub, outer | defined, path)
         for name in node.output:
@@ -337,7 +362,7 @@ def readable_ir(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def save_model(model: onnx.ModelProto, path: str | Path, *, protect: list[str | Path] = ()) -> Path:
+def save_model(model: onnx.ModelProto, path: str | Path, *, protect: Sequence[str | Path] = ()) -> Path:
     """Write ``model`` to ``path`` through segc's atomic writer (:mod:`segc.outdir`);
     refuses a ``path`` that is, or links to, any file in ``protect``.
 
@@ -386,7 +411,7 @@ class _HashedSparseFile:
     read gigabytes back), all-zero chunks left as holes (as ``cp --sparse`` does): zero
     weights then cost neither disk nor write time."""
 
-    def __init__(self, fh, digest) -> None:
+    def __init__(self, fh: BinaryIO, digest: hashlib._Hash) -> None:
         self.fh, self.digest, self.size = fh, digest, 0
 
     def write(self, chunk: bytes) -> None:
@@ -444,14 +469,15 @@ def _split_weights(model: onnx.ModelProto, data: _HashedSparseFile, data_name: s
                 tensor.external_data.add(key=key, value=value)
             tensor.data_location = onnx.TensorProto.EXTERNAL
         data.finish()
-        return model.SerializeToString()
+        serialised: bytes = model.SerializeToString()
+        return serialised
     finally:
-        for tensor, raw, entries in reversed(undo):
+        for tensor, saved, entries in reversed(undo):
             del tensor.external_data[:]
             for key, value in entries:
                 tensor.external_data.add(key=key, value=value)
-            if raw is not None:
-                tensor.raw_data = raw
+            if saved is not None:
+                tensor.raw_data = saved
                 tensor.data_location = onnx.TensorProto.DEFAULT
 
 
@@ -463,7 +489,7 @@ def tensor_nbytes(t: onnx.TensorProto) -> int:
     try:
         itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
     except (KeyError, TypeError, ValueError):  # strings and exotic types: measure the message
-        return t.ByteSize()
+        return int(t.ByteSize())
     return count * itemsize
 
 

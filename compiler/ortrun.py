@@ -101,7 +101,9 @@ def runnable(model: onnx.ModelProto) -> Runnable:
     return Runnable(out.SerializeToString(), folders.pop())
 
 
-def inference_session(model: onnx.ModelProto, opts: ort.SessionOptions, *, share_weights: bool = False) -> ort.InferenceSession:
+def inference_session(
+    model: onnx.ModelProto, opts: ort.SessionOptions, *, share_weights: bool = False
+) -> ort.InferenceSession:
     """An onnxruntime CPU session for ``model`` with ``opts`` (see :func:`runnable`).
 
     With ``share_weights``, top-level weights kept on disk are handed to onnxruntime as one
@@ -124,7 +126,7 @@ def inference_session(model: onnx.ModelProto, opts: ort.SessionOptions, *, share
 
 # (file identity, offset, length, type, dims) -> OrtValue over a read-only np.memmap. Kept for
 # the life of the process: onnxruntime reads the buffer for as long as any session lives.
-_SHARED: dict[tuple, ort.OrtValue] = {}
+_SHARED: dict[tuple[Any, ...], ort.OrtValue] = {}
 
 
 def _shared_weight(tensor: onnx.TensorProto) -> ort.OrtValue | None:
@@ -138,9 +140,20 @@ def _shared_weight(tensor: onnx.TensorProto) -> ort.OrtValue | None:
     if dtype.kind not in "biuf" or dtype.itemsize * int(np.prod(tensor.dims)) != disk.length:
         return None  # a type numpy cannot map (bfloat16, float8): onnxruntime reads it from the folder
     st = disk.file.stat()
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, disk.offset, disk.length, tensor.data_type, tuple(tensor.dims))
+    key = (
+        st.st_dev,
+        st.st_ino,
+        st.st_size,
+        st.st_mtime_ns,
+        disk.offset,
+        disk.length,
+        tensor.data_type,
+        tuple(tensor.dims),
+    )
     if key not in _SHARED:
-        array = np.memmap(disk.file, dtype=dtype.newbyteorder("<"), mode="r", offset=disk.offset, shape=tuple(tensor.dims))
+        array = np.memmap(
+            disk.file, dtype=dtype.newbyteorder("<"), mode="r", offset=disk.offset, shape=tuple(tensor.dims)
+        )
         _SHARED[key] = ort.OrtValue.ortvalue_from_numpy(array)
     return _SHARED[key]
 
@@ -153,14 +166,18 @@ def make_session(model: onnx.ModelProto, config: SessionConfig | None = None) ->
     return sess
 
 
-def run_session(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+def run_session(
+    sess: ort.InferenceSession, feeds: dict[str, np.ndarray], outputs: list[str] | None = None
+) -> dict[str, np.ndarray]:
     """Run and return outputs by name."""
     names = outputs or [o.name for o in sess.get_outputs()]
     values = sess.run(names, feeds)
     SESSION_STATS.runs += 1
-    return dict(zip(names, values))
+    return dict(zip(names, values, strict=False))
 
 
-def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: SessionConfig | None = None) -> dict[str, np.ndarray]:
+def run_model(
+    model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: SessionConfig | None = None
+) -> dict[str, np.ndarray]:
     """Convenience for tests and one-off checks: a fresh session, one run."""
     return run_session(make_session(model, config), feeds)

@@ -249,7 +249,14 @@ def remove_stale_temporaries(folder: Path) -> None:
     for entry in entries:
         head, sep, tail = entry.name.partition(_TMP_INFIX)
         pid = tail.split("-", 1)[0]
-        if sep and head.startswith(".") and pid.isdigit() and not _alive(int(pid)) and entry.is_file() and not entry.is_symlink():
+        if (
+            sep
+            and head.startswith(".")
+            and pid.isdigit()
+            and not _alive(int(pid))
+            and entry.is_file()
+            and not entry.is_symlink()
+        ):
             with contextlib.suppress(OSError):
                 entry.unlink()
 
@@ -299,7 +306,9 @@ class StagedOutput:
     and leaves OUTDIR as it was.
     """
 
-    def __init__(self, outdir: str | Path, *, force: bool, protect: Sequence[Path] = (), names: Sequence[str] = ()) -> None:
+    def __init__(
+        self, outdir: str | Path, *, force: bool, protect: Sequence[Path] = (), names: Sequence[str] = ()
+    ) -> None:
         self.outdir = Path(outdir)  # as the user gave it: for messages and the report
         self.force = force
         self.protect = [Path(p) for p in protect]
@@ -466,7 +475,9 @@ class StagedOutput:
         self.check_names(names)
         changed = [p for p, before in self._inputs_seen.items() if _stamps([p]).get(p) != before]
         if changed:  # the build (and report.json's input hash) would describe another file
-            raise SegcError(f"{shown(changed[0])} changed while segc was compiling it; nothing was written to {shown(self.outdir)}")
+            raise SegcError(
+                f"{shown(changed[0])} changed while segc was compiling it; nothing was written to {shown(self.outdir)}"
+            )
         entries = {n: ManifestEntry(n, file_sha256(stage / n)) for n in names}
         try:
             if not real.exists():
@@ -491,7 +502,10 @@ class StagedOutput:
     def _write_manifest(self, path: Path, entries: dict[str, ManifestEntry]) -> None:
         from segc import __version__
 
-        data = {"written_by": f"segc {__version__}", "files": [{"name": e.name, "sha256": e.sha256} for e in sorted(entries.values(), key=lambda e: e.name)]}
+        data = {
+            "written_by": f"segc {__version__}",
+            "files": [{"name": e.name, "sha256": e.sha256} for e in sorted(entries.values(), key=lambda e: e.name)],
+        }
         write_text(path, json.dumps(data, indent=2) + "\n")
 
     def close(self) -> None:
@@ -500,8 +514,9 @@ class StagedOutput:
             shutil.rmtree(self._stage, ignore_errors=True)
             self._stage = None
         if self._lock_fd is not None:
+            assert self._lock_path is not None  # set together with _lock_fd
             with contextlib.suppress(OSError):
-                os.unlink(self._lock_path)  # type: ignore[arg-type]
+                os.unlink(self._lock_path)
             os.close(self._lock_fd)
             self._lock_fd = None
         if not self.committed:

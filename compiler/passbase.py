@@ -133,7 +133,9 @@ def register_pass(cls: type[GraphPass]) -> type[GraphPass]:
     if not cls.name:
         raise ValueError(f"{cls.__qualname__} has no pass name")
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"pass name {cls.name!r} is registered twice ({_REGISTRY[cls.name].__module__} and {cls.__module__})")
+        raise ValueError(
+            f"pass name {cls.name!r} is registered twice ({_REGISTRY[cls.name].__module__} and {cls.__module__})"
+        )
     _REGISTRY[cls.name] = cls
     return cls
 

@@ -130,8 +130,11 @@ class DumpInstrument(Instrument):
     def file_name(index: int, name: str) -> str:
         return f"{index:02d}_{name}.onnx"
 
-    def after_pass(self, record: PassRecord, model: onnx.ModelProto) -> None:
+    def after_pass(self, record: PassRecord, model: onnx.ModelProto | None) -> None:
         from segc.modelio import save_model
+
+        if model is None:  # the pass failed: nothing new to write
+            return
 
         save_model(model, self.directory / self.file_name(record.index, record.name), protect=self.protect)
 
@@ -340,7 +343,7 @@ def _is_graph_pass(pass_obj: GraphPass) -> bool:
 
 def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, target: str | None = None,
                  recipe: Recipe | None = None, verify: str = "each", verifier: Verifier | None = None,
-                 instruments: list[Instrument] = (), source: Path | None = None) -> PipelineResult:
+                 instruments: Sequence[Instrument] = (), source: Path | None = None) -> PipelineResult:
     """Run ``specs`` over ``model``; never raises for a broken pass, the result says which.
 
     ``source``: the file ``model`` was read from (self-contained, no external data); passes
@@ -355,7 +358,10 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
         verifier = Verifier(recipe=recipe)
     passes = _instantiate(specs)
     specs = _pin_outputs(model, specs, verifier)
-    records = [PassRecord(i, s.name, contract_of(p, s.options).value, dict(s.options)) for i, (s, p) in enumerate(zip(specs, passes))]
+    records = [
+        PassRecord(i, s.name, contract_of(p, s.options).value, dict(s.options))
+        for i, (s, p) in enumerate(zip(specs, passes, strict=False))
+    ]
     result = PipelineResult(model=onnx.ModelProto(), records=records, verify_mode=verify)  # set on every return
 
     state: GraphState | None = verifier.initial_state(model) if verify != "none" and verifier else None
@@ -367,7 +373,7 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
     def proto_for(inst: Instrument) -> onnx.ModelProto | None:
         return working.proto() if inst.needs_model else None
 
-    for spec, pass_obj, record in zip(specs, passes, records):
+    for spec, pass_obj, record in zip(specs, passes, records, strict=False):
         for inst in instruments:
             inst.before_pass(record, proto_for(inst))
         ctx = PassContext(options=dict(spec.options), target=target, recipe=recipe, model_metadata=working.metadata(),
@@ -399,13 +405,17 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
         if verify == "each" and outcome.changed and verifier is not None and state is not None:
             t0 = time.perf_counter()
             after = verifier.new_state(working.proto(), f"after {spec.name}")
-            record.verdict = verifier.compare(state, after, Contract(record.contract), tolerances_of(pass_obj, spec.options))
+            record.verdict = verifier.compare(
+                state, after, Contract(record.contract), tolerances_of(pass_obj, spec.options)
+            )
             record.verify_seconds = time.perf_counter() - t0
             record.status = record.verdict.status
             if not record.verdict.ok:
                 result.model = working.proto()
                 result.failed_pass = spec.name
-                result.failure = f"pass {spec.name} failed verification ({record.contract}): {'; '.join(record.verdict.reasons[:3])}"
+                result.failure = (
+                    f"pass {spec.name} failed verification ({record.contract}): {'; '.join(record.verdict.reasons[:3])}"
+                )
                 for inst in instruments:
                     inst.after_pass(record, proto_for(inst))
                 return result
@@ -422,7 +432,7 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
     result.model = working.proto()
     result.graph_imports, result.graph_exports = working.imports, working.exports
 
-    pass_tolerances = {r.index: tolerances_of(p, s.options) for r, p, s in zip(records, passes, specs)}
+    pass_tolerances = {r.index: tolerances_of(p, s.options) for r, p, s in zip(records, passes, specs, strict=False)}
     if verify == "end" and verifier is not None and reference is not None and len(history) > 1:
         _verify_end(result, history, verifier, reference, pass_tolerances)
     return result
@@ -475,8 +485,12 @@ def _verify_end(result: PipelineResult, history: list[onnx.ModelProto], verifier
         state = verifier.new_state(history[k], f"after {changing[k - 1].name}")
         contract = combined_contract([Contract(r.contract) for r in changing[:k]])
         cut = any(r.contract == Contract.OUTPUTS.value for r in changing[:k])
-        verdict = verifier.compare(reference, state, contract, _loosest(changing[:k], pass_tolerances), outputs_may_change=cut)
-        result.bisect_probes.append({"passes": [r.name for r in changing[:k]], "ok": verdict.ok, "reasons": verdict.reasons[:3]})
+        verdict = verifier.compare(
+            reference, state, contract, _loosest(changing[:k], pass_tolerances), outputs_may_change=cut
+        )
+        result.bisect_probes.append(
+            {"passes": [r.name for r in changing[:k]], "ok": verdict.ok, "reasons": verdict.reasons[:3]}
+        )
         return verdict
 
     t0 = time.perf_counter()

@@ -25,8 +25,10 @@ def validate_cli(args: argparse.Namespace, target: Target) -> list[str]:
         for text in args.input_shape:
             rng = parse_shape_range(text)
             if rng.min and rng.min[0] != rng.max[0]:
-                raise SegcError(f"--batch {','.join(args.batch)} and the batch range in --input-shape {text!r} contradict: "
-                                "give the batch sizes once (--batch for per-batch builds, or a range in --input-shape)")
+                raise SegcError(
+                    f"--batch {','.join(args.batch)} and the batch range in --input-shape {text!r} contradict: "
+                    "give the batch sizes once (--batch for per-batch builds, or a range in --input-shape)"
+                )
     if target.name == "onnxruntime" and args.precision in ("fp16", "int8"):
         raise SegcError(f"--precision {args.precision}: the onnxruntime target runs the model at its own precision and "
                         "does not quantise or convert; drop --precision (or build for tensorrt, magicmind or ascend)")
@@ -37,7 +39,10 @@ def validate_cli(args: argparse.Namespace, target: Target) -> list[str]:
         from segc.targets.legality import load_profile
 
         if not load_profile(target.name).data.get("ops", {}).get("partial", False):
-            warnings.append(f"--allow-unlisted-ops does nothing for {target.name}: its operator list is complete, so a missing op is an error")
+            warnings.append(
+                f"--allow-unlisted-ops does nothing for {target.name}: its operator list is complete, so a missing op "
+                "is an error"
+            )
     if args.no_prune and not args.outputs:
         warnings.append("--no-prune without --outputs does nothing")
     return warnings

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from segc.errors import SegcError
 from segc.recipe import InputSpec, OutputSpec, Recipe, ResizeSpec
@@ -115,7 +115,7 @@ def recipe_from_dict(data: dict[str, Any], *, source: str, default_name: str) ->
     )
 
 
-def _resize(inp: dict[str, Any], fail) -> ResizeSpec | None:
+def _resize(inp: dict[str, Any], fail: Callable[[str], SegcError]) -> ResizeSpec | None:
     mode = inp.get("resize")
     interp = inp.get("interpolation", "bilinear")
     if interp not in ("bilinear", "bicubic", "nearest"):
@@ -150,14 +150,16 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _triple(inp: dict[str, Any], key: str, default: tuple[float, float, float], fail) -> tuple[float, float, float]:
+def _triple(
+    inp: dict[str, Any], key: str, default: tuple[float, float, float], fail: Callable[[str], SegcError]
+) -> tuple[float, float, float]:
     v = inp.get(key, list(default))
     if not isinstance(v, list) or len(v) != 3 or not all(_number(x) for x in v):
         raise fail(f"input.{key} must be 3 numbers (one per channel), got {v!r}")
     return (float(v[0]), float(v[1]), float(v[2]))
 
 
-def _unknown(table: dict[str, Any], known: set[str], prefix: str, fail) -> None:
+def _unknown(table: dict[str, Any], known: set[str], prefix: str, fail: Callable[[str], SegcError]) -> None:
     extra = sorted(set(table) - known)
     if extra:
         raise fail(f"unknown key {prefix}{extra[0]} (known: {', '.join(sorted(known))})")

@@ -63,7 +63,7 @@ def upsample_logits(logits: np.ndarray, size: tuple[int, int], align_corners: bo
     y0, y1, wy = _axis(size[0], h, align_corners)
     x0, x1, wx = _axis(size[1], w, align_corners)
     rows = logits[:, y0, :] * (1 - wy)[None, :, None] + logits[:, y1, :] * wy[None, :, None]
-    return rows[:, :, x0] * (1 - wx)[None, None, :] + rows[:, :, x1] * wx[None, None, :]
+    return np.asarray(rows[:, :, x0] * (1 - wx)[None, None, :] + rows[:, :, x1] * wx[None, None, :])
 
 
 def nearest_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -73,7 +73,7 @@ def nearest_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return labels
     ys = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(np.int64), h - 1)
     xs = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(np.int64), w - 1)
-    return labels[ys][:, xs]
+    return np.asarray(labels[ys][:, xs])
 
 
 def prediction_at(output: np.ndarray, kind: str, size: tuple[int, int], align_corners: bool) -> np.ndarray:
@@ -83,7 +83,7 @@ def prediction_at(output: np.ndarray, kind: str, size: tuple[int, int], align_co
         return nearest_labels(np.asarray(labels).astype(np.int64), size)
     if output.ndim != 3:
         raise ValueError(f"logits must be [C, H, W] per image, got {output.shape}")
-    return np.argmax(upsample_logits(output.astype(np.float32, copy=False), size, align_corners), axis=0)
+    return np.asarray(np.argmax(upsample_logits(output.astype(np.float32, copy=False), size, align_corners), axis=0))
 
 
 @dataclass
@@ -91,16 +91,15 @@ class SegCounts:
     """Dataset-wide sums; ``add`` one image at a time."""
 
     num_classes: int = 19
-    intersect: np.ndarray = field(default=None)  # type: ignore[assignment]
-    union: np.ndarray = field(default=None)  # type: ignore[assignment]
+    intersect: np.ndarray = field(init=False)
+    union: np.ndarray = field(init=False)
     correct: int = 0
     valid: int = 0
     images: int = 0
 
     def __post_init__(self) -> None:
-        if self.intersect is None:
-            self.intersect = np.zeros(self.num_classes, np.int64)
-            self.union = np.zeros(self.num_classes, np.int64)
+        self.intersect = np.zeros(self.num_classes, np.int64)
+        self.union = np.zeros(self.num_classes, np.int64)
 
     def add(self, pred: np.ndarray, gt_train: np.ndarray) -> None:
         """``pred``: train ids; ``gt_train``: train ids with 255 ignored (pixels there never count)."""

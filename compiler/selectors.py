@@ -50,7 +50,7 @@ import fnmatch
 import heapq
 import re
 from dataclasses import dataclass
-from typing import Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import onnx_graphsurgeon as gs
 
@@ -96,7 +96,7 @@ class _Hit:
 def node_label(node: gs.Node) -> str:
     """A printable name for stats and messages, also for the unnamed nodes some exporters write."""
     if node.name:
-        return node.name
+        return str(node.name)
     out = node.outputs[0].name if node.outputs else "?"
     return f"<{node.op} -> {out}>"
 
@@ -173,8 +173,10 @@ class _Resolver:
         for hit in self.hits(selector):
             node = hit.node if hit.node is not None else _producer(hit.tensor)
             if node is None:
+                assert hit.tensor is not None  # a hit without a node is a tensor hit
                 raise SegcError(
-                    f"selector {selector.strip()!r} names {hit.tensor.name!r}, a graph input or constant that no node produces"
+                    f"selector {selector.strip()!r} names {hit.tensor.name!r}, a graph input or constant that no node "
+                    "produces"
                 )
             out.append(node)
         return self._sorted_nodes(out)
@@ -195,7 +197,9 @@ class _Resolver:
             kept = [h for h in resolved[i] if any(id(c) in allowed for t in h.carried() for c in t.outputs)]
             if not kept:
                 rest = ">".join(atoms[i + 1:])
-                raise SegcError(f"selector {whole!r}: no {atoms[i]!r} node feeds a {rest!r} node directly{self._ops_hint()}")
+                raise SegcError(
+                    f"selector {whole!r}: no {atoms[i]!r} node feeds a {rest!r} node directly{self._ops_hint()}"
+                )
         return kept
 
     def _atom(self, atom: str, whole: str) -> list[_Hit]:
@@ -240,6 +244,7 @@ class _Resolver:
 
     def _pattern(self, whole: str, pattern: str, *, regex: bool) -> list[_Hit]:
         """Glob or regex over node names; over tensor names only if no node name matches."""
+        match: Callable[[str], bool]
         if regex:
             try:
                 rx = re.compile(pattern)
@@ -272,9 +277,13 @@ class _Resolver:
             try:
                 i = int(pos)
             except ValueError:
-                raise SegcError(f"selector {whole!r}: bad position [{pos}] (use an integer, *, or a slice A:B)") from None
+                raise SegcError(
+                    f"selector {whole!r}: bad position [{pos}] (use an integer, *, or a slice A:B)"
+                ) from None
             if not -len(of_op) <= i < len(of_op):
-                raise SegcError(f"selector {whole!r}: position {i} is out of range; the graph has {len(of_op)} {op} node(s)")
+                raise SegcError(
+                    f"selector {whole!r}: position {i} is out of range; the graph has {len(of_op)} {op} node(s)"
+                )
             chosen = [of_op[i]]
         return [_Hit(node=n) for n in chosen]
 
@@ -475,7 +484,7 @@ def select_ordered(
         raise ValueError(f"kind must be 'nodes' or 'tensors', not {kind!r}")
     resolver = _Resolver(graph)
     seen: set[int] = set()
-    out: list = []
+    out: list[Any] = []
     for s in as_selector_list(selectors):
         for item in resolver.nodes_of(s) if kind == "nodes" else resolver.tensors_of(s):
             if id(item) not in seen:

@@ -61,19 +61,19 @@ class ShapeRange:
 
     @property
     def dynamic_axes(self) -> tuple[int, ...]:
-        return tuple(i for i, (a, b) in enumerate(zip(self.min, self.max)) if a != b)
+        return tuple(i for i, (a, b) in enumerate(zip(self.min, self.max, strict=False)) if a != b)
 
     def atc(self) -> str:
         """``name:1,3,640~4096/32,640~4096/32``: ATC's spelling plus segc's ``/M`` multiples."""
         dims = []
-        for i, (a, b) in enumerate(zip(self.min, self.max)):
+        for i, (a, b) in enumerate(zip(self.min, self.max, strict=False)):
             text = str(a) if a == b else f"{a}~{b}"
             dims.append(f"{text}/{self.step(i)}" if self.step(i) > 1 and a != b else text)
         return f"{self.name}:{','.join(dims)}"
 
     def vendor_atc(self) -> str:
         """``name:1,3,640~4096,640~4096`` (the newer ATC --input_shape spelling, no ``/M``)."""
-        dims = [str(a) if a == b else f"{a}~{b}" for a, b in zip(self.min, self.max)]
+        dims = [str(a) if a == b else f"{a}~{b}" for a, b in zip(self.min, self.max, strict=False)]
         return f"{self.name}:{','.join(dims)}"
 
     def multiples_text(self) -> str:
@@ -88,11 +88,13 @@ class ShapeRange:
     def with_opt(self, opt: tuple[int, ...]) -> "ShapeRange":
         if len(opt) != len(self.min):
             raise SegcError(f"--opt-shape for {self.name!r} has {len(opt)} dims, the range has {len(self.min)}")
-        for i, (lo, v, hi) in enumerate(zip(self.min, opt, self.max)):
+        for i, (lo, v, hi) in enumerate(zip(self.min, opt, self.max, strict=False)):
             if not lo <= v <= hi:
                 raise SegcError(f"--opt-shape for {self.name!r}: dim {i} is {v}, outside the range {lo}~{hi}")
             if v % self.step(i):
-                raise SegcError(f"--opt-shape for {self.name!r}: dim {i} is {v}, not a multiple of {self.step(i)} as the range says")
+                raise SegcError(
+                    f"--opt-shape for {self.name!r}: dim {i} is {v}, not a multiple of {self.step(i)} as the range says"
+                )
         return replace(self, opt=tuple(opt), opt_given=True)
 
 
@@ -116,7 +118,9 @@ def parse_shape_range(text: str) -> ShapeRange:
     for part in dims_text.split(","):
         m = _DIM.match(part)
         if not m:
-            raise SegcError(f"malformed --input-shape {text!r}: {part!r} is not a size, a range like 640~4096 or 640~4096/32")
+            raise SegcError(
+                f"malformed --input-shape {text!r}: {part!r} is not a size, a range like 640~4096 or 640~4096/32"
+            )
         a = _size(m.group(1), text)
         b = _size(m.group(2), text) if m.group(2) is not None else a
         k = _size(m.group(3), text) if m.group(3) is not None else 1
@@ -172,7 +176,10 @@ def _check_bound(size: int, text: str, what: str, shown: str = "") -> None:
     if size > MAX_DIM:
         shown = shown or str(size)
         shown = shown if len(shown) <= 24 else shown[:20] + "..."
-        raise SegcError(f"malformed {what} {text[:80]!r}: dim {shown} is larger than {MAX_DIM} (2^31-1), the most a vendor tool takes")
+        raise SegcError(
+            f"malformed {what} {text[:80]!r}: dim {shown} is larger than {MAX_DIM} (2^31-1), the most a vendor tool "
+            "takes"
+        )
 
 
 def format_ranges(ranges: list[ShapeRange]) -> str:

@@ -42,7 +42,7 @@ def judge_on_dataset(reference: str | Path, candidate: str | Path, dataset: str,
     if data.task != recipe.task:
         raise SegcError(f"--verify-data {data.kind} is for {data.task}, but recipe {recipe.name!r} is {recipe.task}")
     metric = "miou" if parsed.key == "miou_drop" else "hmean"
-    before = float(evaluate_model(str(reference), recipe, data, 1, None, None).metrics[metric])  # type: ignore[arg-type]
-    after = float(evaluate_model(str(candidate), recipe, data, 1, None, None).metrics[metric])  # type: ignore[arg-type]
+    before = float(evaluate_model(str(reference), recipe, data, 1, None, None).metrics[metric])
+    after = float(evaluate_model(str(candidate), recipe, data, 1, None, None).metrics[metric])
     drop = before - after
     return TaskJudgement(metric, before, after, drop, parsed.limit, drop <= parsed.limit)

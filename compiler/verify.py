@@ -23,7 +23,14 @@ from segc.passbase import Contract
 from segc.recipe import Recipe
 from segc.shapes import OPT_SHAPE_KEY, SHAPE_RANGE_KEY, ShapeRange, ranges_from_metadata
 from segc.input_roles import Role, input_roles
-from segc.verify_inputs import DEFAULT_PIXEL_BUDGET, Feed, graph_inputs, load_user_feeds, random_feed, verification_shapes
+from segc.verify_inputs import (
+    DEFAULT_PIXEL_BUDGET,
+    Feed,
+    graph_inputs,
+    load_user_feeds,
+    random_feed,
+    verification_shapes,
+)
 
 Outputs = dict[str, np.ndarray]
 
@@ -79,7 +86,7 @@ class Verifier:
         # tensors (e.g. the --outputs chosen on the input model) compared at every step, so a
         # pass that keeps a name but changes its value fails at that pass
         self.watch = tuple(watch)
-        self._feeds: dict[tuple, Feed] = {}
+        self._feeds: dict[tuple[tuple[str, tuple[int, ...]], ...], Feed] = {}
         self._user_feeds: list[Feed] | None = None
         # seeded inputs are natural-image-like until the input model shows no signal on them
         self.text_pages = False
@@ -116,10 +123,12 @@ class Verifier:
                                                    shape_sets[0] if shape_sets else None)
             return self._user_feeds
         feeds = []
-        for i, shapes in enumerate(shape_sets):
+        for shapes in shape_sets:
             key = tuple(sorted(shapes.items()))
             if key not in self._feeds:
-                self._feeds[key] = random_feed(model, shapes, self.recipe, self.seed + len(self._feeds), text=self.text_pages)
+                self._feeds[key] = random_feed(
+                    model, shapes, self.recipe, self.seed + len(self._feeds), text=self.text_pages
+                )
             feeds.append(self._feeds[key])
         return feeds
 
@@ -130,7 +139,9 @@ class Verifier:
         try:
             state.open()
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; all mean "cannot run"
-            raise SegcError(f"onnxruntime cannot load the input model ({_first_line(exc)}); use --verify none to skip verification") from None
+            raise SegcError(
+                f"onnxruntime cannot load the input model ({_first_line(exc)}); use --verify none to skip verification"
+            ) from None
         if self._prefers_text(state, model):
             self._feeds.clear()  # the first text feed is the probe's, whose outputs the state holds
         self._run_reference(state, model)
@@ -189,7 +200,10 @@ class Verifier:
         if not derived:
             return ""
         listed = ", ".join(f"{r.name!r} ({r.what})" for r in derived)
-        return f"; segc derived values for {listed}: give real ones with --verify-inputs data.npz (one array per input name)"
+        return (
+            f"; segc derived values for {listed}: give real ones with --verify-inputs data.npz "
+            "(one array per input name)"
+        )
 
     def new_state(self, model: onnx.ModelProto, label: str) -> GraphState:
         """A state of ``model``; watched tensors it computes but does not output are exposed."""
@@ -215,7 +229,9 @@ class Verifier:
         try:
             after.open()
         except Exception as exc:  # noqa: BLE001
-            return Verdict(ok=False, contract=contract.value, reasons=[f"onnxruntime cannot load the graph: {_first_line(exc)}"])
+            return Verdict(
+                ok=False, contract=contract.value, reasons=[f"onnxruntime cannot load the graph: {_first_line(exc)}"]
+            )
         warnings: list[str] = []
         reasons: list[str] = []
         if contract is Contract.OUTPUTS or outputs_may_change:
@@ -251,7 +267,7 @@ class Verifier:
                             f"their values fails; --skip it to keep them")
         metrics: list[OutputMetrics] = []
         skipped: list[str] = []
-        tried: set[tuple] = set()
+        tried: set[tuple[tuple[str, tuple[int, ...]], ...]] = set()
         both_failed: list[str] = []  # shapes neither graph could run
         for feeds in (self.feeds_for(after.model), self.feeds_for(before.model)):
             for feed in feeds:
@@ -289,7 +305,9 @@ class Verifier:
         missing = [n for n in names if n not in session_outputs]
         if not missing:
             return state
-        return GraphState(expose_tensors(state.model, missing), f"{state.label} (exposing {len(missing)} tensors)", self.config)
+        return GraphState(
+            expose_tensors(state.model, missing), f"{state.label} (exposing {len(missing)} tensors)", self.config
+        )
 
 
 def expose_tensors(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:

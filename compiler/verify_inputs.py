@@ -82,7 +82,7 @@ def _round_to(value: int, multiple: int) -> int:
 def _shapes_for_input(dims: list[int | str | None], rng: ShapeRange | None, recipe: Recipe | None,
                       multiple: int, budget: int) -> list[Shape]:
     if all(isinstance(d, int) for d in dims):
-        return [tuple(dims)]  # type: ignore[arg-type]
+        return [tuple(d for d in dims if isinstance(d, int))]
     if rng is not None:
         shapes = [rng.min]
         if rng.opt != rng.min:
@@ -180,7 +180,9 @@ def smooth_pixels(rng: np.random.Generator, shape: Shape) -> np.ndarray:
     return np.clip(field, 0, 255)
 
 
-def random_feed(model: onnx.ModelProto, shapes: ShapeSet, recipe: Recipe | None, seed: int, *, text: bool = False) -> Feed:
+def random_feed(
+    model: onnx.ModelProto, shapes: ShapeSet, recipe: Recipe | None, seed: int, *, text: bool = False
+) -> Feed:
     """Seeded inputs for one shape set, in each input's real value range.
 
     Image inputs are smooth photo-like fields, or pages of rendered words for a text
@@ -193,7 +195,9 @@ def random_feed(model: onnx.ModelProto, shapes: ShapeSet, recipe: Recipe | None,
     arrays: dict[str, np.ndarray] = {}
     inputs = graph_inputs(model)
     roles = input_roles(model, [vi.name for vi in inputs])
-    image = next((shapes[vi.name] for vi in inputs if roles[vi.name].role is Role.DATA and len(shapes[vi.name]) == 4), None)
+    image = next(
+        (shapes[vi.name] for vi in inputs if roles[vi.name].role is Role.DATA and len(shapes[vi.name]) == 4), None
+    )
     inferred: dict[str, tuple[int, ...]] | None = None
     kind = "random"
     for vi in inputs:
@@ -241,7 +245,9 @@ def load_user_feeds(path: str | Path, model: onnx.ModelProto, recipe: Recipe | N
     try:
         if path.suffix == ".npy":
             if len(names) != 1:
-                raise SegcError(f"--verify-inputs {path}: a .npy gives one array but the model has inputs {names}; use .npz")
+                raise SegcError(
+                    f"--verify-inputs {path}: a .npy gives one array but the model has inputs {names}; use .npz"
+                )
             arrays = {names[0]: np.load(path, allow_pickle=False)}
         elif path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as data:
@@ -274,7 +280,7 @@ def _image_feeds(folder: Path, inputs: list[onnx.ValueInfoProto], recipe: Recipe
     feeds = []
     for f in files:
         try:
-            img = Image.open(f).convert("RGB").resize((w, h), Image.BILINEAR)
+            img = Image.open(f).convert("RGB").resize((w, h), Image.Resampling.BILINEAR)
         except OSError as exc:
             raise SegcError(f"--verify-inputs {f}: not a readable image: {exc}") from None
         pixels = np.asarray(img, dtype=np.float32).transpose(2, 0, 1)[None]

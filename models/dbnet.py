@@ -220,9 +220,11 @@ class DBNet(nn.Module):
 def _zero_offsets(model: DBNet) -> None:
     """DB zero-initialises every ``conv2_offset``: offsets 0 and mask sigmoid(0) = 0.5 at start."""
     for m in model.modules():
-        if isinstance(getattr(m, "conv2_offset", None), nn.Conv2d):
-            nn.init.zeros_(m.conv2_offset.weight)
-            nn.init.zeros_(m.conv2_offset.bias)
+        offset = getattr(m, "conv2_offset", None)
+        if isinstance(offset, nn.Conv2d):
+            assert offset.bias is not None  # DB's offset convs have a bias
+            nn.init.zeros_(offset.weight)
+            nn.init.zeros_(offset.bias)
 
 
 @torch.no_grad()
@@ -238,6 +240,7 @@ def perturb_offsets(model: nn.Module, std: float = 0.02, generator: torch.Genera
     for m in model.modules():
         conv = getattr(m, "conv2_offset", None)
         if isinstance(conv, nn.Conv2d):
+            assert conv.bias is not None  # DB's offset convs have a bias
             conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * std)
             conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator) * 0.5)
             changed += 1
@@ -261,6 +264,7 @@ def calibrate_offsets(model: nn.Module, example: torch.Tensor, pixels: float = 0
     def scale_to_input(conv: nn.Conv2d, inputs: tuple[torch.Tensor, ...]) -> None:
         fan_in = conv.weight[0].numel()
         rms = float(inputs[0].pow(2).mean().sqrt()) or 1.0
+        assert conv.bias is not None  # the hooked convs all have one
         conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * (pixels / (rms * fan_in ** 0.5)))
         conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator) * pixels)
 
@@ -291,7 +295,9 @@ def build_model(dcn: bool = False) -> DBNet:
     # ReLU features (E[x^2] ~ 0.5), so weight std 0.3 gives logits of std ~1.7 - a probability
     # map spread over (0, 1), neither saturated nor stuck at 0.5.
     for head in (model.decoder.binarize, model.decoder.thresh):
-        nn.init.normal_(head[6].weight, 0.0, 0.3)
+        last = head[6]
+        assert isinstance(last, nn.ConvTranspose2d)
+        nn.init.normal_(last.weight, 0.0, 0.3)
     calibrate_batchnorm(model, torch.randn(1, 3, 64, 64))
     return model.eval()
 

@@ -81,6 +81,7 @@ class ClassifierModule(nn.Module):
             for rate in rates
         )
         for conv in self.conv2d_list:
+            assert isinstance(conv, nn.Conv2d) and conv.bias is not None
             # ADVENT's init for the classifier (N(0, 0.01)); on calibrated features the summed
             # logits have a std of a few tens, so argmax maps are varied, not one class.
             nn.init.normal_(conv.weight, 0.0, 0.01)
@@ -132,6 +133,7 @@ def build_model(num_classes: int = 19) -> DeepLabV2:
     init_weights(model)
     for head in (model.layer5, model.layer6):  # He init above overwrote ADVENT's classifier init
         for conv in head.conv2d_list:
+            assert isinstance(conv, nn.Conv2d)
             nn.init.normal_(conv.weight, 0.0, 0.01)
     # calibrate on inputs in the recipe's real range: Caffe-style mean subtraction without a std
     # leaves pixels at about +-128 (std ~60), and unit-variance calibration would let random-weight

@@ -43,6 +43,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType, ModuleType
 from typing import Any
 
 import torch
@@ -50,10 +51,13 @@ from torch import Tensor, nn
 
 from segc.errors import SegcError
 
+_dynamo_exporter_flags: ModuleType | None
 try:  # private, read only to recognise the strict fallback of the dynamo exporter
-    from torch.onnx._internal.exporter import _flags as _dynamo_exporter_flags
+    from torch.onnx._internal.exporter import _flags
+
+    _dynamo_exporter_flags = _flags
 except ImportError:  # pragma: no cover - other torch versions
-    _dynamo_exporter_flags = None  # type: ignore[assignment]
+    _dynamo_exporter_flags = None
 
 __all__ = [
     "DEFORM_CONV_MIN_OPSET",
@@ -70,6 +74,11 @@ DEFORM_CONV_MIN_OPSET = 19
 IntPair = int | Sequence[int]
 
 
+def _is_tracing() -> bool:
+    """``torch.jit.is_tracing()``: public and documented, but not in torch.jit's ``__all__``."""
+    return bool(torch.jit.is_tracing())  # type: ignore[attr-defined]
+
+
 def _pair(value: IntPair, name: str) -> tuple[int, int]:
     """Normalise an int or a 2-sequence to ``(h, w)``, as nn.Conv2d does."""
     if isinstance(value, int):
@@ -77,7 +86,7 @@ def _pair(value: IntPair, name: str) -> tuple[int, int]:
     items = tuple(int(v) for v in value)
     if len(items) != 2:
         raise SegcError(f"deform_conv2d: {name} must be an int or a pair, got {value!r}")
-    return items  # type: ignore[return-value]
+    return items[0], items[1]
 
 
 def deform_conv2d_output_size(
@@ -88,10 +97,11 @@ def deform_conv2d_output_size(
     dilation: tuple[int, int],
 ) -> tuple[int, int]:
     """Output (Ho, Wo) of a convolution: what the offset/mask spatial dims must equal."""
-    return tuple(  # type: ignore[return-value]
+    ho, wo = (
         (size[a] + 2 * padding[a] - dilation[a] * (kernel_size[a] - 1) - 1) // stride[a] + 1
         for a in range(2)
     )
+    return ho, wo
 
 
 def require_deform_conv_opset(opset: int | None) -> None:
@@ -417,9 +427,9 @@ def _legacy_symbolic(
         raise SegcError("DeformConv export: the weight's kernel size must be static")
     attrs = _onnx_attributes(
         (int(sizes[2]), int(sizes[3])),
-        tuple(sh._get_const(stride, "is", "stride")),  # type: ignore[arg-type]
-        tuple(sh._get_const(padding, "is", "padding")),  # type: ignore[arg-type]
-        tuple(sh._get_const(dilation, "is", "dilation")),  # type: ignore[arg-type]
+        tuple(sh._get_const(stride, "is", "stride")),
+        tuple(sh._get_const(padding, "is", "padding")),
+        tuple(sh._get_const(dilation, "is", "dilation")),
         int(sh._get_const(groups, "i", "groups")),
         int(sh._get_const(offset_groups, "i", "offset_groups")),
     )
@@ -443,7 +453,7 @@ def _legacy_symbolic(
 _legacy_op, _LEGACY_LIBRARY = _define_legacy_op()
 # Registered at opset 1 so that EVERY target opset reaches _legacy_symbolic, which then
 # refuses opsets below 19 with a SegcError (the exporter lets it propagate unchanged).
-torch.onnx.register_custom_op_symbolic(_LEGACY_OP_NAME, _legacy_symbolic, 1)
+torch.onnx.register_custom_op_symbolic(_LEGACY_OP_NAME, _legacy_symbolic, 1)  # type: ignore[attr-defined]  # not in __all__
 
 
 def _dynamo_target_opset() -> int | None:
@@ -454,13 +464,13 @@ def _dynamo_target_opset() -> int | None:
     it up there to fail early with a clear SegcError instead of emitting a DeformConv node
     into an opset-18 model that no runtime accepts.  None when it cannot be found.
     """
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         code = frame.f_code
         if code.co_name == "export_compat" and "onnx" in code.co_filename:
             value = frame.f_locals.get("opset_version")
             return int(value) if isinstance(value, int) else None
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
     return None
 
 
@@ -529,7 +539,7 @@ def deform_conv2d(
     stride_hw = _pair(stride, "stride")
     padding_hw = _pair(padding, "padding")
     dilation_hw = _pair(dilation, "dilation")
-    if not torch.jit.is_tracing():
+    if not _is_tracing():
         # Under tracing the sizes are traced tensors: comparing them would bake constants
         # into the trace (TracerWarning). The legacy exporter's own run checks nothing, but
         # the forward it traces runs the real computation, which fails on bad shapes anyway.
@@ -564,7 +574,7 @@ def _execution_mode() -> str:
     decomposed into gathers (the DeformConv node would be lost).
     """
     if torch.onnx.is_in_onnx_export():
-        return "legacy-export" if torch.jit.is_tracing() else "dynamo-export"
+        return "legacy-export" if _is_tracing() else "dynamo-export"
     if torch.compiler.is_compiling() and _dynamo_exporter_flags is not None:
         if getattr(_dynamo_exporter_flags, "_is_onnx_exporting", False):
             return "dynamo-strict-export"

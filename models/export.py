@@ -43,7 +43,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch.onnx exporter: legacy (TorchScript, as the guides) or dynamo (torch.export)")
     parser.add_argument("--logits", action="store_true",
                         help="leave the final argmax out (label-map models only: ocrnet_hrnetw18)")
-    parser.add_argument("--seed", type=int, default=0, metavar="N", help="seed for random weights and the example input")
+    parser.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="seed for random weights and the example input"
+    )
     parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
 

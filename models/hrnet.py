@@ -26,7 +26,7 @@ deal with, and which segc's passes must handle.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -205,15 +205,15 @@ class HighResolutionModule(nn.Module):
                             step.append(nn.ReLU(inplace=False))
                         steps.append(nn.Sequential(*step))
                     row.append(nn.Sequential(*steps))
-            rows.append(nn.ModuleList(row))
+            rows.append(nn.ModuleList(cast(list[nn.Module], row)))  # None entries: torch keeps them
         return nn.ModuleList(rows)
 
     def forward(self, x: list[torch.Tensor]) -> list[torch.Tensor]:
-        x = [branch(t) for branch, t in zip(self.branches, x)]
+        x = [branch(t) for branch, t in zip(self.branches, x, strict=False)]
         if self.fuse_layers is None:
             return x
         fused: list[torch.Tensor] = []
-        for i, row in enumerate(self.fuse_layers):
+        for i, row in enumerate(cast(list[nn.ModuleList], self.fuse_layers)):
             # Start from branch 0 (not from a literal 0) so the graph has no Add-with-zero.
             y = x[0] if i == 0 else row[0](x[0])
             for j in range(1, self.num_branches):
@@ -331,7 +331,7 @@ class HRNetBackbone(nn.Module):
                     o = out_ch if k == i - len(pre) else in_ch
                     steps.append(_conv_bn_relu(in_ch, o, stride=2))
                 layers.append(nn.Sequential(*steps))
-        return nn.ModuleList(layers)
+        return nn.ModuleList(cast(list[nn.Module], layers))  # None: the branch passes through
 
     @staticmethod
     def _apply_transition(transition: nn.ModuleList, feats: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -353,7 +353,7 @@ class HRNetBackbone(nn.Module):
         feats = self.stage4(self._apply_transition(self.transition3, feats))
         return feats
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.backbone_features(x)
 
 
@@ -394,7 +394,7 @@ def init_weights(model: nn.Module, residual_gamma: float = RESIDUAL_GAMMA) -> No
         elif isinstance(m, Bottleneck):
             nn.init.constant_(m.bn3.weight, residual_gamma)
         elif isinstance(m, HighResolutionModule) and m.fuse_layers is not None:
-            for row in m.fuse_layers:
+            for row in cast(list[nn.ModuleList], m.fuse_layers):
                 for path in row:
                     if path is not None:
                         last_bn = [b for b in path.modules() if isinstance(b, nn.BatchNorm2d)][-1]
@@ -403,7 +403,7 @@ def init_weights(model: nn.Module, residual_gamma: float = RESIDUAL_GAMMA) -> No
 
 @torch.no_grad()
 def centre_classifiers(
-    model: nn.Module, classifiers: Sequence[nn.Conv2d], shape: tuple[int, int, int, int] = (1, 3, 64, 128)
+    model: nn.Module, classifiers: Sequence[nn.Module], shape: tuple[int, int, int, int] = (1, 3, 64, 128)
 ) -> None:
     """Fold each classifier's mean logit per class (over one random batch) into its bias.
 
@@ -419,7 +419,9 @@ def centre_classifiers(
 
     def centre(conv: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
         mean = out.mean(dim=(0, 2, 3))
-        conv.bias.sub_(mean)  # type: ignore[union-attr]
+        bias = conv.bias
+        assert isinstance(bias, torch.Tensor)
+        bias.sub_(mean)
         return out - mean.view(1, -1, 1, 1)
 
     missing = [c for c in classifiers if c.bias is None]

@@ -19,7 +19,7 @@ the argmax; softmax is monotonic, so the label map is the same and the graph ski
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, cast
 
 import torch
 from torch import nn
@@ -127,5 +127,5 @@ def build_model(num_classes: int = NUM_CLASSES, logits: bool = False) -> nn.Modu
         raise SegcError(f"{NAME}: num_classes must be >= 2, got {num_classes}")
     model = OCRNetHRNetW18(num_classes=num_classes, logits=logits)
     init_weights(model)
-    centre_classifiers(model, [model.decode_head[0].conv_seg, model.decode_head[1].conv_seg])
+    centre_classifiers(model, [cast(nn.Module, head.conv_seg) for head in model.decode_head])
     return model.eval()

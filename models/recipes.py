@@ -17,23 +17,29 @@ every re-export.
 
 from __future__ import annotations
 
+from typing import Any
+
 from segc.recipe import InputSpec, OutputSpec, Recipe, ResizeSpec, TargetRecipe
 
 # --- normalisations --------------------------------------------------------------------------
 
 #: mmsegmentation's Cityscapes normalisation (ImageNet statistics in 0..255, RGB).
-MMSEG_RGB = dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), pixel_scale=255.0, channel_order="RGB")
+MMSEG_RGB: dict[str, Any] = dict(
+    mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), pixel_scale=255.0, channel_order="RGB"
+)
 
 #: HRNet-Semantic-Segmentation: ImageNet statistics on pixels scaled to 0..1.
-HRNET_SEG_RGB = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), pixel_scale=1.0, channel_order="RGB")
+HRNET_SEG_RGB: dict[str, Any] = dict(
+    mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), pixel_scale=1.0, channel_order="RGB"
+)
 
 #: ADVENT / IntraDA DeepLabv2 (Caffe ResNet): BGR, mean subtraction only, 0..255.
-DEEPLAB_CAFFE_BGR = dict(
+DEEPLAB_CAFFE_BGR: dict[str, Any] = dict(
     mean=(104.00698793, 116.66876762, 122.67891434), std=(1.0, 1.0, 1.0), pixel_scale=255.0, channel_order="BGR"
 )
 
 #: MhLiao/DB: subtract its RGB_MEAN and divide by 255.
-DB_RGB = dict(
+DB_RGB: dict[str, Any] = dict(
     mean=(122.67891434, 116.66876762, 104.00698793), std=(255.0, 255.0, 255.0), pixel_scale=255.0, channel_order="RGB"
 )
 
@@ -71,7 +77,7 @@ def _db_dcn_target(form: str, *, opset: int | None = None, precision: str | None
     opsets 9-16 only, while the exported DeformConv needs 19).
     """
     options = _db_range_options() | {"rewrite_deform_conv": {"form": form}}
-    passes = _DB_DCN_PASSES
+    passes: tuple[str, ...] = _DB_DCN_PASSES
     if opset is not None:
         passes = passes[:-1] + ("convert_opset",) + passes[-1:]
         options["convert_opset"] = {"version": opset}

@@ -29,9 +29,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from segc.models.deform_conv import ModulatedDeformConv2d
 
 __all__ = [
     "Bottleneck",
@@ -195,6 +199,12 @@ class ResNet(nn.Module):
     checkpoints.
     """
 
+    # registered with add_module (their names are the checkpoints' keys)
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(self, config: ResNetConfig) -> None:
         super().__init__()
         self.config = config
@@ -205,7 +215,7 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1, ceil_mode=config.ceil_mode_pool)
         widths = (64, 128, 256, 512)
-        stages = zip(widths, config.blocks, config.strides, config.dilations, config.dcn_stages)
+        stages = zip(widths, config.blocks, config.strides, config.dilations, config.dcn_stages, strict=False)
         for index, (planes, blocks, stride, dilation, dcn) in enumerate(stages, start=1):
             self.add_module(f"layer{index}", self._make_layer(planes, blocks, stride, dilation, dcn))
 
@@ -232,7 +242,7 @@ class ResNet(nn.Module):
     def stem(self, x: Tensor) -> Tensor:
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # type: ignore[override]
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         c2 = self.layer1(self.stem(x))
         c3 = self.layer2(c2)
         c4 = self.layer3(c3)
@@ -240,14 +250,14 @@ class ResNet(nn.Module):
         return c2, c3, c4, c5
 
 
-def resnet50(**options: object) -> ResNet:
+def resnet50(**options: Any) -> ResNet:
     """ResNet-50 trunk; ``options`` are ResNetConfig fields other than ``blocks``."""
-    return ResNet(ResNetConfig(blocks=RESNET50_BLOCKS, **options))  # type: ignore[arg-type]
+    return ResNet(ResNetConfig(blocks=RESNET50_BLOCKS, **options))
 
 
-def resnet101(**options: object) -> ResNet:
+def resnet101(**options: Any) -> ResNet:
     """ResNet-101 trunk; ``options`` are ResNetConfig fields other than ``blocks``."""
-    return ResNet(ResNetConfig(blocks=RESNET101_BLOCKS, **options))  # type: ignore[arg-type]
+    return ResNet(ResNetConfig(blocks=RESNET101_BLOCKS, **options))
 
 
 def init_weights(module: nn.Module) -> None:
@@ -275,7 +285,7 @@ def init_weights(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def _is_deform_conv(module: nn.Module) -> bool:
+def _is_deform_conv(module: nn.Module) -> TypeGuard[ModulatedDeformConv2d]:
     """True for segc's ModulatedDeformConv2d, without importing that module for plain models."""
     deform = sys.modules.get("segc.models.deform_conv")
     return deform is not None and isinstance(module, deform.ModulatedDeformConv2d)
@@ -310,6 +320,7 @@ def calibrate_batchnorm(model: nn.Module, example: Tensor) -> None:
         weight = samples / (samples + _SHRINK)
         mean = weight * mean_c + (1 - weight) * mean_all
         var = weight * var_c + (1 - weight) * var_all
+        assert bn.running_mean is not None and bn.running_var is not None  # track_running_stats
         bn.running_mean.copy_(mean.float())
         bn.running_var.copy_(var.float())
 

@@ -27,7 +27,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import onnx
 
@@ -240,7 +240,7 @@ def build(name: str, *, weights: str | Path | None = None, logits: bool = False,
             # random offsets, not DB's zero init: with zero offsets DCNv2 is a plain conv and no
             # verifier could tell a wrong sampling layout from a right one
             arch.calibrate_offsets(model, torch.randn(1, 3, 128, 128) * 0.25)
-    if state is not None:
+    if state is not None and weights is not None:  # state was read from weights
         apply_state_dict(model, state, source=weights)
     return model.eval()
 
@@ -411,7 +411,7 @@ def export_with_summary(
 
 
 @contextlib.contextmanager
-def _quiet_exporter():
+def _quiet_exporter() -> Iterator[None]:
     """Silence the exporters' chatter (deprecation notices, progress lines, warnings).
 
     The user asked for a file; segc reports what matters itself, and real problems surface
@@ -426,7 +426,7 @@ def _quiet_exporter():
             warnings.simplefilter("ignore")
             yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=False):
             lg.setLevel(level)
 
 
@@ -450,7 +450,8 @@ def _export_legacy(model: "torch.nn.Module", example: "torch.Tensor", entry: Zoo
     try:
         with _quiet_exporter(), torch.no_grad():
             torch.onnx.export(
-                model, (example,), buffer, dynamo=False, opset_version=opset,
+                model, (example,), buffer,  # type: ignore[arg-type]  # f: typed a path, a BytesIO is documented
+                dynamo=False, opset_version=opset,
                 input_names=list(input_names), output_names=list(output_names),
                 dynamic_axes=dynamic_axes, do_constant_folding=True,
             )
@@ -478,6 +479,7 @@ def _export_dynamo(model: "torch.nn.Module", example: "torch.Tensor", entry: Zoo
                 input_names=list(input_names), output_names=list(output_names),
                 dynamic_shapes=dynamic_shapes, verbose=False,
             )
+        assert program is not None  # dynamo=True returns the program
         proto = program.model_proto
     except SegcError:
         raise

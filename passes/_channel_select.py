@@ -201,7 +201,9 @@ def trace(tensor: gs.Tensor, channel: int, follow: bool = True) -> Source:
         else:
             selector = _SELECTORS.get(node.op)
             selected = selector(node, tensor, 0) if selector is not None else None
-            mapped = (selected[0], selected[1][channel]) if selected is not None and channel < len(selected[1]) else None
+            mapped = (
+                (selected[0], selected[1][channel]) if selected is not None and channel < len(selected[1]) else None
+            )
         if mapped is None:
             break
         tensor, channel = mapped
@@ -323,7 +325,10 @@ class ChannelAssembler:
                 continue
             bias = constant_values(input_at(conv, 2))
             order = np.asarray(wanted, dtype=np.int64)
-            inputs: list[gs.Tensor | np.ndarray | None] = [conv.inputs[0], self.builder.const(f"{self.prefix}/offset_conv_w", weight[order])]
+            inputs: list[gs.Tensor | np.ndarray | None] = [
+                conv.inputs[0],
+                self.builder.const(f"{self.prefix}/offset_conv_w", weight[order]),
+            ]
             if bias is not None:
                 inputs.append(self.builder.const(f"{self.prefix}/offset_conv_b", bias[order]))
             selected[id(root)] = self.builder.op(
@@ -355,7 +360,7 @@ class ChannelAssembler:
         if count is not None and channels == list(range(count)):
             return source
         step = channels[1] - channels[0] if len(channels) > 1 else 1
-        arithmetic = step > 0 and all(b - a == step for a, b in zip(channels, channels[1:]))
+        arithmetic = step > 0 and all(b - a == step for a, b in zip(channels, channels[1:], strict=False))
         if not own:
             self.stats.runtime_selects += 1
         if arithmetic and self.slice_inputs:

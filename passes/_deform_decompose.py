@@ -94,7 +94,12 @@ def emit_decomposed(ctx: EmitContext, spec: DeformSpec) -> gs.Node:
         steps = b.op("Range", [b.ints(f"{p}/zero", 0), count, b.ints(f"{p}/one", 1)], f"{p}/{label}_range")
         steps = b.op("Cast", [steps], f"{p}/{label}_f", {"to": _onnx_float(dtype)}, dtype=dtype)
         if stride != 1:
-            steps = b.op("Mul", [steps, b.const(f"{p}/{label}_stride", np.asarray(stride, dtype=dtype))], f"{p}/{label}_strided", dtype=dtype)
+            steps = b.op(
+                "Mul",
+                [steps, b.const(f"{p}/{label}_stride", np.asarray(stride, dtype=dtype))],
+                f"{p}/{label}_strided",
+                dtype=dtype,
+            )
         return b.op("Reshape", [steps, b.ints(f"{p}/{label}_shape", shape)], f"{p}/{label}", dtype=dtype)
 
     rows = output_coords(out_h, spec.strides[0], [1, 1, -1, 1], "oy")
@@ -111,9 +116,13 @@ def emit_decomposed(ctx: EmitContext, spec: DeformSpec) -> gs.Node:
         pos = b.op("Add", [delta, b.const(f"{p}/{label}_tap", taps_at)], f"{p}/{label}_tap_add", dtype=dtype)
         pos = b.op("Add", [pos, base], f"{p}/{label}_pos", dtype=dtype)
         twice = b.op("Mul", [pos, b.const(f"{p}/two", np.asarray(2, dtype=dtype))], f"{p}/{label}_x2", dtype=dtype)
-        shifted = b.op("Add", [twice, b.const(f"{p}/one_f", np.asarray(1, dtype=dtype))], f"{p}/{label}_p1", dtype=dtype)
+        shifted = b.op(
+            "Add", [twice, b.const(f"{p}/one_f", np.asarray(1, dtype=dtype))], f"{p}/{label}_p1", dtype=dtype
+        )
         scaled = b.op("Div", [shifted, size], f"{p}/{label}_div", dtype=dtype)
-        return b.op("Sub", [scaled, b.const(f"{p}/one_f", np.asarray(1, dtype=dtype))], f"{p}/{label}_norm", dtype=dtype)
+        return b.op(
+            "Sub", [scaled, b.const(f"{p}/one_f", np.asarray(1, dtype=dtype))], f"{p}/{label}_norm", dtype=dtype
+        )
 
     grid_y = normalised(dy, tap_y, rows, in_h, "gy")
     grid_x = normalised(dx, tap_x, cols, in_w, "gx")

@@ -46,7 +46,11 @@ from segc.passes._channel_select import ChannelAssembler, ChannelPick, Source, c
 from segc.passes._graph_build import GraphBuilder, constant_values, element_dtype, input_at
 
 FORMS = ("onnx", "ascend", "mmcv", "decomposed")
-OP_FORMS = {("DeformConv", ""): "onnx", ("DeformableConv2D", ""): "ascend", ("MMCVModulatedDeformConv2d", "mmcv"): "mmcv"}
+OP_FORMS = {
+    ("DeformConv", ""): "onnx",
+    ("DeformableConv2D", ""): "ascend",
+    ("MMCVModulatedDeformConv2d", "mmcv"): "mmcv",
+}
 
 #: Default-domain opsets Ascend's ONNX parser registers DeformableConv2D for (newest CANN).
 ASCEND_PARSER_OPSETS = range(9, 17)
@@ -142,7 +146,9 @@ def _kernel(weight: gs.Tensor, attr: object) -> tuple[int, int]:
     return (int(shape[2]), int(shape[3]))
 
 
-def _interleaved(offset: gs.Tensor, mask: gs.Tensor | None, groups: int, taps: int) -> tuple[list[ChannelPick], list[ChannelPick], list[ChannelPick] | None]:
+def _interleaved(
+    offset: gs.Tensor, mask: gs.Tensor | None, groups: int, taps: int
+) -> tuple[list[ChannelPick], list[ChannelPick], list[ChannelPick] | None]:
     n = groups * taps
     dy = [(offset, 2 * c) for c in range(n)]
     dx = [(offset, 2 * c + 1) for c in range(n)]
@@ -313,10 +319,16 @@ def _ones_like_channels(ctx: EmitContext, like: gs.Tensor, channels: int, dtype:
     """A [N, channels, Ho, Wo] tensor of ones shaped after ``like`` (DCNv1 has no mask)."""
     b = ctx.builder
     shape = b.op("Shape", [like], f"{prefix}/ones_shape")
-    dims = b.op("Concat", [b.op("Slice", [shape, b.ints(f"{prefix}/s0", [0]), b.ints(f"{prefix}/e0", [1])], f"{prefix}/ones_n"),
-                           b.ints(f"{prefix}/ones_c", [channels]),
-                           b.op("Slice", [shape, b.ints(f"{prefix}/s2", [2]), b.ints(f"{prefix}/e2", [4])], f"{prefix}/ones_hw")],
-                f"{prefix}/ones_dims", {"axis": 0})
+    dims = b.op(
+        "Concat",
+        [
+            b.op("Slice", [shape, b.ints(f"{prefix}/s0", [0]), b.ints(f"{prefix}/e0", [1])], f"{prefix}/ones_n"),
+            b.ints(f"{prefix}/ones_c", [channels]),
+            b.op("Slice", [shape, b.ints(f"{prefix}/s2", [2]), b.ints(f"{prefix}/e2", [4])], f"{prefix}/ones_hw"),
+        ],
+        f"{prefix}/ones_dims",
+        {"axis": 0},
+    )
     return b.op("ConstantOfShape", [dims], f"{prefix}/ones",
                 {"value": gs.Constant(b.fresh(f"{prefix}/one"), np.ones([1], dtype=dtype))}, dtype=dtype)
 
@@ -334,7 +346,13 @@ def _padded_input(ctx: EmitContext, spec: DeformSpec) -> tuple[gs.Tensor, tuple[
     pads = [0, 0, top, left, 0, 0, bottom, right]
     b = ctx.builder
     if ctx.opset >= 11:
-        x = b.op("Pad", [spec.x, b.ints(f"{spec.name}/pads", pads)], f"{spec.name}/pad", {"mode": "constant"}, dtype=spec.x.dtype)
+        x = b.op(
+            "Pad",
+            [spec.x, b.ints(f"{spec.name}/pads", pads)],
+            f"{spec.name}/pad",
+            {"mode": "constant"},
+            dtype=spec.x.dtype,
+        )
     else:
         x = b.op("Pad", [spec.x], f"{spec.name}/pad", {"mode": "constant", "pads": pads}, dtype=spec.x.dtype)
     return x, (0, 0)
@@ -342,7 +360,7 @@ def _padded_input(ctx: EmitContext, spec: DeformSpec) -> tuple[gs.Tensor, tuple[
 
 def emit_onnx(ctx: EmitContext, spec: DeformSpec) -> gs.Node:
     """Write ONNX ``DeformConv`` into ``spec.output``."""
-    interleaved = [pick for pair in zip(spec.dy, spec.dx) for pick in pair]
+    interleaved = [pick for pair in zip(spec.dy, spec.dx, strict=False) for pick in pair]
     ctx.request(interleaved)
     if spec.mask is not None:
         ctx.request(spec.mask)
@@ -377,7 +395,7 @@ def emit_ascend(ctx: EmitContext, spec: DeformSpec) -> gs.Node:
 def emit_mmcv(ctx: EmitContext, spec: DeformSpec) -> gs.Node:
     """Write mmcv's ``MMCVModulatedDeformConv2d`` (domain "mmcv") into ``spec.output``."""
     x, pads_hw = _padded_input(ctx, spec)
-    interleaved = [pick for pair in zip(spec.dy, spec.dx) for pick in pair]
+    interleaved = [pick for pair in zip(spec.dy, spec.dx, strict=False) for pick in pair]
     ctx.request(interleaved)
     if spec.mask is not None:
         ctx.request(spec.mask)
@@ -386,7 +404,9 @@ def emit_mmcv(ctx: EmitContext, spec: DeformSpec) -> gs.Node:
     if spec.mask is not None:
         mask = built[1]
     else:  # DCNv1: the plugin always modulates, so give it ones (N, H, W copied from offset)
-        mask = _ones_like_channels(ctx, offset, spec.offset_group * spec.taps, element_dtype(spec.weight, spec.x), spec.name)
+        mask = _ones_like_channels(
+            ctx, offset, spec.offset_group * spec.taps, element_dtype(spec.weight, spec.x), spec.name
+        )
     inputs: list[gs.Tensor | None] = [x, offset, mask, spec.weight]
     if spec.bias is not None:
         inputs.append(spec.bias)

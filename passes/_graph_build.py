@@ -14,13 +14,13 @@ to raise that opset safely (see ``opset_bump_is_safe``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-TensorLike = gs.Tensor | np.ndarray
+TensorLike: TypeAlias = "gs.Tensor | np.ndarray"
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -146,10 +146,11 @@ def element_dtype(*tensors: gs.Tensor | None) -> np.dtype:
         if tensor is None:
             continue
         if isinstance(tensor, gs.Constant):
-            return np.asarray(tensor.values).dtype
+            found: np.dtype[Any] = np.asarray(tensor.values).dtype
+            return found
         if tensor.dtype is not None:
             try:
-                dtype = np.dtype(tensor.dtype)
+                dtype: np.dtype[Any] = np.dtype(tensor.dtype)
             except TypeError:
                 continue
             if dtype.kind == "f":

@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from segc.errors import SegcError
 
@@ -45,7 +46,11 @@ class FoldSettings:
     def describe(self) -> str:
         if not self.constant_folding:
             return "skip_constant_folding"
-        return "defaults" if self.tensor_size_threshold == 1 << 30 else f"tensor_size_threshold={self.tensor_size_threshold}B"
+        return (
+            "defaults"
+            if self.tensor_size_threshold == 1 << 30
+            else f"tensor_size_threshold={self.tensor_size_threshold}B"
+        )
 
 
 _core: ModuleType | None = None
@@ -76,7 +81,7 @@ def core() -> ModuleType:
     return loaded
 
 
-def executor():
+def executor() -> Any:
     """A process-wide ``ModelExecutor`` that runs fold sub-models on onnxruntime's CPU."""
     global _executor
     if _executor is None:
@@ -84,7 +89,7 @@ def executor():
     return _executor
 
 
-def _make_executor(c: ModuleType):
+def _make_executor(c: ModuleType) -> Any:
     import numpy as np
     import onnx
     import onnx.numpy_helper
@@ -97,15 +102,17 @@ def _make_executor(c: ModuleType):
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
 
-    class OrtFolder(c.ModelExecutor):  # type: ignore[name-defined, misc]
+    base: Any = c.ModelExecutor  # onnxsim's C++ extension: no stubs, so the base is Any
+
+    class OrtFolder(base):  # type: ignore[misc]  # subclassing Any (disallow_subclassing_any)
         """Evaluates one constant-folding sub-model: inputs and outputs are serialised TensorProtos."""
 
-        def Run(self, model_bytes, inputs):  # noqa: N802 - the C++ interface's name
+        def Run(self, model_bytes: bytes, inputs: list[bytes]) -> list[bytes]:  # noqa: N802 - the C++ interface's name
             model = onnx.ModelProto()
             model.ParseFromString(model_bytes)
             names = [i.name for i in model.graph.input]
-            feed = {}
-            for name, raw in zip(names, inputs):
+            feed: dict[str, Any] = {}
+            for name, raw in zip(names, inputs, strict=False):
                 tensor = onnx.TensorProto()
                 tensor.ParseFromString(raw)
                 feed[name] = onnx.numpy_helper.to_array(tensor)
@@ -118,11 +125,27 @@ def _make_executor(c: ModuleType):
 
 def simplify_file(in_path: Path, out_path: Path, settings: FoldSettings) -> None:
     """Simplify the model file ``in_path`` into ``out_path`` (the C++ core reads and writes it)."""
-    core().simplify_path(executor(), str(in_path), str(out_path), list(SKIPPED_OPTIMIZERS), settings.constant_folding, True,
-                         settings.tensor_size_threshold, None, None, True, False, False, None, None, None)
+    core().simplify_path(
+        executor(),
+        str(in_path),
+        str(out_path),
+        list(SKIPPED_OPTIMIZERS),
+        settings.constant_folding,
+        True,
+        settings.tensor_size_threshold,
+        None,
+        None,
+        True,
+        False,
+        False,
+        None,
+        None,
+        None,
+    )
 
 
 def simplify_bytes(model_bytes: bytes, settings: FoldSettings) -> bytes:
     """Simplify a serialised model in memory; returns the serialised result."""
-    return core().simplify(executor(), model_bytes, list(SKIPPED_OPTIMIZERS), settings.constant_folding, True,
+    out: bytes = core().simplify(executor(), model_bytes, list(SKIPPED_OPTIMIZERS), settings.constant_folding, True,
                            settings.tensor_size_threshold, None, None, True, False, False, None, None, None)
+    return out

@@ -36,7 +36,9 @@ def convert_model_opset(model: onnx.ModelProto, version: int, *, who: str) -> on
         converted = onnx.version_converter.convert_version(converted, version)
     except Exception as exc:  # noqa: BLE001 - the converter raises bare RuntimeErrors
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SegcError(f"{who}: cannot convert the graph from opset {model_opset(model)} to {version} ({first})") from None
+        raise SegcError(
+            f"{who}: cannot convert the graph from opset {model_opset(model)} to {version} ({first})"
+        ) from None
     for node in converted.graph.node:
         if node.domain == _PARKING_DOMAIN:
             node.domain = ""

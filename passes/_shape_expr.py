@@ -238,7 +238,9 @@ class ShapeAnalysis:
             if v is None:
                 self.why_unknown[t.name] = f"constant {t.name!r} is not a small integer/float vector"
         else:
-            self.why_unknown.setdefault(t.name, f"{t.name!r} is a graph input" if not t.inputs else f"{t.name!r} is not computed from sizes")
+            self.why_unknown.setdefault(
+                t.name, f"{t.name!r} is a graph input" if not t.inputs else f"{t.name!r} is not computed from sizes"
+            )
         self.values[t.name] = v
         return v
 
@@ -343,8 +345,16 @@ class ShapeAnalysis:
             diff = self.differing_sample(a, b)
             if diff is not None:
                 env, va, vb = diff
-                where = ", ".join(f"{k}={v}" for k, v in env.items() if k in (a.symbols() | b.symbols())) or "the traced shape"
-                raise ShapeConflict(node, f"{node.op} {node.name!r} needs equal sizes on {what}, but they are {a} and {b}: {va} vs {vb} at {where}", (a, b))
+                where = (
+                    ", ".join(f"{k}={v}" for k, v in env.items() if k in (a.symbols() | b.symbols()))
+                    or "the traced shape"
+                )
+                raise ShapeConflict(
+                    node,
+                    f"{node.op} {node.name!r} needs equal sizes on {what}, but they are {a} and {b}: {va} vs {vb} at "
+                    f"{where}",
+                    (a, b),
+                )
         # equal at runtime by the op's own contract; prefer the side that is not a fresh symbol
         if a.symbols() & self.fresh and not b.symbols() & self.fresh:
             return b
@@ -421,9 +431,21 @@ class ShapeAnalysis:
         src = self.value(node.inputs[0])
         to = ONNX_TO_KIND.get(int(node.attrs.get("to", 0)))
         if src is None or to is None:
-            self._set(node.outputs[0], self.shape(node.inputs[0]), None, why=self._unknown_why(node, node.inputs) if src is None else f"Cast {node.name!r} to an unsupported type")
+            self._set(
+                node.outputs[0],
+                self.shape(node.inputs[0]),
+                None,
+                why=self._unknown_why(node, node.inputs)
+                if src is None
+                else f"Cast {node.name!r} to an unsupported type",
+            )
             return
-        self._set(node.outputs[0], None, SymValue(to, tuple(cast_value(e, src.kind, to) for e in src.elems), src.scalar), why=f"Cast {node.name!r} to {to} is not exact" if src.known else self._unknown_why(node, node.inputs))
+        self._set(
+            node.outputs[0],
+            None,
+            SymValue(to, tuple(cast_value(e, src.kind, to) for e in src.elems), src.scalar),
+            why=f"Cast {node.name!r} to {to} is not exact" if src.known else self._unknown_why(node, node.inputs),
+        )
 
     def _op_CastLike(self, node: gs.Node) -> None:
         target = node.inputs[1]
@@ -432,7 +454,9 @@ class ShapeAnalysis:
         if src is None or kind is None:
             self._unary(node)
             return
-        self._set(node.outputs[0], None, SymValue(kind, tuple(cast_value(e, src.kind, kind) for e in src.elems), src.scalar))
+        self._set(
+            node.outputs[0], None, SymValue(kind, tuple(cast_value(e, src.kind, kind) for e in src.elems), src.scalar)
+        )
 
     def _op_Floor(self, node: gs.Node) -> None:
         self._rounding(node, Poly.floor)
@@ -445,7 +469,12 @@ class ShapeAnalysis:
         if v is None:
             self._unary(node)
             return
-        self._set(node.outputs[0], None, SymValue(v.kind, tuple(None if e is None else fn(e) for e in v.elems), v.scalar), why=self._unknown_why(node, node.inputs))
+        self._set(
+            node.outputs[0],
+            None,
+            SymValue(v.kind, tuple(None if e is None else fn(e) for e in v.elems), v.scalar),
+            why=self._unknown_why(node, node.inputs),
+        )
 
     def _op_Neg(self, node: gs.Node) -> None:
         v = self.value(node.inputs[0])
@@ -476,15 +505,21 @@ class ShapeAnalysis:
         iv = self.value(idx)
         if v is not None and not v.scalar and axis == 0 and iv is not None and iv.ints() is not None:
             n = len(v.elems)
-            picks = []
+            picks: list[Poly | None] = []
+            in_range = True
             for i in iv.ints() or []:
                 i = i + n if i < 0 else i
                 if not 0 <= i < n:
-                    picks = None
+                    in_range = False
                     break
                 picks.append(v.elems[i])
-            if picks is not None:
-                self._set(node.outputs[0], None, SymValue(v.kind, tuple(picks), scalar=iv.scalar), why=self._unknown_why(node, node.inputs))
+            if in_range:
+                self._set(
+                    node.outputs[0],
+                    None,
+                    SymValue(v.kind, tuple(picks), scalar=iv.scalar),
+                    why=self._unknown_why(node, node.inputs),
+                )
                 return
         s, si = self.shape(data), self.shape(idx)
         if s is None or si is None:
@@ -494,6 +529,8 @@ class ShapeAnalysis:
         self._set(node.outputs[0], s[:axis] + si + s[axis + 1 :], why=self._unknown_why(node, node.inputs))
 
     def _slice_params(self, node: gs.Node, rank: int) -> tuple[list[Poly], list[Poly], list[int], list[int]] | None:
+        axes: list[int] | None
+        steps: list[int] | None
         if self.opset < 10:
             starts = [Poly.const(x) for x in node.attrs.get("starts", [])]
             ends = [Poly.const(x) for x in node.attrs.get("ends", [])]
@@ -504,8 +541,8 @@ class ShapeAnalysis:
             ev = self.value(node.inputs[2])
             if sv is None or ev is None or not sv.known or not ev.known:
                 return None
-            starts = list(sv.elems)  # type: ignore[arg-type]
-            ends = list(ev.elems)  # type: ignore[arg-type]
+            starts = [e for e in sv.elems if e is not None]  # all known
+            ends = [e for e in ev.elems if e is not None]
             axes_t = node.inputs[3] if len(node.inputs) > 3 and not is_empty(node.inputs[3]) else None
             steps_t = node.inputs[4] if len(node.inputs) > 4 and not is_empty(node.inputs[4]) else None
             axes = self._ints(axes_t) if axes_t is not None else list(range(len(starts)))
@@ -529,11 +566,20 @@ class ShapeAnalysis:
         if v is not None and not v.scalar and axes == [0]:
             st, en = as_int(starts[0]), as_int(ends[0])
             if st is not None and en is not None:
-                self._set(node.outputs[0], None, SymValue(v.kind, tuple(v.elems[slice(st, en, steps[0])])), why=self._unknown_why(node, node.inputs))
+                self._set(
+                    node.outputs[0],
+                    None,
+                    SymValue(v.kind, tuple(v.elems[slice(st, en, steps[0])])),
+                    why=self._unknown_why(node, node.inputs),
+                )
                 return
         out = list(s)
-        for st, en, ax, step in zip(starts, ends, axes, steps):
-            out[ax] = slice_length(s[ax], st, en, step, fresh=lambda: Poly.symbol(self._new_symbol(node.outputs[0], ax)), fits=self._fits)
+
+        def fresh_for(ax: int) -> Callable[[], Poly]:
+            return lambda: Poly.symbol(self._new_symbol(node.outputs[0], ax))
+
+        for start, end, ax, step in zip(starts, ends, axes, steps, strict=False):
+            out[ax] = slice_length(s[ax], start, end, step, fresh=fresh_for(ax), fits=self._fits)
         self._set(node.outputs[0], tuple(out), why=f"Slice {node.name!r} of a data tensor")
 
     def _fits(self, d: Poly, v: int) -> bool:
@@ -556,7 +602,9 @@ class ShapeAnalysis:
         return name
 
     def _op_Unsqueeze(self, node: gs.Node) -> None:
-        axes = node.attrs.get("axes") if self.opset < 13 else self._ints(node.inputs[1] if len(node.inputs) > 1 else None)
+        axes = (
+            node.attrs.get("axes") if self.opset < 13 else self._ints(node.inputs[1] if len(node.inputs) > 1 else None)
+        )
         v = self.value(node.inputs[0])
         if axes is not None and v is not None and v.scalar and list(axes) in ([0], [-1]):
             self._set(node.outputs[0], None, SymValue(v.kind, v.elems), why=self._unknown_why(node, node.inputs))
@@ -573,10 +621,14 @@ class ShapeAnalysis:
         self._set(node.outputs[0], tuple(out), why=self._unknown_why(node, node.inputs))
 
     def _op_Squeeze(self, node: gs.Node) -> None:
-        axes = node.attrs.get("axes") if self.opset < 13 else self._ints(node.inputs[1] if len(node.inputs) > 1 else None)
+        axes = (
+            node.attrs.get("axes") if self.opset < 13 else self._ints(node.inputs[1] if len(node.inputs) > 1 else None)
+        )
         v = self.value(node.inputs[0])
         if v is not None and not v.scalar and len(v.elems) == 1 and (axes is None or list(axes) in ([0], [-1])):
-            self._set(node.outputs[0], None, SymValue(v.kind, v.elems, scalar=True), why=self._unknown_why(node, node.inputs))
+            self._set(
+                node.outputs[0], None, SymValue(v.kind, v.elems, scalar=True), why=self._unknown_why(node, node.inputs)
+            )
             return
         s = self.shape(node.inputs[0])
         if s is None:
@@ -595,13 +647,16 @@ class ShapeAnalysis:
     def _op_Concat(self, node: gs.Node) -> None:
         axis = int(node.attrs.get("axis", 0))
         vals = [self.value(t) for t in node.inputs]
-        if all(v is not None and not v.scalar for v in vals) and axis in (0, -1):
+        known_vals = [v for v in vals if v is not None and not v.scalar]
+        if len(known_vals) == len(vals) and axis in (0, -1):
             elems: list[Poly | None] = []
-            for v in vals:
-                elems.extend(v.elems)  # type: ignore[union-attr]
-            kinds = {v.kind for v in vals}  # type: ignore[union-attr]
+            for v in known_vals:
+                elems.extend(v.elems)
+            kinds = {v.kind for v in known_vals}
             if len(kinds) == 1 and len(elems) <= MAX_VALUE_ELEMS:
-                self._set(node.outputs[0], None, SymValue(kinds.pop(), tuple(elems)), why=self._unknown_why(node, node.inputs))
+                self._set(
+                    node.outputs[0], None, SymValue(kinds.pop(), tuple(elems)), why=self._unknown_why(node, node.inputs)
+                )
                 return
         shapes = [self.shape(t) for t in node.inputs]
         known = [s for s in shapes if s is not None]
@@ -626,21 +681,37 @@ class ShapeAnalysis:
         if v is not None and target is not None and target.ints() is not None:
             dims = target.ints() or []
             if (not dims and len(v.elems) == 1) or (len(dims) == 1 and dims[0] in (-1, len(v.elems))):
-                self._set(node.outputs[0], None, SymValue(v.kind, v.elems, scalar=not dims), why=self._unknown_why(node, node.inputs))
+                self._set(
+                    node.outputs[0],
+                    None,
+                    SymValue(v.kind, v.elems, scalar=not dims),
+                    why=self._unknown_why(node, node.inputs),
+                )
                 return
         s = self.shape(node.inputs[0])
         if target is None:
             self._set(node.outputs[0], None, why=self._unknown_why(node, node.inputs))
             return
-        self._set(node.outputs[0], reshape_dims(s, target, allowzero=bool(node.attrs.get("allowzero", 0))), why=self._unknown_why(node, node.inputs))
+        self._set(
+            node.outputs[0],
+            reshape_dims(s, target, allowzero=bool(node.attrs.get("allowzero", 0))),
+            why=self._unknown_why(node, node.inputs),
+        )
 
     def _op_ReduceProd(self, node: gs.Node) -> None:
         v = self.value(node.inputs[0])
         axes = node.attrs.get("axes")
-        if v is not None and not v.scalar and v.known and (axes is None or list(axes) in ([0], [-1])) and (len(node.inputs) < 2 or is_empty(node.inputs[1])):
+        if (
+            v is not None
+            and not v.scalar
+            and v.known
+            and (axes is None or list(axes) in ([0], [-1]))
+            and (len(node.inputs) < 2 or is_empty(node.inputs[1]))
+        ):
             total = Poly.const(1)
             for e in v.elems:
-                total = total * e  # type: ignore[operator]
+                if e is not None:  # all are (v.known)
+                    total = total * e
             keep = bool(node.attrs.get("keepdims", 1))
             self._set(node.outputs[0], None, SymValue(v.kind, (total,), scalar=not keep))
             return
@@ -651,7 +722,9 @@ class ShapeAnalysis:
         if sv is None:
             self._set(node.outputs[0], None, why=self._unknown_why(node, node.inputs))
             return
-        shape = tuple(e if e is not None else Poly.symbol(self._new_symbol(node.outputs[0], i)) for i, e in enumerate(sv.elems))
+        shape = tuple(
+            e if e is not None else Poly.symbol(self._new_symbol(node.outputs[0], i)) for i, e in enumerate(sv.elems)
+        )
         fill = node.attrs.get("value")
         arr = np.asarray(fill.values) if isinstance(fill, gs.Constant) else np.zeros(1, np.float32)
         n = as_int(shape[0]) if len(shape) == 1 else None
@@ -664,20 +737,23 @@ class ShapeAnalysis:
 
     def _op_Range(self, node: gs.Node) -> None:
         vals = [self.value(t) for t in node.inputs[:3]]
-        if all(v is not None and v.constants() is not None for v in vals):
-            start, limit, delta = (v.constants()[0] for v in vals)  # type: ignore[index,union-attr]
+        known_vals = [v for v in vals if v is not None]
+        consts = [c for c in (v.constants() for v in known_vals) if c is not None]
+        if len(consts) == len(vals):
+            start, limit, delta = (c[0] for c in consts)
             n = max(math.ceil((limit - start) / delta), 0) if delta else 0
-            kind = vals[0].kind  # type: ignore[union-attr]
+            kind = known_vals[0].kind
             if n <= MAX_VALUE_ELEMS:
                 self._set(node.outputs[0], None, SymValue(kind, tuple(Poly.const(start + i * delta) for i in range(n))))
             else:
                 self._set(node.outputs[0], (Poly.const(n),))
             return
-        if all(v is not None and v.known for v in vals):
-            start, limit, delta = (v.elems[0] for v in vals)  # type: ignore[union-attr]
-            if start.is_const() and delta.is_const() and delta.constant > 0:  # type: ignore[union-attr]
+        firsts = [e for v in known_vals if v.known for e in v.elems[:1] if e is not None]
+        if len(firsts) == len(vals):
+            first, limit_p, step = firsts
+            if first.is_const() and step.is_const() and step.constant > 0:
                 # a size-dependent length: ceil((limit - start) / delta), limit >= start assumed
-                n_sym = ((limit - start) * (1 / delta.constant)).ceil()  # type: ignore[operator,union-attr]
+                n_sym = ((limit_p - first) * (1 / step.constant)).ceil()
                 self._set(node.outputs[0], (n_sym,), why=f"Range {node.name!r} has a size-dependent length")
                 return
         self._set(node.outputs[0], None, why=self._unknown_why(node, node.inputs))
@@ -692,30 +768,36 @@ class ShapeAnalysis:
     def _broadcast_op(self, node: gs.Node) -> None:
         ins = [t for t in node.inputs if not is_empty(t)]
         vals = [self.value(t) for t in ins]
-        if node.op in ("Add", "Sub", "Mul", "Div", "Max", "Min") and len(vals) == 2 and all(v is not None for v in vals):
-            if vals[0].kind == vals[1].kind:  # type: ignore[union-attr]
-                res = self._value_binop(node, vals[0], vals[1])  # type: ignore[arg-type]
+        known_vals = [v for v in vals if v is not None]
+        if node.op in ("Add", "Sub", "Mul", "Div", "Max", "Min") and len(known_vals) == len(vals) == 2:
+            if known_vals[0].kind == known_vals[1].kind:
+                res = self._value_binop(node, known_vals[0], known_vals[1])
                 if res is not None:
                     self._set(node.outputs[0], None, res, why=self.why_unknown.get(node.outputs[0].name))
                     return
-        if node.op == "Equal" and len(vals) == 2 and all(v is not None for v in vals):
-            res = self._value_binop(node, vals[0], vals[1])  # type: ignore[arg-type]
+        if node.op == "Equal" and len(known_vals) == len(vals) == 2:
+            res = self._value_binop(node, known_vals[0], known_vals[1])
             if res is not None:
                 self._set(node.outputs[0], None, SymValue("bool", res.elems, res.scalar))
                 return
-        if node.op == "Where" and all(v is not None for v in vals):
-            cond, a, b = vals  # type: ignore[misc]
+        if node.op == "Where" and len(known_vals) == len(vals) == 3:
+            cond, a, b = known_vals
             n = max(len(cond.elems), len(a.elems), len(b.elems))
-            if all(len(v.elems) in (1, n) for v in vals) and all(c is not None and c.is_const() for c in cond.elems):  # type: ignore[union-attr]
-                pick = lambda v, i: v.elems[i if len(v.elems) > 1 else 0]  # noqa: E731
-                elems = tuple(pick(a, i) if pick(cond, i).constant else pick(b, i) for i in range(n))  # type: ignore[union-attr]
+            conds = cond.constants()
+            if all(len(v.elems) in (1, n) for v in known_vals) and conds is not None:
+
+                def pick(v: SymValue, i: int) -> Poly | None:
+                    return v.elems[i if len(v.elems) > 1 else 0]
+
+                elems = tuple(pick(a, i) if conds[i if len(conds) > 1 else 0] else pick(b, i) for i in range(n))
                 self._set(node.outputs[0], None, SymValue(a.kind, elems, cond.scalar and a.scalar and b.scalar))
                 return
         shapes = [self.shape(t) for t in ins]
-        if any(s is None for s in shapes):
+        known_shapes = [s for s in shapes if s is not None]
+        if len(known_shapes) != len(shapes):
             self._set(node.outputs[0], None, why=self._unknown_why(node, ins))
             return
-        self._set(node.outputs[0], self.broadcast(shapes, node), why=self._unknown_why(node, ins))  # type: ignore[arg-type]
+        self._set(node.outputs[0], self.broadcast(known_shapes, node), why=self._unknown_why(node, ins))
 
     def _conv_like(self, node: gs.Node, spatial: Sequence[Poly], kernel: Sequence[int]) -> list[Poly] | None:
         n = len(spatial)
@@ -748,7 +830,7 @@ class ShapeAnalysis:
         if any(k is None for k in kernel):
             self._set(node.outputs[0], None)
             return
-        spatial = self._conv_like(node, s[2:], kernel)  # type: ignore[arg-type]
+        spatial = self._conv_like(node, s[2:], kernel)
         self._set(node.outputs[0], None if spatial is None else (s[0], w[0], *spatial))
 
     _op_DeformConv = _op_Conv
@@ -885,7 +967,9 @@ class ShapeAnalysis:
                 dims[axis] = Poly.const(split[i])
             else:
                 part = s[axis].exact_div(k)
-                dims[axis] = part if part is not None and part.is_integer_valued() else Poly.symbol(self._new_symbol(out, axis))
+                dims[axis] = (
+                    part if part is not None and part.is_integer_valued() else Poly.symbol(self._new_symbol(out, axis))
+                )
             self._set(out, tuple(dims))
 
     def _op_Pad(self, node: gs.Node) -> None:
@@ -916,7 +1000,10 @@ class ShapeAnalysis:
         if s is None or target is None:
             self._set(node.outputs[0], None, why=self._unknown_why(node, node.inputs))
             return
-        tshape = tuple(e if e is not None else Poly.symbol(self._new_symbol(node.outputs[0], i)) for i, e in enumerate(target.elems))
+        tshape = tuple(
+            e if e is not None else Poly.symbol(self._new_symbol(node.outputs[0], i))
+            for i, e in enumerate(target.elems)
+        )
         self._set(node.outputs[0], self.broadcast([s, tshape], node))
 
     def _op_Tile(self, node: gs.Node) -> None:
@@ -925,7 +1012,13 @@ class ShapeAnalysis:
         if s is None or reps is None or len(reps.elems) != len(s):
             self._set(node.outputs[0], None)
             return
-        self._set(node.outputs[0], tuple(d * r if r is not None else Poly.symbol(self._new_symbol(node.outputs[0], i)) for i, (d, r) in enumerate(zip(s, reps.elems))))
+        self._set(
+            node.outputs[0],
+            tuple(
+                d * r if r is not None else Poly.symbol(self._new_symbol(node.outputs[0], i))
+                for i, (d, r) in enumerate(zip(s, reps.elems, strict=False))
+            ),
+        )
 
     def _op_DepthToSpace(self, node: gs.Node) -> None:
         s = self.shape(node.inputs[0])
@@ -968,7 +1061,9 @@ class ShapeAnalysis:
         axes = list(range(len(s))) if axes is None else [a + len(s) if a < 0 else a for a in axes]
         policy = node.attrs.get("keep_aspect_ratio_policy", "stretch")
         if node.op == "Upsample" and self.opset < 9:
-            scales_v: SymValue | None = SymValue("f32", tuple(Poly.const(Fraction(float(x))) for x in node.attrs.get("scales", [])))
+            scales_v: SymValue | None = SymValue(
+                "f32", tuple(Poly.const(Fraction(float(x))) for x in node.attrs.get("scales", []))
+            )
             sizes_t = None
         else:
             scales_t, sizes_t = self.resize_operands(node)
@@ -979,10 +1074,10 @@ class ShapeAnalysis:
             if sv is None or len(sv.elems) != len(axes) or policy != "stretch":
                 self._set(node.outputs[0], None)
                 return
-            for a, e in zip(axes, sv.elems):
+            for a, e in zip(axes, sv.elems, strict=False):
                 out[a] = e if e is not None else Poly.symbol(self._new_symbol(node.outputs[0], a))
         elif scales_v is not None and len(scales_v.elems) == len(axes):
-            for a, e in zip(axes, scales_v.elems):
+            for a, e in zip(axes, scales_v.elems, strict=False):
                 out[a] = (s[a] * e).floor() if e is not None else Poly.symbol(self._new_symbol(node.outputs[0], a))
         else:
             self._set(node.outputs[0], None)
@@ -997,7 +1092,14 @@ class ShapeAnalysis:
 # --------------------------------------------------------------------------------------------
 
 
-def slice_length(d: Poly, start: Poly, end: Poly, step: int, fresh: Callable[[], Poly], fits: Callable[[Poly, int], bool] = lambda d, v: False) -> Poly:
+def slice_length(
+    d: Poly,
+    start: Poly,
+    end: Poly,
+    step: int,
+    fresh: Callable[[], Poly],
+    fits: Callable[[Poly, int], bool] = lambda d, v: False,
+) -> Poly:
     """Length of ``range(d)[start:end:step]`` with ONNX clamping, when it can be written.
 
     A constant end ``v`` on a varying size ``d`` gives ``min(d, v)``; that is ``v`` only where
@@ -1053,16 +1155,15 @@ def reshape_dims(src: Shape | None, target: SymValue, *, allowzero: bool = False
         for d in src:
             total = total * d
         known = Poly.const(1)
-        for j, d in enumerate(out):
-            if j != infer:
-                known = known * d  # type: ignore[operator]
+        for j, dim in enumerate(out):
+            if j != infer and dim is not None:  # all are, but the one inferred (checked above)
+                known = known * dim
         q = total.exact_div(known)
         if q is None or not q.is_integer_valued():
             return None
         out[infer] = q
-    if any(d is None for d in out):
-        return None
-    return tuple(out)  # type: ignore[arg-type]
+    dims = tuple(d for d in out if d is not None)
+    return dims if len(dims) == len(out) else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -1078,7 +1179,9 @@ def _inexact_floors(p: Poly, symbols: set[str]) -> bool:
     return any(atom.arg is not None and atom.symbols() & symbols for m in p.terms for atom, _ in m)
 
 
-def spatial_symbols(graph: gs.Graph, multiple: int, inputs: Sequence[str] | None = None) -> tuple[dict[str, tuple[Poly, ...]], set[str]]:
+def spatial_symbols(
+    graph: gs.Graph, multiple: int, inputs: Sequence[str] | None = None
+) -> tuple[dict[str, tuple[Poly, ...]], set[str]]:
     """Symbolic dims for the graph inputs with H, W (axes 2+) written ``multiple * q``.
 
     Returns the ``input_dims`` for ``ShapeAnalysis`` and the names of the quotient symbols.

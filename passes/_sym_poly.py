@@ -307,7 +307,7 @@ class SymValue:
         """All elements as numbers when every element is a known constant."""
         if not all(e is not None and e.is_const() for e in self.elems):
             return None
-        return [e.constant for e in self.elems]  # type: ignore[union-attr]
+        return [e.constant for e in self.elems if e is not None]
 
     def ints(self) -> list[int] | None:
         vals = self.constants()
@@ -333,7 +333,19 @@ def kind_of_dtype(dtype: Any) -> str | None:
     return None  # float16/bfloat16 arithmetic is not exact enough to reason about
 
 
-ONNX_TO_KIND = {1: "f32", 11: "f64", 9: "bool", 2: "int", 3: "int", 4: "int", 5: "int", 6: "int", 7: "int", 12: "int", 13: "int"}
+ONNX_TO_KIND = {
+    1: "f32",
+    11: "f64",
+    9: "bool",
+    2: "int",
+    3: "int",
+    4: "int",
+    5: "int",
+    6: "int",
+    7: "int",
+    12: "int",
+    13: "int",
+}
 
 
 SIZE_BOUND = 2**16
@@ -354,7 +366,7 @@ def _representable(p: Poly, kind: str) -> bool:
     if den & (den - 1) or any(sum(pw for _, pw in m) > 1 for m in p.terms):
         return False
     bound = sum(abs(c) for c in p.terms.values()) * SIZE_BOUND * den
-    return bound < 2**mantissa
+    return bool(bound < 2**mantissa)
 
 
 def constant_value(arr: np.ndarray) -> SymValue | None:

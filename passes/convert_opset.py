@@ -25,15 +25,20 @@ class ConvertOpset(GraphPass):
     name = "convert_opset"
     contract = Contract.EXACT
     summary = "convert the graph to another default-domain opset (onnx version converter; vendor ops kept)"
-    options = {"version": "the opset to convert to (required)", "only_down": "convert only if the graph is newer (default true)"}
+    options = {
+        "version": "the opset to convert to (required)",
+        "only_down": "convert only if the graph is newer (default true)",
+    }
 
-    def run(self, graph, ctx):  # pragma: no cover - apply is overridden
+    def run(self, graph: object, ctx: PassContext) -> PassResult:  # pragma: no cover - apply is overridden
         raise NotImplementedError
 
     def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         version = ctx.option("version")
         if not isinstance(version, int) or not MIN_OPSET <= version <= MAX_OPSET:
-            raise SegcError(f"convert_opset needs option version, a whole number from {MIN_OPSET} to {MAX_OPSET} (got {version!r})")
+            raise SegcError(
+                f"convert_opset needs option version, a whole number from {MIN_OPSET} to {MAX_OPSET} (got {version!r})"
+            )
         current = model_opset(model)
         if current == version or (current < version and ctx.option("only_down", True)):
             return model, PassResult(changed=False, stats={"opset": current})

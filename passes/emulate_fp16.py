@@ -48,7 +48,7 @@ class EmulateFp16(GraphPass):
 
     def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         named = name_nodes(model)
-        changed = any(a.name != b.name for a, b in zip(model.graph.node, named.graph.node))
+        changed = any(a.name != b.name for a, b in zip(model.graph.node, named.graph.node, strict=False))
         budget = Tolerances(cosine=float(ctx.option("cosine", FP16_BUDGET.cosine)),
                             agreement=float(ctx.option("agreement", FP16_BUDGET.agreement)))
         verifier = Verifier(recipe=ctx.recipe, seed=int(ctx.option("seed", 0)),
@@ -60,8 +60,10 @@ class EmulateFp16(GraphPass):
         if not plan.ok:
             raise Fp16BudgetMissed(
                 f"fp16 emulation misses its budget even with {len(plan.keep)} layers kept fp32 "
-                f"({', '.join(plan.keep) or 'none'}): {'; '.join(final['reasons'][:2]) or 'overflow ' + str(final['overflow'])}; "
-                f"build fp32, or loosen with --option emulate_fp16.cosine=... / max_keep=...")
+                f"({', '.join(plan.keep) or 'none'}): "
+                f"{'; '.join(final['reasons'][:2]) or 'overflow ' + str(final['overflow'])}; "
+                f"build fp32, or loosen with --option emulate_fp16.cosine=... / max_keep=..."
+            )
         ctx.metadata[FP32_LAYERS_KEY] = json.dumps(plan.keep)
         first = stats["all_fp16"]
         notes = [f"all fp16: cosine {_f(first['cosine'])}, overflowing values {first['overflow']}"

@@ -41,11 +41,15 @@ class EmulateInt8(GraphPass):
         est = int8_drop(model, feeds)
         cos = "-" if est.cosine is None else f"{est.cosine:.6f}"
         agree = "" if est.agreement is None else f", label agreement {est.agreement:.4f}"
-        notes = [f"int8 QDQ (onnxruntime, {est.samples} calibration images at {'x'.join(map(str, shape))}, "
-                 f"{est.quantized_nodes} tensors quantised): cosine {cos}{agree}, max abs {est.max_abs:.4g} against fp32"]
+        notes = [
+            f"int8 QDQ (onnxruntime, {est.samples} calibration images at {'x'.join(map(str, shape))}, "
+            f"{est.quantized_nodes} tensors quantised): cosine {cos}{agree}, max abs {est.max_abs:.4g} against fp32"
+        ]
         if est.first_divergence:
             first = est.first_divergence
-            notes.append(f"int8: first layer below cosine 0.99: {first['node']} [{first['op']}] (cosine "
-                         f"{first['cosine']:.4f}); worst: " + ", ".join(f"{w['node']} {w['cosine']:.4f}" for w in est.worst_layers
-                                                                    if w.get("cosine") is not None))
+            notes.append(
+                f"int8: first layer below cosine 0.99: {first['node']} [{first['op']}] (cosine "
+                f"{first['cosine']:.4f}); worst: "
+                + ", ".join(f"{w['node']} {w['cosine']:.4f}" for w in est.worst_layers if w.get("cosine") is not None)
+            )
         return model, PassResult(changed=False, stats={"int8": est.to_dict()}, notes=notes)

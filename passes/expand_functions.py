@@ -34,6 +34,7 @@ from a runtime's fused kernel (verified in onnxruntime within the exact toleranc
 from __future__ import annotations
 
 import itertools
+from typing import Protocol, cast
 
 import numpy as np
 import onnx
@@ -44,11 +45,29 @@ from segc.passbase import Contract, GraphPass, PassContext, PassResult, carry_mo
 from segc.passes._opset import model_opset
 
 
+class _FunctionSchema(Protocol):
+    """The ``OpSchema`` members used here that onnx's own stub (onnx_cpp2py_export/defs.pyi,
+    onnx 1.23) does not declare, although the C++ binding has them."""
+
+    has_function: bool
+    has_context_dependent_function: bool
+    function_opset_versions: list[int]
+
+    def get_function_with_opset_version(self, opset: int) -> bytes: ...
+
+    def get_context_dependent_function(self, node: bytes, input_types: list[bytes]) -> bytes: ...
+
+
+def _schema(op_type: str, opset: int) -> _FunctionSchema:
+    """onnx's schema of ``op_type`` (default domain) at ``opset``; SchemaError when it has none."""
+    return cast(_FunctionSchema, onnx.defs.get_schema(op_type, opset, ""))
+
+
 def function_body(op_type: str, opset: int, node: onnx.NodeProto | None = None,
                   input_types: list[onnx.TypeProto] | None = None) -> onnx.FunctionProto | None:
     """The ONNX schema's body for ``op_type`` at ``opset`` (None when the op has none)."""
     try:
-        schema = onnx.defs.get_schema(op_type, opset, "")
+        schema = _schema(op_type, opset)
     except onnx.defs.SchemaError:
         return None
     fp = onnx.FunctionProto()
@@ -72,7 +91,7 @@ def function_body(op_type: str, opset: int, node: onnx.NodeProto | None = None,
 def has_function(op_type: str, opset: int) -> bool:
     """Whether onnx defines ``op_type`` (default domain) as a function at ``opset``."""
     try:
-        schema = onnx.defs.get_schema(op_type, opset, "")
+        schema = _schema(op_type, opset)
     except onnx.defs.SchemaError:
         return False
     return bool(schema.has_function or schema.has_context_dependent_function)
@@ -129,7 +148,9 @@ def fold_castlike(nodes: list[onnx.NodeProto], elem_types: dict[str, int]) -> li
                                  value=numpy_helper.from_array(np.asarray(value, dtype=dtype)))
         out.append(n)
     consumed = {t for n in out for t in n.input}
-    return [n for n in out if not (n.op_type == "Constant" and n.output[0] not in consumed and n.output[0] in constants)]
+    return [
+        n for n in out if not (n.op_type == "Constant" and n.output[0] not in consumed and n.output[0] in constants)
+    ]
 
 
 def _attribute_values(node: onnx.NodeProto, schema_op: str, opset: int) -> dict[str, onnx.AttributeProto]:
@@ -183,9 +204,11 @@ class ExpandFunctions(GraphPass):
     name = "expand_functions"
     contract = Contract.EXACT
     summary = "replace ops a vendor lacks (Gelu, HardSigmoid, LayerNormalization...) by their ONNX function body"
-    options = {"ops": "op types to expand (default: those with an ONNX function body that the target's operator list lacks)"}
+    options = {
+        "ops": "op types to expand (default: those with an ONNX function body that the target's operator list lacks)"
+    }
 
-    def run(self, graph, ctx):  # pragma: no cover - apply is overridden
+    def run(self, graph: object, ctx: PassContext) -> PassResult:  # pragma: no cover - apply is overridden
         raise NotImplementedError
 
     def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
@@ -229,7 +252,9 @@ class ExpandFunctions(GraphPass):
         del out.graph.node[:]
         out.graph.node.extend(nodes)
         carry_model_fields(model, out)
-        notes = [f"expanded {', '.join(f'{op} x{n}' for op, n in sorted(expanded.items()))} into their ONNX function bodies"]
+        notes = [
+            f"expanded {', '.join(f'{op} x{n}' for op, n in sorted(expanded.items()))} into their ONNX function bodies"
+        ]
         return out, PassResult(changed=True, stats={"expanded": sum(expanded.values()), "by_op": expanded},
                                notes=notes + list(left.values()))
 
@@ -240,7 +265,10 @@ class ExpandFunctions(GraphPass):
             ops = {given} if isinstance(given, str) else set(given)
             bad = sorted(op for op in ops if not has_function(op, model_opset(model)))
             if bad:
-                raise SegcError(f"expand_functions: onnx defines no function body for {', '.join(bad)} at opset {model_opset(model)}")
+                raise SegcError(
+                    f"expand_functions: onnx defines no function body for {', '.join(bad)} at opset "
+                    f"{model_opset(model)}"
+                )
             return ops
         if ctx.target is None:
             return set()

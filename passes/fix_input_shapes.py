@@ -41,7 +41,9 @@ def parse_fixed_shape(text: str) -> tuple[str, tuple[int, ...]]:
     try:
         dims = tuple(int(d) for d in dims_text.split(","))
     except ValueError:
-        raise SegcError(f"fix_input_shapes: malformed shape {text!r}: dims must be whole numbers (-1 keeps a dim)") from None
+        raise SegcError(
+            f"fix_input_shapes: malformed shape {text!r}: dims must be whole numbers (-1 keeps a dim)"
+        ) from None
     if any(d == 0 or d < -1 for d in dims):
         raise SegcError(f"fix_input_shapes: malformed shape {text!r}: dims must be positive, or -1 to keep one")
     return name.strip(), dims
@@ -59,7 +61,7 @@ class FixInputShapes(GraphPass):
     summary = "give symbolic input dims the numbers of a static build, so shape computations fold (run before simplify)"
     options = {"shapes": "NAME:D1,D2,... per input ('-1' keeps a dim); a list, or ';'-separated"}
 
-    def run(self, graph, ctx):  # pragma: no cover - apply is overridden
+    def run(self, graph: object, ctx: PassContext) -> PassResult:  # pragma: no cover - apply is overridden
         raise NotImplementedError
 
     def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
@@ -76,7 +78,7 @@ class FixInputShapes(GraphPass):
             have = inputs[name].type.tensor_type.shape.dim
             if len(have) != len(dims):
                 raise SegcError(f"fix_input_shapes: {name!r} has {len(have)} dims, the shape gives {len(dims)}")
-            for axis, (d, v) in enumerate(zip(have, dims)):
+            for axis, (d, v) in enumerate(zip(have, dims, strict=False)):
                 if v != -1 and d.HasField("dim_value") and d.dim_value != v:
                     raise SegcError(f"fix_input_shapes: {name!r} dim {axis} is {d.dim_value} in the graph, not {v}")
 
@@ -84,7 +86,7 @@ class FixInputShapes(GraphPass):
         out = onnx.ModelProto()
         out.CopyFrom(model)
         for vi in out.graph.input:
-            for axis, (d, v) in enumerate(zip(vi.type.tensor_type.shape.dim, wanted.get(vi.name, ()))):
+            for axis, (d, v) in enumerate(zip(vi.type.tensor_type.shape.dim, wanted.get(vi.name, ()), strict=False)):
                 if v != -1 and not d.HasField("dim_value"):
                     fixed.append(f"{vi.name}[{axis}] {d.dim_param or '?'}->{v}")
                     d.Clear()
@@ -116,7 +118,11 @@ def _reinfer(model: onnx.ModelProto) -> None:
         for i, d in enumerate(dims):
             if d.HasField("dim_value"):
                 continue
-            value = new_dims[i].dim_value if i < len(new_dims) and len(new_dims) == len(dims) and new_dims[i].HasField("dim_value") else None
+            value = (
+                new_dims[i].dim_value
+                if i < len(new_dims) and len(new_dims) == len(dims) and new_dims[i].HasField("dim_value")
+                else None
+            )
             d.Clear()
             if value:
                 d.dim_value = value

@@ -68,11 +68,10 @@ import onnx_graphsurgeon as gs
 import onnx
 
 from segc.passbase import Contract, GraphPass, PassContext, PassResult, register_pass
-from segc.passes._sym_poly import Poly
+from segc.passes._sym_poly import Poly, float32_exact
 from segc.passes._shape_expr import (
     ShapeAnalysis,
     const_array,
-    float32_exact,
     is_empty,
     spatial_symbols,
     topo_nodes,
@@ -144,11 +143,15 @@ class FoldResizeScales(GraphPass):
 
     name = "fold_resize_scales"
     contract = Contract.EXACT
-    summary = "replace shape-computed Resize scales/sizes by constants where provably identical for every input size (or every size on the range's /M grid)"
-    options: dict[str, str] = {}
+    summary = (
+        "replace shape-computed Resize scales/sizes by constants where provably identical for every input size "
+        "(or every size on the range's /M grid)"
+    )
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        resizes = [n for n in topo_nodes(graph) if n.op in ("Resize", "Upsample") and (n.domain or "") in ("", "ai.onnx")]
+        resizes = [
+            n for n in topo_nodes(graph) if n.op in ("Resize", "Upsample") and (n.domain or "") in ("", "ai.onnx")
+        ]
         stats = {"resizes": len(resizes), "computed": 0, "folded": 0, "from_sizes": 0, "left": 0}
         if not resizes:
             return PassResult(changed=False, stats=stats)
@@ -224,13 +227,14 @@ class FoldResizeScales(GraphPass):
             if len(value.elems) != len(axes):
                 return _Decision(reason=f"sizes has {len(value.elems)} elements for {len(axes)} axes")
             ratios: list[Fraction] = []
-            for axis, elem in zip(axes, value.elems):
+            for axis, elem in zip(axes, value.elems, strict=False):
                 dim = in_shape[axis]
                 ratio = None if elem is None else elem.exact_div(dim)
                 if ratio is None or not ratio.is_const():
                     shown = "?" if elem is None else str(elem)
                     return _Decision(
-                        reason=f"sizes[{axis}] = {shown} is not a fixed multiple of the size {dim} of its input {node.inputs[0].name!r}"
+                        reason=f"sizes[{axis}] = {shown} is not a fixed multiple of the size {dim} of its input "
+                               f"{node.inputs[0].name!r}"
                     )
                 k = ratio.constant
                 if k <= 0 or not float32_exact(k):
@@ -238,15 +242,15 @@ class FoldResizeScales(GraphPass):
                 ratios.append(k)
             return _Decision(scales=ratios, from_sizes=True)
 
-        value = analysis.value(scales_t)  # type: ignore[arg-type]
+        value = analysis.value(scales_t)
         if value is None:
-            return _Decision(reason=f"its scales cannot be evaluated: {analysis.unknown_reason(scales_t)}")  # type: ignore[arg-type]
+            return _Decision(reason=f"its scales cannot be evaluated: {analysis.unknown_reason(scales_t)}")
         if value.kind != "f32":
             return _Decision(reason=f"its scales are {value.kind}, not float32")
         consts: list[Fraction] = []
         for i, elem in enumerate(value.elems):
             if elem is None:
-                return _Decision(reason=f"scales[{i}] cannot be proven constant: {analysis.unknown_reason(scales_t)}")  # type: ignore[arg-type]
+                return _Decision(reason=f"scales[{i}] cannot be proven constant: {analysis.unknown_reason(scales_t)}")
             if not elem.is_const():
                 return _Decision(reason=f"scales[{i}] = {elem} depends on the input size")
             if elem.constant <= 0 or not float32_exact(elem.constant):

@@ -50,8 +50,8 @@ class PruneOutputs(GraphPass):
     contract = Contract.OUTPUTS
     summary = "make chosen tensors the graph outputs (e.g. the classifier convs) and drop what only fed the old ones"
     options = {
-        "outputs": "selectors of the tensors to keep as outputs, in order; e.g. 'Conv before output1;Conv before output2' "
-        "or ATC's 'Conv_1380:0'",
+        "outputs": "selectors of the tensors to keep as outputs, in order; "
+        "e.g. 'Conv before output1;Conv before output2' or ATC's 'Conv_1380:0'",
         "pinned": "true when 'outputs' are tensor names segc compile resolved on the input model (set by segc, "
         "so a name an earlier pass removed is reported as such)",
     }
@@ -59,21 +59,27 @@ class PruneOutputs(GraphPass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         selectors = as_selector_list(ctx.option("outputs"))
         if not selectors:
-            raise SegcError("prune_outputs needs option 'outputs': selectors of the tensors to keep, e.g. 'Conv before output1'")
+            raise SegcError(
+                "prune_outputs needs option 'outputs': selectors of the tensors to keep, e.g. 'Conv before output1'"
+            )
         if ctx.option("pinned"):
             present = graph.tensors()
             gone = [n for n in selectors if n not in present]
             if gone:
-                raise KeptTensorGone(f"tensor(s) {gone} chosen by --outputs on the input model no longer exist after the "
-                                     f"passes before prune_outputs; --skip the pass that removed them or select other tensors")
+                raise KeptTensorGone(
+                    f"tensor(s) {gone} chosen by --outputs on the input model no longer exist after the "
+                    f"passes before prune_outputs; --skip the pass that removed them or select other tensors"
+                )
         wanted: list[gs.Tensor] = select_ordered(graph, selectors, kind="tensors")
         for t in wanted:
             if isinstance(t, gs.Constant):
                 raise SegcError(f"prune_outputs: {t.name!r} is a constant (a weight), not a computed tensor")
 
         old = list(graph.outputs)
-        if len(old) == len(wanted) and all(a is b for a, b in zip(old, wanted)):
-            return PassResult(changed=False, stats={"outputs": [t.name for t in old], "dropped": [], "nodes_removed": 0})
+        if len(old) == len(wanted) and all(a is b for a, b in zip(old, wanted, strict=False)):
+            return PassResult(
+                changed=False, stats={"outputs": [t.name for t in old], "dropped": [], "nodes_removed": 0}
+            )
 
         notes = _fill_types(graph, [t for t in wanted if t.dtype is None or t.shape is None])
         before = len(graph.nodes)

@@ -39,7 +39,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from segc.passbase import Contract, GraphPass, PassContext, PassResult, register_pass
-from segc.passes._shape_expr import ShapeAnalysis, as_int, const_array, topo_nodes
+from segc.passes._shape_expr import ShapeAnalysis, const_array, topo_nodes
+from segc.passes._sym_poly import as_int
 
 
 def _text(value: object) -> object:
@@ -56,10 +57,11 @@ class ResizeBroadcast(GraphPass):
     name = "resize_broadcast"
     contract = Contract.EXACT
     summary = "Resize of a provably NxCx1x1 map (ASPP/PSP pooling branches) -> Expand: no Resize parameters left"
-    options: dict[str, str] = {}
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        resizes = [n for n in topo_nodes(graph) if n.op in ("Resize", "Upsample") and (n.domain or "") in ("", "ai.onnx")]
+        resizes = [
+            n for n in topo_nodes(graph) if n.op in ("Resize", "Upsample") and (n.domain or "") in ("", "ai.onnx")
+        ]
         stats = {"resizes": len(resizes), "rewritten": 0}
         if not resizes:
             return PassResult(changed=False, stats=stats)
@@ -73,7 +75,10 @@ class ResizeBroadcast(GraphPass):
             node.inputs.clear()
             node.inputs.extend([src, shape])
             stats["rewritten"] += 1
-            notes.append(f"Resize {node.name!r}: input {src.name!r} is 1x1 -> Expand to {shape.name if not isinstance(shape, gs.Constant) else np.asarray(shape.values).tolist()}")
+            notes.append(
+                f"Resize {node.name!r}: input {src.name!r} is 1x1 -> Expand to "
+                f"{shape.name if not isinstance(shape, gs.Constant) else np.asarray(shape.values).tolist()}"
+            )
         return PassResult(changed=bool(plans), stats=stats, notes=notes)
 
     @staticmethod

@@ -190,7 +190,7 @@ def _without_full_resolution(resizes: list[gs.Node]) -> list[gs.Node]:
     top = max(areas)
     if areas.count(top) != 1:
         return resizes
-    return [n for n, a in zip(resizes, areas) if a != top]
+    return [n for n, a in zip(resizes, areas, strict=False) if a != top]
 
 
 def hrnet_branch_resizes(graph: gs.Graph) -> list[gs.Node]:
@@ -246,10 +246,13 @@ class ResizeToNearest(GraphPass):
         nearest_override = _choice(ctx.option("nearest_mode"), NEAREST_MODES, "nearest_mode")
         if (coord_override or nearest_override) and opset < 11:
             raise SegcError(
-                f"resize_to_nearest: opset {opset} Resize has no coordinate_transformation_mode/nearest_mode; drop those options"
+                f"resize_to_nearest: opset {opset} Resize has no coordinate_transformation_mode/nearest_mode; drop "
+                "those options"
             )
         if coord_override == "half_pixel_symmetric" and opset < 19:
-            raise SegcError(f"resize_to_nearest: coordinate_mode half_pixel_symmetric needs opset >= 19 (model has {opset})")
+            raise SegcError(
+                f"resize_to_nearest: coordinate_mode half_pixel_symmetric needs opset >= 19 (model has {opset})"
+            )
 
         chosen = self._choose(graph, ctx)
         resizes = [n for n in chosen if _is_resize(n)]
@@ -281,7 +284,11 @@ class ResizeToNearest(GraphPass):
 
         if switched:
             coords = sorted(
-                {str(n.attrs.get("coordinate_transformation_mode", "half_pixel")) for n in switched_nodes if n.op == "Resize"}
+                {
+                    str(n.attrs.get("coordinate_transformation_mode", "half_pixel"))
+                    for n in switched_nodes
+                    if n.op == "Resize"
+                }
             )
             if opset >= 11 and coords:
                 picked = nearest_override or ", ".join(f"{c}->{default_nearest_mode(c)}" for c in coords)
@@ -289,7 +296,12 @@ class ResizeToNearest(GraphPass):
                 notes.append(f"coordinate mode {coord_note}; nearest_mode: {picked}")
         return PassResult(
             changed=bool(switched),
-            stats={"switched": len(switched), "nodes": switched, "already_nearest": already, "modes_before": modes_before},
+            stats={
+                "switched": len(switched),
+                "nodes": switched,
+                "already_nearest": already,
+                "modes_before": modes_before,
+            },
             notes=notes,
         )
 

@@ -173,7 +173,9 @@ def _prepare_opset(graph: gs.Graph, version: int, what: str) -> str | None:
             f"and uses ops whose meaning changed since; convert the model to opset {version} first"
         )
     set_default_opset(graph, version)
-    return f"raised the default-domain opset from {current} to {version} for {what} (no op in the graph changes meaning)"
+    return (
+        f"raised the default-domain opset from {current} to {version} for {what} (no op in the graph changes meaning)"
+    )
 
 
 @register_pass
@@ -182,10 +184,14 @@ class RewriteDeformConv(GraphPass):
 
     name = "rewrite_deform_conv"
     contract = Contract.EXACT
-    summary = "convert deformable convs to ONNX DeformConv, Ascend DeformableConv2D, mmcv's TensorRT plugin, or standard ops"
+    summary = (
+        "convert deformable convs to ONNX DeformConv, Ascend DeformableConv2D, mmcv's TensorRT plugin, or standard ops"
+    )
     options = {
-        "form": "onnx (DeformConv, opset 19) | ascend (DeformableConv2D) | mmcv (MMCVModulatedDeformConv2d) | decomposed (GridSample + Conv); default onnx",
-        "fold_reorder": "true (default): fold the offset channel reorder into the producing Conv's weights; false: reorder at run time",
+        "form": "onnx (DeformConv, opset 19) | ascend (DeformableConv2D) | mmcv (MMCVModulatedDeformConv2d) | "
+        "decomposed (GridSample + Conv); default onnx",
+        "fold_reorder": "true (default): fold the offset channel reorder into the producing Conv's weights; "
+        "false: reorder at run time",
     }
 
     @classmethod
@@ -211,7 +217,10 @@ class RewriteDeformConv(GraphPass):
             ops = {n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")}
             if not opset_bump_is_safe(ops, current, needed):
                 model = convert_model_opset(model, needed, who="rewrite_deform_conv")
-                notes.append(f"converted the model from opset {current} to {needed} with onnx's version converter ({form} form needs it)")
+                notes.append(
+                    f"converted the model from opset {current} to {needed} with onnx's version converter ({form} form "
+                    "needs it)"
+                )
         out, result = super().apply(model, ctx)
         result.notes[:0] = notes
         return out, result
@@ -261,7 +270,10 @@ class RewriteDeformConv(GraphPass):
                 f"{ASCEND_PARSER_OPSETS.start}-{ASCEND_PARSER_OPSETS.stop - 1} only"
             )
         if stats["runtime_selects"]:
-            notes.append(f"{stats['runtime_selects']} runtime channel selection(s) (Slice/Gather) on offsets not produced by a plain Conv")
+            notes.append(
+                f"{stats['runtime_selects']} runtime channel selection(s) (Slice/Gather) on offsets not produced by a "
+                "plain Conv"
+            )
         return PassResult(changed=changed, stats=stats, notes=notes)
 
 
@@ -276,7 +288,11 @@ def _is_canonical(node: gs.Node, form: str) -> bool:
     return spec.symmetric_pads and same_attrs(node.attrs, canonical_attrs(spec, form))
 
 
-_PROTO_FORMS = {("DeformConv", ""): "onnx", ("DeformableConv2D", ""): "ascend", ("MMCVModulatedDeformConv2d", "mmcv"): "mmcv"}
+_PROTO_FORMS = {
+    ("DeformConv", ""): "onnx",
+    ("DeformableConv2D", ""): "ascend",
+    ("MMCVModulatedDeformConv2d", "mmcv"): "mmcv",
+}
 
 
 def _needs_conversion(model: onnx.ModelProto, form: str) -> bool:

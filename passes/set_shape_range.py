@@ -50,21 +50,30 @@ from segc.errors import SegcError
 from segc.passbase import Contract, GraphPass, PassContext, PassResult, register_pass
 from segc.passes._shape_expr import (
     INT64_MAX,
-    Poly,
     ShapeAnalysis,
     ShapeConflict,
-    as_int,
     const_array,
-    float32_exact,
     is_empty,
     producer,
     reshape_dims,
 )
+from segc.passes._sym_poly import Poly, as_int, float32_exact
 from segc.shapes import OPT_SHAPE_KEY, SHAPE_RANGE_KEY, ShapeRange, format_ranges, parse_shape_range, parse_static_shape
 
 _AXIS_NAMES_4D = ("batch", "channels", "height", "width")
 _HUGE = 2**31
-_SHAPE_LITERAL_OPS = {"Reshape", "Expand", "ConstantOfShape", "Tile", "Slice", "Resize", "Upsample", "AveragePool", "MaxPool", "Pad"}
+_SHAPE_LITERAL_OPS = {
+    "Reshape",
+    "Expand",
+    "ConstantOfShape",
+    "Tile",
+    "Slice",
+    "Resize",
+    "Upsample",
+    "AveragePool",
+    "MaxPool",
+    "Pad",
+}
 
 
 def _as_list(option: Any) -> list[str]:
@@ -89,7 +98,10 @@ def parse_ranges(ranges: Any, opts: Any) -> list[ShapeRange]:
     for text in _as_list(opts):
         name, dims = parse_static_shape(text)
         if name not in by_name:
-            raise SegcError(f"--opt-shape names {name!r}, which has no --input-shape range; ranges are given for: {', '.join(names) or 'none'}")
+            raise SegcError(
+                f"--opt-shape names {name!r}, which has no --input-shape range; ranges are given for: "
+                f"{', '.join(names) or 'none'}"
+            )
         by_name[name] = by_name[name].with_opt(dims)
     return [by_name[n] for n in names]
 
@@ -120,7 +132,10 @@ def _plan(graph: gs.Graph, ranges: list[ShapeRange]) -> _Plan:
     used_params: dict[str, tuple[int, int]] = {}
     for r in ranges:
         if r.name not in inputs:
-            raise SegcError(f"set_shape_range: the model has no input {r.name!r}; its inputs are: {', '.join(_describe(t) for t in graph.inputs)}")
+            raise SegcError(
+                f"set_shape_range: the model has no input {r.name!r}; its inputs are: "
+                f"{', '.join(_describe(t) for t in graph.inputs)}"
+            )
         tensor = inputs[r.name]
         old = list(tensor.shape) if tensor.shape is not None else None
         if old is None or len(old) != len(r.min):
@@ -131,7 +146,7 @@ def _plan(graph: gs.Graph, ranges: list[ShapeRange]) -> _Plan:
             )
         dims: list[int | str] = []
         syms: list[Poly] = []
-        for axis, (lo, hi, opt, cur) in enumerate(zip(r.min, r.max, r.opt, old)):
+        for axis, (lo, hi, opt, cur) in enumerate(zip(r.min, r.max, r.opt, old, strict=False)):
             traced = cur if isinstance(cur, int) and cur > 0 else None
             if lo == hi and traced == lo:
                 dims.append(lo)
@@ -169,7 +184,9 @@ def _plan(graph: gs.Graph, ranges: list[ShapeRange]) -> _Plan:
         # inputs without a range keep their static sizes (symbols only for their named dims)
         if t.name not in plan.symbols and t.shape is not None:
             plan.symbols[t.name] = [
-                Poly.const(d) if isinstance(d, int) and d > 0 else Poly.symbol(d if isinstance(d, str) and d else f"{t.name}.{i}")
+                Poly.const(d)
+                if isinstance(d, int) and d > 0
+                else Poly.symbol(d if isinstance(d, str) and d else f"{t.name}.{i}")
                 for i, d in enumerate(t.shape)
             ]
     plan.samples = [plan.traced, lo_env, hi_env, opt_env]
@@ -279,7 +296,7 @@ class _Fixer:
         target = self.analysis.value(node.inputs[1])
         if target is None or not target.known:
             return  # computed by ops the analysis does not model: nothing to say
-        literal_t = self._traced(target.elems)  # type: ignore[arg-type]
+        literal_t = self._traced(tuple(e for e in target.elems if e is not None))  # all known
         t_in = self._traced(src)
         if t_in is None or literal_t is None:
             self.notes.append(f"Reshape {node.name!r}: sizes unknown at the traced shape; not checked")
@@ -294,7 +311,9 @@ class _Fixer:
         for i, v in enumerate(literal):
             if v == 0 and not allowzero:
                 if i >= len(t_in):
-                    raise SegcError(f"set_shape_range: Reshape {node.name!r} copies dim {i} (0) that its input does not have")
+                    raise SegcError(
+                        f"set_shape_range: Reshape {node.name!r} copies dim {i} (0) that its input does not have"
+                    )
                 t_out.append(t_in[i])
             else:
                 t_out.append(v)
@@ -303,10 +322,16 @@ class _Fixer:
         if -1 in t_out:
             known = int(np.prod([d for d in t_out if d != -1])) if len(t_out) > 1 else 1
             if known == 0 or total % known:
-                raise SegcError(f"set_shape_range: Reshape {node.name!r}: shape {literal} does not fit its input {t_in} at the traced shape")
+                raise SegcError(
+                    f"set_shape_range: Reshape {node.name!r}: shape {literal} does not fit its input {t_in} at the "
+                    "traced shape"
+                )
             t_out[t_out.index(-1)] = total // known
         if int(np.prod(t_out)) != total:
-            raise SegcError(f"set_shape_range: Reshape {node.name!r}: shape {literal} does not fit its input {t_in} at the traced shape")
+            raise SegcError(
+                f"set_shape_range: Reshape {node.name!r}: shape {literal} does not fit its input {t_in} at the traced "
+                "shape"
+            )
         groups = _regroup(t_in, t_out)
         if groups is None:
             raise SegcError(f"set_shape_range: Reshape {node.name!r}: cannot map its input dims {t_in} onto {t_out}")
@@ -348,7 +373,9 @@ class _Fixer:
         self.notes.append(f"Reshape {node.name!r}: shape {shown} -> {new}")
 
     # Resize with traced sizes or scales -------------------------------------------------------------
-    def _traced_resize(self, node: gs.Node, src: tuple[Poly, ...], axes: list[int]) -> tuple[list[Fraction], str] | None:
+    def _traced_resize(
+        self, node: gs.Node, src: tuple[Poly, ...], axes: list[int]
+    ) -> tuple[list[Fraction], str] | None:
         """Scales equal to what the Resize did at the traced shape, when its sizes or scales
         are baked (constant sizes, or size arithmetic that mixes traced constants with
         shapes); None when they already follow the input."""
@@ -356,12 +383,18 @@ class _Fixer:
         if sizes_t is not None:
             literal = const_array(sizes_t)
             if literal is not None:
-                sizes: list[Fraction | None] = [Fraction(int(v)) for v in literal.reshape(-1)]
+                sizes: list[Fraction] = [Fraction(int(v)) for v in literal.reshape(-1)]
                 shown = str(literal.reshape(-1).tolist())
             else:
                 sym = self.analysis.value(sizes_t)
-                if sym is not None and sym.known and all(
-                    not (e.is_const() and self._varies(src[a])) for a, e in zip(axes, sym.elems)  # type: ignore[union-attr]
+                if (
+                    sym is not None
+                    and sym.known
+                    and all(
+                        not (e.is_const() and self._varies(src[a]))
+                        for a, e in zip(axes, sym.elems, strict=False)
+                        if e is not None
+                    )
                 ):
                     return None  # sizes computed from shapes: they follow the input already
                 if not self.static_origin or self.traced_analysis is None:
@@ -375,7 +408,7 @@ class _Fixer:
             t_in = self._traced(src)
             if t_in is None or len(sizes) != len(axes):
                 return None
-            return [Fraction(sz) / t_in[a] for a, sz in zip(axes, sizes)], f"sizes {shown}"  # type: ignore[arg-type]
+            return [Fraction(sz) / t_in[a] for a, sz in zip(axes, sizes, strict=False)], f"sizes {shown}"
         if scales_t is None or const_array(scales_t) is not None:
             return None
         sym = self.analysis.value(scales_t)
@@ -399,14 +432,17 @@ class _Fixer:
         if found is None:
             return
         ratios, what = found
-        for axis, k in zip(axes, ratios):
+        for axis, k in zip(axes, ratios, strict=False):
             if not float32_exact(k) or k <= 0:
                 raise SegcError(
                     f"set_shape_range: Resize {node.name!r} has {what} traced at input {self._traced(src)}; "
                     f"the ratio {k} on axis {axis} is not an exact scale, so its output cannot follow the range"
                 )
         if node.attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
-            raise SegcError(f"set_shape_range: Resize {node.name!r} has {what} and keep_aspect_ratio_policy; cannot rewrite to scales")
+            raise SegcError(
+                f"set_shape_range: Resize {node.name!r} has {what} and keep_aspect_ratio_policy; cannot rewrite to "
+                "scales"
+            )
         scales = self._const(f"{node.name or 'resize'}_scales", np.array([float(k) for k in ratios], dtype=np.float32))
         if node.op == "Upsample" or self.analysis.opset <= 10:
             node.inputs[1] = scales
@@ -455,22 +491,33 @@ class _Fixer:
         starts = const_array(node.inputs[1])
         if src is None or ends is None or starts is None or not any(self._varies(d) for d in src):
             return
-        axes = const_array(node.inputs[3]) if len(node.inputs) > 3 and not is_empty(node.inputs[3]) else np.arange(len(ends))
-        steps = const_array(node.inputs[4]) if len(node.inputs) > 4 and not is_empty(node.inputs[4]) else np.ones(len(ends), np.int64)
+        axes = (
+            const_array(node.inputs[3])
+            if len(node.inputs) > 3 and not is_empty(node.inputs[3])
+            else np.arange(len(ends))
+        )
+        steps = (
+            const_array(node.inputs[4])
+            if len(node.inputs) > 4 and not is_empty(node.inputs[4])
+            else np.ones(len(ends), np.int64)
+        )
         if axes is None or steps is None:
             return
         t_in = self._traced(src)
         if t_in is None:
             return
         new = [int(e) for e in ends.reshape(-1)]
-        for k, (axis, step) in enumerate(zip(axes.reshape(-1).tolist(), steps.reshape(-1).tolist())):
+        for k, (axis, step) in enumerate(zip(axes.reshape(-1).tolist(), steps.reshape(-1).tolist(), strict=False)):
             axis = axis + len(src) if axis < 0 else axis
             if step > 0 and self._varies(src[axis]) and t_in[axis] <= new[k] < _HUGE:
                 new[k] = INT64_MAX  # "to the end", as traced
         if new != [int(e) for e in ends.reshape(-1)]:
             node.inputs[2] = self._const(f"{node.name or 'slice'}_ends", np.array(new, dtype=ends.dtype))
             self.counts["slices_fixed"] += 1
-            self.notes.append(f"Slice {node.name!r}: ends {ends.reshape(-1).tolist()} -> {['end' if e == INT64_MAX else e for e in new]}")
+            self.notes.append(
+                f"Slice {node.name!r}: ends {ends.reshape(-1).tolist()} -> "
+                f"{['end' if e == INT64_MAX else e for e in new]}"
+            )
 
     # Pools over the whole traced image ---------------------------------------------------------------
     def _fix_pool(self, node: gs.Node, global_op: str) -> None:
@@ -481,24 +528,29 @@ class _Fixer:
         t_in = self._traced(src)
         if t_in is None:
             return
-        whole = [k == t for k, t in zip(kernel, t_in[2:])]
-        covers_varying = [w for w, d in zip(whole, src[2:]) if self._varies(d)]
+        whole = [k == t for k, t in zip(kernel, t_in[2:], strict=False)]
+        covers_varying = [w for w, d in zip(whole, src[2:], strict=False) if self._varies(d)]
         if not any(covers_varying):
             return
         pads = list(node.attrs.get("pads", [0] * (2 * len(kernel))))
         dil = list(node.attrs.get("dilations", [1] * len(kernel)))
         auto = node.attrs.get("auto_pad", "NOTSET")
-        one_output = len(node.outputs) == 1 or all(not o.outputs and o not in self.graph.outputs for o in node.outputs[1:])
+        one_output = len(node.outputs) == 1 or all(
+            not o.outputs and o not in self.graph.outputs for o in node.outputs[1:]
+        )
         if all(whole) and not any(pads) and all(d == 1 for d in dil) and auto in ("NOTSET", "VALID") and one_output:
             node.op = global_op
             node.attrs.clear()
             while len(node.outputs) > 1:
                 node.outputs.pop()
             self.counts["pools_fixed"] += 1
-            self.notes.append(f"{global_op.replace('Global', '')} {node.name!r}: kernel {list(kernel)} = traced size -> {global_op}")
+            self.notes.append(
+                f"{global_op.replace('Global', '')} {node.name!r}: kernel {list(kernel)} = traced size -> {global_op}"
+            )
             return
         raise SegcError(
-            f"set_shape_range: {node.op} {node.name!r} has kernel {list(kernel)} = the traced size {t_in[2:]} on a varying axis "
+            f"set_shape_range: {node.op} {node.name!r} has kernel {list(kernel)} = the traced size {t_in[2:]} on a "
+            "varying axis "
             f"(an adaptive pooling baked in at export) and cannot become a global pooling"
         )
 
@@ -541,7 +593,10 @@ def _fold_on_grid(graph: gs.Graph, analysis: ShapeAnalysis, ranges: list[ShapeRa
         if scales is None:
             continue
         folded += 1
-        notes.append(f"{node.op} {node.name!r}: computed sizes/scales -> scales {[str(k) for k in scales]} (exact because {grid})")
+        notes.append(
+            f"{node.op} {node.name!r}: computed sizes/scales -> scales {[str(k) for k in scales]} (exact because "
+            f"{grid})"
+        )
     return folded
 
 
@@ -557,7 +612,11 @@ def _suspects(node: gs.Node, limit: int = 400) -> list[gs.Node]:
             if p is None or id(p) in seen:
                 continue
             seen.add(id(p))
-            if p.op in _SHAPE_LITERAL_OPS and any(const_array(x) is not None for x in p.inputs[1:]) or p.op == "ConstantOfShape":
+            if (
+                p.op in _SHAPE_LITERAL_OPS
+                and any(const_array(x) is not None for x in p.inputs[1:])
+                or p.op == "ConstantOfShape"
+            ):
                 found.append(p)
             queue.append(p)
     return found
@@ -574,9 +633,12 @@ class SetShapeRange(GraphPass):
 
     name = "set_shape_range"
     contract = Contract.EXACT
-    summary = "make input dims dynamic over an ATC-style range; fix sizes baked in at export or name the node that bakes them"
+    summary = (
+        "make input dims dynamic over an ATC-style range; fix sizes baked in at export or name the node that bakes them"
+    )
     options = {
-        "ranges": "list of NAME:1,3,640~4096,640~4096 (ATC syntax; 640~4096/32: multiples of 32 only), one per input to change",
+        "ranges": "list of NAME:1,3,640~4096,640~4096 (ATC syntax; 640~4096/32: multiples of 32 only), "
+        "one per input to change",
         "opt": "list of NAME:1,3,1280,1280 optimisation shapes (default: each range's minimum)",
     }
 
@@ -587,7 +649,9 @@ class SetShapeRange(GraphPass):
         plan = _plan(graph, ranges)
         ctx.metadata[SHAPE_RANGE_KEY] = format_ranges(ranges)
         # only chosen optima are stored: a default one (the minimum) lets each target pick its own
-        ctx.metadata[OPT_SHAPE_KEY] = ";".join(f"{r.name}:{','.join(str(d) for d in r.opt)}" for r in ranges if r.opt_given)
+        ctx.metadata[OPT_SHAPE_KEY] = ";".join(
+            f"{r.name}:{','.join(str(d) for d in r.opt)}" for r in ranges if r.opt_given
+        )
 
         def hint(t: gs.Tensor, axis: int) -> int | None:
             shape = t.shape
@@ -612,16 +676,24 @@ class SetShapeRange(GraphPass):
         except ShapeConflict as err:
             where = _suspects(err.node) if err.one_side_fixed else []
             if where:
-                hint_text = "; a size traced at export is probably baked in at " + ", ".join(f"{n.op} {n.name!r}" for n in where)
+                hint_text = "; a size traced at export is probably baked in at " + ", ".join(
+                    f"{n.op} {n.name!r}" for n in where
+                )
             elif err.one_side_fixed:
                 hint_text = "; one side has a size fixed at export"
             else:
-                hint_text = "; both sizes follow the input, so the model itself cannot run there: " + _grid_advice(graph, ranges)
+                hint_text = "; both sizes follow the input, so the model itself cannot run there: " + _grid_advice(
+                    graph, ranges
+                )
             raise SegcError(f"set_shape_range: the graph does not follow {range_text}: {err}{hint_text}") from None
         if any(r.has_multiples for r in ranges):
             fixer.counts["resizes_folded"] = _fold_on_grid(graph, analysis, ranges, fixer.notes)
         fixes = sum(fixer.counts.values())
-        stats: dict[str, Any] = {"inputs_changed": len(plan.changed_inputs), "dynamic_dims": plan.dynamic_dims, **fixer.counts}
+        stats: dict[str, Any] = {
+            "inputs_changed": len(plan.changed_inputs),
+            "dynamic_dims": plan.dynamic_dims,
+            **fixer.counts,
+        }
         if not plan.changed_inputs and not fixes:
             return PassResult(changed=False, stats=stats, notes=fixer.notes)
         self._annotate(graph, plan, analysis)
@@ -636,7 +708,7 @@ class SetShapeRange(GraphPass):
         # the analysed symbol of each input dim (``32*x_height/32`` on a grid) -> its dim_param
         names = {str(p): str(p) for syms in plan.symbols.values() for p in syms if not p.is_const()}
         for name, syms in plan.symbols.items():
-            for p, d in zip(syms, plan.dims.get(name, [])):
+            for p, d in zip(syms, plan.dims.get(name, []), strict=False):
                 if not p.is_const() and isinstance(d, str):
                     names[str(p)] = d
         io = {id(t) for t in graph.inputs} | {id(t) for t in graph.outputs}
@@ -650,7 +722,7 @@ class SetShapeRange(GraphPass):
                     t.shape = [None] * len(t.shape)  # rank kept, sizes unknown
                 continue
             out: list[int | str | None] = []
-            for d in dims:
-                v = as_int(d)
-                out.append(v if v is not None else names.get(str(d)))
+            for dim in dims:
+                v = as_int(dim)
+                out.append(v if v is not None else names.get(str(dim)))
             t.shape = out

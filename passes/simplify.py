@@ -57,7 +57,7 @@ class Simplify(GraphPass):
     summary = "onnx-simplifier with shape inference; keeps dynamic dims, never grows the model"
     options = {"fold_constants": "fold constant subgraphs (default true)"}
 
-    def run(self, graph, ctx):  # pragma: no cover - apply is overridden
+    def run(self, graph: object, ctx: PassContext) -> PassResult:  # pragma: no cover - apply is overridden
         raise NotImplementedError
 
     def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
@@ -88,7 +88,9 @@ class Simplify(GraphPass):
             size_after = weight_bytes(simplified)
             if size_after <= size_before * GROWTH_ALLOWANCE + GROWTH_SLACK:
                 break
-            notes.append(f"folding with {settings.describe()} grew the model {size_before} -> {size_after} bytes; retrying")
+            notes.append(
+                f"folding with {settings.describe()} grew the model {size_before} -> {size_after} bytes; retrying"
+            )
         else:
             notes.append("every attempt grew the model: graph left as it was")
             return model, PassResult(changed=False, stats={"skipped": True}, notes=notes)
@@ -164,7 +166,7 @@ def _same_structure(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
     if len(ga.node) != len(gb.node) or len(ga.initializer) != len(gb.initializer):
         return False
     if any(x.SerializeToString(deterministic=True) != y.SerializeToString(deterministic=True)
-           for x, y in zip((*ga.node, *ga.input, *ga.output), (*gb.node, *gb.input, *gb.output))):
+           for x, y in zip((*ga.node, *ga.input, *ga.output), (*gb.node, *gb.input, *gb.output), strict=False)):
         return False
     if len(ga.input) != len(gb.input) or len(ga.output) != len(gb.output):
         return False
@@ -211,7 +213,7 @@ def _frozen_dims(before: onnx.ModelProto, after: onnx.ModelProto) -> list[str]:
         old = _dims(getattr(before.graph, group))
         new = _dims(getattr(after.graph, group))
         for name, dims in old.items():
-            for i, (a, b) in enumerate(zip(dims, new.get(name, dims))):
+            for i, (a, b) in enumerate(zip(dims, new.get(name, dims), strict=False)):
                 if isinstance(a, str) and isinstance(b, int) and b > 0:
                     frozen.append(f"{name}[{i}] {a}->{b}")
     return frozen

@@ -184,7 +184,10 @@ def input_ranges(model: onnx.ModelProto, options: BuildOptions) -> list[ShapeRan
         dims = [d.dim_value if d.HasField("dim_value") else 0 for d in value.type.tensor_type.shape.dim]
         unknown_rank = not value.type.tensor_type.HasField("shape")  # a scalar has a shape with no dims
         if unknown_rank or any(d <= 0 for d in dims):
-            raise SegcError(f"ascend needs a shape for input {value.name!r} (its dims are not all fixed): give --input-shape {value.name}:N,C,H,W")
+            raise SegcError(
+                f"ascend needs a shape for input {value.name!r} (its dims are not all fixed): give --input-shape "
+                f"{value.name}:N,C,H,W"
+            )
         ranges.append(_static_range(value.name, dims))
     return ranges
 
@@ -221,7 +224,7 @@ def shape_flag(ranges: list[ShapeRange], cann: tuple[int, int]) -> tuple[str, ..
         return ("--input_shape=" + ";".join(r.vendor_atc() for r in shaped),)
     parts = []
     for r in shaped:
-        dims = [str(a) if a == b else f"{a}~{b}" for a, b in zip(r.min, r.max)]
+        dims = [str(a) if a == b else f"{a}~{b}" for a, b in zip(r.min, r.max, strict=False)]
         parts.append(f"{r.name}:[{','.join(dims)}]")
     return ("--input_shape_range=" + ";".join(parts),)
 
@@ -235,7 +238,9 @@ def out_nodes(model: onnx.ModelProto, outputs: list[str]) -> str:
         if wanted in producers:
             node, index = producers[wanted]
             if not node.name:
-                raise SegcError(f"--out_nodes: the node producing {wanted!r} has no name; ATC selects outputs by node name")
+                raise SegcError(
+                    f"--out_nodes: the node producing {wanted!r} has no name; ATC selects outputs by node name"
+                )
             parts.append(f"{node.name}:{index}")
             continue
         name, _, slot = wanted.rpartition(":")
@@ -286,8 +291,14 @@ def choose_route(model: onnx.ModelProto, options: BuildOptions, violations: list
     unprovable, broadcasts = _classify(model, ranges, found) if found else ([], [])
     if not unprovable:
         grid = "; ".join(r.multiples_text() for r in ranges if r.has_multiples)
-        what = "every Resize has constant parameters" if not found else "every run-time Resize can be made constant (its violation names the pass)"
-        return ShapeRoute(RouteKind.RANGE, f"{what} over {shown}" + (f" ({grid})" if grid else ""), broadcasts=tuple(broadcasts))
+        what = (
+            "every Resize has constant parameters"
+            if not found
+            else "every run-time Resize can be made constant (its violation names the pass)"
+        )
+        return ShapeRoute(
+            RouteKind.RANGE, f"{what} over {shown}" + (f" ({grid})" if grid else ""), broadcasts=tuple(broadcasts)
+        )
     names = tuple(v.node for v in unprovable)
     listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     reason = (f"Resize {listed} take their sizes from tensor shapes at run time, not provably constant over {shown}; "
@@ -297,7 +308,9 @@ def choose_route(model: onnx.ModelProto, options: BuildOptions, violations: list
     return ShapeRoute(RouteKind.GEARS, reason, names)
 
 
-def _classify(model: onnx.ModelProto, ranges: list[ShapeRange], found: list[Violation]) -> tuple[list[Violation], list[str]]:
+def _classify(
+    model: onnx.ModelProto, ranges: list[ShapeRange], found: list[Violation]
+) -> tuple[list[Violation], list[str]]:
     """Split the run-time Resize violations: those no pass can make constant over ``ranges``
     (not ``fold_resize_scales``, whose proof fails, on the range's grid if it has one; not
     ``resize_broadcast``, the input is not 1x1), and the names of 1x1 broadcasts, whose
@@ -426,7 +439,10 @@ def plan_gears(ranges: list[ShapeRange], grid: int) -> GearPlan | None:
         if total <= MAX_GEARS:
             break
     else:
-        raise SegcError(f"ascend: the shape range needs more than {MAX_GEARS} gears even at 2 sizes per dim; give fewer varying dims")
+        raise SegcError(
+            f"ascend: the shape range needs more than {MAX_GEARS} gears even at 2 sizes per dim; give fewer varying "
+            "dims"
+        )
     gears = tuple(itertools.product(*per_dim))
     if len(gears) < 2:
         return None
@@ -476,7 +492,10 @@ def atc_steps(model: onnx.ModelProto, model_path: Path, outdir: Path, options: B
         ranged = any(not r.is_static for r in shapes)
         gears = plan_gears(shapes, grid) if ranged and route.kind is RouteKind.GEARS else None
         if ranged and gears is None and fp16_only_cube(soc):
-            raise SegcError(f"{soc} cannot build for a shape range (ATC: not supported on Atlas 200/300/500 and 200I/500 A2); give static shapes or --batch")
+            raise SegcError(
+                f"{soc} cannot build for a shape range (ATC: not supported on Atlas 200/300/500 and 200I/500 A2); "
+                "give static shapes or --batch"
+            )
         if gears is not None:
             fmt = own.input_format or gears.input_format
             flags: tuple[str, ...] = (f"--input_format={fmt}", gears.input_shape, gears.gear_flag)
@@ -486,7 +505,11 @@ def atc_steps(model: onnx.ModelProto, model_path: Path, outdir: Path, options: B
             default_format = "ND" if ranged or any(len(r.min) != 4 for r in shapes) else "NCHW"
             fmt = own.input_format or default_format
             flags = (f"--input_format={fmt}", *shape_flag(shapes, cann))
-            what = "shape range " + ";".join(r.vendor_atc() for r in shapes) if ranged else "static shape " + ";".join(r.vendor_atc() for r in shapes)
+            what = (
+                "shape range " + ";".join(r.vendor_atc() for r in shapes)
+                if ranged
+                else "static shape " + ";".join(r.vendor_atc() for r in shapes)
+            )
             grid_text = "; ".join(r.multiples_text() for r in shapes if r.has_multiples)
             if ranged and grid_text:
                 what += f"; {grid_text} (the Resizes were folded for those sizes only: ATC cannot check it)"
@@ -521,8 +544,13 @@ def amct_calibration(model: onnx.ModelProto, model_path: Path, outdir: Path,
     shape = ",".join(str(d) for d in files.shape)
     argv = ("amct_onnx", "calibration", f"--model={relative_name(model_path, outdir)}", f"--save_path=amct/{stem}",
             f"--input_shape={files.input_name}:{shape}", f"--data_dir={files.bin_dir}", "--data_types=float32")
-    gather = Step(gather_bins_argv(), comment=f"gather the {files.count} calibration inputs ({BIN_PATTERN}) into {files.bin_dir}/ for AMCT")
-    step = Step(argv, comment=f"int8: AMCT calibration on {files.count} preprocessed images ({files.bin_dir}/, float32)")
+    gather = Step(
+        gather_bins_argv(),
+        comment=f"gather the {files.count} calibration inputs ({BIN_PATTERN}) into {files.bin_dir}/ for AMCT",
+    )
+    step = Step(
+        argv, comment=f"int8: AMCT calibration on {files.count} preprocessed images ({files.bin_dir}/, float32)"
+    )
     data = [Artefact(p, "data") for p in files.paths if p.suffix == ".bin"]
     return [gather, step], data, outdir / "amct" / f"{stem}_deploy_model.onnx"
 
@@ -567,7 +595,14 @@ class AscendTarget(Target):
         elif runtime_resizes(found) and not _static_build_fixes_symbolic_dims(model, options):
             found = _reaim_static(model, options, found)
         if fp16_only_cube(soc) and any(not r.is_static for r in options.shape_ranges):
-            found.append(Violation(MODEL, "input", f"{soc} cannot build for a shape range (ATC: ranges unsupported on Atlas 200/300/500 and 200I/500 A2)"))
+            found.append(
+                Violation(
+                    MODEL,
+                    "input",
+                    f"{soc} cannot build for a shape range (ATC: ranges unsupported on Atlas 200/300/500 and 200I/500 "
+                    "A2)",
+                )
+            )
         return found
 
     def emit(self, model: onnx.ModelProto, model_path: Path, outdir: Path, options: BuildOptions) -> list[Artefact]:

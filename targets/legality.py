@@ -79,7 +79,9 @@ class Profile:
 
     @property
     def ops(self) -> frozenset[str]:
-        return frozenset(self.data.get("ops", {}).get("list", [])) | frozenset(self.data.get("function_ops", {}).get("list", []))
+        return frozenset(self.data.get("ops", {}).get("list", [])) | frozenset(
+            self.data.get("function_ops", {}).get("list", [])
+        )
 
     @property
     def opset_range(self) -> tuple[int, int]:
@@ -181,9 +183,9 @@ def _is_ranged(options: BuildOptions) -> bool:
 def _dtype_name(elem_type: int) -> str:
     """``float32``, ``int64``...: numpy-style names, as the profiles spell them."""
     try:
-        return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name
+        return str(onnx.helper.tensor_dtype_to_np_dtype(elem_type).name)
     except Exception:  # string, undefined, or types numpy lacks (bfloat16, fp8...)
-        return onnx.TensorProto.DataType.Name(elem_type).lower()
+        return str(onnx.TensorProto.DataType.Name(elem_type)).lower()
 
 
 # --------------------------------------------------------------------------- the checks
@@ -206,7 +208,14 @@ def _check_opset(model: onnx.ModelProto, profile: Profile) -> list[Violation]:
     lo, hi = profile.opset_range
     if version is None or lo <= version <= hi:
         return []
-    return [Violation(MODEL, "opset", f"ONNX opset {version} is outside {profile.vendor}'s supported range {lo}..{hi}", fixed_by=OPSET_FIX)]
+    return [
+        Violation(
+            MODEL,
+            "opset",
+            f"ONNX opset {version} is outside {profile.vendor}'s supported range {lo}..{hi}",
+            fixed_by=OPSET_FIX,
+        )
+    ]
 
 
 def _check_ranges(model: onnx.ModelProto, profile: Profile, options: BuildOptions) -> list[Violation]:
@@ -220,11 +229,19 @@ def _check_ranges(model: onnx.ModelProto, profile: Profile, options: BuildOption
         found.append(Violation(MODEL, "input", f"{profile.vendor} cannot build for shape ranges; give static shapes"))
     for rng in options.shape_ranges:
         if rng.name not in inputs:
-            found.append(Violation(rng.name, "input", f"shape range for {rng.name!r}, which is not an input (inputs: {', '.join(real)})"))
+            found.append(
+                Violation(
+                    rng.name,
+                    "input",
+                    f"shape range for {rng.name!r}, which is not an input (inputs: {', '.join(real)})",
+                )
+            )
             continue
         dims = inputs[rng.name].type.tensor_type.shape.dim
         if len(dims) != len(rng.min):
-            found.append(Violation(rng.name, "input", f"shape range has {len(rng.min)} dims, the input has {len(dims)}"))
+            found.append(
+                Violation(rng.name, "input", f"shape range has {len(rng.min)} dims, the input has {len(dims)}")
+            )
             continue
         found += _range_dim_violations(rng, dims)
     return found
@@ -254,7 +271,14 @@ def _check_batches(model: onnx.ModelProto, profile: Profile, options: BuildOptio
         other = sorted(b for b in requested if b != fixed)
         if other:
             asked = ", ".join(str(b) for b in other)
-            found.append(Violation(value.name, "input", f"the graph fixes the batch at {fixed}, the build asks for batch {asked}", fixed_by=RANGE_FIX))
+            found.append(
+                Violation(
+                    value.name,
+                    "input",
+                    f"the graph fixes the batch at {fixed}, the build asks for batch {asked}",
+                    fixed_by=RANGE_FIX,
+                )
+            )
     return found
 
 
@@ -266,10 +290,22 @@ def _range_dim_violations(rng: ShapeRange, dims: Iterable[onnx.TensorShapeProto.
             fixed = dim.dim_value
             if lo != hi:
                 found.append(
-                    Violation(rng.name, "input", f"dim {axis} is fixed at {fixed} in the graph but ranged {lo}~{hi} in the build", fixed_by=RANGE_FIX)
+                    Violation(
+                        rng.name,
+                        "input",
+                        f"dim {axis} is fixed at {fixed} in the graph but ranged {lo}~{hi} in the build",
+                        fixed_by=RANGE_FIX,
+                    )
                 )
             elif fixed != lo:
-                found.append(Violation(rng.name, "input", f"dim {axis} is {fixed} in the graph but {lo} in the build", fixed_by=RANGE_FIX))
+                found.append(
+                    Violation(
+                        rng.name,
+                        "input",
+                        f"dim {axis} is {fixed} in the graph but {lo} in the build",
+                        fixed_by=RANGE_FIX,
+                    )
+                )
     return found
 
 
@@ -279,12 +315,20 @@ def _check_io_dtypes(model: onnx.ModelProto, profile: Profile) -> list[Violation
         return []
     found: list[Violation] = []
     init = {t.name for t in model.graph.initializer}
-    for kind, values in (("input", [v for v in model.graph.input if v.name not in init]), ("output", model.graph.output)):
+    for kind, values in (
+        ("input", [v for v in model.graph.input if v.name not in init]),
+        ("output", model.graph.output),
+    ):
         for v in values:
             elem = v.type.tensor_type.elem_type
             if elem and _dtype_name(elem) not in allowed:
                 found.append(
-                    Violation(v.name, kind, f"graph {kind} of type {_dtype_name(elem)}, which {profile.vendor} does not accept (accepts {', '.join(sorted(allowed))})")
+                    Violation(
+                        v.name,
+                        kind,
+                        f"graph {kind} of type {_dtype_name(elem)}, which {profile.vendor} does not accept (accepts "
+                        f"{', '.join(sorted(allowed))})",
+                    )
                 )
     return found
 
@@ -309,7 +353,13 @@ def _check_nodes(model: onnx.ModelProto, profile: Profile, options: BuildOptions
             continue
         if domain:
             if node.op_type not in profile.custom_ops(domain):
-                found.append(Violation(_node_name(node), node.op_type, f"custom op of domain {domain!r} is not supported by {profile.vendor}"))
+                found.append(
+                    Violation(
+                        _node_name(node),
+                        node.op_type,
+                        f"custom op of domain {domain!r} is not supported by {profile.vendor}",
+                    )
+                )
             continue
         if node.op_type == "Constant" and "Constant" not in ops:
             continue  # parsers fold Constant into weights; no list names it
@@ -317,10 +367,16 @@ def _check_nodes(model: onnx.ModelProto, profile: Profile, options: BuildOptions
             if partial and allow_unlisted:
                 continue
             if partial:
-                found.append(Violation(_node_name(node), node.op_type, unconfirmed_reason(profile), severity=Severity.UNCONFIRMED))
+                found.append(
+                    Violation(
+                        _node_name(node), node.op_type, unconfirmed_reason(profile), severity=Severity.UNCONFIRMED
+                    )
+                )
             else:
                 fix = FUNCTION_FIX if opset is not None and _has_function(node.op_type, opset) else None
-                found.append(Violation(_node_name(node), node.op_type, f"not in {profile.vendor}'s operator list", fixed_by=fix))
+                found.append(
+                    Violation(_node_name(node), node.op_type, f"not in {profile.vendor}'s operator list", fixed_by=fix)
+                )
             continue
         found += _check_op_opset(node, profile, opset)
         if node.op_type in ("Resize", "Upsample"):
@@ -344,7 +400,8 @@ def _check_op_opset(node: onnx.NodeProto, profile: Profile, opset: int | None) -
         Violation(
             _node_name(node),
             node.op_type,
-            f"{profile.vendor} parses {node.op_type} only at opset {span[0]}..{span[1]}, the model declares opset {opset}",
+            f"{profile.vendor} parses {node.op_type} only at opset {span[0]}..{span[1]}, the model declares opset "
+            f"{opset}",
             fixed_by=OPSET_FIX,
         )
     ]
@@ -399,21 +456,47 @@ def _check_deform(node: onnx.NodeProto, key: tuple[str, str], profile: Profile) 
     name = _node_name(node)
     if have != form:
         wanted = "standard ops (no deformable convolution op)" if form == "decomposed" else f"{want.get('op', form)}"
-        return [Violation(name, node.op_type, f"deformable convolution as {node.op_type}; {profile.vendor} wants {wanted}", fixed_by=DEFORM_FIX)]
+        return [
+            Violation(
+                name,
+                node.op_type,
+                f"deformable convolution as {node.op_type}; {profile.vendor} wants {wanted}",
+                fixed_by=DEFORM_FIX,
+            )
+        ]
     found: list[Violation] = []
     for attr in want.get("required", []):
         if _attr(node, attr) is None:
-            found.append(Violation(name, node.op_type, f"attribute {attr} is missing; {profile.vendor} requires it", fixed_by=DEFORM_FIX))
+            found.append(
+                Violation(
+                    name,
+                    node.op_type,
+                    f"attribute {attr} is missing; {profile.vendor} requires it",
+                    fixed_by=DEFORM_FIX,
+                )
+            )
     for attr, value in want.get("attributes", {}).items():
         actual = _text(_attr(node, attr))
         if actual != value:
-            found.append(Violation(name, node.op_type, f"attribute {attr}={actual!r}, {profile.vendor} needs {value!r}", fixed_by=DEFORM_FIX))
+            found.append(
+                Violation(
+                    name,
+                    node.op_type,
+                    f"attribute {attr}={actual!r}, {profile.vendor} needs {value!r}",
+                    fixed_by=DEFORM_FIX,
+                )
+            )
     for attr, lengths in want.get("attribute_lengths", {}).items():
         actual = _attr(node, attr)
         if actual is not None and len(actual) not in lengths:
             allowed = " or ".join(str(n) for n in lengths)
             found.append(
-                Violation(name, node.op_type, f"attribute {attr} has {len(actual)} entries, {profile.vendor} parses {allowed}", fixed_by=DEFORM_FIX)
+                Violation(
+                    name,
+                    node.op_type,
+                    f"attribute {attr} has {len(actual)} entries, {profile.vendor} parses {allowed}",
+                    fixed_by=DEFORM_FIX,
+                )
             )
     return found
 
@@ -427,12 +510,22 @@ def _check_resize(
     mode = _text(_attr(node, "mode", "nearest"))
     modes = rules.get("modes")
     if modes is not None and mode not in modes:
-        found.append(Violation(name, node.op_type, f"Resize mode {mode!r} is not supported by {profile.vendor} (supports {', '.join(modes)})"))
+        found.append(
+            Violation(
+                name,
+                node.op_type,
+                f"Resize mode {mode!r} is not supported by {profile.vendor} (supports {', '.join(modes)})",
+            )
+        )
     if node.op_type == "Resize":
         ctm = _text(_attr(node, "coordinate_transformation_mode", "half_pixel"))
         ctms = rules.get("coordinate_transformation_modes")
         if ctms is not None and ctm not in ctms:
-            found.append(Violation(name, node.op_type, f"coordinate_transformation_mode {ctm!r} is not supported by {profile.vendor}"))
+            found.append(
+                Violation(
+                    name, node.op_type, f"coordinate_transformation_mode {ctm!r} is not supported by {profile.vendor}"
+                )
+            )
         if mode == "nearest":
             nm = _text(_attr(node, "nearest_mode", "round_prefer_floor"))
             nms = rules.get("nearest_modes")
@@ -450,6 +543,11 @@ def _check_resize(
             fix = RESIZE_FOLD_FIX
             when = "for a shape range" if ranged else "unless they are constants"
             found.append(
-                Violation(name, node.op_type, f"Resize scales/sizes computed at run time; {profile.vendor} cannot build that {when}", fixed_by=fix)
+                Violation(
+                    name,
+                    node.op_type,
+                    f"Resize scales/sizes computed at run time; {profile.vendor} cannot build that {when}",
+                    fixed_by=fix,
+                )
             )
     return found

@@ -121,7 +121,9 @@ def input_ranges(model: onnx.ModelProto, options: BuildOptions) -> list[ShapeRan
         else:
             dims = [d.dim_value if d.HasField("dim_value") else 0 for d in value.type.tensor_type.shape.dim]
             if not dims or any(d <= 0 for d in dims):
-                raise SegcError(f"magicmind needs a shape for input {value.name!r} (its dims are not all fixed): give --input-shape")
+                raise SegcError(
+                    f"magicmind needs a shape for input {value.name!r} (its dims are not all fixed): give --input-shape"
+                )
             r = ShapeRange(value.name, tuple(dims), tuple(dims), tuple(dims))
         if batch is not None:
             lo, hi, opt = list(r.min), list(r.max), list(r.opt)
@@ -301,7 +303,9 @@ def _doc_safe(text: str) -> str:
     return " ".join(text.split()).replace("\\", "/").replace('"""', "'''")
 
 
-def render_program(model: onnx.ModelProto, model_path: Path, outdir: Path, options: BuildOptions) -> tuple[str, Path, list[ShapeRange]]:
+def render_program(
+    model: onnx.ModelProto, model_path: Path, outdir: Path, options: BuildOptions
+) -> tuple[str, Path, list[ShapeRange]]:
     """The build program's text, the .mm path it writes, and the input ranges it uses."""
     own = own_options(options, MagicMindOptions)
     arch = check_arch(own.arch)
@@ -382,7 +386,18 @@ class MagicMindTarget(Target):
         dims = [",".join(str(d) for d in r.opt) for r in ranges]
         steps = [
             Step(("python3", PROGRAM_NAME), comment="parse, configure, (calibrate,) build and serialise the .mm model"),
-            Step(("mm_run", "--magicmind_model", relative_name(mm_path, outdir), "--input_dims", *dims, "--iterations", "1000"), comment="time it at the optimisation shape"),
+            Step(
+                (
+                    "mm_run",
+                    "--magicmind_model",
+                    relative_name(mm_path, outdir),
+                    "--input_dims",
+                    *dims,
+                    "--iterations",
+                    "1000",
+                ),
+                comment="time it at the optimisation shape",
+            ),
         ]
         needs = [
             Requirement("magicmind", MAGICMIND_HINT, kind="python-module"),

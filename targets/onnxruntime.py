@@ -72,7 +72,9 @@ def write_optimised_copy(model: onnx.ModelProto, dest: Path) -> Path:
         opts.optimized_model_filepath = str(tmp)
         try:
             if has_disk_tensors(model):  # over 2 GiB: onnxruntime writes the weights beside the copy
-                opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", f"{dest.name}.data")
+                opts.add_session_config_entry(
+                    "session.optimized_model_external_initializers_file_name", f"{dest.name}.data"
+                )
                 opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
             inference_session(model, opts)
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -97,7 +99,13 @@ class OnnxRuntimeTarget(Target):
         opt_path = write_optimised_copy(model, opt_model_path(Path(model_path)))
         steps = [
             Step(
-                ("python3", "-c", SMOKE_PROGRAM, relative_name(opt_path, outdir), json.dumps(smoke_shapes(options), sort_keys=True)),
+                (
+                    "python3",
+                    "-c",
+                    SMOKE_PROGRAM,
+                    relative_name(opt_path, outdir),
+                    json.dumps(smoke_shapes(options), sort_keys=True),
+                ),
                 comment="load the optimised model and run it once on zeros",
             )
         ]

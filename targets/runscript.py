@@ -61,7 +61,8 @@ if TARGET == "ascend":
     argv = [sys.executable, "-m", "ais_bench", "--model", model, "--output", str(out.parent),
             "--output_dirname", out.name, "--outfmt", "BIN"]
     if DYNAMIC:
-        run(argv + ["--input", str(data / "npy"), "--auto_set_dymshape_mode", "1", "--outputSize", SETTINGS["output_size"]])
+        run(argv + ["--input", str(data / "npy"), "--auto_set_dymshape_mode", "1",
+                    "--outputSize", SETTINGS["output_size"]])
     else:
         run(argv + ["--input", str(data / "bin")])
 elif TARGET == "tensorrt":
@@ -109,7 +110,9 @@ def write_run_script(outdir: Path, options: BuildOptions, target: str, model_fil
     """``run.sh`` + ``run_device.py`` for the built ``model_file`` (relative to ``outdir``)."""
     ranges = options.shape_ranges
     inits = {t.name for t in model.graph.initializer}
-    input_name = next((vi.name for vi in model.graph.input if vi.name not in inits), ranges[0].name if ranges else "input")
+    input_name = next(
+        (vi.name for vi in model.graph.input if vi.name not in inits), ranges[0].name if ranges else "input"
+    )
     dynamic = any(not r.is_static for r in ranges)
     biggest = max((_prod(r.max) for r in ranges), default=0)
     settings = {
@@ -121,9 +124,16 @@ def write_run_script(outdir: Path, options: BuildOptions, target: str, model_fil
     program = _PROGRAM.replace("__SETTINGS__", repr(json.dumps(settings)))
     outdir = Path(outdir)
     write_text(outdir / PROGRAM_NAME, program, executable=True)
-    needs = [_HINTS[target]] + ([Requirement("numpy", "pip install numpy", kind="python-module")] if target == "magicmind" else [])
-    text = render_script(options, needs, [], title=f"{target} run on `segc data` inputs (usage: ./run.sh DATA_DIR [OUT_DIR])",
-                         script_name="run.sh")
+    needs = [_HINTS[target]] + (
+        [Requirement("numpy", "pip install numpy", kind="python-module")] if target == "magicmind" else []
+    )
+    text = render_script(
+        options,
+        needs,
+        [],
+        title=f"{target} run on `segc data` inputs (usage: ./run.sh DATA_DIR [OUT_DIR])",
+        script_name="run.sh",
+    )
     text += f'exec python3 {PROGRAM_NAME} "$@"\n'
     write_text(outdir / "run.sh", text, executable=True)
     return [Artefact(path=outdir / PROGRAM_NAME, kind="program"), Artefact(path=outdir / "run.sh", kind="script")]

@@ -54,7 +54,10 @@ def dynamic_inputs(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     for value in model.graph.input:
         if value.name in init:
             continue
-        out[value.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in value.type.tensor_type.shape.dim]
+        out[value.name] = [
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in value.type.tensor_type.shape.dim
+        ]
     return out
 
 
@@ -72,7 +75,10 @@ def build_ranges(model: onnx.ModelProto, options: BuildOptions) -> list[ShapeRan
         if all(d is not None for d in dims):
             continue  # static input: trtexec takes its shape from the graph
         if name not in given:
-            raise SegcError(f"tensorrt needs a shape for input {name!r} (its dims are not all fixed): give --input-shape {name}:N,C,H,W or a range")
+            raise SegcError(
+                f"tensorrt needs a shape for input {name!r} (its dims are not all fixed): give --input-shape "
+                f"{name}:N,C,H,W or a range"
+            )
         r = with_optimum(given[name], options)
         if options.batch_sizes and dims and dims[0] is None:
             lo, hi, opt = list(r.min), list(r.max), list(r.opt)
@@ -134,7 +140,11 @@ def with_optimum(r: ShapeRange, options: BuildOptions) -> ShapeRange:
     if r.opt_given or r.is_static or r.opt != r.min:  # chosen (also when built without the flag)
         return r
     chosen = _recipe_opt(r.name, options)
-    if chosen is not None and len(chosen) == len(r.min) and all(a <= v <= b for a, v, b in zip(r.min, chosen, r.max)):
+    if (
+        chosen is not None
+        and len(chosen) == len(r.min)
+        and all(a <= v <= b for a, v, b in zip(r.min, chosen, r.max, strict=False))
+    ):
         return replace(r, opt=tuple(chosen), opt_given=True)
     opt = list(r.opt)
     for axis in r.dynamic_axes:
@@ -215,7 +225,12 @@ def polygraphy_argv(model: onnx.ModelProto, model_path: Path, outdir: Path, opti
     if options.precision in ("fp16", "int8"):
         argv.append("--fp16")
     if options.precision == "fp16" and options.fp32_layers:
-        argv += ["--precision-constraints", "obey", "--layer-precisions", *(f"{n}:float32" for n in options.fp32_layers)]
+        argv += [
+            "--precision-constraints",
+            "obey",
+            "--layer-precisions",
+            *(f"{n}:float32" for n in options.fp32_layers),
+        ]
     if options.precision == "int8":
         argv.append("--int8")
         if has_calibration(options):
@@ -262,7 +277,9 @@ def calibration_steps(model: onnx.ModelProto, model_path: Path, outdir: Path,
         for flag, pick in (("--trt-min-shapes", "min"), ("--trt-opt-shapes", "opt"), ("--trt-max-shapes", "max")):
             argv.append(flag)
             argv += [f"{r.name}:[{_dims(getattr(r, pick), ',')}]" for r in ranges]
-    step = Step(tuple(argv), comment=f"int8 calibration cache from {files.count} preprocessed images in {files.npy_file}")
+    step = Step(
+        tuple(argv), comment=f"int8 calibration cache from {files.count} preprocessed images in {files.npy_file}"
+    )
     return [step], [Artefact(loader, "program"), Artefact(outdir / files.npy_file, "data")]
 
 
@@ -303,11 +320,18 @@ class TensorRTTarget(Target):
             notes.append("int8 without --calib-images or --calib-cache: trtexec uses placeholder scales, "
                          "so this engine is for timing only")
         grid = "; ".join(r.multiples_text() for r in build_ranges(model, options) if r.has_multiples)
-        comment = "build the engine (and time it)" + (f"; {grid} (segc folded the Resizes for those sizes only)" if grid else "")
+        comment = "build the engine (and time it)" + (
+            f"; {grid} (segc folded the Resizes for those sizes only)" if grid else ""
+        )
         build = Step(trtexec_argv(model, Path(model_path), outdir, options), comment=comment)
-        needs = [Requirement("trtexec", TRTEXEC_HINT)] + ([Requirement("polygraphy", POLYGRAPHY_HINT)] if calib_steps else [])
+        needs = [Requirement("trtexec", TRTEXEC_HINT)] + (
+            [Requirement("polygraphy", POLYGRAPHY_HINT)] if calib_steps else []
+        )
         script = write_build_script(outdir, options, needs, [*calib_steps, build], title="TensorRT build", notes=notes)
-        compare = Step(polygraphy_argv(model, Path(model_path), outdir, options), comment="compare TensorRT with onnxruntime on the same random inputs")
+        compare = Step(
+            polygraphy_argv(model, Path(model_path), outdir, options),
+            comment="compare TensorRT with onnxruntime on the same random inputs",
+        )
         compare_script = write_script(
             outdir / "compare_tensorrt.sh",
             options,

@@ -183,10 +183,16 @@ def test_ocrnet_ascend_switches_the_branch_resizes(ocr_onnx: Path, ocr_ascend: B
     before, after = resize_modes(onnx.load(str(ocr_onnx))), resize_modes(ocr_ascend.model)
     assert all(before[name] == "linear" and after[name] == "nearest" for name in switched)
     # exactly those switched: every other Resize keeps its mode
-    assert {n for n, m in after.items() if m == "nearest"} == {n for n, m in before.items() if m == "nearest"} | set(switched)
+    assert {n for n, m in after.items() if m == "nearest"} == {n for n, m in before.items() if m == "nearest"} | set(
+        switched
+    )
     # the switched Resizes feed the backbone's final Concat (HRNet's branch upsampling)
     model = ocr_ascend.model
-    consumers = [n for n in model.graph.node if any(out in n.input for r in model.graph.node if r.name in switched for out in r.output)]
+    consumers = [
+        n
+        for n in model.graph.node
+        if any(out in n.input for r in model.graph.node if r.name in switched for out in r.output)
+    ]
     assert {n.op_type for n in consumers} == {"Concat"} and len({n.name for n in consumers}) == 1
 
 
@@ -209,7 +215,7 @@ def test_ocrnet_ascend_atc_commands(ocr_ascend: Build) -> None:
     assert ocr_ascend.report["build"]["batch_sizes"] == batches  # from the recipe, not the command line
     atc = ocr_ascend.tool("atc")
     assert len(atc) == len(batches)
-    for argv, b in zip(atc, batches):
+    for argv, b in zip(atc, batches, strict=False):
         assert flag(argv, "--output").endswith(f"_bs{b}")
         assert flag(argv, "--framework") == "5" and flag(argv, "--input_format") == "NCHW"
         assert flag(argv, "--input_shape") == f"x:{b},3,128,256"
@@ -255,7 +261,11 @@ def test_hrnet_w48_ascend(w48_ascend: Build) -> None:
     # the guide cut the graph at the two classifier convs (ATC --out_nodes="Conv_1380:0;Conv_1453:0");
     # segc's export already ends there, so prune_outputs finds nothing to cut
     prune = w48_ascend.record("prune_outputs")
-    assert prune["changed"] is False and prune["stats"]["dropped"] == [] and prune["stats"]["outputs"] == ["output1", "output2"]
+    assert (
+        prune["changed"] is False
+        and prune["stats"]["dropped"] == []
+        and prune["stats"]["outputs"] == ["output1", "output2"]
+    )
     made_by = producers(w48_ascend.model)
     for out in w48_ascend.model.graph.output:
         assert dims(out) == [1, 19, 32, 64]  # [N, 19, H/4, W/4]
@@ -284,14 +294,16 @@ def test_deeplabv2_ascend(deeplab_onnx: Path, deeplab_ascend: Build) -> None:
     assert deeplab_ascend.pass_names == ["simplify", "resize_broadcast", "cleanup"]
     assert deeplab_ascend.record("resize_broadcast")["changed"] is False
     source, compiled = onnx.load(str(deeplab_onnx)), deeplab_ascend.model
-    assert Counter(n.op_type for n in compiled.graph.node)["Conv"] == Counter(n.op_type for n in source.graph.node)["Conv"]
+    assert (
+        Counter(n.op_type for n in compiled.graph.node)["Conv"] == Counter(n.op_type for n in source.graph.node)["Conv"]
+    )
     assert [o.name for o in compiled.graph.output] == ["output1", "output2"]
     for out in compiled.graph.output:
         assert dims(out)[1:] == [19, 17, 33]  # stride 8 (+1) of 128x256
     batches = get_recipe("deeplabv2_r101").batch_sizes
     atc = deeplab_ascend.tool("atc")
     assert len(atc) == len(batches) == 7
-    for argv, b in zip(atc, batches):
+    for argv, b in zip(atc, batches, strict=False):
         assert flag(argv, "--input_shape") == f"image:{b},3,128,256"
         assert flag(argv, "--output").endswith(f"_bs{b}") and flag(argv, "--input_format") == "NCHW"
 
@@ -318,8 +330,14 @@ def shape_fed_resizes(model: onnx.ModelProto) -> list[str]:
     """Resizes whose scales/sizes are computed at run time (anything but an initializer)."""
     init = {t.name for t in model.graph.initializer}
     made_by = producers(model)
-    return [n.name for n in model.graph.node if n.op_type == "Resize"
-            and any(i and i not in init and made_by.get(i) is not None and made_by[i].op_type != "Constant" for i in n.input[1:])]
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "Resize"
+        and any(
+            i and i not in init and made_by.get(i) is not None and made_by[i].op_type != "Constant" for i in n.input[1:]
+        )
+    ]
 
 
 def test_dbnet_ascend_folds_every_shape_chain(db_onnx: Path, db_ascend: Build) -> None:

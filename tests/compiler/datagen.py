@@ -54,9 +54,13 @@ def seg_model(kind: str = "logits", dims: tuple = (1, 3, "H", "W"), stride: int 
 def text_model() -> onnx.ModelProto:
     w = np.zeros((1, 3, 1, 1), np.float32)
     w[0, 0, 0, 0] = 1 / 255
-    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["prob"])], "det",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "H", "W"])],
-                          [helper.make_tensor_value_info("prob", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "w")])
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["prob"])],
+        "det",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "H", "W"])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w")],
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 

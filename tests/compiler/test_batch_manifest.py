@@ -57,7 +57,14 @@ def test_expands_model_x_target_x_option_set(tmp_path: Path) -> None:
         "dbnet_r50/onnxruntime/fp32", "dbnet_r50/onnxruntime/fp16", "dbnet_r50/ascend/fp32", "dbnet_r50/ascend/fp16"]
     by = {c.label: c for c in cells}
     # defaults < model < per_target < option set
-    assert by["a/onnxruntime/fp32"].compile_flags == ("--input-shape", "x:1,3,8,8", "--precision", "fp32", "--verify", "none")
+    assert by["a/onnxruntime/fp32"].compile_flags == (
+        "--input-shape",
+        "x:1,3,8,8",
+        "--precision",
+        "fp32",
+        "--verify",
+        "none",
+    )
     assert by["a/ascend/fp16"].compile_flags == ("--input-shape", "x:1,3,8,8", "--batch", "1,4", "--precision", "fp16",
                                                  "--verify", "none", "--soc", "Ascend310P3")
     assert by["bee/onnxruntime/fp16"].compile_flags == ("--precision", "fp16", "--passes", "simplify,cleanup",
@@ -74,12 +81,16 @@ def test_no_option_sets_gives_unnamed_cells(tmp_path: Path) -> None:
 
 
 def test_list_prints_each_cells_compile_command(tmp_path: Path, capsys) -> None:
-    path = write(tmp_path, 'targets = ["onnxruntime", "tensorrt"]\n[[model]]\npath = "models/a.onnx"\nverify = "none"\n')
+    path = write(
+        tmp_path, 'targets = ["onnxruntime", "tensorrt"]\n[[model]]\npath = "models/a.onnx"\nverify = "none"\n'
+    )
     assert main(["batch", str(path), "-o", str(tmp_path / "out"), "--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     model = (tmp_path / "models" / "a.onnx").resolve()
-    assert lines == [f"a/onnxruntime: segc compile {model} --target onnxruntime -o {tmp_path}/out/a/onnxruntime --verify none",
-                     f"a/tensorrt: segc compile {model} --target tensorrt -o {tmp_path}/out/a/tensorrt --verify none"]
+    assert lines == [
+        f"a/onnxruntime: segc compile {model} --target onnxruntime -o {tmp_path}/out/a/onnxruntime --verify none",
+        f"a/tensorrt: segc compile {model} --target tensorrt -o {tmp_path}/out/a/tensorrt --verify none",
+    ]
 
 
 BAD = [
@@ -90,11 +101,23 @@ BAD = [
     ('targets = ["ascend"]\n[[model]]\npath = "models/zzz.onnx"\n', "model file 'models/zzz.onnx' not found"),
     ('targets = ["ascend"]\n[[model]]\nzoo = "dbnet"\n', "unknown zoo model 'dbnet'"),
     ('targets = ["ascend"]\n[[model]]\npath = "models/a.onnx"\nzoo = "dbnet_r50"\n', "exactly one of `path`"),
-    ('targets = ["ascend"]\n[[model]]\npath = "models/a.onnx"\nprecison = "fp16"\n', "unknown key 'precison' (did you mean 'precision'?)"),
-    ('targets = ["ascend"]\n[[model]]\npath = "models/a.onnx"\nprecision = "fp8"\n', "expected one of fp32, fp16, int8"),
+    (
+        'targets = ["ascend"]\n[[model]]\npath = "models/a.onnx"\nprecison = "fp16"\n',
+        "unknown key 'precison' (did you mean 'precision'?)",
+    ),
+    (
+        'targets = ["ascend"]\n[[model]]\npath = "models/a.onnx"\nprecision = "fp8"\n',
+        "expected one of fp32, fp16, int8",
+    ),
     ('targets = ["ascend"]\n[[model]]\npath = "models/a.onnx"\nbatch = 4\n', "`batch` must be a non-empty list"),
-    ('targets = ["ascend"]\n[[model]]\npath = "models/a.onnx"\n[[model]]\npath = "models/a.onnx"\n', "two [[model]] entries are named 'a'"),
-    ('targets = ["ascend"]\n[[model]]\npath = "models/a.onnx"\ntargets = ["tensorrt"]\n', "not in the manifest's `targets`"),
+    (
+        'targets = ["ascend"]\n[[model]]\npath = "models/a.onnx"\n[[model]]\npath = "models/a.onnx"\n',
+        "two [[model]] entries are named 'a'",
+    ),
+    (
+        'targets = ["ascend"]\n[[model]]\npath = "models/a.onnx"\ntargets = ["tensorrt"]\n',
+        "not in the manifest's `targets`",
+    ),
     ('targets = ["ascend"]\n[option_sets."a/b"]\n[[model]]\npath = "models/a.onnx"\n', "names a folder"),
     ('targets = ["ascend"]\ntimeout = -1\n[[model]]\npath = "models/a.onnx"\n', "positive number of seconds"),
     ('targets = ["ascend"]\n[[model]]\nzoo = "dbnet_r50"\nexport = { shpe = "1,3,64,64" }\n', "unknown key 'shpe'"),

@@ -12,9 +12,21 @@ from segc.batch_results import CellResult, VerdictSummary, write_results
 def cell(model: str, target: str, outcome: str, seconds: float, *, cached: bool = False, failure: str | None = None,
          option_set: str | None = None) -> CellResult:
     rel = "/".join(p for p in (model, target, option_set) if p)
-    return CellResult(model, target, option_set, ["--verify", "none"], "cached" if cached else outcome, outcome,
-                      0 if outcome == "passed" else 2, seconds, VerdictSummary("ok" if outcome == "passed" else None, 3, None, failure, 0),
-                      f"{rel}/report.md" if outcome == "passed" else None, f".segc-batch/logs/{rel}.log", cached, "k" * 64)
+    return CellResult(
+        model,
+        target,
+        option_set,
+        ["--verify", "none"],
+        "cached" if cached else outcome,
+        outcome,
+        0 if outcome == "passed" else 2,
+        seconds,
+        VerdictSummary("ok" if outcome == "passed" else None, 3, None, failure, 0),
+        f"{rel}/report.md" if outcome == "passed" else None,
+        f".segc-batch/logs/{rel}.log",
+        cached,
+        "k" * 64,
+    )
 
 
 RESULTS = [cell("a", "onnxruntime", "passed", 1.5), cell("a", "ascend", "passed", 12.0, cached=True),
@@ -42,6 +54,10 @@ def test_results_json_md_html(tmp_path: Path) -> None:
 def test_progress_lines_are_not_rich_markup(capsys) -> None:
     progress = Progress(1)
     with progress:
-        progress.done(RESULTS[2].__class__(**{**RESULTS[2].__dict__, "verdict": VerdictSummary(None, 0, None, "bad [/x] [1,3]", 0)}))
+        progress.done(
+            RESULTS[2].__class__(
+                **{**RESULTS[2].__dict__, "verdict": VerdictSummary(None, 0, None, "bad [/x] [1,3]", 0)}
+            )
+        )
     err = capsys.readouterr().err
     assert "[1/1]" in err and "bad [/x] [1,3]" in err

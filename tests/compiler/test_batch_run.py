@@ -79,7 +79,14 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, int]:
     return manifest, out, code
 
 
-CELLS = {"good1/onnxruntime", "good1/tensorrt", "good2/onnxruntime", "good2/tensorrt", "broken/onnxruntime", "broken/tensorrt"}
+CELLS = {
+    "good1/onnxruntime",
+    "good1/tensorrt",
+    "good2/onnxruntime",
+    "good2/tensorrt",
+    "broken/onnxruntime",
+    "broken/tensorrt",
+}
 
 
 def test_broken_cells_fail_the_rest_pass_exit_1(fleet) -> None:
@@ -128,8 +135,11 @@ def test_changed_model_recompiles_only_its_cells(fleet) -> None:
 
 
 def test_timeout_fails_that_cell_only_and_is_not_cached_no_cache_compiles_all(tmp_path: Path) -> None:
-    manifest = make_fleet(tmp_path, 'targets = ["onnxruntime"]\n[defaults]\nverify = "none"\n'
-                                    '[[model]]\npath = "models/good1.onnx"\ntimeout = 0.2\n[[model]]\npath = "models/good2.onnx"\n')
+    manifest = make_fleet(
+        tmp_path,
+        'targets = ["onnxruntime"]\n[defaults]\nverify = "none"\n'
+        '[[model]]\npath = "models/good1.onnx"\ntimeout = 0.2\n[[model]]\npath = "models/good2.onnx"\n',
+    )
     out = tmp_path / "out"
     for _ in range(2):
         assert main(["batch", str(manifest), "-j", "2", "-o", str(out)]) == 1
@@ -194,7 +204,11 @@ def test_ray_executor_matches_local(tmp_path: Path) -> None:
     assert main(["batch", str(manifest), "-j", "2", "-o", str(distributed), "--executor", "ray"]) == 1
     assert json.loads((distributed / "results.json").read_text())["executor"] == "ray"
     assert _comparable(distributed) == _comparable(local)
-    assert sorted(compiles(distributed)) == sorted(compiles(local)) == ["broken/onnxruntime", "good1/onnxruntime", "good2/onnxruntime"]
+    assert (
+        sorted(compiles(distributed))
+        == sorted(compiles(local))
+        == ["broken/onnxruntime", "good1/onnxruntime", "good2/onnxruntime"]
+    )
     assert (distributed / "good1" / "onnxruntime" / "report.md").is_file()
 
 
@@ -210,7 +224,9 @@ def _children(pid: int) -> list[int]:
 
 
 def test_sigterm_stops_the_batch_and_its_compiles(tmp_path: Path) -> None:
-    manifest = make_fleet(tmp_path, 'targets = ["onnxruntime"]\n[defaults]\nverify = "none"\n[[model]]\npath = "models/good1.onnx"\n')
+    manifest = make_fleet(
+        tmp_path, 'targets = ["onnxruntime"]\n[defaults]\nverify = "none"\n[[model]]\npath = "models/good1.onnx"\n'
+    )
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "segc", "batch", str(manifest), "-j", "1", "-o", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

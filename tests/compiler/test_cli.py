@@ -98,8 +98,13 @@ def test_compile_writes_everything_and_keeps_the_input(model_path: Path, capsys)
     assert main(["compile", str(model_path), "--target", "onnxruntime", "-o", str(out), "--passes", "cleanup"]) == 0
     # ... but not a file the user changed since, unless --force
     (out / "build.sh").write_text("echo my own build\n")
-    assert "not written by segc" in one_line_error(capsys, ["compile", str(model_path), "--target", "onnxruntime", "-o", str(out)])
-    assert main(["compile", str(model_path), "--target", "onnxruntime", "-o", str(out), "--passes", "cleanup", "--force"]) == 0
+    assert "not written by segc" in one_line_error(
+        capsys, ["compile", str(model_path), "--target", "onnxruntime", "-o", str(out)]
+    )
+    assert (
+        main(["compile", str(model_path), "--target", "onnxruntime", "-o", str(out), "--passes", "cleanup", "--force"])
+        == 0
+    )
 
 
 def test_dynamic_input_needs_a_shape_for_the_build(tmp_path: Path, capsys) -> None:
@@ -153,7 +158,9 @@ def test_real_sigint_during_start_up(tmp_path: Path) -> None:
     import signal
     import time
 
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "segc"), "passes"], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "segc"), "passes"], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     time.sleep(1.0)  # past the console script's own two imports, inside build_parser's torch import
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
@@ -170,6 +177,9 @@ def test_real_sigint_during_start_up(tmp_path: Path) -> None:
 ])
 def test_over_long_dim_is_bad_input(model_path: Path, capsys, flag: str, dims: str) -> None:
     before = model_path.read_bytes()
-    line = one_line_error(capsys, ["compile", str(model_path), "--target", "tensorrt", "-o", str(model_path.parent / "out"), flag, f"x:{dims}"])
+    line = one_line_error(
+        capsys,
+        ["compile", str(model_path), "--target", "tensorrt", "-o", str(model_path.parent / "out"), flag, f"x:{dims}"],
+    )
     assert "larger than 2147483647" in line and len(line) < 300, line
     assert model_path.read_bytes() == before and not (model_path.parent / "out").exists()

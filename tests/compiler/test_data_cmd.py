@@ -62,7 +62,7 @@ def test_cityscapes_bins_are_the_recipe_preprocessing(tmp_path: Path) -> None:
     images = sorted((root / "leftImg8bit" / "val" / "aachen").glob("*.png"))
     bins = sorted((out / "bin").glob("*.bin"))
     assert [b.stem for b in bins] == [p.name[: -len("_leftImg8bit.png")] for p in images]
-    for image, b in zip(images, bins):
+    for image, b in zip(images, bins, strict=False):
         want = expected_seg(image)
         assert b.read_bytes() == want.tobytes()  # raw, little-endian float32, NCHW
         np.testing.assert_array_equal(np.load(out / "npy" / f"{b.stem}.npy"), want)
@@ -108,7 +108,10 @@ def test_plain_folder_uses_the_static_input(tmp_path: Path) -> None:
     recipe = tmp_path / "r.toml"
     recipe.write_text('task = "segmentation"\n[input]\nname = "x"\n')
     out = tmp_path / "o"
-    assert main(["data", str(model), "--dataset", f"folder:{tmp_path / 'imgs'}", "--recipe", str(recipe), "-o", str(out)]) == 0
+    assert (
+        main(["data", str(model), "--dataset", f"folder:{tmp_path / 'imgs'}", "--recipe", str(recipe), "-o", str(out)])
+        == 0
+    )
     arr = np.fromfile(out / "bin" / "a.bin", "<f4").reshape(1, 3, 16, 16)
     assert np.all(arr == 200.0)
 
@@ -140,7 +143,9 @@ def test_malformed_datasets_are_one_line(tmp_path: Path, capsys, kind, breakage,
     recipe = tmp_path / "r.toml"
     recipe.write_text('task = "segmentation"\n[input]\nname = "x"\n')
     out = tmp_path / "o"
-    line = one_error(capsys, ["data", str(model), "--dataset", f"{kind}:{root}", "--recipe", str(recipe), "-o", str(out)])
+    line = one_error(
+        capsys, ["data", str(model), "--dataset", f"{kind}:{root}", "--recipe", str(recipe), "-o", str(out)]
+    )
     assert fragment in line
     assert not out.exists()  # checked before anything is written
 

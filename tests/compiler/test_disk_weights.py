@@ -106,9 +106,13 @@ def test_inline_weights_over_the_limit_move_to_a_data_file(tmp_path: Path, small
     """A model held whole in memory (an export) but over the limit: its weights move to the
     data file one tensor at a time, and the caller's model keeps them."""
     ramp = np.arange(N * N, dtype=np.float32).reshape(N, N)
-    g = helper.make_graph([helper.make_node("MatMul", ["x", "R"], ["y"])], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, N])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, N])], [numpy_helper.from_array(ramp, "R")])
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "R"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, N])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, N])],
+        [numpy_helper.from_array(ramp, "R")],
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
     out = save_model(model, tmp_path / "e.onnx")
     assert out.stat().st_size < 4096 and (tmp_path / "e.onnx.data").stat().st_size == N * N * 4

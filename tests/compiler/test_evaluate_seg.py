@@ -44,7 +44,7 @@ def numpy_miou(data: dict) -> tuple[float, float, dict[int, float]]:
     conf = np.zeros((19, 19), np.int64)
     lut = {lid: t for t, lid in enumerate(TRAIN_TO_ID)}
     for pred, label_ids in data.values():
-        for p, lid in zip(pred.ravel(), label_ids.ravel()):
+        for p, lid in zip(pred.ravel(), label_ids.ravel(), strict=False):
             if int(lid) in lut:
                 conf[lut[int(lid)], int(p)] += 1
     tp = np.diag(conf)

@@ -43,8 +43,12 @@ def deform_model() -> onnx.ModelProto:
     rng = np.random.RandomState(0)
     inits = [nh.from_array(rng.randn(4, 3, 3, 3).astype(np.float32), "w"),
              nh.from_array(rng.randn(18, 3, 3, 3).astype(np.float32) * 0.1, "ow")]
-    nodes = [h.make_node("Conv", ["x", "ow"], ["off"], pads=[1, 1, 1, 1], name="offset"),
-             h.make_node("DeformConv", ["x", "w", "off"], ["y"], pads=[1, 1, 1, 1], strides=[1, 1], dilations=[1, 1], name="dcn")]
+    nodes = [
+        h.make_node("Conv", ["x", "ow"], ["off"], pads=[1, 1, 1, 1], name="offset"),
+        h.make_node(
+            "DeformConv", ["x", "w", "off"], ["y"], pads=[1, 1, 1, 1], strides=[1, 1], dilations=[1, 1], name="dcn"
+        ),
+    ]
     g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 16, 16])],
                      [h.make_tensor_value_info("y", T.FLOAT, [1, 4, 16, 16])], inits)
     return h.make_model(g, opset_imports=[h.make_opsetid("", 19)], ir_version=9)
@@ -108,7 +112,9 @@ def test_dynamo_opset20_is_legalised_for_ascend(tmp_path: Path, capsys) -> None:
 def test_symbolic_resize_chain_static_build_is_legalised_for_ascend(tmp_path: Path, capsys) -> None:
     src = save(symbolic_chain(), tmp_path)
     out = tmp_path / "out"
-    report, _ = compile_ok(capsys, ["compile", str(src), "--target", "ascend", "--input-shape", "x:1,3,32,48", "-o", str(out)])
+    report, _ = compile_ok(
+        capsys, ["compile", str(src), "--target", "ascend", "--input-shape", "x:1,3,32,48", "-o", str(out)]
+    )
     assert report["legalisation"]["added"][0]["pass"] == "fix_input_shapes"
     assert [p["name"] for p in report["passes"]][:2] == ["fix_input_shapes", "simplify"]
     result = onnx.load(out / "m.ascend.onnx")
@@ -128,9 +134,13 @@ def test_ranged_symbolic_chain_gets_fold_resize_scales(tmp_path: Path, capsys) -
 
 def test_user_passes_list_names_the_missing_pass(tmp_path: Path, capsys) -> None:
     src = save(dynamo_like(), tmp_path)
-    line = refused(capsys, ["compile", str(src), "--target", "ascend", "--passes", "simplify,cleanup", "-o", str(tmp_path / "o")])
+    line = refused(
+        capsys, ["compile", str(src), "--target", "ascend", "--passes", "simplify,cleanup", "-o", str(tmp_path / "o")]
+    )
     assert "needs pass convert_opset" in line and "--passes" in line and "opset 20" in line
-    line = refused(capsys, ["compile", str(src), "--target", "ascend", "--skip", "convert_opset", "-o", str(tmp_path / "o")])
+    line = refused(
+        capsys, ["compile", str(src), "--target", "ascend", "--skip", "convert_opset", "-o", str(tmp_path / "o")]
+    )
     assert "needs pass convert_opset" in line and "--skip" in line
 
 
@@ -145,11 +155,16 @@ def test_unconfirmed_ops_warn_grouped_and_compile(tmp_path: Path, capsys) -> Non
     src = save(op_chain(["Erf", "Erf", "Erf", "Tanh"]), tmp_path)
     out = tmp_path / "out"
     report, err = compile_ok(capsys, ["compile", str(src), "--target", "magicmind", "-o", str(out)])
-    warning = "Erf x3, Tanh x1 (unconfirmed: not in segc's partial Cambricon MagicMind list; --allow-unlisted-ops silences this)"
+    warning = (
+        "Erf x3, Tanh x1 (unconfirmed: not in segc's partial Cambricon MagicMind list; "
+        "--allow-unlisted-ops silences this)"
+    )
     assert warning in report["legalisation"]["warnings"]
     assert warning in (out / "report.md").read_text()
     assert err.count("Erf x3") == 2  # once before the passes, once in the summary; never per node
-    quiet, err = compile_ok(capsys, ["compile", str(src), "--target", "magicmind", "--allow-unlisted-ops", "-o", str(tmp_path / "q")])
+    quiet, err = compile_ok(
+        capsys, ["compile", str(src), "--target", "magicmind", "--allow-unlisted-ops", "-o", str(tmp_path / "q")]
+    )
     assert quiet["legalisation"]["warnings"] == [] and "unconfirmed:" not in err
 
 
@@ -164,7 +179,9 @@ def test_paddleocr_dbnet_ops_are_listed_for_magicmind() -> None:
 
 def test_deform_model_for_ascend_gets_rewrite_then_opset_16() -> None:
     specs = [PassSpec("simplify"), PassSpec("cleanup")]
-    plan = legalise(deform_model(), get_target("ascend"), BuildOptions(), specs, user_passes=False, skipped=set(), static_cli={})
+    plan = legalise(
+        deform_model(), get_target("ascend"), BuildOptions(), specs, user_passes=False, skipped=set(), static_cli={}
+    )
     assert [s.name for s in plan.specs] == ["simplify", "rewrite_deform_conv", "convert_opset", "cleanup"]
     assert plan.specs[1].options == {"form": "ascend"}
     assert plan.specs[2].options == {"version": 16}, "ATC parses DeformableConv2D only up to opset 16"
@@ -174,21 +191,43 @@ def test_insert_pass_follows_the_rank_order() -> None:
     specs = [PassSpec("simplify"), PassSpec("fold_resize_scales"), PassSpec("set_shape_range"), PassSpec("cleanup")]
     insert_pass(specs, PassSpec("convert_opset"))
     insert_pass(specs, PassSpec("fix_input_shapes"))
-    assert [s.name for s in specs] == ["fix_input_shapes", "simplify", "fold_resize_scales", "convert_opset", "set_shape_range", "cleanup"]
-    assert all(PASS_RANK[a.name] <= PASS_RANK[b.name] for a, b in zip(specs, specs[1:]))
+    assert [s.name for s in specs] == [
+        "fix_input_shapes",
+        "simplify",
+        "fold_resize_scales",
+        "convert_opset",
+        "set_shape_range",
+        "cleanup",
+    ]
+    assert all(PASS_RANK[a.name] <= PASS_RANK[b.name] for a, b in zip(specs, specs[1:], strict=False))
 
 
 def test_nothing_added_for_a_legal_model() -> None:
     specs = [PassSpec("simplify"), PassSpec("cleanup")]
-    plan = legalise(dynamo_like(opset=17), get_target("ascend"), BuildOptions(), specs, user_passes=False, skipped=set(), static_cli={})
+    plan = legalise(
+        dynamo_like(opset=17),
+        get_target("ascend"),
+        BuildOptions(),
+        specs,
+        user_passes=False,
+        skipped=set(),
+        static_cli={},
+    )
     assert plan.added == [] and [s.name for s in plan.specs] == ["simplify", "cleanup"]
 
 
 def test_range_the_vendor_cannot_build_is_refused_with_the_fix() -> None:
     opts = BuildOptions(target=AscendOptions(soc="Ascend310"), shape_ranges=[parse_shape_range("x:1,3,32~64,32~64")])
     with pytest.raises(SegcError, match=r"give static shapes: --input-shape"):
-        legalise(symbolic_chain(), get_target("ascend"), opts, [PassSpec("simplify"), PassSpec("set_shape_range", {"ranges": ["x:1,3,32~64,32~64"]})],
-                 user_passes=False, skipped=set(), static_cli={})
+        legalise(
+            symbolic_chain(),
+            get_target("ascend"),
+            opts,
+            [PassSpec("simplify"), PassSpec("set_shape_range", {"ranges": ["x:1,3,32~64,32~64"]})],
+            user_passes=False,
+            skipped=set(),
+            static_cli={},
+        )
 
 
 # ------------------------------------------------------------------------------- errors before work
@@ -294,7 +333,9 @@ def test_final_gate_quotes_the_fix_that_ran() -> None:
     from segc.pipeline import PassRecord, PipelineResult
     from segc.targets.base import Violation
 
-    record = PassRecord(0, "fold_resize_scales", "exact", {}, status="unchanged", notes=["left Resize 'up': sizes[2] = ?"])
+    record = PassRecord(
+        0, "fold_resize_scales", "exact", {}, status="unchanged", notes=["left Resize 'up': sizes[2] = ?"]
+    )
     result = PipelineResult(model=onnx.ModelProto(), records=[record], verify_mode="none")
     v = Violation("up", "Resize", "Resize scales/sizes computed at run time", fixed_by="fold_resize_scales")
     [line] = final_gate_lines([v], result)
@@ -312,13 +353,17 @@ def test_single_batch_fixes_a_symbolic_batch(tmp_path: Path, capsys) -> None:
     model = onnx.load(out / "m.tensorrt.onnx")
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [4, 3, 8, 8]
     # several batch sizes are several builds of one graph: the batch stays symbolic
-    report, _ = compile_ok(capsys, ["compile", str(src), "--target", "ascend", "--batch", "1,4", "-o", str(tmp_path / "o2")])
+    report, _ = compile_ok(
+        capsys, ["compile", str(src), "--target", "ascend", "--batch", "1,4", "-o", str(tmp_path / "o2")]
+    )
     assert report["legalisation"]["added"] == []
 
 
 def test_allow_unlisted_ops_on_a_complete_list_is_a_warning(tmp_path: Path, capsys) -> None:
     src = save(dynamo_like(opset=17), tmp_path)
-    _, err = compile_ok(capsys, ["compile", str(src), "--target", "tensorrt", "--allow-unlisted-ops", "-o", str(tmp_path / "o")])
+    _, err = compile_ok(
+        capsys, ["compile", str(src), "--target", "tensorrt", "--allow-unlisted-ops", "-o", str(tmp_path / "o")]
+    )
     assert "--allow-unlisted-ops does nothing for tensorrt" in err
 
 
@@ -348,8 +393,12 @@ def test_an_error_inside_a_pass_starts_its_own_line(tmp_path: Path, capsys) -> N
 def test_static_input_shape_replaces_a_planned_range() -> None:
     """A recipe ranges x (as DBNet's does); a static --input-shape wins, so the chains can fold."""
     static = parse_shape_range("x:1,3,32,48")
-    specs = [PassSpec("simplify"), PassSpec("fold_resize_scales"),
-             PassSpec("set_shape_range", {"ranges": ["x:1,3,32~64,32~64"], "opt": ["x:1,3,48,48"]}), PassSpec("cleanup")]
+    specs = [
+        PassSpec("simplify"),
+        PassSpec("fold_resize_scales"),
+        PassSpec("set_shape_range", {"ranges": ["x:1,3,32~64,32~64"], "opt": ["x:1,3,48,48"]}),
+        PassSpec("cleanup"),
+    ]
     plan = legalise(symbolic_chain(), get_target("ascend"), BuildOptions(shape_ranges=[static]), specs,
                     user_passes=False, skipped=set(), static_cli={"x": static})
     assert [s.name for s in plan.specs] == ["fix_input_shapes", "simplify", "fold_resize_scales", "cleanup"]
@@ -357,7 +406,17 @@ def test_static_input_shape_replaces_a_planned_range() -> None:
     assert plan.notes == ["--input-shape x:1,3,32,48 replaces the planned range x:1,3,32~64,32~64; "
                           "pass set_shape_range is not needed and was left out"]
     # with the user's own --passes the plan is theirs: nothing removed, nothing added
-    mine = legalise(symbolic_chain(), get_target("ascend"), BuildOptions(shape_ranges=[static]),
-                    [PassSpec("simplify"), PassSpec("fold_resize_scales"), PassSpec("set_shape_range", {"ranges": ["x:1,3,32~64,32~64"]})],
-                    user_passes=True, skipped=set(), static_cli={"x": static})
+    mine = legalise(
+        symbolic_chain(),
+        get_target("ascend"),
+        BuildOptions(shape_ranges=[static]),
+        [
+            PassSpec("simplify"),
+            PassSpec("fold_resize_scales"),
+            PassSpec("set_shape_range", {"ranges": ["x:1,3,32~64,32~64"]}),
+        ],
+        user_passes=True,
+        skipped=set(),
+        static_cli={"x": static},
+    )
     assert mine.notes == [] and mine.added == [] and len(mine.specs) == 3

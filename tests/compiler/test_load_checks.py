@@ -23,7 +23,11 @@ def _external(tensor: onnx.TensorProto, location: str, offset: int = 0, length: 
     tensor.ClearField("raw_data")
     tensor.ClearField("float_data")
     tensor.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", str(offset)), ("length", None if length is None else str(length))):
+    for key, value in (
+        ("location", location),
+        ("offset", str(offset)),
+        ("length", None if length is None else str(length)),
+    ):
         if value is not None:
             entry = tensor.external_data.add()
             entry.key, entry.value = key, value
@@ -40,7 +44,18 @@ def _weights() -> onnx.TensorProto:
 
 
 def _compile_none(path: Path, tmp_path: Path) -> list[str]:
-    return ["compile", str(path), "--target", "onnxruntime", "--passes", "cleanup", "--verify", "none", "-o", str(tmp_path / "out")]
+    return [
+        "compile",
+        str(path),
+        "--target",
+        "onnxruntime",
+        "--passes",
+        "cleanup",
+        "--verify",
+        "none",
+        "-o",
+        str(tmp_path / "out"),
+    ]
 
 
 def _refused(capsys, argv: list[str], fragment: str) -> None:
@@ -61,9 +76,13 @@ def test_escaping_path_inside_an_if_branch_constant(tmp_path: Path, capsys) -> N
     other = helper.make_graph([helper.make_node("Identity", ["x"], ["d"])], "else", [],
                               [helper.make_tensor_value_info("d", TensorProto.FLOAT, [1, 4])])
     cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
-    g = helper.make_graph([helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=other)], "g", [cond, X], [Y])
+    g = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=other)], "g", [cond, X], [Y]
+    )
     path = folder / "if.onnx"
-    path.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10).SerializeToString())
+    path.write_bytes(
+        helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10).SerializeToString()
+    )
     with pytest.raises(SegcError, match="points outside the model's folder"):
         load_model(path)
     _refused(capsys, _compile_none(path, tmp_path), "points outside")
@@ -103,7 +122,9 @@ def _cycle() -> onnx.ModelProto:
 
 
 def _made_twice() -> onnx.ModelProto:
-    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Neg", ["x"], ["y"])], "g", [X], [Y])
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Neg", ["x"], ["y"])], "g", [X], [Y]
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 
@@ -127,9 +148,16 @@ def test_invalid_graphs_exit_2_before_any_pass(tmp_path: Path, capsys, build, fr
 
 
 def test_outputs_without_a_shape_are_still_valid(tmp_path: Path) -> None:
-    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [X], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [X],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
     path = tmp_path / "ok.onnx"
-    path.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10).SerializeToString())
+    path.write_bytes(
+        helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10).SerializeToString()
+    )
     model = load_model(path)
     assert not model.graph.output[0].type.tensor_type.HasField("shape")  # the check lent a shape and gave it back
 

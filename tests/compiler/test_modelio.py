@@ -67,7 +67,9 @@ def test_unsupported_opset(tmp_path: Path, opset: int) -> None:
 
 def _with_external(tmp_path: Path, location: str) -> Path:
     model = _model(big=32)
-    onnx.save_model(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.data", size_threshold=0)
+    onnx.save_model(
+        model, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.data", size_threshold=0
+    )
     reloaded = onnx.load(str(tmp_path / "ext.onnx"), load_external_data=False)
     for t in reloaded.graph.initializer:
         for e in t.external_data:

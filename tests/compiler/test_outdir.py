@@ -43,8 +43,12 @@ def listing(folder: Path) -> dict[str, str]:
     """Every entry of a folder (recursively) and its content hash: 'left as it was' means equal."""
     if not folder.exists():
         return {}
-    return {str(p.relative_to(folder)): (sha(p) if p.is_file() and not p.is_symlink() else f"-> {os.readlink(p)}" if p.is_symlink() else "dir")
-            for p in sorted(folder.rglob("*"))}
+    return {
+        str(p.relative_to(folder)): (
+            sha(p) if p.is_file() and not p.is_symlink() else f"-> {os.readlink(p)}" if p.is_symlink() else "dir"
+        )
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 @pytest.fixture
@@ -231,7 +235,9 @@ def test_bad_output_paths(model_path: Path, tmp_path: Path, capsys) -> None:
     a_file.write_text("x")
     assert "not a folder" in error_line(capsys, compile_(model_path, "-o", str(a_file / "out")))
     assert "/proc" in error_line(capsys, compile_(model_path, "-o", "/proc/segc-out"))
-    assert "--dump-dir" in error_line(capsys, compile_(model_path, "-o", str(tmp_path / "o"), "--dump-dir", str(a_file)))
+    assert "--dump-dir" in error_line(
+        capsys, compile_(model_path, "-o", str(tmp_path / "o"), "--dump-dir", str(a_file))
+    )
     bad = os.fsdecode(bytes(tmp_path) + b"/out\xff")
     assert "UTF-8" in error_line(capsys, compile_(model_path, "-o", bad))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.txt", "src"]
@@ -271,8 +277,9 @@ def test_read_only_parent_is_one_line(model_path: Path, capsys, monkeypatch: pyt
     assert "Read-only file system" in line and str(model_path.parent) in line
 
 
-def test_existing_outdir_is_staged_inside_so_its_parent_may_be_read_only(model_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                         capsys) -> None:
+def test_existing_outdir_is_staged_inside_so_its_parent_may_be_read_only(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     out = model_path.parent / "out"
     out.mkdir()
     parent = str(model_path.parent)
@@ -359,9 +366,18 @@ def test_two_processes_one_outdir(model_path: Path, capsys) -> None:
     """A real second process mid-compile (holding the OUTDIR) makes this compile exit 2, naming it."""
     out = model_path.parent / "out"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys\nfrom segc.outdir import StagedOutput\n"
-         "with StagedOutput(sys.argv[1], force=False) as s:\n    print('ready', flush=True)\n    sys.stdin.readline()\n",
-         str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys\nfrom segc.outdir import StagedOutput\n"
+            "with StagedOutput(sys.argv[1], force=False) as s:\n    print('ready', flush=True)\n    "
+            "sys.stdin.readline()\n",
+            str(out),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "ready"
         line = error_line(capsys, compile_(model_path, "-o", str(out)))
@@ -372,7 +388,9 @@ def test_two_processes_one_outdir(model_path: Path, capsys) -> None:
     assert main(compile_(model_path, "-o", str(out))) == 0  # and once it is gone, the folder is free
 
 
-def test_an_input_changed_during_the_compile_writes_nothing(model_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_input_changed_during_the_compile_writes_nothing(
+    model_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from segc import pipeline
 
     real = pipeline.run_pipeline

@@ -155,7 +155,9 @@ def test_end_mode_with_unchanged_passes_in_between() -> None:
                                               "test_scale_weights"), verify="end")
     assert [r.changed for r in result.records] == [True, True, True, False, True]
     assert result.failed_pass == "test_scale_weights"
-    good = run_pipeline(conv_model(), specs("test_add_identity", "cleanup", "cleanup", "test_scale_weights"), verify="end")
+    good = run_pipeline(
+        conv_model(), specs("test_add_identity", "cleanup", "cleanup", "test_scale_weights"), verify="end"
+    )
     assert good.failed_pass == "test_scale_weights" and not good.end_verdict.ok
     final = run_pipeline(conv_model(), specs("test_scale_weights", "cleanup", "test_add_identity"), verify="end")
     assert final.failed_pass == "test_scale_weights"
@@ -171,7 +173,9 @@ def test_end_mode_passes_good_pipelines_with_one_comparison() -> None:
 def test_one_session_per_state_and_one_run_per_shape() -> None:
     SESSION_STATS.reset()
     verifier = Verifier()
-    result = run_pipeline(conv_model(), specs("test_add_identity", "cleanup", "cleanup"), verify="each", verifier=verifier)
+    result = run_pipeline(
+        conv_model(), specs("test_add_identity", "cleanup", "cleanup"), verify="each", verifier=verifier
+    )
     assert result.ok
     changed = sum(r.changed for r in result.records)
     assert changed == 2  # the second cleanup finds nothing
@@ -207,7 +211,9 @@ def test_unknown_option_is_a_usage_error() -> None:
 
 
 def test_dump_dir(tmp_path: Path) -> None:
-    run_pipeline(conv_model(), specs("test_add_identity", "cleanup"), verify="none", instruments=[DumpInstrument(tmp_path)])
+    run_pipeline(
+        conv_model(), specs("test_add_identity", "cleanup"), verify="none", instruments=[DumpInstrument(tmp_path)]
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["00_test_add_identity.onnx", "01_cleanup.onnx"]
 
 

@@ -180,7 +180,10 @@ def test_before_names_the_head_classifier(graph: gs.Graph) -> None:
     assert names(select_tensors(graph, "Conv before output2")) == ["output2"]
     # a node anchor starts at its inputs: the Conv feeding the classifier, not the classifier
     assert names(select_nodes(graph, "Conv before head/cls")) == ["/stage4/branch1/Conv"]
-    assert names(select_nodes(graph, "Resize before Conv[-1]")) == ["/stage4/fuse_layers/Resize", "/stage4/Resize_sized"]
+    assert names(select_nodes(graph, "Resize before Conv[-1]")) == [
+        "/stage4/fuse_layers/Resize",
+        "/stage4/Resize_sized",
+    ]
 
 
 def test_before_ignores_shape_side_chains(graph: gs.Graph) -> None:

@@ -205,9 +205,25 @@ def test_a_model_without_inputs_is_verified_once(tmp_path: Path) -> None:
 
 
 def test_a_static_shape_too_large_to_verify_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    src = _model(tmp_path / "m.onnx", [helper.make_node("Relu", ["x"], ["y"])], [_vi("x", [1, 3, "h", "w"])], [_vi("y", [1, 3, "h", "w"])])
+    src = _model(
+        tmp_path / "m.onnx",
+        [helper.make_node("Relu", ["x"], ["y"])],
+        [_vi("x", [1, 3, "h", "w"])],
+        [_vi("y", [1, 3, "h", "w"])],
+    )
     before = src.read_bytes()
-    rc = main(["compile", str(src), "--target", "onnxruntime", "--input-shape", "x:1,3,50000,50000", "-o", str(tmp_path / "out")])
+    rc = main(
+        [
+            "compile",
+            str(src),
+            "--target",
+            "onnxruntime",
+            "--input-shape",
+            "x:1,3,50000,50000",
+            "-o",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("segc: error: verifying at x:1x3x50000x50000 needs 28 GiB")
     assert src.read_bytes() == before and not (tmp_path / "out").exists()

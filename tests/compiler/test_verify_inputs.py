@@ -49,8 +49,14 @@ def test_pixel_budget_drops_large_shapes_but_keeps_the_minimum() -> None:
 
 
 def test_dynamic_without_range_uses_the_recipe_within_budget() -> None:
-    recipe = Recipe(name="r", description="", inputs=(InputSpec("x"),), output_names=("y",), seed_shape=(1, 3, 1024, 2048),
-                    spatial_multiple=32)
+    recipe = Recipe(
+        name="r",
+        description="",
+        inputs=(InputSpec("x"),),
+        output_names=("y",),
+        seed_shape=(1, 3, 1024, 2048),
+        spatial_multiple=32,
+    )
     shapes = [s["x"] for s in verification_shapes(model(["N", 3, "H", "W"]), {}, recipe, budget=1_300_000)]
     # halved until within budget; the second shape also checks a batch above 1
     assert shapes == [(1, 3, 512, 1024), (2, 3, 544, 1088)]
@@ -265,7 +271,9 @@ def test_multi_input_detector_with_an_npz_and_without(tmp_path: Path) -> None:
     det = str(tmp_path / "det.onnx")
     assert main(["verify", det, det, "--verify-inputs", str(tmp_path / "in.npz")]) == 0
     assert main(["verify", det, det, "--input-shape", "image:1,3,64,96"]) == 0
-    feed = random_feed(_paddle_detector(), {"image": (1, 3, 64, 96), "im_shape": (1, 2), "scale_factor": (1, 2)}, None, 0)
+    feed = random_feed(
+        _paddle_detector(), {"image": (1, 3, 64, 96), "im_shape": (1, 2), "scale_factor": (1, 2)}, None, 0
+    )
     assert feed.arrays["im_shape"].tolist() == [[64, 96]] and feed.arrays["scale_factor"].tolist() == [[1, 1]]
 
 

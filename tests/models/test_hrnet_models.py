@@ -322,7 +322,7 @@ def test_state_dict_round_trip(which: str, hrnet_w18_model: Any, hrnet_w48_model
         assert got.shape == (1, 19, 64, 128) and got.dtype == torch.float32
         assert torch.equal(got.argmax(dim=1, keepdim=True), want)
     else:
-        for a, b in zip(want, got):
+        for a, b in zip(want, got, strict=False):
             assert torch.equal(a, b)
 
 

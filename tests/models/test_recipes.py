@@ -52,7 +52,13 @@ def test_seed_facts() -> None:
             assert set(target_recipe.flags) <= {f.dest for f in get_target(name).flags}, (recipe.name, name)
     assert ocr.for_target("ascend").options["resize_to_nearest"] == {"preset": "hrnet_branches"}
     w48 = RECIPES["hrnet_w48_ocr"]
-    assert w48.for_target("ascend").passes == ("simplify", "fold_resize_scales", "resize_to_nearest", "prune_outputs", "cleanup")
+    assert w48.for_target("ascend").passes == (
+        "simplify",
+        "fold_resize_scales",
+        "resize_to_nearest",
+        "prune_outputs",
+        "cleanup",
+    )
     assert len(w48.for_target("ascend").options["prune_outputs"]["outputs"]) == 2
     dl = RECIPES["deeplabv2_r101"]
     assert dl.spatial_multiple == 8 and dl.batch_sizes[-1] == 64 and dl.inputs[0].channel_order == "BGR"

@@ -321,7 +321,7 @@ def test_deeplab_export_matches_pytorch(deeplab_export):
     ops = Counter(n.op_type for n in graph.graph.node)
     assert ops["Conv"] == 104 + 8 and ops["MaxPool"] == 1  # BN folded into the 104 trunk convs
     got = _ort(deeplab_export["path"], {"image": deeplab_export["x"]})
-    for actual, expected in zip(got, (out1, out2)):
+    for actual, expected in zip(got, (out1, out2), strict=False):
         _assert_close(actual, expected)
         assert (actual.argmax(1) == expected.argmax(1)).mean() > 0.99
 
@@ -330,7 +330,7 @@ def test_deeplab_state_dict_round_trip(deeplab):
     fresh = _reload(deeplab, lambda: deeplabv2_r101.DeepLabV2(num_classes=19))
     x = torch.randn(1, 3, 24, 40)
     with torch.no_grad():
-        for a, b in zip(deeplab(x), fresh(x)):
+        for a, b in zip(deeplab(x), fresh(x), strict=False):
             assert a.shape == (1, 19, *deeplabv2_r101.output_size(24, 40))
             assert torch.equal(a, b)
 
@@ -442,7 +442,9 @@ def test_dbnet_dcn_graph_has_one_deformconv_per_deformable_block(dbnet_exports):
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         assert list(attrs["kernel_shape"]) == [3, 3] and list(attrs["pads"]) == [1, 1, 1, 1]
         assert len(node.input) == 5 and node.input[4]  # (X, W, offset, B, mask): modulated
-    strides = Counter(tuple(onnx.helper.get_attribute_value(a)) for n in deform for a in n.attribute if a.name == "strides")
+    strides = Counter(
+        tuple(onnx.helper.get_attribute_value(a)) for n in deform for a in n.attribute if a.name == "strides"
+    )
     assert strides == {(2, 2): 3, (1, 1): 10}  # first block of layer2/3/4 downsamples
 
 

@@ -129,7 +129,7 @@ def compare(name: str, model_path: Path, torch_model: "torch.nn.Module", shape: 
     outs = run_session(session, {zoo.get_entry(name).input_names[0]: x})
     expected = expected_outputs(name, shape)
     assert list(outs) == list(expected)
-    for (out_name, value), torch_value in zip(outs.items(), ref):
+    for (out_name, value), torch_value in zip(outs.items(), ref, strict=False):
         want_shape, want_dtype = expected[out_name]
         assert value.shape == want_shape and value.dtype == want_dtype, (out_name, value.shape, value.dtype)
         t = torch_value.numpy()
@@ -188,7 +188,9 @@ def test_export_structure_and_metadata(name: str, exported: Callable[[str], Path
     else:
         assert "DeformConv" not in ops
     if name in ("ocrnet_hrnetw18", "hrnet_w48_ocr"):
-        modes = {a.s for node in model.graph.node if node.op_type == "Resize" for a in node.attribute if a.name == "mode"}
+        modes = {
+            a.s for node in model.graph.node if node.op_type == "Resize" for a in node.attribute if a.name == "mode"
+        }
         assert b"linear" in modes  # the Resizes the Ascend guides switch to nearest
 
 
@@ -334,7 +336,9 @@ def test_cli_export_dynamic_dbnet_with_the_dynamo_exporter(tmp_path: Path) -> No
     done = _cli("dbnet_r50", "--shape", "1,3,64,96", "--exporter", "dynamo", "--seed", "2", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("dbnet_r50.onnx: dbnet_r50 (dynamo exporter, opset 18, dynamic 1x3x64x96)")
+    assert len(lines) == 1 and lines[0].startswith(
+        "dbnet_r50.onnx: dbnet_r50 (dynamo exporter, opset 18, dynamic 1x3x64x96)"
+    )
     assert " nodes, " in lines[0] and " params, " in lines[0] and "MB" in lines[0]
     out = tmp_path / "dbnet_r50.onnx"
     model = onnx.load(str(out))
@@ -362,7 +366,12 @@ def test_exporter_made_symbols_on_static_axes_become_values() -> None:
     entry = zoo.get_entry("ocrnet_hrnetw18")
     proto = graph_with(["batch", 3, 64, 128], ["batch", 1, "ArgMaxoutput_dim_2", "ArgMaxoutput_dim_3"])
     zoo._tidy_output_dims(proto, entry, ("output",), dynamic=True)
-    assert [d.dim_param or d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim] == ["batch", 1, 64, 128]
+    assert [d.dim_param or d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim] == [
+        "batch",
+        1,
+        64,
+        128,
+    ]
     # DeepLabv2's outputs are H/8 + 1; a static batch replaces an invented batch symbol
     proto = graph_with([2, 3, 64, 128], ["N", 19, "h", 17])
     zoo._tidy_output_dims(proto, zoo.get_entry("deeplabv2_r101"), ("output",), dynamic=False)

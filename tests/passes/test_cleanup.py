@@ -15,16 +15,24 @@ def messy() -> onnx.ModelProto:
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 1, 1)).astype(np.float32), "w")
     unused = numpy_helper.from_array(np.ones((100,), np.float32), "unused")
     g = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["x1"]),
-         helper.make_node("Conv", ["x1", "w"], ["a"]),
-         helper.make_node("Shape", ["a"], ["dead_shape"]),
-         helper.make_node("Relu", ["a"], ["r"]),
-         helper.make_node("Identity", ["r"], ["y"])],
+        [
+            helper.make_node("Identity", ["x"], ["x1"]),
+            helper.make_node("Conv", ["x1", "w"], ["a"]),
+            helper.make_node("Shape", ["a"], ["dead_shape"]),
+            helper.make_node("Relu", ["a"], ["r"]),
+            helper.make_node("Identity", ["r"], ["y"]),
+        ],
         "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4]),
-         helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 3, 1, 1]),  # initializer listed as input (old exporters)
-         helper.make_tensor_value_info("spare", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])], [w, unused])
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4]),
+            helper.make_tensor_value_info(
+                "w", TensorProto.FLOAT, [4, 3, 1, 1]
+            ),  # initializer listed as input (old exporters)
+            helper.make_tensor_value_info("spare", TensorProto.FLOAT, [1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])],
+        [w, unused],
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 
@@ -37,7 +45,9 @@ def test_removes_everything_dead_and_keeps_the_function() -> None:
     assert [t.name for t in out.graph.initializer] == ["w"]
     assert [o.name for o in out.graph.output] == ["y"]  # the output keeps its name
     x = np.random.default_rng(1).standard_normal((1, 3, 4, 4)).astype(np.float32)
-    before = run_model(model, {"x": x, "w": numpy_helper.to_array(model.graph.initializer[0]), "spare": np.zeros(1, np.float32)})
+    before = run_model(
+        model, {"x": x, "w": numpy_helper.to_array(model.graph.initializer[0]), "spare": np.zeros(1, np.float32)}
+    )
     np.testing.assert_array_equal(run_model(out, {"x": x})["y"], before["y"])
 
 

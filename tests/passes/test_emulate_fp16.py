@@ -34,8 +34,13 @@ def overflow_model(scale: float = 1e5) -> onnx.ModelProto:
         helper.make_node("Mul", ["big_r", "down"], ["small"], name="scale_down"),
         helper.make_node("Conv", ["small", "w2"], ["y"], name="conv_out", pads=[1, 1, 1, 1]),
     ]
-    graph = helper.make_graph(nodes, "overflow", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 16, 16])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "overflow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 16, 16])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 

@@ -20,8 +20,15 @@ from segc.targets.legality import FUNCTION_FIX
 
 
 def one_op(op: str, opset: int, dims=(1, 3, 8, 10), **attrs) -> onnx.ModelProto:
-    g = h.make_graph([h.make_node("Relu", ["x"], ["r"], name="pre"), h.make_node(op, ["r" if op != "Gelu" else "x"], ["y"], name="fn", **attrs)],
-                     "g", [h.make_tensor_value_info("x", T.FLOAT, list(dims))], [h.make_tensor_value_info("y", T.FLOAT, list(dims))])
+    g = h.make_graph(
+        [
+            h.make_node("Relu", ["x"], ["r"], name="pre"),
+            h.make_node(op, ["r" if op != "Gelu" else "x"], ["y"], name="fn", **attrs),
+        ],
+        "g",
+        [h.make_tensor_value_info("x", T.FLOAT, list(dims))],
+        [h.make_tensor_value_info("y", T.FLOAT, list(dims))],
+    )
     return h.make_model(g, opset_imports=[h.make_opsetid("", opset)], ir_version=9)
 
 
@@ -80,11 +87,21 @@ def test_default_ops_come_from_the_target_profile() -> None:
 
 
 def test_a_body_that_does_not_fit_the_opset_is_left_with_the_reason() -> None:
-    """LayerNormalization's body (opset 17) passes ReduceMean's axes as an attribute, which opset 18 moved to an input."""
+    """LayerNormalization's body (opset 17) passes ReduceMean's axes as an attribute,
+    which opset 18 moved to an input."""
     dims = (1, 4, 6)
     nodes = [h.make_node("LayerNormalization", ["x", "s", "b"], ["y"], name="ln", axis=-1)]
-    inits = [onnx.numpy_helper.from_array(np.ones(6, np.float32), "s"), onnx.numpy_helper.from_array(np.zeros(6, np.float32), "b")]
-    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, list(dims))], [h.make_tensor_value_info("y", T.FLOAT, list(dims))], inits)
+    inits = [
+        onnx.numpy_helper.from_array(np.ones(6, np.float32), "s"),
+        onnx.numpy_helper.from_array(np.zeros(6, np.float32), "b"),
+    ]
+    g = h.make_graph(
+        nodes,
+        "g",
+        [h.make_tensor_value_info("x", T.FLOAT, list(dims))],
+        [h.make_tensor_value_info("y", T.FLOAT, list(dims))],
+        inits,
+    )
     fits = h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=9)
     out, result = expand(fits, ops=["LayerNormalization"])
     assert result.changed

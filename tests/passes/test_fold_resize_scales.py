@@ -91,7 +91,9 @@ class G:
         hw = self.slice0(self.op("Shape", [source or x]), 2, 4)
         return self.op("Concat", [nc, self.op("Mul", [hw, self.const([factor, factor])])], axis=0)
 
-    def resize(self, x: str, *, scales: str | None = None, sizes: str | None = None, mode: str = "nearest", **attrs: object) -> str:
+    def resize(
+        self, x: str, *, scales: str | None = None, sizes: str | None = None, mode: str = "nearest", **attrs: object
+    ) -> str:
         if self.opset <= 10:
             return self.op("Resize", [x, scales or ""], mode=mode)
         roi = self.const(np.zeros(0), np.float32) if self.opset < 13 else ""
@@ -181,7 +183,9 @@ def test_opset10_scales_chain_folds(mode: str) -> None:
 def test_sizes_chain_becomes_scales(opset: int) -> None:
     g = G(opset)
     y = g.conv("x", 4)
-    up = g.resize(y, sizes=g.sizes_chain(y, 2), mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    up = g.resize(
+        y, sizes=g.sizes_chain(y, 2), mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"
+    )
     lin = g.resize(y, sizes=g.sizes_chain(y, 3), mode="linear", coordinate_transformation_mode="align_corners")
     before = g.model(up, lin)
     after, result = apply(before)
@@ -213,7 +217,13 @@ def test_opset19_axes_sizes_fold_per_axis() -> None:
 def test_opset11_scales_chain_folds() -> None:
     g = G(11)
     y = g.conv("x", 2)
-    up = g.resize(y, scales=g.scale_chain(y, 4.0), mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    up = g.resize(
+        y,
+        scales=g.scale_chain(y, 4.0),
+        mode="nearest",
+        coordinate_transformation_mode="asymmetric",
+        nearest_mode="floor",
+    )
     before = g.model(up)
     after, result = apply(before)
     assert result.changed and result.stats["folded"] == 1 and result.stats["from_sizes"] == 0
@@ -319,7 +329,13 @@ def test_static_input_dims_are_facts() -> None:
     g = G(10, dynamic=False)
     y = g.conv("x", 2)
     fixed = g.resize(y, scales=g.scale_chain(y, 2.0))
-    baked = g.op("Div", [g.op("Cast", [g.unsqueeze0(g.const(32))], to=TensorProto.FLOAT), g.op("Cast", [g.slice0(g.op("Shape", [y]), 2, 3)], to=TensorProto.FLOAT)])
+    baked = g.op(
+        "Div",
+        [
+            g.op("Cast", [g.unsqueeze0(g.const(32))], to=TensorProto.FLOAT),
+            g.op("Cast", [g.slice0(g.op("Shape", [y]), 2, 3)], to=TensorProto.FLOAT),
+        ],
+    )
     scales = g.op("Concat", [g.const([1.0, 1.0], np.float32), baked, baked], axis=0)
     traced = g.resize(y, scales=scales)
     before = g.model(fixed, traced)

@@ -58,8 +58,8 @@ def _from_files(root: Path) -> list[Case]:
         read = lambda f: numpy_helper.to_array(onnx.load_tensor(str(f)))  # noqa: E731
         ins = [read(f) for f in sorted(data.glob("input_*.pb"), key=lambda p: int(p.stem.split("_")[1]))]
         outs = [read(f) for f in sorted(data.glob("output_*.pb"), key=lambda p: int(p.stem.split("_")[1]))]
-        cases.append(Case(case_dir.name, model, dict(zip(_feed_names(model), ins)),
-                          dict(zip([o.name for o in model.graph.output], outs))))
+        cases.append(Case(case_dir.name, model, dict(zip(_feed_names(model), ins, strict=False)),
+                          dict(zip([o.name for o in model.graph.output], outs, strict=False))))
     return cases
 
 
@@ -73,8 +73,8 @@ def _from_generators() -> list[Case]:
     for tc in node_cases._NodeTestCases:
         if tc.name.startswith(PREFIXES) and tc.name not in seen and tc.data_sets:
             ins, outs = tc.data_sets[0]
-            seen[tc.name] = Case(tc.name, tc.model, dict(zip(_feed_names(tc.model), ins)),
-                                 dict(zip([o.name for o in tc.model.graph.output], outs)),
+            seen[tc.name] = Case(tc.name, tc.model, dict(zip(_feed_names(tc.model), ins, strict=False)),
+                                 dict(zip([o.name for o in tc.model.graph.output], outs, strict=False)),
                                  rtol=tc.rtol or 1e-3, atol=tc.atol or 1e-7)
     return list(seen.values())
 
@@ -138,7 +138,11 @@ def test_exact_passes_on_onnx_node_case(case: Case) -> None:
         after = run_model(out, case.inputs)
         for name, want in case.outputs.items():
             assert name in after, f"{pass_name} lost output {name}"
-            assert _matches(want, after[name], case.rtol, case.atol), f"{pass_name} broke {case.name}: {name} differs from the reference"
+            assert _matches(want, after[name], case.rtol, case.atol), (
+                f"{pass_name} broke {case.name}: {name} differs from the reference"
+            )
             scale = max(float(np.abs(before[name]).max()), 1e-6) if before[name].size else 1.0
-            assert np.all(np.abs(after[name] - before[name]) <= 1e-4 * scale), f"{pass_name} changed {case.name}'s {name}"
+            assert np.all(np.abs(after[name] - before[name]) <= 1e-4 * scale), (
+                f"{pass_name} changed {case.name}'s {name}"
+            )
     assert ran >= 2  # at least fold_resize_scales and set_shape_range (no options: a no-op)

@@ -160,7 +160,9 @@ def test_hrnet_w48_ocr_reproduces_the_seed_cut(seed_onnx) -> None:
     for conv in (aux[0], ocr[0]):
         assert conv.outputs[0].shape == [1, 19, SEED_SHAPE[2] // 4, SEED_SHAPE[3] // 4]
         assert conv.inputs[1].shape[0] == 19  # 19 Cityscapes classes, a 1x1 classifier
-    same, result = PruneOutputs().apply(model, PassContext(options={"outputs": "Conv before output1;Conv before output2"}))
+    same, result = PruneOutputs().apply(
+        model, PassContext(options={"outputs": "Conv before output1;Conv before output2"})
+    )
     assert not result.changed and same is model
     with pytest.raises(SegcError, match="numbered names change with every export"):
         PruneOutputs().apply(model, PassContext(options={"outputs": "Conv_1380:0;Conv_1453:0"}))
@@ -188,7 +190,7 @@ def test_ocrnet_cut_before_resize_and_argmax(seed_onnx) -> None:
     assert len(kept) == 2 and result.stats["dropped"] == ["output"]
     assert "decode_head.1" in kept[0] and "decode_head.0" in kept[1]
     assert "ArgMax" not in {n.op_type for n in out.graph.node}
-    for name, elem, dims in outputs_of(out):
+    for _name, elem, dims in outputs_of(out):
         assert elem == TensorProto.FLOAT and (not dims or dims[1] in (0, 19))
     feed = {"x": RNG.standard_normal(SEED_SHAPE).astype(np.float32)}
     before = run_model(with_outputs(model, kept), feed)

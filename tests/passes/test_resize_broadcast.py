@@ -34,7 +34,9 @@ def pooled_branch(mode: str = "linear", ctm: str = "half_pixel", kernel: int | N
         helper.make_node("Shape", ["x"], ["xs"]),
         helper.make_node("Slice", ["xs", "s2", "s4"], ["hw"]),
         helper.make_node("Concat", ["nc", "hw"], ["sizes"], axis=0),
-        helper.make_node("Resize", ["g", "", "", "sizes"], ["r"], mode=mode, coordinate_transformation_mode=ctm, name="up"),
+        helper.make_node(
+            "Resize", ["g", "", "", "sizes"], ["r"], mode=mode, coordinate_transformation_mode=ctm, name="up"
+        ),
         helper.make_node("Concat", ["x", "r"], ["y"], axis=1),
     ]
     inits = [numpy_helper.from_array(np.array([v], np.int64), n) for n, v in (("s0", 0), ("s2", 2), ("s4", 4))]

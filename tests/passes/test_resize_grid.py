@@ -34,7 +34,9 @@ def fpn(tmp_path_factory: pytest.TempPathFactory) -> onnx.ModelProto:
 
 
 def _computed_resizes(model: onnx.ModelProto) -> int:
-    consts = {t.name for t in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    consts = {t.name for t in model.graph.initializer} | {
+        o for n in model.graph.node if n.op_type == "Constant" for o in n.output
+    }
     return sum(1 for n in model.graph.node if n.op_type == "Resize" and any(i and i not in consts for i in n.input[1:]))
 
 
@@ -184,9 +186,13 @@ def test_ocrnet_hrnet_resizes_all_fold_on_the_grid(seed_onnx) -> None:
     """The seed HRNet: every branch Resize (``size=high.shape[2:]``) folds on /32, none without."""
     model = onnx.load(str(seed_onnx("ocrnet_hrnetw18", shape=(1, 3, 128, 256))))
     name = model.graph.input[0].name
-    _, plain = get_pass("set_shape_range")().apply(model, PassContext(options={"ranges": [f"{name}:1,3,128~512,128~512"]}))
+    _, plain = get_pass("set_shape_range")().apply(
+        model, PassContext(options={"ranges": [f"{name}:1,3,128~512,128~512"]})
+    )
     assert "resizes_folded" not in plain.stats
-    out, res = get_pass("set_shape_range")().apply(model, PassContext(options={"ranges": [f"{name}:1,3,128~512/32,128~512/32"]}))
+    out, res = get_pass("set_shape_range")().apply(
+        model, PassContext(options={"ranges": [f"{name}:1,3,128~512/32,128~512/32"]})
+    )
     assert res.stats["resizes_folded"] == 36 and _computed_resizes(out) == 0
     x = np.random.default_rng(0).standard_normal((1, 3, 128, 256)).astype(np.float32)
     ra, rb = run_model(model, {name: x}), run_model(out, {name: x})
@@ -199,7 +205,9 @@ def test_ocrnet_hrnet_resizes_all_fold_on_the_grid(seed_onnx) -> None:
     (["--input-shape", "x:1,3,64~250/32,64~256/32"], "both bounds must be multiples of 32"),
     (["--input-shape", "x:1,3,64~256/32,64~256/32", "--opt-shape", "x:1,3,100,128"], "not a multiple of 32"),
 ])
-def test_off_grid_input_is_one_line_exit_2(tmp_path: Path, fpn: onnx.ModelProto, capsys, extra: list[str], fragment: str) -> None:
+def test_off_grid_input_is_one_line_exit_2(
+    tmp_path: Path, fpn: onnx.ModelProto, capsys, extra: list[str], fragment: str
+) -> None:
     from segc.cli import main
 
     src = tmp_path / "fpn.onnx"
@@ -220,7 +228,9 @@ def _unet_skip() -> onnx.ModelProto:
         helper.make_node("Add", ["x", "u"], ["y"], name="skip_add"),
     ]
     sc = helper.make_tensor("sc", TensorProto.FLOAT, [4], [1, 1, 2, 2])
-    return helper.make_model(helper.make_graph(nodes, "unet", [x], [y], [sc]), opset_imports=[helper.make_opsetid("", 13)])
+    return helper.make_model(
+        helper.make_graph(nodes, "unet", [x], [y], [sc]), opset_imports=[helper.make_opsetid("", 13)]
+    )
 
 
 def test_a_conflict_off_the_grid_names_the_grid_range_that_works() -> None:
@@ -242,8 +252,12 @@ def _random_fpn(strides: list[int], kernels: list[int]) -> onnx.ModelProto:
     rng = np.random.default_rng(len(strides))
     inits, nodes, feats = [], [], []
     prev = "x"
-    for i, (s, k) in enumerate(zip(strides, kernels)):
-        inits.append(helper.make_tensor(f"w{i}", TensorProto.FLOAT, [2, 2, k, k], rng.standard_normal(4 * k * k).astype(np.float32).tolist()))
+    for i, (s, k) in enumerate(zip(strides, kernels, strict=False)):
+        inits.append(
+            helper.make_tensor(
+                f"w{i}", TensorProto.FLOAT, [2, 2, k, k], rng.standard_normal(4 * k * k).astype(np.float32).tolist()
+            )
+        )
         nodes.append(helper.make_node("Conv", [prev, f"w{i}"], [f"f{i}"], strides=[s, s], pads=[k // 2] * 4))
         prev = f"f{i}"
         feats.append(prev)
@@ -256,20 +270,32 @@ def _random_fpn(strides: list[int], kernels: list[int]) -> onnx.ModelProto:
     nodes.append(helper.make_node("Identity", [p], ["y"]))
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, "h", "w"])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    return helper.make_model(helper.make_graph(nodes, "fpn", [x], [y], inits), opset_imports=[helper.make_opsetid("", 13)])
+    return helper.make_model(
+        helper.make_graph(nodes, "fpn", [x], [y], inits), opset_imports=[helper.make_opsetid("", 13)]
+    )
 
 
 @settings(max_examples=8, deadline=None, derandomize=True)
-@given(st.lists(st.tuples(st.sampled_from([1, 2]), st.sampled_from([1, 3])), min_size=2, max_size=5), st.integers(1, 3), st.integers(1, 4))
+@given(
+    st.lists(st.tuples(st.sampled_from([1, 2]), st.sampled_from([1, 3])), min_size=2, max_size=5),
+    st.integers(1, 3),
+    st.integers(1, 4),
+)
 def test_total_stride_is_the_product_of_strides_and_the_grid_fold_is_exact(layers, qh, qw) -> None:
     strides, kernels = [s for s, _ in layers], [k for _, k in layers]
     model = _random_fpn(strides, kernels)
     m = int(np.prod(strides))
     assert total_stride(gs.import_onnx(model)) == m
     lo, hi = 2 * m, 8 * m
-    out, res = get_pass("set_shape_range")().apply(model, PassContext(options={"ranges": [f"x:1,2,{lo}~{hi}/{m},{lo}~{hi}/{m}"]}))
+    out, res = get_pass("set_shape_range")().apply(
+        model, PassContext(options={"ranges": [f"x:1,2,{lo}~{hi}/{m},{lo}~{hi}/{m}"]})
+    )
     if m > 1:  # (a /1 range is no grid: fold_resize_scales folds ratio-1 Resizes by itself)
         assert res.stats["resizes_folded"] == len(strides) - 1 and _computed_resizes(out) == 0
-    x = np.random.default_rng(qh * 7 + qw).standard_normal((1, 2, (2 * qh + 1) * m, (2 * qw + 1) * m)).astype(np.float32)
+    x = (
+        np.random.default_rng(qh * 7 + qw)
+        .standard_normal((1, 2, (2 * qh + 1) * m, (2 * qw + 1) * m))
+        .astype(np.float32)
+    )
     ra, rb = run_model(model, {"x": x}), run_model(out, {"x": x})
     np.testing.assert_allclose(ra["y"], rb["y"], rtol=1e-5, atol=1e-5)

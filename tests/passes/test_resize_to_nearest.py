@@ -393,6 +393,8 @@ def test_seed_price_on_random_inputs(seed_onnx, name: str) -> None:
 
     if name != "ocrnet_hrnetw18":
         return  # one model suffices for the floor comparison (the tiny graphs pin it exactly)
-    floored, _ = ResizeToNearest().apply(model, PassContext(options={"preset": "hrnet_branches", "nearest_mode": "floor"}))
+    floored, _ = ResizeToNearest().apply(
+        model, PassContext(options={"preset": "hrnet_branches", "nearest_mode": "floor"})
+    )
     worse = _cosine(ref[extra["concat"]], run_model(floored, feed)[extra["concat"]])
     assert worse < price["concat"] - 0.02

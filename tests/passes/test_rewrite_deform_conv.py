@@ -71,7 +71,9 @@ def dcn_model(
     wo = out_size(w, kw, stride[1], pads[1], pads[3], dilation[1])
     spatial = ["N", c_in, "H", "W"] if dynamic else [1, c_in, h, w]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, spatial)]
-    inits = [numpy_helper.from_array((rng.standard_normal((c_out, c_in // group, kh, kw)) * 0.3).astype(np.float32), "dcn_w")]
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((c_out, c_in // group, kh, kw)) * 0.3).astype(np.float32), "dcn_w")
+    ]
     if bias:
         inits.append(numpy_helper.from_array(rng.standard_normal(c_out).astype(np.float32), "dcn_b"))
     nodes = []
@@ -85,24 +87,52 @@ def dcn_model(
             numpy_helper.from_array(np.array([1], np.int64), "axis1"),
             numpy_helper.from_array(np.array([2**62], np.int64), "end"),
         ]
-        nodes.append(helper.make_node("Conv", ["x", "off_w", "off_b"], ["off_all"], name="offset_conv", kernel_shape=list(kernel),
-                                      strides=list(stride), pads=list(pads), dilations=list(dilation)))
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                ["x", "off_w", "off_b"],
+                ["off_all"],
+                name="offset_conv",
+                kernel_shape=list(kernel),
+                strides=list(stride),
+                pads=list(pads),
+                dilations=list(dilation),
+            )
+        )
         nodes.append(helper.make_node("Slice", ["off_all", "s0", "e0", "axis1"], ["offset"], name="slice_offset"))
         if mask:
-            nodes.append(helper.make_node("Slice", ["off_all", "e0", "end", "axis1"], ["mask_logits"], name="slice_mask"))
+            nodes.append(
+                helper.make_node("Slice", ["off_all", "e0", "end", "axis1"], ["mask_logits"], name="slice_mask")
+            )
             nodes.append(helper.make_node("Sigmoid", ["mask_logits"], ["mask"], name="mask_sigmoid"))
     else:
         dims = ["N", 2 * g * taps, "Ho", "Wo"] if dynamic else [1, 2 * g * taps, ho, wo]
         inputs.append(helper.make_tensor_value_info("offset", TensorProto.FLOAT, dims))
         if mask:
-            inputs.append(helper.make_tensor_value_info("mask", TensorProto.FLOAT, [dims[0], g * taps, dims[2], dims[3]]))
+            inputs.append(
+                helper.make_tensor_value_info("mask", TensorProto.FLOAT, [dims[0], g * taps, dims[2], dims[3]])
+            )
     dcn_inputs = ["x", "dcn_w", "offset", "dcn_b" if bias else "", "mask" if mask else ""]
     while not dcn_inputs[-1]:
         dcn_inputs.pop()
-    nodes.append(helper.make_node("DeformConv", dcn_inputs, ["y"], name="dcn", kernel_shape=list(kernel), strides=list(stride),
-                                  pads=list(pads), dilations=list(dilation), group=group, offset_group=g))
+    nodes.append(
+        helper.make_node(
+            "DeformConv",
+            dcn_inputs,
+            ["y"],
+            name="dcn",
+            kernel_shape=list(kernel),
+            strides=list(stride),
+            pads=list(pads),
+            dilations=list(dilation),
+            group=group,
+            offset_group=g,
+        )
+    )
     y_dims = ["N", c_out, "Ho", "Wo"] if dynamic else [1, c_out, ho, wo]
-    graph = helper.make_graph(nodes, "dcn_test", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_dims)], inits)
+    graph = helper.make_graph(
+        nodes, "dcn_test", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_dims)], inits
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
     onnx.checker.check_model(model)
     return model
@@ -156,7 +186,9 @@ def initializer(model: onnx.ModelProto, name: str) -> np.ndarray:
     return numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == name))
 
 
-def assert_same_outputs(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds: dict[str, np.ndarray], rtol: float = 1e-5) -> float:
+def assert_same_outputs(
+    reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds: dict[str, np.ndarray], rtol: float = 1e-5
+) -> float:
     """Both run in onnxruntime (vendor ops lowered); returns the max abs difference."""
     ref = run_model(reference, feeds)["y"]
     got = run_model(candidate, feeds)["y"]
@@ -454,7 +486,12 @@ def test_any_form_to_any_form(source: str, target: str) -> None:
     out, result = rewrite(start, target)
     assert result.changed is (source != target)
     remaining = {n.op_type for n in out.graph.node} & {"DeformConv", *VENDOR_OPS}
-    expected = {"onnx": {"DeformConv"}, "ascend": {"DeformableConv2D"}, "mmcv": {"MMCVModulatedDeformConv2d"}, "decomposed": set()}
+    expected = {
+        "onnx": {"DeformConv"},
+        "ascend": {"DeformableConv2D"},
+        "mmcv": {"MMCVModulatedDeformConv2d"},
+        "decomposed": set(),
+    }
     assert remaining == expected[target]
     assert_same_outputs(model, out, feeds_for(model, (9, 11)))
 
@@ -540,7 +577,9 @@ def randomize_offset_convs(model: onnx.ModelProto, scale: float, seed: int = 0) 
             weight = producer[weight].input[0]
         shape = numpy_helper.to_array(inits[weight]).shape
         name = f"{conv.name}/random_weight"
-        model.graph.initializer.append(numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name))
+        model.graph.initializer.append(
+            numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+        )
         conv.input[1] = name
         count += 1
     return count
@@ -607,6 +646,8 @@ def test_seed_dbnet_r50_dcn(dbnet_dcn: dict[str, Any], form: str) -> None:
             err = float(np.abs(got[name] - ref[name]).max())
             scale = float(np.abs(ref[name]).max())
             if form == "decomposed":
-                assert err <= 1e-5 + 1e-4 * scale, f"{name} at {SEED_SIZES[index]}: {err}"  # the verifier's exact tolerance
+                assert err <= 1e-5 + 1e-4 * scale, (
+                    f"{name} at {SEED_SIZES[index]}: {err}"
+                )  # the verifier's exact tolerance
             else:
                 assert err == 0.0, f"{name}: {err}"  # a channel permutation is bit-exact

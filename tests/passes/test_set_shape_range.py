@@ -102,7 +102,9 @@ RANGE = "x:1,3,8~40,8~40"
 OPT = "x:1,3,16,24"
 
 
-def apply(model: onnx.ModelProto, ranges: object = (RANGE,), opt: object = (OPT,)) -> tuple[onnx.ModelProto, object, PassContext]:
+def apply(
+    model: onnx.ModelProto, ranges: object = (RANGE,), opt: object = (OPT,)
+) -> tuple[onnx.ModelProto, object, PassContext]:
     ctx = PassContext(options={"ranges": list(ranges) if not isinstance(ranges, str) else ranges, "opt": opt})
     out, result = SetShapeRange().apply(model, ctx)
     return out, result, ctx
@@ -125,7 +127,13 @@ def test_traced_sizes_fixed_and_verified_over_range() -> None:
     after, result, ctx = apply(before)
     assert result.changed
     s = result.stats
-    assert (s["reshapes_fixed"], s["resizes_fixed"], s["slices_fixed"], s["pools_fixed"], s["expands_fixed"]) == (1, 1, 1, 1, 1)
+    assert (s["reshapes_fixed"], s["resizes_fixed"], s["slices_fixed"], s["pools_fixed"], s["expands_fixed"]) == (
+        1,
+        1,
+        1,
+        1,
+        1,
+    )
     assert s["inputs_changed"] == 1 and s["dynamic_dims"] == 2
     assert any("flatten_hw" in note and "[1, 4, -1]" in note for note in result.notes)
     dims = [d.dim_param or d.dim_value for d in after.graph.input[0].type.tensor_type.shape.dim]
@@ -370,9 +378,16 @@ def test_analysis_shapes_match_onnxruntime() -> None:
         _init("ex", np.array([1, 4, 3, 1], np.int64)),
     ]
     outs = ["c1", "p1", "pd", "cat", "up", "fl", "mmo", "rm", "d2s", "rg", "sl", "am", "exp"]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "h", "w"])],
-                              [helper.make_tensor_value_info(o, TensorProto.INT64 if o in ("rg", "am") else TensorProto.FLOAT, None)
-                               for o in outs], inits)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "h", "w"])],
+        [
+            helper.make_tensor_value_info(o, TensorProto.INT64 if o in ("rg", "am") else TensorProto.FLOAT, None)
+            for o in outs
+        ],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=10)
     analysis = ShapeAnalysis(gs.import_onnx(model)).run()
     for h, w in [(9, 14), (32, 21), (5, 5)]:
@@ -380,7 +395,9 @@ def test_analysis_shapes_match_onnxruntime() -> None:
         env = {"h": h, "w": w, "x.0": 1, "x.1": 3}  # static dims are symbols too (any size)
         for name in outs:
             dims = analysis.shapes[name]
-            assert dims is not None and not any(s.endswith(tuple(f"#{i}" for i in range(8))) for d in dims for s in d.symbols()), name
+            assert dims is not None and not any(
+                s.endswith(tuple(f"#{i}" for i in range(8))) for d in dims for s in d.symbols()
+            ), name
             assert tuple(int(d.evaluate(env)) for d in dims) == got[name].shape, (name, h, w, [str(d) for d in dims])
 
 # ----------------------------------------------------------------------------------------------

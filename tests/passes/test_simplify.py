@@ -107,12 +107,20 @@ def test_a_result_with_contrib_ops_is_discarded(monkeypatch) -> None:
     from segc.passbase import PassContext
     from segc.passes import simplify as mod
 
-    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    fused = helper.make_model(helper.make_graph([helper.make_node("FusedRelu", ["x"], ["y"], domain="com.microsoft")], "g",
-                                                list(g.input), list(g.output)),
-                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)], ir_version=8)
+    fused = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("FusedRelu", ["x"], ["y"], domain="com.microsoft")], "g", list(g.input), list(g.output)
+        ),
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+        ir_version=8,
+    )
     monkeypatch.setattr(mod._OnnxsimInput, "simplify", lambda self, settings, notes: fused)
     out, result = mod.Simplify().apply(model, PassContext())
     assert out is model and not result.changed and "com.microsoft" in result.notes[-1]

@@ -48,9 +48,16 @@ def _value(name: str, dims: Sequence[int | str] | None, elem: int = TensorProto.
 def conv_model() -> Callable[..., onnx.ModelProto]:
     """``conv_model(dims=(1,3,'H','W'), opset=17, out_elem=FLOAT)``: x -> Conv -> Relu -> y."""
 
-    def build(dims: Sequence[int | str] = (1, 3, "H", "W"), opset: int = 17, out_elem: int = TensorProto.FLOAT, name: str = "x") -> onnx.ModelProto:
+    def build(
+        dims: Sequence[int | str] = (1, 3, "H", "W"),
+        opset: int = 17,
+        out_elem: int = TensorProto.FLOAT,
+        name: str = "x",
+    ) -> onnx.ModelProto:
         rng = np.random.default_rng(0)
-        w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 3, 3], rng.standard_normal(108).astype(np.float32).tolist())
+        w = helper.make_tensor(
+            "w", TensorProto.FLOAT, [4, 3, 3, 3], rng.standard_normal(108).astype(np.float32).tolist()
+        )
         nodes = [
             helper.make_node("Conv", [name, "w"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
             helper.make_node("Relu", ["c"], ["r"], name="relu1"),
@@ -69,7 +76,9 @@ def conv_model() -> Callable[..., onnx.ModelProto]:
 def single_node_model() -> Callable[..., onnx.ModelProto]:
     """``single_node_model(op, domain="", opset=17, **attrs)``: one node between x and y."""
 
-    def build(op: str, domain: str = "", opset: int = 17, inputs: Sequence[str] = ("x",), **attrs: object) -> onnx.ModelProto:
+    def build(
+        op: str, domain: str = "", opset: int = 17, inputs: Sequence[str] = ("x",), **attrs: object
+    ) -> onnx.ModelProto:
         node = helper.make_node(op, list(inputs), ["y"], name=f"{op.lower()}_0", domain=domain, **attrs)
         opsets = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(domain, 1)] if domain else [])
         graph = helper.make_graph([node], "g", [_value("x", (1, 3, 8, 8))], [_value("y", None)])
@@ -87,7 +96,13 @@ def resize_model() -> Callable[..., onnx.ModelProto]:
     ``F.interpolate(scale_factor=2)`` for dynamic H and W; otherwise they are a constant.
     """
 
-    def build(shape_scales: bool = False, mode: str = "nearest", ctm: str = "asymmetric", opset: int = 13, nearest_mode: str = "floor") -> onnx.ModelProto:
+    def build(
+        shape_scales: bool = False,
+        mode: str = "nearest",
+        ctm: str = "asymmetric",
+        opset: int = 13,
+        nearest_mode: str = "floor",
+    ) -> onnx.ModelProto:
         inits = [helper.make_tensor("roi", TensorProto.FLOAT, [0], [])]
         nodes: list[onnx.NodeProto] = []
         if shape_scales:
@@ -123,8 +138,12 @@ def deform_model() -> Callable[..., onnx.ModelProto]:
     def build(op: str = "DeformConv", domain: str = "", opset: int = 19, **attrs: object) -> onnx.ModelProto:
         rng = np.random.default_rng(1)
         inits = [
-            helper.make_tensor("w_off", TensorProto.FLOAT, [18, 3, 3, 3], rng.standard_normal(18 * 27).astype(np.float32).tolist()),
-            helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 3, 3], rng.standard_normal(108).astype(np.float32).tolist()),
+            helper.make_tensor(
+                "w_off", TensorProto.FLOAT, [18, 3, 3, 3], rng.standard_normal(18 * 27).astype(np.float32).tolist()
+            ),
+            helper.make_tensor(
+                "w", TensorProto.FLOAT, [4, 3, 3, 3], rng.standard_normal(108).astype(np.float32).tolist()
+            ),
         ]
         nodes = [
             helper.make_node("Conv", ["x", "w_off"], ["off"], name="offset_conv", pads=[1, 1, 1, 1]),
@@ -203,7 +222,9 @@ def fake_tools(tmp_path: Path) -> Callable[..., tuple[dict[str, str], Path]]:
             tool.write_text(_RECORDER.format(python=sys.executable))
             tool.chmod(0o755)
         log = tmp_path / "fake-tools.log"
-        env = dict(os.environ, PATH=f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}", SEGC_FAKE_LOG=str(log))
+        env = dict(
+            os.environ, PATH=f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}", SEGC_FAKE_LOG=str(log)
+        )
         return env, log
 
     return make

@@ -31,7 +31,9 @@ def _emit(model: onnx.ModelProto, outdir: Path, opts, stem: str = "m") -> list[l
 def test_ocrnet_seed_one_om_per_batch_size(tmp_path: Path, conv_model, options) -> None:
     """OCRNet W18 guide: static NCHW builds at batch 1, 4, 8, 16, fp16."""
     model = conv_model(dims=("N", 3, 1024, 2048))
-    argvs = _emit(model, tmp_path, options("x:1,3,1024,2048", batch_sizes=(1, 4, 8, 16), precision="fp16"), stem="ocrnet")
+    argvs = _emit(
+        model, tmp_path, options("x:1,3,1024,2048", batch_sizes=(1, 4, 8, 16), precision="fp16"), stem="ocrnet"
+    )
     assert argvs == [
         ["atc", "--framework=5", "--model=ocrnet.ascend.onnx", f"--output=ocrnet.ascend_bs{b}", "--input_format=NCHW",
          f"--input_shape=x:{b},3,1024,2048", "--soc_version=Ascend310P3", "--precision_mode=force_fp16", "--log=error"]
@@ -46,7 +48,9 @@ def test_single_batch_keeps_the_stem(tmp_path: Path, conv_model, options) -> Non
 
 
 def test_dbnet_seed_shape_range_newest_cann(tmp_path: Path, conv_model, options) -> None:
-    argvs = _emit(conv_model(name="input"), tmp_path, options("input:1,3,640~4096,640~4096", opt=(1, 3, 1280, 1280)), stem="dbnet")
+    argvs = _emit(
+        conv_model(name="input"), tmp_path, options("input:1,3,640~4096,640~4096", opt=(1, 3, 1280, 1280)), stem="dbnet"
+    )
     assert argvs == [["atc", "--framework=5", "--model=dbnet.ascend.onnx", "--output=dbnet.ascend", "--input_format=ND",
                       "--input_shape=input:1,3,640~4096,640~4096", "--soc_version=Ascend310P3",
                       "--precision_mode=must_keep_origin_dtype", "--log=error"]]
@@ -153,13 +157,19 @@ def test_build_sh_in_awkward_folder(nasty_dir: Path, conv_model, options, bash_s
 
 def test_build_sh_without_atc(tmp_path: Path, conv_model, options) -> None:
     _emit(conv_model(), tmp_path, options("x:1,3,64,64"))
-    proc = subprocess.run(["bash", str(tmp_path / "build.sh")], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        ["bash", str(tmp_path / "build.sh")], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}
+    )
     assert proc.returncode == 127
     assert proc.stderr.startswith("build.sh: atc not found (install the CANN toolkit")
 
 
 def test_header_names_input_and_command(tmp_path: Path, conv_model, options) -> None:
-    _emit(conv_model(), tmp_path, options("x:1,3,64,64", input_sha256="f" * 64, command_line="segc compile 'a b.onnx' --target ascend"))
+    _emit(
+        conv_model(),
+        tmp_path,
+        options("x:1,3,64,64", input_sha256="f" * 64, command_line="segc compile 'a b.onnx' --target ascend"),
+    )
     text = (tmp_path / "build.sh").read_text()
     assert "# input model sha256: " + "f" * 64 in text
     assert "# command line: segc compile 'a b.onnx' --target ascend" in text
@@ -197,8 +207,12 @@ def test_no_inputs_gets_no_shape_flag(tmp_path: Path, options) -> None:
     from onnx import TensorProto, helper
 
     value = helper.make_tensor("v", TensorProto.FLOAT, [1, 3, 4, 4], np.ones(48, np.float32))
-    graph = helper.make_graph([helper.make_node("Constant", [], ["c"], value=value), helper.make_node("Relu", ["c"], ["y"])],
-                              "g", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["c"], value=value), helper.make_node("Relu", ["c"], ["y"])],
+        "g",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     (argv,) = _emit(model, tmp_path, options())
     assert not [a for a in argv if a.startswith("--input_shape")]
@@ -208,6 +222,11 @@ def test_unknown_rank_input_still_needs_a_shape(tmp_path: Path, options) -> None
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, None)  # no shape at all: not a scalar
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [x],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
     with pytest.raises(SegcError, match="needs a shape for input 'x'"):
         _emit(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path, options())

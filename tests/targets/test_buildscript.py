@@ -14,7 +14,9 @@ from segc.targets.buildscript import Requirement, Step, parse_steps, relative_na
 
 
 def _opts(**kw: object) -> BuildOptions:
-    base = dict(segc_version="9.9.9", input_sha256="ab" * 32, command_line="segc compile 'my model.onnx' --target ascend")
+    base = dict(
+        segc_version="9.9.9", input_sha256="ab" * 32, command_line="segc compile 'my model.onnx' --target ascend"
+    )
     base.update(kw)
     return BuildOptions(**base)  # type: ignore[arg-type]
 
@@ -105,7 +107,9 @@ def test_runs_in_folders_dirname_and_cd_mangle(tmp_path: Path, name: str) -> Non
         proc = subprocess.run(how, capture_output=True, text=True, cwd=tmp_path)
         assert proc.returncode == 0 and proc.stdout == "found\n", (how, proc.stderr)
     # called by its bare name from inside the folder, and with a CDPATH that would mislead cd
-    proc = subprocess.run(["bash", "build.sh"], capture_output=True, text=True, cwd=folder, env={**os.environ, "CDPATH": "/"})
+    proc = subprocess.run(
+        ["bash", "build.sh"], capture_output=True, text=True, cwd=folder, env={**os.environ, "CDPATH": "/"}
+    )
     assert proc.returncode == 0 and proc.stdout == "found\n", proc.stderr
 
 

@@ -29,12 +29,15 @@ def compile_fp16(tmp_path: Path, target: str, scale: float = 1e5) -> tuple[Path,
     src = tmp_path / f"over_{int(scale)}.onnx"
     onnx.save(overflow_model(scale), src)
     out = tmp_path / f"{target}_{int(scale)}"
-    assert main(["compile", str(src), "--target", target, "--precision", "fp16", "-o", str(out), "--passes", "cleanup"]) == 0
+    assert (
+        main(["compile", str(src), "--target", target, "--precision", "fp16", "-o", str(out), "--passes", "cleanup"])
+        == 0
+    )
     return out, json.loads((out / "report.json").read_text())
 
 
 def _trtexec_line(out: Path) -> list[str]:
-    line = next(l for l in (out / "build.sh").read_text().splitlines() if l.startswith("trtexec "))
+    line = next(ln for ln in (out / "build.sh").read_text().splitlines() if ln.startswith("trtexec "))
     return shlex.split(line)
 
 
@@ -65,7 +68,7 @@ def test_tensorrt_obeys_the_keep_set(tmp_module: Path) -> None:
 def test_ascend_keeps_dtype_for_those_nodes(tmp_module: Path) -> None:
     out, _ = compile_fp16(tmp_module, "ascend")
     assert (out / "keep_dtype.cfg").read_text().split() == KEPT
-    atc = next(l for l in (out / "build.sh").read_text().splitlines() if l.startswith("atc "))
+    atc = next(ln for ln in (out / "build.sh").read_text().splitlines() if ln.startswith("atc "))
     assert "--keep_dtype=keep_dtype.cfg" in atc and "--precision_mode=force_fp16" in atc
 
 
@@ -79,7 +82,9 @@ def test_magicmind_keeps_those_nodes_per_node(tmp_module: Path) -> None:
 def test_a_model_that_fits_gets_plain_fp16(tmp_module: Path) -> None:
     out, report = compile_fp16(tmp_module, "tensorrt", scale=10.0)
     argv = _trtexec_line(out)
-    assert "--fp16" in argv and not any(a.startswith("--precisionConstraints") or a.startswith("--layerPrecisions") for a in argv)
+    assert "--fp16" in argv and not any(
+        a.startswith("--precisionConstraints") or a.startswith("--layerPrecisions") for a in argv
+    )
     assert report["build"]["fp32_layers"] == []
     out, _ = compile_fp16(tmp_module, "ascend", scale=10.0)
     assert not (out / "keep_dtype.cfg").exists()

@@ -47,9 +47,19 @@ def test_tensorrt_calibrates_with_polygraphy_then_builds_from_the_cache(setup) -
     assert est["samples"] == N_IMAGES and est["quantized_nodes"] > 0
     assert 0.9 < est["cosine"] < 1.0  # a real drop, measured, not a copy of fp32
     # the layer-by-layer comparison ran between fp32 and the QDQ graph (shared tensor names)
-    assert est["worst_layers"] == [] or est["worst_layers"][0]["node"] in {"conv_in", "relu_in", "scale_up", "relu_big", "scale_down", "conv_out"}
+    assert est["worst_layers"] == [] or est["worst_layers"][0]["node"] in {
+        "conv_in",
+        "relu_in",
+        "scale_up",
+        "relu_big",
+        "scale_down",
+        "conv_out",
+    }
     script = (out / "build.sh").read_text()
-    assert "polygraphy convert m.tensorrt.onnx --int8 --data-loader-script calib_loader.py --calibration-cache calib.cache" in script
+    assert (
+        "polygraphy convert m.tensorrt.onnx --int8 --data-loader-script calib_loader.py --calibration-cache calib.cache"
+        in script
+    )
     assert "--int8 --fp16 --calib=calib.cache" in script
     assert script.index("polygraphy convert") < script.index("trtexec --onnx")
     assert not list(out.glob("calib_*.bin"))  # AMCT's format is Ascend's, not written here

@@ -68,7 +68,9 @@ def test_seed_graph_ops_are_listed_everywhere() -> None:
     ],
 )
 def test_wrong_deform_form_names_the_rewrite(deform_model, options, target, op, domain, attrs, fixed) -> None:
-    found = get_target(target).check(deform_model(op=op, domain=domain, opset=16 if target == "ascend" else 19, **attrs), options())
+    found = get_target(target).check(
+        deform_model(op=op, domain=domain, opset=16 if target == "ascend" else 19, **attrs), options()
+    )
     assert ("dcn", op, fixed) in _triples(found)
 
 
@@ -103,7 +105,9 @@ def test_ascend_deform_opset_window(deform_model, options) -> None:
     model = deform_model(op="DeformableConv2D", opset=19, strides=[1, 1], pads=[1, 1], data_format="NCHW", modulated=1)
     found = get_target("ascend").check(model, options())
     assert ("<model>", "opset", "convert_opset") in _triples(found)
-    assert any(v.op == "DeformableConv2D" and "opset 9..16" in v.reason and v.fixed_by == "convert_opset" for v in found)
+    assert any(
+        v.op == "DeformableConv2D" and "opset 9..16" in v.reason and v.fixed_by == "convert_opset" for v in found
+    )
 
 
 def test_every_deform_form_is_known() -> None:
@@ -135,8 +139,13 @@ def test_shape_computed_scales_fine_for_tensorrt(resize_model, options) -> None:
 
 
 def test_resize_modes(resize_model, options) -> None:
-    assert "mode 'cubic'" in get_target("ascend").check(resize_model(mode="cubic", ctm="half_pixel"), options())[0].reason
-    assert "mode 'cubic'" in get_target("tensorrt").check(resize_model(mode="cubic", ctm="half_pixel"), options())[0].reason
+    assert (
+        "mode 'cubic'" in get_target("ascend").check(resize_model(mode="cubic", ctm="half_pixel"), options())[0].reason
+    )
+    assert (
+        "mode 'cubic'"
+        in get_target("tensorrt").check(resize_model(mode="cubic", ctm="half_pixel"), options())[0].reason
+    )
     found = get_target("tensorrt").check(resize_model(mode="linear", ctm="tf_crop_and_resize"), options())
     assert "coordinate_transformation_mode 'tf_crop_and_resize'" in found[0].reason
     assert get_target("ascend").check(resize_model(mode="linear", ctm="tf_crop_and_resize"), options()) == []
@@ -226,7 +235,9 @@ def test_check_model_defaults(conv_model) -> None:
 
 def test_violation_text(deform_model, options) -> None:
     found = get_target("ascend").check(deform_model(opset=16), options())
-    assert str(found[0]).startswith("dcn [DeformConv]: deformable convolution as DeformConv; Huawei Ascend ATC wants DeformableConv2D")
+    assert str(found[0]).startswith(
+        "dcn [DeformConv]: deformable convolution as DeformConv; Huawei Ascend ATC wants DeformableConv2D"
+    )
     assert str(found[0]).endswith("(fixed by pass rewrite_deform_conv)")
 
 
@@ -255,7 +266,9 @@ def test_complete_list_misses_are_errors(single_node_model, options) -> None:
 def test_group_violations_counts_instead_of_repeating() -> None:
     same = [Violation(f"Resize_{i}", "Resize", "sizes computed at run time", "fold_resize_scales") for i in range(58)]
     lines = group_violations(same)
-    assert lines == ["Resize x58 (Resize_0, Resize_1, Resize_2, ...): sizes computed at run time (fixed by pass fold_resize_scales)"]
+    assert lines == [
+        "Resize x58 (Resize_0, Resize_1, Resize_2, ...): sizes computed at run time (fixed by pass fold_resize_scales)"
+    ]
     unsure = [Violation(f"c{i}", "Clip", "unconfirmed: x", severity=Severity.UNCONFIRMED) for i in range(12)]
     unsure += [Violation(f"d{i}", "Div", "unconfirmed: x", severity=Severity.UNCONFIRMED) for i in range(3)]
     assert group_violations(unsure) == ["Clip x12, Div x3 (unconfirmed: x)"]

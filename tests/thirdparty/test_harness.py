@@ -46,7 +46,9 @@ def test_recheck_catches_a_small_weight_change(tmp_path: Path) -> None:
 
 
 def test_recheck_catches_a_dropped_output(tmp_path: Path) -> None:
-    checks = harness.recheck(_conv_model(tmp_path / "a.onnx"), _conv_model(tmp_path / "b.onnx", extra_output=False), SPEC)
+    checks = harness.recheck(
+        _conv_model(tmp_path / "a.onnx"), _conv_model(tmp_path / "b.onnx", extra_output=False), SPEC
+    )
     assert [c.output for c in checks if not c.ok] == ["z", "z"]
 
 
@@ -62,7 +64,9 @@ def test_recheck_catches_a_model_wrong_only_at_the_odd_shape(tmp_path: Path) -> 
         helper.make_node("Cast", ["odd"], ["oddf"], to=TensorProto.FLOAT),
         helper.make_node("Add", ["y", "oddf"], ["y2"]),
     ])
-    g.initializer.extend([numpy_helper.from_array(np.array([v], np.int64), n) for n, v in (("i3", 3), ("i4", 4), ("two", 2))])
+    g.initializer.extend(
+        [numpy_helper.from_array(np.array([v], np.int64), n) for n, v in (("i3", 3), ("i4", 4), ("two", 2))]
+    )
     g.output[0].name = "y2"
     cand = tmp_path / "b.onnx"
     onnx.save(m, cand)

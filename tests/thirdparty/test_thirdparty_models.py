@@ -16,11 +16,15 @@ import pytest
 
 import harness
 
-CELLS = [pytest.param(spec, target, id=f"{spec.name}-{target}") for spec in harness.MODELS for target in harness.TARGETS]
+CELLS = [
+    pytest.param(spec, target, id=f"{spec.name}-{target}") for spec in harness.MODELS for target in harness.TARGETS
+]
 
 
 @pytest.mark.parametrize(("spec", "target"), CELLS)
-def test_compiles_verified_and_rechecked(spec: harness.ModelSpec, target: str, thirdparty_model, tmp_path: Path) -> None:
+def test_compiles_verified_and_rechecked(
+    spec: harness.ModelSpec, target: str, thirdparty_model, tmp_path: Path
+) -> None:
     model = thirdparty_model(spec)
     res = harness.compile_model(model, spec, target, tmp_path / "out")
     code, verdict = res.exit_code, res.verdict_line()

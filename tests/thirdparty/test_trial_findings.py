@@ -106,21 +106,51 @@ def vit_attention_block() -> onnx.ModelProto:
     def i64(name: str, values: list[int]) -> onnx.TensorProto:
         return nh.from_array(np.array(values, np.int64), name)
 
-    inits = [w("pw", 16, 3, 4, 4), w("pb", 16), w("wq", 16, 16), w("bq", 16), w("wk", 16, 16), w("bk", 16),
-             w("wv", 16, 16), w("bv", 16), w("wo", 16, 16), w("bo", 16), nh.from_array(np.array(2.828427, np.float32), "scale"),
-             i64("tok", [1, 16, -1]), i64("flat", [-1, 16]), i64("heads", [1, -1, 2, 8]), i64("img", [1, 16, 4, 4]),
-             i64("seq", [1, 16, 16])]
+    inits = [
+        w("pw", 16, 3, 4, 4),
+        w("pb", 16),
+        w("wq", 16, 16),
+        w("bq", 16),
+        w("wk", 16, 16),
+        w("bk", 16),
+        w("wv", 16, 16),
+        w("bv", 16),
+        w("wo", 16, 16),
+        w("bo", 16),
+        nh.from_array(np.array(2.828427, np.float32), "scale"),
+        i64("tok", [1, 16, -1]),
+        i64("flat", [-1, 16]),
+        i64("heads", [1, -1, 2, 8]),
+        i64("img", [1, 16, 4, 4]),
+        i64("seq", [1, 16, 16]),
+    ]
     n = h.make_node
-    nodes = [n("Conv", ["x", "pw", "pb"], ["c"], kernel_shape=[4, 4], strides=[4, 4]),
-             n("Reshape", ["c", "tok"], ["r0"]), n("Transpose", ["r0"], ["t"], perm=[0, 2, 1]),
-             n("Reshape", ["t", "flat"], ["tf"]),
-             n("Gemm", ["tf", "wq", "bq"], ["q0"]), n("Reshape", ["q0", "heads"], ["q1"]), n("Transpose", ["q1"], ["q"], perm=[0, 2, 1, 3]),
-             n("Gemm", ["tf", "wk", "bk"], ["k0"]), n("Reshape", ["k0", "heads"], ["k1"]), n("Transpose", ["k1"], ["kt"], perm=[0, 2, 3, 1]),
-             n("Gemm", ["tf", "wv", "bv"], ["v0"]), n("Reshape", ["v0", "heads"], ["v1"]), n("Transpose", ["v1"], ["v"], perm=[0, 2, 1, 3]),
-             n("MatMul", ["q", "kt"], ["s"]), n("Div", ["s", "scale"], ["sd"]), n("Softmax", ["sd"], ["p"], axis=-1),
-             n("MatMul", ["p", "v"], ["a"]), n("Transpose", ["a"], ["a1"], perm=[0, 2, 1, 3]), n("Reshape", ["a1", "flat"], ["a2"]),
-             n("Gemm", ["a2", "wo", "bo"], ["o0"]), n("Reshape", ["o0", "seq"], ["o"]), n("Add", ["o", "t"], ["z"]),
-             n("Transpose", ["z"], ["zt"], perm=[0, 2, 1]), n("Reshape", ["zt", "img"], ["y"])]
+    nodes = [
+        n("Conv", ["x", "pw", "pb"], ["c"], kernel_shape=[4, 4], strides=[4, 4]),
+        n("Reshape", ["c", "tok"], ["r0"]),
+        n("Transpose", ["r0"], ["t"], perm=[0, 2, 1]),
+        n("Reshape", ["t", "flat"], ["tf"]),
+        n("Gemm", ["tf", "wq", "bq"], ["q0"]),
+        n("Reshape", ["q0", "heads"], ["q1"]),
+        n("Transpose", ["q1"], ["q"], perm=[0, 2, 1, 3]),
+        n("Gemm", ["tf", "wk", "bk"], ["k0"]),
+        n("Reshape", ["k0", "heads"], ["k1"]),
+        n("Transpose", ["k1"], ["kt"], perm=[0, 2, 3, 1]),
+        n("Gemm", ["tf", "wv", "bv"], ["v0"]),
+        n("Reshape", ["v0", "heads"], ["v1"]),
+        n("Transpose", ["v1"], ["v"], perm=[0, 2, 1, 3]),
+        n("MatMul", ["q", "kt"], ["s"]),
+        n("Div", ["s", "scale"], ["sd"]),
+        n("Softmax", ["sd"], ["p"], axis=-1),
+        n("MatMul", ["p", "v"], ["a"]),
+        n("Transpose", ["a"], ["a1"], perm=[0, 2, 1, 3]),
+        n("Reshape", ["a1", "flat"], ["a2"]),
+        n("Gemm", ["a2", "wo", "bo"], ["o0"]),
+        n("Reshape", ["o0", "seq"], ["o"]),
+        n("Add", ["o", "t"], ["z"]),
+        n("Transpose", ["z"], ["zt"], perm=[0, 2, 1]),
+        n("Reshape", ["zt", "img"], ["y"]),
+    ]
     g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 16, 16])],
                      [h.make_tensor_value_info("y", T.FLOAT, [1, 16, 4, 4])], inits)
     return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
