@@ -248,13 +248,15 @@ def expand(manifest: Manifest) -> list[Cell]:
     for m in manifest.models:
         for target in m.targets:
             for opt in manifest.option_sets:
-                settings = manifest.defaults.over(m.settings).over(m.per_target.get(target, Settings())).over(opt.settings)
+                own = m.per_target.get(target, Settings())
+                settings = manifest.defaults.over(m.settings).over(own).over(opt.settings)
                 cells.append(Cell(m.name, target, opt.name, settings.argv(target), m.timeout or manifest.timeout))
     return cells
 
 
-def _model(m: Any, i: int, base: Path, targets: list[str], known_targets: list[str],
-           fail: Callable[[str], SegcError]) -> ModelEntry:
+def _model(
+    m: Any, i: int, base: Path, targets: list[str], known_targets: list[str], fail: Callable[[str], SegcError]
+) -> ModelEntry:
     where = f"[[model]] #{i + 1}"
     if not isinstance(m, dict):
         raise fail(f"{where} must be a table")
@@ -280,7 +282,7 @@ def _model(m: Any, i: int, base: Path, targets: list[str], known_targets: list[s
             raise fail(f"{where}: unknown zoo model {name!r}; known models: {', '.join(model_names())}")
         export = m.get("export", {})
         if not isinstance(export, dict):
-            raise fail(f"{where}: `export` must be a table, e.g. export = {{ shape = \"1,3,640,640\" }}")
+            raise fail(f'{where}: `export` must be a table, e.g. export = {{ shape = "1,3,640,640" }}')
         _unknown(export, set(EXPORT_KEYS), f"{where} export", fail)
         for k, v in export.items():
             _check_value(k, v, EXPORT_KEYS[k], f"{where} export", fail)
@@ -307,12 +309,20 @@ def _model(m: Any, i: int, base: Path, targets: list[str], known_targets: list[s
         if t not in known_targets:
             raise fail(f"{where}: unknown target {t!r} in per_target; known targets: {', '.join(known_targets)}")
         per_target[t] = _settings(table, f"{where} per_target.{t}", base, fail, target=t)
-    return ModelEntry(name, path, zoo, _settings(settings_data, where, base, fail), per_target, tuple(model_targets),
-                      _timeout(m.get("timeout"), f"{where} timeout", fail))
+    return ModelEntry(
+        name,
+        path,
+        zoo,
+        _settings(settings_data, where, base, fail),
+        per_target,
+        tuple(model_targets),
+        _timeout(m.get("timeout"), f"{where} timeout", fail),
+    )
 
 
-def _settings(table: Any, where: str, base: Path, fail: Callable[[str], SegcError],
-              target: str | None = None) -> Settings:
+def _settings(
+    table: Any, where: str, base: Path, fail: Callable[[str], SegcError], target: str | None = None
+) -> Settings:
     """One layer's keys: segc compile's shared keys and the targets' own (in a ``per_target``
     table only the keys of that ``target``)."""
     if not isinstance(table, dict):
@@ -345,8 +355,14 @@ def _check_value(key: str, value: Any, spec: _Key, where: str, fail: Callable[[s
         "repeat": isinstance(value, list) and all(isinstance(x, str) for x in value),
     }[kind]
     if not ok:
-        want = {"str": "a string", "path": "a path string", "int": "an integer", "bool": "true or false",
-                "csv": "a non-empty list", "repeat": "a list of strings"}[kind]
+        want = {
+            "str": "a string",
+            "path": "a path string",
+            "int": "an integer",
+            "bool": "true or false",
+            "csv": "a non-empty list",
+            "repeat": "a list of strings",
+        }[kind]
         raise fail(f"{where}: `{key}` must be {want}, got {value!r}")
     if spec.choices and value not in spec.choices:
         raise fail(f"{where}: `{key}` = {value!r}; expected one of {', '.join(spec.choices)}")
@@ -376,8 +392,11 @@ def _unknown(table: dict[str, Any], allowed: set[str], where: str, fail: Callabl
         import difflib
 
         hint = difflib.get_close_matches(extra[0], sorted(allowed), n=1)
-        raise fail(f"{where}: unknown key {extra[0]!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                   + f"; known keys: {', '.join(sorted(allowed))}")
+        raise fail(
+            f"{where}: unknown key {extra[0]!r}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + f"; known keys: {', '.join(sorted(allowed))}"
+        )
 
 
 def _str_list(value: Any, where: str, fail: Callable[[str], SegcError]) -> list[str]:

@@ -62,21 +62,40 @@ def build_parser() -> argparse.ArgumentParser:
     from segc.targets.base import add_target_arguments
 
     add_target_arguments(c)  # --target and each target's own flags, from the target registry
-    c.add_argument("-o", "--output", dest="outdir", help="output folder (default: <model stem>.<target>/ beside the model)")
+    c.add_argument(
+        "-o", "--output", dest="outdir", help="output folder (default: <model stem>.<target>/ beside the model)"
+    )
     c.add_argument("--recipe", help="model recipe (default: the one named in the model's metadata)")
     c.add_argument("--passes", type=_csv, help="comma-separated pass list (replaces the recipe's or target's)")
     c.add_argument("--skip", type=_csv, default=[], help="passes to leave out")
-    c.add_argument("--option", action="append", default=[], metavar="PASS.KEY=VALUE",
-                   help="a pass option, e.g. resize_to_nearest.preset=hrnet_branches (repeatable)")
-    c.add_argument("--input-shape", action="append", default=[], metavar="NAME:1,3,640~4096,640~4096",
-                   help="input shape or range, ATC syntax (repeatable)")
+    c.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="PASS.KEY=VALUE",
+        help="a pass option, e.g. resize_to_nearest.preset=hrnet_branches (repeatable)",
+    )
+    c.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME:1,3,640~4096,640~4096",
+        help="input shape or range, ATC syntax (repeatable)",
+    )
     c.add_argument("--opt-shape", action="append", default=[], metavar="NAME:1,3,1280,1280")
-    c.add_argument("--batch", type=_csv, help="batch sizes, e.g. 1,4,8,16 (one static build each where the target does that)")
-    c.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="build precision (default: the recipe's, else fp32)")
+    c.add_argument(
+        "--batch", type=_csv, help="batch sizes, e.g. 1,4,8,16 (one static build each where the target does that)"
+    )
+    c.add_argument(
+        "--precision", choices=["fp32", "fp16", "int8"], help="build precision (default: the recipe's, else fp32)"
+    )
     c.add_argument("--calib-images", help="folder of calibration images (int8)")
     c.add_argument("--calib-samples", type=int, metavar="N", help="how many calibration images to use (default 32)")
-    c.add_argument("--allow-unlisted-ops", action="store_true",
-                   help="silence the warnings for ops that segc's partial operator list (MagicMind) does not name")
+    c.add_argument(
+        "--allow-unlisted-ops",
+        action="store_true",
+        help="silence the warnings for ops that segc's partial operator list (MagicMind) does not name",
+    )
     c.add_argument("--outputs", type=_csv, help="selectors of the tensors to keep as outputs (adds prune_outputs)")
     c.add_argument(
         "--no-prune", action="store_true", help="keep the graph whole; pass chosen outputs to the vendor tool"
@@ -92,8 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="judge the build on a labelled dataset (cityscapes:ROOT, icdar2015:ROOT) instead of the synthetic budget",
     )
     c.add_argument("--budget", metavar="miou_drop=N|hmean_drop=N", help="the largest metric drop --verify-data accepts")
-    c.add_argument("--tolerance", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a judgement threshold: rtol, atol, exact_agreement, cosine, agreement")
+    c.add_argument(
+        "--tolerance",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a judgement threshold: rtol, atol, exact_agreement, cosine, agreement",
+    )
     c.add_argument("--pixel-budget", type=int, help="largest N*H*W verified at (default 2.2M)")
     c.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
     c.add_argument("--dump-dir", help="write the graph after each pass into this folder")
@@ -135,8 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--verify-inputs")
     v.add_argument("--tolerance", action="append", default=[])
     v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--localize", action="store_true",
-                   help="compare every intermediate tensor the graphs share; name the first node that diverges")
+    v.add_argument(
+        "--localize",
+        action="store_true",
+        help="compare every intermediate tensor the graphs share; name the first node that diverges",
+    )
     v.add_argument(
         "--top", type=int, default=5, metavar="K", help="with --localize: how many of the worst tensors to list"
     )
@@ -172,8 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
             print(f"segc: internal error: {type(exc).__name__}: {first_line(exc)}", file=sys.stderr)
         else:
-            print(f"segc: internal error: {type(exc).__name__}: {first_line(exc)} (run with --debug for the traceback)",
-                  file=sys.stderr)
+            print(
+                f"segc: internal error: {type(exc).__name__}: {first_line(exc)} (run with --debug for the traceback)",
+                file=sys.stderr,
+            )
         return ExitStatus.INTERNAL
 
 

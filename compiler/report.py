@@ -111,7 +111,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     for row in pass_rows(report):
         lines.append("| " + " | ".join(row) + " |")
     notes = [(p["name"], n) for p in report.get("passes", []) for n in p.get("notes", [])]
-    reasons = [(p["name"], r) for p in report.get("passes", []) for r in ((p.get("verdict") or {}).get("reasons") or [])]
+    reasons = [
+        (p["name"], r) for p in report.get("passes", []) for r in ((p.get("verdict") or {}).get("reasons") or [])
+    ]
     if reasons or notes:
         lines += ["", "## Notes", ""]
         lines += [f"- **{name}** (failed): {r}" for name, r in reasons]

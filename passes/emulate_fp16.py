@@ -17,6 +17,7 @@ makes to the graph, and it is verified like any other.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import onnx
 
@@ -74,7 +75,7 @@ class EmulateFp16(GraphPass):
         return (named if changed else model), PassResult(changed=changed, stats={"fp16": stats}, notes=notes)
 
 
-def precision_passes(names: list[str], options: dict[str, dict], precision: str | None,
+def precision_passes(names: list[str], options: dict[str, dict[str, Any]], precision: str | None,
                      calib_images: str | None = None, calib_samples: int | None = None) -> list[str]:
     """The planner's one call: the precision check the build precision asks for, last, for every target.
 

@@ -620,10 +620,13 @@ class AscendTarget(Target):
             keep = outdir / KEEP_DTYPE_FILE
             write_text(keep, "".join(f"{n}\n" for n in options.fp32_layers))
             artefacts.append(Artefact(keep, "data"))
-            notes.append(f"{len(options.fp32_layers)} layers kept fp32 by {KEEP_DTYPE_FILE} (segc's fp16 emulation overflows or misses its budget without them)")
+            notes.append(
+                f"{len(options.fp32_layers)} layers kept fp32 by {KEEP_DTYPE_FILE} "
+                "(segc's fp16 emulation overflows or misses its budget without them)"
+            )
         if own.shape_route:
             notes.append(f"shapes by {own.shape_route}")
         needs = [Requirement("atc", ATC_HINT)] + ([Requirement("amct_onnx", AMCT_TOOL_HINT)] if amct_steps else [])
         script = write_build_script(outdir, options, needs, steps, title="Ascend ATC build", notes=notes)
-        first_om = next(a[len("--output="):] for step in steps for a in step.argv if a.startswith("--output=")) + ".om"
+        first_om = next(a[len("--output=") :] for step in steps for a in step.argv if a.startswith("--output=")) + ".om"
         return [script, *artefacts, *write_run_script(outdir, options, "ascend", first_om, model)]

@@ -278,7 +278,10 @@ def main():
         if len(rows) < INPUTS[0]["opt"][0]:
             fail("calibration set has " + str(len(rows)) + " images, fewer than the batch " + str(INPUTS[0]["opt"][0]))
         calibrator = mm.Calibrator([CalibData(INPUTS[0]["opt"], rows)])
-        check(calibrator.set_quantization_algorithm(mm.QuantizationAlgorithm.LINEAR_ALGORITHM), "choosing the quantisation algorithm")
+        check(
+            calibrator.set_quantization_algorithm(mm.QuantizationAlgorithm.LINEAR_ALGORITHM),
+            "choosing the quantisation algorithm",
+        )
         with mm.System() as system:
             if DEVICE_ID >= system.device_count():
                 fail("no MLU device " + str(DEVICE_ID) + " for calibration")
@@ -331,7 +334,9 @@ def render_program(
         onnx_rel=relative_name(Path(model_path), outdir),
         mm_rel=mm_path.name,
         config=pprint.pformat(builder_configs(arch, mode, ranges), width=100),
-        inputs=pprint.pformat([{"name": r.name, "min": list(r.min), "opt": list(r.opt), "max": list(r.max)} for r in ranges], width=100),
+        inputs=pprint.pformat(
+            [{"name": r.name, "min": list(r.min), "opt": list(r.opt), "max": list(r.max)} for r in ranges], width=100
+        ),
         calib_file=CALIB_FILE if options.precision == "int8" else None,
         device_id=own.device_id,
         keep_fp32=pprint.pformat(keep, width=100),
@@ -376,11 +381,15 @@ class MagicMindTarget(Target):
             files = emit_calibration(model, outdir, options, formats=("npy",), batch=1)
             assert files is not None and files.npy_file == CALIB_FILE
             calib = [Artefact(outdir / files.npy_file, "data")]
-            notes.append(f"int8: calibrates on {files.count} preprocessed images in {files.npy_file} "
-                         f"(batches of {ranges[0].opt[0]})")
+            notes.append(
+                f"int8: calibrates on {files.count} preprocessed images in {files.npy_file} "
+                f"(batches of {ranges[0].opt[0]})"
+            )
         if options.precision == "fp16" and options.fp32_layers:
-            notes.append(f"{len(options.fp32_layers)} layers kept fp32 by the build program (KEEP_FP32: "
-                         f"set_precision / set_output_type), the rest force_float16")
+            notes.append(
+                f"{len(options.fp32_layers)} layers kept fp32 by the build program (KEEP_FP32: "
+                f"set_precision / set_output_type), the rest force_float16"
+            )
         program = outdir / PROGRAM_NAME
         write_text(program, text, executable=True)
         dims = [",".join(str(d) for d in r.opt) for r in ranges]

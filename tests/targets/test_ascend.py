@@ -63,7 +63,11 @@ def test_dbnet_seed_shape_range_newest_cann(tmp_path: Path, conv_model, options)
     ("8.0.RC3", "--input_shape=input:1,3,640~4096,640~4096"),
 ])
 def test_range_syntax_follows_cann(tmp_path: Path, conv_model, options, cann, flag) -> None:
-    argvs = _emit(conv_model(name="input"), tmp_path, options("input:1,3,640~4096,640~4096", target=AscendOptions(cann_version=cann)))
+    argvs = _emit(
+        conv_model(name="input"),
+        tmp_path,
+        options("input:1,3,640~4096,640~4096", target=AscendOptions(cann_version=cann)),
+    )
     assert argvs[0][5] == flag
 
 
@@ -103,14 +107,17 @@ def test_soc_checked(tmp_path: Path, conv_model, options) -> None:
         get_target("ascend").check(conv_model(), options(target=AscendOptions(soc="Ascend999")))
 
 
-@pytest.mark.parametrize("precision, soc, deform, mode", [
-    ("fp16", "Ascend310P3", False, "force_fp16"),
-    ("fp32", "Ascend310P3", False, "must_keep_origin_dtype"),
-    ("fp32", "Ascend910B2", False, "must_keep_origin_dtype"),
-    ("fp32", "Ascend310", False, "force_fp32"),
-    ("fp32", "Ascend310B1", False, "force_fp32"),
-    ("fp32", "Ascend310P3", True, "force_fp32"),
-])
+@pytest.mark.parametrize(
+    "precision, soc, deform, mode",
+    [
+        ("fp16", "Ascend310P3", False, "force_fp16"),
+        ("fp32", "Ascend310P3", False, "must_keep_origin_dtype"),
+        ("fp32", "Ascend910B2", False, "must_keep_origin_dtype"),
+        ("fp32", "Ascend310", False, "force_fp32"),
+        ("fp32", "Ascend310B1", False, "force_fp32"),
+        ("fp32", "Ascend310P3", True, "force_fp32"),
+    ],
+)
 def test_precision_mode(conv_model, deform_model, precision, soc, deform, mode) -> None:
     model = deform_model(op="DeformableConv2D", opset=16) if deform else conv_model()
     assert precision_mode(precision, soc, model) == mode

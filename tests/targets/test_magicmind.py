@@ -46,8 +46,10 @@ def test_ocrnet_seed_batch_range(tmp_path: Path, conv_model, options, fake_magic
     """Seed 001: graph_shape_mutable, dim_range min [1,3,1024,2048] max [16,3,1024,2048]."""
     model = conv_model(dims=("N", 3, 1024, 2048), name="input")
     steps = _emit(model, tmp_path, options("input:1,3,1024,2048", precision="fp16", batch_range=(1, 16)), stem="ocrnet")
-    assert steps == [["python3", "build_magicmind.py"],
-                     ["mm_run", "--magicmind_model", "ocrnet.magicmind.mm", "--input_dims", "1,3,1024,2048", "--iterations", "1000"]]
+    assert steps == [
+        ["python3", "build_magicmind.py"],
+        ["mm_run", "--magicmind_model", "ocrnet.magicmind.mm", "--input_dims", "1,3,1024,2048", "--iterations", "1000"],
+    ]
     env, log = fake_magicmind()
     proc = _run_program(tmp_path, env)
     assert proc.returncode == 0, proc.stderr
@@ -100,8 +102,14 @@ def test_int8_calibrates_on_segcs_calibration_files(nasty_dir: Path, conv_model,
     model = conv_model(name="input")
     model.metadata_props.add(key=RECIPE_METADATA_KEY, value="dbnet_r50")
     recipe = get_recipe("dbnet_r50")
-    opts = options("input:2,3,32,48", precision="int8", calib_images=images, calib_samples=4, recipe=recipe,
-                   target=MagicMindOptions(device_id=1))
+    opts = options(
+        "input:2,3,32,48",
+        precision="int8",
+        calib_images=images,
+        calib_samples=4,
+        recipe=recipe,
+        target=MagicMindOptions(device_id=1),
+    )
     path = nasty_dir / "m.magicmind.onnx"
     onnx.save(model, path)
     arts = get_target("magicmind").emit(model, path, nasty_dir, opts)
@@ -156,8 +164,10 @@ def test_program_without_magicmind(nasty_dir: Path, conv_model, options, py_comp
     bash_syntax_ok(nasty_dir / "build.sh")
     proc = _run_program(nasty_dir, {"PATH": "/usr/bin:/bin"})
     assert proc.returncode == 127
-    assert proc.stderr.strip() == ("build_magicmind.py: python module magicmind not found "
-                                   "(install Cambricon Neuware (CNToolkit) and the MagicMind Python wheel)")
+    assert proc.stderr.strip() == (
+        "build_magicmind.py: python module magicmind not found "
+        "(install Cambricon Neuware (CNToolkit) and the MagicMind Python wheel)"
+    )
 
 
 def test_build_sh_runs_program_then_mm_run(

@@ -98,7 +98,11 @@ def test_errors(tmp_path: Path, conv_model, options) -> None:
 
 
 def test_scripts_in_awkward_folder(nasty_dir: Path, conv_model, options, bash_syntax_ok, fake_tools, fake_log) -> None:
-    build, compare = _emit(conv_model(), nasty_dir, options("x:1,3,64~128,64~128", precision="fp16", target=TensorRTOptions(workspace_mb=64)))
+    build, compare = _emit(
+        conv_model(),
+        nasty_dir,
+        options("x:1,3,64~128,64~128", precision="fp16", target=TensorRTOptions(workspace_mb=64)),
+    )
     for script in ("build.sh", "compare_tensorrt.sh"):
         bash_syntax_ok(nasty_dir / script)
     env, log = fake_tools("trtexec", "polygraphy")
