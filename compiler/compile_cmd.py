@@ -31,7 +31,7 @@ from segc.report import PASS_COLUMNS, build_report, pass_rows, unverified_lines,
 from segc.shapes import ShapeRange, parse_shape_range, parse_static_shape, ranges_from_metadata
 from segc.legalise import Plan, final_gate_lines, legalise
 from segc.task_budget import judge_on_dataset
-from segc.preflight import validate_cli, validate_selectors
+from segc.preflight import validate_cli, validate_pass_plan, validate_selectors
 from segc.targets.base import BuildOptions, Target, get_target
 from segc.targets.legality import errors, group_violations, unconfirmed
 from segc.verify import Verifier
@@ -253,6 +253,7 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
     recipe = resolve_recipe(args.recipe, model)
     cli_warnings = validate_cli(args, target)
     specs = plan_passes(args, target, recipe)
+    validate_pass_plan(specs, "--passes" if args.passes else "the planned pipeline")
     ranges = cli_ranges(args)
     _validate_inputs(model, ranges)
     tolerances = Tolerances.parse(args.tolerance + task_metric_tolerances(args))
@@ -295,6 +296,7 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
     plan = legalise(model, target, planned_options, specs, user_passes=bool(args.passes), skipped=set(args.skip or []),
                     static_cli={n: r for n, r in ranges.items() if r.is_static})
     specs = plan.specs
+    validate_pass_plan(specs, "--passes" if args.passes else "the planned pipeline")
     check_cli_options_used(args, specs)
     _print_plan(plan, cli_warnings)
 

@@ -145,7 +145,8 @@ class FoldResizeScales(GraphPass):
     name = "fold_resize_scales"
     contract = Contract.EXACT
     summary = "replace shape-computed Resize scales/sizes by constants where provably identical for every input size (or every size on the range's /M grid)"
-    options: dict[str, str] = {}
+    runs_after = ("simplify",)
+    order_reason = "simplify folds what it can first; this proves the Resize parameters it leaves"
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         resizes = [n for n in topo_nodes(graph) if n.op in ("Resize", "Upsample") and (n.domain or "") in ("", "ai.onnx")]
