@@ -21,16 +21,15 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import networkx as nx
-
 from segc.errors import SegcError
 
 if TYPE_CHECKING:
     from segc.passbase import Pass
 
 
-def constraint_graph(classes: Iterable[type[Pass]]) -> nx.DiGraph:
+def constraint_graph(classes: Iterable[type[Pass]]) -> nx.DiGraph[str]:
     """Edges ``A -> B``: A runs before B; ``by`` names the pass that declared the edge."""
-    graph = nx.DiGraph()
+    graph: nx.DiGraph[str] = nx.DiGraph()
     for cls in classes:
         graph.add_node(cls.name)
         for before in (*cls.runs_after, *cls.requires):
@@ -49,13 +48,13 @@ def find_cycle(classes: Iterable[type[Pass]]) -> list[str] | None:
     return [str(a) for a, _ in edges] + [str(edges[0][0])]
 
 
-def registered_graph() -> nx.DiGraph:
+def registered_graph() -> nx.DiGraph[str]:
     from segc.passbase import all_passes
 
     return constraint_graph(all_passes().values())
 
 
-def _why(graph: nx.DiGraph, first: str, then: str) -> str:
+def _why(graph: nx.DiGraph[str], first: str, then: str) -> str:
     """Which declarations order ``first`` before ``then``, for the error message."""
     path = [str(n) for n in nx.shortest_path(graph, first, then)]
     edge = graph.edges[path[0], path[1]]

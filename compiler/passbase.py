@@ -37,11 +37,10 @@ import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar, Union
+from typing import Any, ClassVar, TypeVar
 
 import onnx
 import onnx_graphsurgeon as gs
-
 from segc.errors import SegcError
 from segc.recipe import Recipe
 
@@ -65,7 +64,7 @@ class PassResult:
 
 
 #: A coerced option value: what ``PassContext.option`` returns and report.json records.
-OptionValue = Union[bool, int, float, str, list[str]]
+OptionValue = bool | int | float | str | list[str]
 
 _TRUE = ("true", "on", "yes", "1")
 _FALSE = ("false", "off", "no", "0")
@@ -150,8 +149,9 @@ class PassOption:
             return str(value) if isinstance(value, (str, int, float)) else None
         if kind is OptionKind.CHOICE:
             assert self.choices
-            text = str(value).strip().lower() if isinstance(value, (str, int)) else None
-            return next((c for c in self.choices if c.lower() == text), None)
+            if not isinstance(value, (str, int)):
+                return None
+            return next((c for c in self.choices if c.lower() == str(value).strip().lower()), None)
         if isinstance(value, str):
             return self.split(value)
         if isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float)) for v in value):
@@ -163,7 +163,7 @@ class PassOption:
                 "help": self.help}
 
 
-def _parse(kind: type[int] | type[float], value: object) -> int | float | None:
+def _parse(kind: type[int | float], value: object) -> int | float | None:
     if not isinstance(value, str):
         return None
     try:
