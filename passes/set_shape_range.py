@@ -580,7 +580,7 @@ class SetShapeRange(GraphPass):
                              "of 32 only), one per input to change"),
         "opt": PassOption(OptionKind.STR_LIST, "list of NAME:1,3,1280,1280 optimisation shapes (default: each range's minimum)"),
     }
-    runs_after = ("simplify", "fold_resize_scales", "rewrite_deform_conv", "convert_opset")
+    runs_after = ("simplify", "fold_resize_scales", "rewrite_deform_conv")
     order_reason = "ranges are set on the folded graph in its final form, whose baked sizes they fix"
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
