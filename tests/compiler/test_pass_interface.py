@@ -245,6 +245,16 @@ def test_old_rank_order_satisfies_the_declared_constraints() -> None:
     check_order(order)
 
 
+@pytest.mark.parametrize("target", ["onnxruntime", "ascend", "tensorrt", "magicmind"])
+def test_target_default_pipelines_keep_the_order_and_option_types(target: str) -> None:
+    from segc.targets.base import get_target
+
+    t = get_target(target)
+    check_order(t.pipeline(None), f"target {target}")
+    for name, options in t.pass_options(None).items():
+        all_passes()[name].resolve_options(options)
+
+
 def test_legalise_inserts_each_pass_where_the_constraints_allow() -> None:
     for name in OLD_RANK_ORDER:
         specs = [PassSpec(n) for n in OLD_RANK_ORDER if n != name]
