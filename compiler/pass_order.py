@@ -71,8 +71,9 @@ def check_order(names: Sequence[str], where: str = "the pipeline") -> None:
         for needed in get_pass(name).requires:
             if needed not in names[:i]:
                 reason = get_pass(name).order_reason
-                raise SegcError(f"pass {name} requires pass {needed} earlier in {where}" + (f" ({reason})" if reason else "")
-                                + f"; add {needed} before {name}")
+                why = f" ({reason})" if reason else ""
+                raise SegcError(f"pass {name} requires pass {needed} earlier in {where}{why}; "
+                                f"add {needed} before {name}")
     for i, name in enumerate(names):
         if name not in graph:
             continue

@@ -125,7 +125,8 @@ class PassOption:
         """``value`` as this option's type; ``where`` (``pass.key``) names it in the error."""
         out = self._coerce(value)
         if out is None:
-            raise OptionError(f"option {where}={_show(value)} is not a valid {self.kind.value}; valid values: {self.valid_values()}")
+            raise OptionError(f"option {where}={_show(value)} is not a valid {self.kind.value}; "
+                              f"valid values: {self.valid_values()}")
         return out
 
     def _coerce(self, value: object) -> OptionValue | None:
@@ -159,8 +160,8 @@ class PassOption:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.kind.value, "default": self.default, "choices": list(self.choices) if self.choices else None,
-                "help": self.help}
+        choices = list(self.choices) if self.choices else None
+        return {"type": self.kind.value, "default": self.default, "choices": choices, "help": self.help}
 
 
 def _parse(kind: type[int | float], value: object) -> int | float | None:
@@ -200,7 +201,8 @@ class PassContext:
 
         Asking for an undeclared key is a bug in the pass, not a usage error."""
         if self.declared is not None and key not in self.declared:
-            raise KeyError(f"option {key!r} is not declared by this pass (declared: {', '.join(self.declared) or 'none'})")
+            declared = ", ".join(self.declared) or "none"
+            raise KeyError(f"option {key!r} is not declared by this pass (declared: {declared})")
         return self.options.get(key)
 
 
@@ -301,7 +303,8 @@ class ModelPass(Pass):
         return self.run_model(model, self.bind(ctx))
 
 
-def run_on_graph(model: onnx.ModelProto, rewrite: Callable[[gs.Graph], PassResult]) -> tuple[onnx.ModelProto, PassResult]:
+def run_on_graph(model: onnx.ModelProto,
+                 rewrite: Callable[[gs.Graph], PassResult]) -> tuple[onnx.ModelProto, PassResult]:
     """Import ``model``, let ``rewrite`` change the graph, export it (``model`` itself if unchanged)."""
     graph = gs.import_onnx(model)
     result = rewrite(graph)

@@ -27,8 +27,8 @@ from segc.errors import SegcError
 from segc.memory import release_memory
 from segc.metrics import Verdict
 from segc.pass_order import check_order
-from segc.passbase import (Contract, GraphPass, ModelPass, OptionValue, Pass, PassContext, PassResult, carry_model_fields,
-                           get_pass)
+from segc.passbase import (Contract, GraphPass, ModelPass, OptionValue, Pass, PassContext, PassResult,
+                           carry_model_fields, get_pass)
 from segc.recipe import Recipe
 from segc.verify import GraphState, Verifier
 
@@ -340,7 +340,8 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
     passes = _instantiate(specs)
     specs = _pin_outputs(model, specs, verifier)
     # the coerced options, every default filled in: what the passes read and the report records
-    resolved: list[dict[str, OptionValue | None]] = [type(p).resolve_options(s.options) for s, p in zip(specs, passes, strict=True)]
+    resolved: list[dict[str, OptionValue | None]] = [type(p).resolve_options(s.options)
+                                                     for s, p in zip(specs, passes, strict=True)]
     records = [PassRecord(i, s.name, p.contract_for(o).value, dict(o))
                for i, (s, p, o) in enumerate(zip(specs, passes, resolved, strict=True))]
     result = PipelineResult(model=onnx.ModelProto(), records=records, verify_mode=verify)  # set on every return

@@ -16,7 +16,8 @@ import onnx
 
 from segc.errors import SegcError
 from segc.modelio import MAX_OPSET, MIN_OPSET
-from segc.passbase import Contract, ModelPass, OptionKind, PassContext, PassOption, PassResult, carry_model_fields, register_pass
+from segc.passbase import (Contract, ModelPass, OptionKind, PassContext, PassOption, PassResult, carry_model_fields,
+                           register_pass)
 from segc.passes._opset import convert_model_opset, model_opset
 
 

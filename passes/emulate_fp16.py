@@ -38,13 +38,14 @@ class EmulateFp16(ModelPass):
     contract = Contract.APPROXIMATE
     summary = "emulate the target's fp16 in onnxruntime, judge it, and pick the layers to keep fp32 (--precision fp16)"
     options = {
-        "cosine": PassOption(OptionKind.FLOAT, "minimum cosine of every output against fp32", default=FP16_BUDGET.cosine),
+        "cosine": PassOption(OptionKind.FLOAT, "minimum cosine of every output against fp32",
+                             default=FP16_BUDGET.cosine),
         "agreement": PassOption(OptionKind.FLOAT, "minimum argmax label agreement", default=FP16_BUDGET.agreement),
         "max_keep": PassOption(OptionKind.INT, "most layers the search may keep in fp32", default=16),
         "pixel_budget": PassOption(OptionKind.INT, "largest N*H*W emulated at", default=SEARCH_PIXELS),
         "seed": PassOption(OptionKind.INT, "seed of the random inputs", default=0),
-        "max_inputs": PassOption(OptionKind.INT, "most input shapes the final keep-set is verified at (the search uses the first)",
-                                 default=2),
+        "max_inputs": PassOption(OptionKind.INT, "most input shapes the final keep-set is verified at "
+                                 "(the search uses the first)", default=2),
     }
     runs_after = ("cleanup",)
     order_reason = "it judges the fp16 build of the final graph"

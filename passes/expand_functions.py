@@ -40,7 +40,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from segc.errors import SegcError
-from segc.passbase import Contract, ModelPass, OptionKind, PassContext, PassOption, PassResult, carry_model_fields, register_pass
+from segc.passbase import (Contract, ModelPass, OptionKind, PassContext, PassOption, PassResult, carry_model_fields,
+                           register_pass)
 from segc.passes._opset import model_opset
 
 
@@ -186,7 +187,7 @@ class ExpandFunctions(ModelPass):
     options = {"ops": PassOption(OptionKind.STR_LIST, "op types to expand (default: those with an ONNX function body "
                                                       "that the target's operator list lacks)")}
     runs_before = ("convert_opset",)
-    order_reason = "function bodies are expanded at the opset they are defined for; the conversion then covers their ops"
+    order_reason = "function bodies are expanded at the opset they are defined for; the conversion covers their ops"
 
     def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         ops = self._ops(model, ctx)

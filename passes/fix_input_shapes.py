@@ -29,7 +29,8 @@ from __future__ import annotations
 import onnx
 
 from segc.errors import SegcError
-from segc.passbase import Contract, ModelPass, OptionKind, PassContext, PassOption, PassResult, carry_model_fields, register_pass
+from segc.passbase import (Contract, ModelPass, OptionKind, PassContext, PassOption, PassResult, carry_model_fields,
+                           register_pass)
 from segc.shapes import ShapeRange
 
 
@@ -57,7 +58,8 @@ class FixInputShapes(ModelPass):
     name = "fix_input_shapes"
     contract = Contract.EXACT
     summary = "give symbolic input dims the numbers of a static build, so shape computations fold (run before simplify)"
-    options = {"shapes": PassOption(OptionKind.STR_LIST, "NAME:D1,D2,... per input ('-1' keeps a dim); a list, or ';'-separated")}
+    options = {"shapes": PassOption(OptionKind.STR_LIST,
+                                    "NAME:D1,D2,... per input ('-1' keeps a dim); a list, or ';'-separated")}
     runs_before = ("simplify",)
     order_reason = "fixed dims let simplify fold the shape computations"
 

@@ -51,9 +51,11 @@ class PruneOutputs(GraphPass):
     summary = "make chosen tensors the graph outputs (e.g. the classifier convs) and drop what only fed the old ones"
     options = {
         "outputs": PassOption(OptionKind.STR_LIST, "selectors of the tensors to keep as outputs, in order; e.g. "
-                              "'Conv before output1;Conv before output2' or ATC's 'Conv_1380:0'", split=as_selector_list),
-        "pinned": PassOption(OptionKind.BOOL, "true when 'outputs' are tensor names segc compile resolved on the input "
-                             "model (set by segc, so a name an earlier pass removed is reported as such)", default=False),
+                              "'Conv before output1;Conv before output2' or ATC's 'Conv_1380:0'",
+                              split=as_selector_list),
+        "pinned": PassOption(OptionKind.BOOL, "true when 'outputs' are tensor names segc compile resolved on the "
+                             "input model (set by segc, so a name an earlier pass removed is reported as such)",
+                             default=False),
     }
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:

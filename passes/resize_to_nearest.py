@@ -235,11 +235,13 @@ class ResizeToNearest(GraphPass):
     options = {
         "select": PassOption(OptionKind.STR_LIST, "selectors of the Resize nodes to switch, e.g. 'Resize>Concat' or "
                              "'*/fuse_layers/*'", split=as_selector_list),
-        "preset": PassOption(OptionKind.STR_LIST, f"named choice of Resizes: {', '.join(PRESETS)} (several: comma-separated)",
+        "preset": PassOption(OptionKind.STR_LIST,
+                             f"named choice of Resizes: {', '.join(PRESETS)} (several: comma-separated)",
                              split=as_selector_list),
         "coordinate_mode": PassOption(OptionKind.CHOICE, "set coordinate_transformation_mode; default: keep",
                                       choices=COORDINATE_MODES),
-        "nearest_mode": PassOption(OptionKind.CHOICE, "set nearest_mode; default: floor for asymmetric, else round_prefer_floor",
+        "nearest_mode": PassOption(OptionKind.CHOICE,
+                                   "set nearest_mode; default: floor for asymmetric, else round_prefer_floor",
                                    choices=NEAREST_MODES),
     }
 

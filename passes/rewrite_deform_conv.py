@@ -58,7 +58,8 @@ import onnx_graphsurgeon as gs
 
 from segc.errors import SegcError
 from segc.lowering import register_lowering
-from segc.passbase import Contract, ModelPass, OptionKind, PassContext, PassOption, PassResult, register_pass, run_on_graph
+from segc.passbase import (Contract, ModelPass, OptionKind, PassContext, PassOption, PassResult, register_pass,
+                           run_on_graph)
 from segc.passes._channel_select import AssemblyStats, ChannelAssembler
 from segc.passes._deform_decompose import GRID_SAMPLE_MIN_OPSET, emit_decomposed
 from segc.passes._deform_forms import (
@@ -165,7 +166,8 @@ class RewriteDeformConv(ModelPass):
     summary = "convert deformable convs to ONNX DeformConv, Ascend DeformableConv2D, mmcv's TensorRT plugin, or standard ops"
     options = {
         "form": PassOption(OptionKind.CHOICE, "onnx (DeformConv, opset 19) | ascend (DeformableConv2D) | mmcv "
-                           "(MMCVModulatedDeformConv2d) | decomposed (GridSample + Conv)", default="onnx", choices=FORMS),
+                           "(MMCVModulatedDeformConv2d) | decomposed (GridSample + Conv)", default="onnx",
+                           choices=FORMS),
         "fold_reorder": PassOption(OptionKind.BOOL, "true: fold the offset channel reorder into the producing Conv's "
                                    "weights; false: reorder at run time", default=True),
     }

@@ -576,9 +576,10 @@ class SetShapeRange(GraphPass):
     contract = Contract.EXACT
     summary = "make input dims dynamic over an ATC-style range; fix sizes baked in at export or name the node that bakes them"
     options = {
-        "ranges": PassOption(OptionKind.STR_LIST, "list of NAME:1,3,640~4096,640~4096 (ATC syntax; 640~4096/32: multiples "
-                             "of 32 only), one per input to change"),
-        "opt": PassOption(OptionKind.STR_LIST, "list of NAME:1,3,1280,1280 optimisation shapes (default: each range's minimum)"),
+        "ranges": PassOption(OptionKind.STR_LIST, "list of NAME:1,3,640~4096,640~4096 (ATC syntax; 640~4096/32: "
+                             "multiples of 32 only), one per input to change"),
+        "opt": PassOption(OptionKind.STR_LIST,
+                          "list of NAME:1,3,1280,1280 optimisation shapes (default: each range's minimum)"),
     }
     runs_after = ("simplify", "fold_resize_scales", "rewrite_deform_conv")
     order_reason = "ranges are set on the folded graph in its final form, whose baked sizes they fix"

@@ -36,7 +36,8 @@ import onnx
 
 from segc.errors import SegcError
 from segc.modelio import has_disk_tensors, tensor_nbytes, weight_bytes
-from segc.passbase import Contract, ModelPass, OptionKind, PassContext, PassOption, PassResult, carry_model_fields, register_pass
+from segc.passbase import (Contract, ModelPass, OptionKind, PassContext, PassOption, PassResult, carry_model_fields,
+                           register_pass)
 from segc.passes._onnxsim_core import FoldSettings, simplify_bytes, simplify_file
 
 GROWTH_ALLOWANCE = 1.02  # folding may legitimately add a little (e.g. a folded shape constant)

@@ -174,7 +174,8 @@ def test_insert_pass_follows_the_declared_order() -> None:
     specs = [PassSpec("simplify"), PassSpec("fold_resize_scales"), PassSpec("set_shape_range"), PassSpec("cleanup")]
     insert_pass(specs, PassSpec("convert_opset"))
     insert_pass(specs, PassSpec("fix_input_shapes"))
-    assert [s.name for s in specs] == ["fix_input_shapes", "simplify", "fold_resize_scales", "set_shape_range", "convert_opset", "cleanup"]
+    assert [s.name for s in specs] == ["fix_input_shapes", "simplify", "fold_resize_scales", "set_shape_range",
+                                       "convert_opset", "cleanup"]
     check_order([s.name for s in specs])
 
 

