@@ -31,6 +31,7 @@ from segc.report import PASS_COLUMNS, build_report, pass_rows, unverified_lines,
 from segc.shapes import ShapeRange, parse_shape_range, parse_static_shape, ranges_from_metadata
 from segc.legalise import Plan, final_gate_lines, legalise
 from segc.task_budget import judge_on_dataset
+from segc.pass_order import insertion_index
 from segc.preflight import validate_cli, validate_pass_plan, validate_selectors
 from segc.targets.base import BuildOptions, Target, get_target
 from segc.targets.legality import errors, group_violations, unconfirmed
@@ -97,9 +98,8 @@ def plan_passes(args: argparse.Namespace, target: Target, recipe: Recipe | None)
     names = precision_passes(names, options, args.precision, args.calib_images)
 
     def ensure(name: str) -> None:
-        if name not in names:
-            at = names.index("cleanup") if "cleanup" in names else len(names)
-            names.insert(at, name)
+        if name not in names:  # where the passes' declared order puts it (before cleanup, emulate_*)
+            names.insert(insertion_index(names, name), name)
 
     if args.nearest_resize:
         ensure("resize_to_nearest")

@@ -277,6 +277,19 @@ def test_user_pass_list_out_of_order_is_refused(tmp_path: Path, capsys: pytest.C
     assert "must run after fix_input_shapes (fix_input_shapes -> simplify -> set_shape_range;" in line
 
 
+def test_flags_that_add_a_pass_put_it_where_the_order_allows(tmp_path: Path) -> None:
+    """--outputs adds prune_outputs: before the fp16 check, which must follow every rewrite."""
+    from segc.cli import build_parser
+    from segc.compile_cmd import plan_passes
+    from segc.targets.base import get_target
+
+    args = build_parser().parse_args(["compile", str(saved(tmp_path)), "--target", "tensorrt", "--passes", "simplify",
+                                      "--precision", "fp16", "--outputs", "relu"])
+    specs = plan_passes(args, get_target("tensorrt"), None)
+    assert [s.name for s in specs] == ["simplify", "prune_outputs", "emulate_fp16"]
+    check_order([s.name for s in specs])
+
+
 class NeedsSimplify(GraphPass):
     name = "test_needs_simplify"
     requires = ("simplify",)
