@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import networkx as nx
+
 from segc.errors import SegcError
 
 if TYPE_CHECKING:

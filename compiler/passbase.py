@@ -41,6 +41,7 @@ from typing import Any, ClassVar, TypeVar
 
 import onnx
 import onnx_graphsurgeon as gs
+
 from segc.errors import SegcError
 from segc.recipe import Recipe
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import onnx
+
 from segc.errors import SegcError
 from segc.shapes import parse_shape_range
 from segc.targets.base import Target
@@ -67,6 +68,7 @@ def validate_selectors(model: onnx.ModelProto, args: argparse.Namespace) -> None
     if not args.outputs and not args.nearest_resize:
         return
     import onnx_graphsurgeon as gs
+
     from segc.selectors import select_many
 
     graph = gs.import_onnx(model)
