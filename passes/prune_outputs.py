@@ -59,7 +59,7 @@ class PruneOutputs(GraphPass):
     }
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        selectors = as_selector_list(ctx.option("outputs"))
+        selectors: list[str] = ctx.option("outputs") or []
         if not selectors:
             raise SegcError("prune_outputs needs option 'outputs': selectors of the tensors to keep, e.g. 'Conv before output1'")
         if ctx.option("pinned"):

@@ -299,8 +299,8 @@ class ResizeToNearest(GraphPass):
         )
 
     def _choose(self, graph: gs.Graph, ctx: PassContext) -> list[gs.Node]:
-        selectors = as_selector_list(ctx.option("select"))
-        presets = as_selector_list(ctx.option("preset"))
+        selectors: list[str] = ctx.option("select") or []
+        presets: list[str] = ctx.option("preset") or []
         if not selectors and not presets:
             raise SegcError(
                 "resize_to_nearest needs option 'select' (selectors of Resize nodes, e.g. 'Resize>Concat') "
