@@ -226,10 +226,12 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         from segc.evaluate_cmd import run_evaluate
 
         return run_data(args) if args.command == "data" else run_evaluate(args)
+    if args.command == "passes":
+        from segc.passes_cmd import run_passes
+
+        return run_passes(args)
     from segc import inspect_cmd
 
-    if args.command == "passes":
-        return inspect_cmd.run_passes(args)
     if args.command == "inspect":
         return inspect_cmd.run_inspect(args)
     if args.command == "verify":

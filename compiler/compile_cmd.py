@@ -31,8 +31,9 @@ from segc.report import PASS_COLUMNS, build_report, pass_rows, unverified_lines,
 from segc.shapes import ShapeRange, parse_shape_range, parse_static_shape, ranges_from_metadata
 from segc.legalise import Plan, final_gate_lines, legalise
 from segc.task_budget import judge_on_dataset
-from segc.preflight import validate_cli, validate_selectors
 from segc.int8_calibration import DEFAULT_SAMPLES
+from segc.pass_order import insertion_index
+from segc.preflight import validate_cli, validate_pass_plan, validate_selectors
 from segc.targets.base import BuildOptions, Target, get_target, target_values
 from segc.targets.legality import errors, group_violations, unconfirmed
 from segc.verify import Verifier
@@ -98,9 +99,8 @@ def plan_passes(args: argparse.Namespace, target: Target, recipe: Recipe | None)
     names = precision_passes(names, options, args.precision, args.calib_images, args.calib_samples)
 
     def ensure(name: str) -> None:
-        if name not in names:
-            at = names.index("cleanup") if "cleanup" in names else len(names)
-            names.insert(at, name)
+        if name not in names:  # where the passes' declared order puts it (before cleanup, emulate_*)
+            names.insert(insertion_index(names, name), name)
 
     if args.nearest_resize:
         ensure("resize_to_nearest")
@@ -266,6 +266,7 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
     recipe = resolve_recipe(args.recipe, model)
     cli_warnings = validate_cli(args, target)
     specs = plan_passes(args, target, recipe)
+    validate_pass_plan(specs, "--passes" if args.passes else "the planned pipeline")
     ranges = cli_ranges(args)
     _validate_inputs(model, ranges)
     tolerances = Tolerances.parse(args.tolerance + task_metric_tolerances(args))
@@ -311,6 +312,7 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
     plan = legalise(model, target, planned_options, specs, user_passes=bool(args.passes), skipped=set(args.skip or []),
                     static_cli={n: r for n, r in ranges.items() if r.is_static})
     specs = plan.specs
+    validate_pass_plan(specs, "--passes" if args.passes else "the planned pipeline")
     check_cli_options_used(args, specs)
     _print_plan(plan, cli_warnings)
 

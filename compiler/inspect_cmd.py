@@ -1,4 +1,4 @@
-"""``segc passes``, ``segc inspect`` and ``segc verify``: the read-only commands."""
+"""``segc inspect`` and ``segc verify``: read-only commands (``segc passes``: ``segc.passes_cmd``)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import onnx
 from segc.errors import SegcError
 from segc.metrics import VERIFY_INPUTS_FIX, Tolerances, Verdict
 from segc.modelio import default_opset, load_model
-from segc.passbase import Contract, all_passes
+from segc.passbase import Contract
 from segc.shapes import parse_shape_range, ranges_from_metadata
 from segc.verify import Verifier
 from segc.verify_inputs import graph_inputs, input_dims
@@ -29,34 +29,6 @@ def _console() -> Console:
 
     # a pipe or CI log is not 80 columns wide; don't wrap tables and commands there
     return Console(highlight=False, width=None if sys.stdout.isatty() else 140)
-
-
-def run_passes(args: argparse.Namespace) -> int:
-    rows: list[dict[str, Any]] = []
-    for name, cls in all_passes().items():
-        contract = cls.contract.value
-        if callable(getattr(cls, "contract_for", None)):
-            contract += " (depends on options)"
-        rows.append({"name": name, "contract": contract, "summary": cls.summary, "options": dict(cls.options)})
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    from rich.table import Table
-
-    table = Table("pass", "contract", "what it does", "options")
-    for r in rows:
-        table.add_row(
-            r["name"], r["contract"], r["summary"], "\n".join(f"{k}: {v}" for k, v in r["options"].items()) or "-"
-        )
-    con = _console()
-    con.print(table)
-    import segc.selectors
-
-    # the selector grammar is the part of the syntax users need while choosing options
-    doc = segc.selectors.__doc__ or ""
-    start = doc.find("Syntax")
-    con.print(doc[start: doc.find("Resolution order")].rstrip() if start >= 0 else doc, markup=False)
-    return 0
 
 
 def count_parameters(model: onnx.ModelProto) -> int:

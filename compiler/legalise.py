@@ -22,9 +22,10 @@ batches requested
 A static ``--input-shape`` for an input with symbolic dims always adds ``fix_input_shapes``:
 the build is for that one shape, so every shape computation can become a constant.
 
-Passes are inserted by rank (``PASS_RANK``), which encodes the valid order: dims fixed
-before folding; the deform rewrite before the opset conversion (ATC's DeformableConv2D
-exists only up to opset 16); shape ranges after folding; cleanup last.
+A pass is inserted before the first listed pass that must run after it, by the ordering
+the passes declare (``runs_after``/``runs_before``, ``segc.pass_order``): dims fixed before
+folding; the deform rewrite before the opset conversion (ATC's DeformableConv2D exists only
+up to opset 16); shape ranges after folding; cleanup last.
 
 What no pass fixes (an op a complete list lacks on the data path, a dtype, a range the
 vendor cannot build) is refused here, before any work, with what would make it legal.
@@ -41,6 +42,7 @@ from typing import Any
 import onnx
 
 from segc.errors import SegcError
+from segc.pass_order import insertion_index
 from segc.passes._opset import model_opset
 from segc.pipeline import PassSpec, PipelineResult
 from segc.shapes import ShapeRange
@@ -60,21 +62,6 @@ from segc.targets.legality import (
 )
 
 FREEZE_FIX = "fix_input_shapes"
-
-#: Valid pipeline order: a pass is inserted before the first pass of higher rank.
-PASS_RANK: dict[str, int] = {
-    FREEZE_FIX: 0,
-    "simplify": 10,
-    RESIZE_FOLD_FIX: 20,
-    "resize_broadcast": 22,
-    FUNCTION_FIX: 29,
-    "resize_to_nearest": 25,
-    "prune_outputs": 27,
-    DEFORM_FIX: 30,
-    OPSET_FIX: 35,
-    RANGE_FIX: 40,
-    "cleanup": 100,
-}
 
 #: Ops that simplify (onnx-simplifier's optimiser) or cleanup may remove or fuse away, so an
 #: unlisted one is left to the final check rather than refused up front.
@@ -108,10 +95,8 @@ class Plan:
 
 
 def insert_pass(specs: list[PassSpec], spec: PassSpec) -> None:
-    """Insert ``spec`` before the first pass that must run after it (see ``PASS_RANK``)."""
-    rank = PASS_RANK.get(spec.name, 50)
-    at = next((i for i, s in enumerate(specs) if PASS_RANK.get(s.name, 50) > rank), len(specs))
-    specs.insert(at, spec)
+    """Insert ``spec`` before the first pass that must run after it (``segc.pass_order``)."""
+    specs.insert(insertion_index([s.name for s in specs], spec.name), spec)
 
 
 def symbolic_axes(model: onnx.ModelProto, name: str) -> list[int]:

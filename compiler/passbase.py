@@ -1,7 +1,7 @@
-"""The pass contract: GraphPass, its result, its context, and the registry.
+"""The pass contract: the two pass kinds, their options, result, context, and the registry.
 
-A pass is a small class over an onnx-graphsurgeon graph that returns what it did. Its
-``contract`` tells the verifier how to judge it (docs/design.md, "The pass contract"):
+A pass is a small class that returns what it did. Its ``contract`` tells the verifier how to
+judge it (docs/design.md, "The pass contract"):
 
 =============  ===================================================================
 exact          same function up to float reassociation
@@ -11,18 +11,33 @@ outputs        changes which tensors are outputs; kept outputs compared with the
 target-only    produces ops onnxruntime cannot run; the verifier lowers them first
 =============  ===================================================================
 
-Passes register themselves with ``@register_pass``; a duplicate name is an error at import
-time, so two modules can never silently shadow each other.
+Two kinds, told apart by base class (the pipeline dispatches on it)::
+
+    GraphPass.run(graph, ctx) -> PassResult            one onnx-graphsurgeon graph, shared by
+                                                       consecutive graph passes (no re-import)
+    ModelPass.run_model(model, ctx) -> (model, result) the whole ModelProto, for passes that
+                                                       hand it to a tool (onnx-simplifier, the
+                                                       version converter, onnxruntime)
+
+Options are declared as typed :class:`PassOption` fields and coerced once, before any pass
+runs, so ``simplify.fold_constants=off`` is ``False`` everywhere and a pass never parses a
+string itself. Ordering needs are declared too (``runs_after``, ``runs_before``,
+``requires``); ``segc.pass_order`` turns them into one constraint graph.
+
+Passes register themselves with ``@register_pass``; a duplicate name, or an ordering
+constraint that closes a cycle, is an error at import time.
 """
 
 from __future__ import annotations
 
+import abc
 import enum
 import importlib
 import pkgutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -49,14 +64,129 @@ class PassResult:
     notes: list[str] = field(default_factory=list)
 
 
+#: A coerced option value: what ``PassContext.option`` returns and report.json records.
+OptionValue = bool | int | float | str | list[str]
+
+_TRUE = ("true", "on", "yes", "1")
+_FALSE = ("false", "off", "no", "0")
+
+
+class OptionKind(str, enum.Enum):
+    """The type of a pass option; ``segc passes --json`` shows it."""
+
+    BOOL = "bool"
+    INT = "int"
+    FLOAT = "float"
+    STR = "str"
+    CHOICE = "choice"  # a str from ``choices``
+    STR_LIST = "list[str]"  # a list, or one string that ``split`` cuts (default: on ';')
+
+
+class OptionError(SegcError):
+    """An option value that does not fit its declaration: a usage error (exit 2)."""
+
+
+def _split_semicolons(text: str) -> list[str]:
+    return [part.strip() for part in text.split(";") if part.strip()]
+
+
+@dataclass(frozen=True)
+class PassOption:
+    """One declared option of a pass: its type, default, allowed values and help.
+
+    Values arrive as JSON from ``--option`` (``=off`` is the string "off", ``=0`` the int 0),
+    from recipes and manifests (any JSON/TOML value) and from segc itself (legalisation).
+    :meth:`coerce` turns all of them into one Python type, or refuses with the valid values,
+    so ``simplify.fold_constants=off`` cannot be truthy and no pass parses strings.
+    ``default`` None means "unset": the pass sees ``None`` and decides (e.g. a required value).
+    """
+
+    kind: OptionKind
+    help: str
+    default: OptionValue | None = None
+    choices: tuple[str, ...] | None = None
+    split: Callable[[str], list[str]] = _split_semicolons  # STR_LIST given as one string
+
+    def __post_init__(self) -> None:
+        if (self.kind is OptionKind.CHOICE) != bool(self.choices):
+            raise ValueError("choices are given exactly for a CHOICE option")
+        if self.default is not None:
+            self.coerce(self.default, "<default>")  # a declaration error shows at import time
+
+    def valid_values(self) -> str:
+        """The values accepted, in words, for error messages and ``segc passes``."""
+        if self.kind is OptionKind.BOOL:
+            return ", ".join(_TRUE + _FALSE)
+        if self.choices:
+            return ", ".join(self.choices)
+        return {OptionKind.INT: "a whole number", OptionKind.FLOAT: "a number", OptionKind.STR: "any text",
+                OptionKind.STR_LIST: "a list of text, or one ';'-separated string"}[self.kind]
+
+    def coerce(self, value: object, where: str) -> OptionValue:
+        """``value`` as this option's type; ``where`` (``pass.key``) names it in the error."""
+        out = self._coerce(value)
+        if out is None:
+            raise OptionError(f"option {where}={_show(value)} is not a valid {self.kind.value}; "
+                              f"valid values: {self.valid_values()}")
+        return out
+
+    def _coerce(self, value: object) -> OptionValue | None:
+        kind = self.kind
+        if kind is OptionKind.BOOL:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower() if isinstance(value, (int, str)) else ""
+            return True if text in _TRUE else False if text in _FALSE else None
+        if isinstance(value, bool):
+            return None  # True is an int to Python, never a number or a name to a user
+        if kind is OptionKind.INT:
+            if isinstance(value, int):
+                return value
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            return _parse(int, value)
+        if kind is OptionKind.FLOAT:
+            return float(value) if isinstance(value, (int, float)) else _parse(float, value)
+        if kind is OptionKind.STR:
+            return str(value) if isinstance(value, (str, int, float)) else None
+        if kind is OptionKind.CHOICE:
+            assert self.choices
+            if not isinstance(value, (str, int)):
+                return None
+            return next((c for c in self.choices if c.lower() == str(value).strip().lower()), None)
+        if isinstance(value, str):
+            return self.split(value)
+        if isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float)) for v in value):
+            return [str(v).strip() for v in value if str(v).strip()]
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        choices = list(self.choices) if self.choices else None
+        return {"type": self.kind.value, "default": self.default, "choices": choices, "help": self.help}
+
+
+def _parse(kind: type[int | float], value: object) -> int | float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return kind(value.strip())
+    except ValueError:
+        return None
+
+
+def _show(value: object) -> str:
+    return value if isinstance(value, str) else repr(value)
+
+
 @dataclass
 class PassContext:
     """Read-only facts a pass may need, plus a place to leave model metadata.
 
-    ``options`` holds this pass's own options (already merged: target default < recipe <
-    command line). ``metadata`` is written into the model's ``metadata_props`` after the pass,
-    which is how e.g. ``set_shape_range`` tells the targets the range it set. ``source`` lets a
-    pass that hands the model to a file-based tool (``simplify``) skip re-serialising it.
+    ``options`` holds this pass's own options, merged (target default < recipe < command
+    line) and, once the pass is bound (``Pass.bind``), coerced with every default filled in.
+    ``metadata`` is written into the model's ``metadata_props`` after the pass, which is how
+    e.g. ``set_shape_range`` tells the targets the range it set. ``source`` lets a pass that
+    hands the model to a file-based tool (``simplify``) skip re-serialising it.
     """
 
     options: dict[str, Any] = field(default_factory=dict)
@@ -65,50 +195,126 @@ class PassContext:
     metadata: dict[str, str] = field(default_factory=dict)
     model_metadata: dict[str, str] = field(default_factory=dict)  # the model's metadata_props, read-only
     source: Path | None = None  # the file the model came from, set only while the model is exactly that file
+    declared: Mapping[str, PassOption] | None = None  # set by Pass.bind: the pass's declarations
+
+    def option(self, key: str) -> Any:
+        """The coerced value of a declared option (its default when not given).
+
+        Asking for an undeclared key is a bug in the pass, not a usage error."""
+        if self.declared is not None and key not in self.declared:
+            declared = ", ".join(self.declared) or "none"
+            raise KeyError(f"option {key!r} is not declared by this pass (declared: {declared})")
+        return self.options.get(key)
 
 
-    def option(self, key: str, default: Any = None) -> Any:
-        return self.options.get(key, default)
+class Pass(abc.ABC):
+    """What every pass declares; subclass :class:`GraphPass` or :class:`ModelPass`.
 
-
-class GraphPass:
-    """Base class of every pass.
-
-    Subclasses set ``name``, ``contract`` and a one-line ``summary``, and implement ``run``.
-    The runner calls ``apply``, which imports the model into onnx-graphsurgeon, runs the
-    pass, cleans up and toposorts, and exports again. A pass that must see the whole
-    ``ModelProto`` (e.g. ``simplify``, which hands it to onnx-simplifier) overrides ``apply``.
-
-    Options a pass accepts are listed in ``options`` (name -> one-line help) so that
-    ``segc passes`` can show them and unknown options are rejected before anything runs.
+    ``options``: name -> :class:`PassOption`, shown by ``segc passes``; unknown options are
+    rejected before anything runs. ``runs_after`` / ``runs_before``: passes that, when both
+    are in a pipeline, must run before / after this one; ``requires``: passes that must be
+    present, earlier. ``order_reason`` says why, for the error a violated order gives.
     """
 
     name: ClassVar[str] = ""
     contract: ClassVar[Contract] = Contract.EXACT
     summary: ClassVar[str] = ""
-    options: ClassVar[dict[str, str]] = {}
+    options: ClassVar[dict[str, PassOption]] = {}
+    runs_after: ClassVar[tuple[str, ...]] = ()
+    runs_before: ClassVar[tuple[str, ...]] = ()
+    requires: ClassVar[tuple[str, ...]] = ()
+    order_reason: ClassVar[str] = ""
 
-    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @classmethod
+    def contract_for(cls, options: Mapping[str, Any]) -> Contract:
+        """The contract under these (coerced) options; override when it depends on them."""
+        return cls.contract
+
+    @classmethod
+    def tolerance_for(cls, options: Mapping[str, Any]) -> dict[str, float]:
+        """Tolerance defaults this pass needs under these options (e.g. a noisier rewrite); none by default."""
+        return {}
+
+    @classmethod
+    def resolve_options(cls, given: Mapping[str, object]) -> dict[str, OptionValue | None]:
+        """Every declared option, coerced: the given ones checked, the rest at their default.
+
+        Idempotent, so values already coerced pass through unchanged. An unknown key or a
+        value of the wrong type is an :class:`OptionError` naming what is accepted.
+        """
+        unknown = sorted(set(given) - set(cls.options))
+        if unknown:
+            accepted = ", ".join(sorted(cls.options)) or "none"
+            raise OptionError(f"pass {cls.name} has no option {', '.join(unknown)}; it accepts: {accepted}")
+        out: dict[str, OptionValue | None] = {}
+        for key, decl in cls.options.items():
+            value = given.get(key)
+            out[key] = decl.default if value is None else decl.coerce(value, f"{cls.name}.{key}")
+        return out
+
+    def bind(self, ctx: PassContext) -> PassContext:
+        """``ctx`` with this pass's options coerced (for callers that build a context by hand)."""
+        ctx.options = dict(type(self).resolve_options(ctx.options))
+        ctx.declared = type(self).options
+        return ctx
+
+    @abc.abstractmethod
+    def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
+        """Run the pass on ``model`` outside a pipeline; the input model is never modified."""
+
+
+class GraphPass(Pass):
+    """A pass over one onnx-graphsurgeon graph (``run``), shared by consecutive graph passes.
+
+    The pipeline does not call ``apply`` for it: it runs ``run`` on a graph shared by
+    consecutive graph passes (``segc.pipeline.WorkingModel``). So ``run`` sees the model's
+    metadata only through ``ctx.model_metadata``, and must leave the graph untouched when it
+    returns ``changed=False``. ``shortcut`` may answer from the protobuf without an import.
+    """
+
+    @abc.abstractmethod
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        """Rewrite ``graph`` in place; say what changed."""
+
+    def shortcut(self, model: onnx.ModelProto) -> PassResult | None:
+        """A result found by scanning the protobuf, when the graph need not be imported at all.
+
+        ``None`` (the default): import and run. ``cleanup`` uses it: it runs last and usually
+        finds nothing, and importing a 50k-node graph to learn that costs seconds."""
+        return None
 
     def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
-        """Run the pass on a copy of ``model``; the input model is never modified.
-
-        The pipeline does not call this for a pass that keeps it: it runs ``run`` on a graph
-        shared by consecutive graph passes (``segc.pipeline.WorkingModel``). So ``run`` sees
-        the model's metadata only through ``ctx.model_metadata``, and must leave the graph
-        untouched when it returns ``changed=False``.
-        """
+        ctx = self.bind(ctx)
         if not ctx.model_metadata:
             ctx.model_metadata = {p.key: p.value for p in model.metadata_props}
-        graph = gs.import_onnx(model)
-        result = self.run(graph, ctx)
-        if not result.changed:
-            return model, result
-        graph.cleanup().toposort()
-        out = gs.export_onnx(graph)
-        carry_model_fields(model, out)
-        return out, result
+        early = self.shortcut(model)
+        if early is not None:
+            return model, early
+        return run_on_graph(model, lambda graph: self.run(graph, ctx))
+
+
+class ModelPass(Pass):
+    """A pass that needs the whole ``ModelProto`` (it hands it to another tool)."""
+
+    @abc.abstractmethod
+    def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
+        """Return the new model (or ``model`` itself when unchanged) and what was done."""
+
+    def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
+        return self.run_model(model, self.bind(ctx))
+
+
+def run_on_graph(model: onnx.ModelProto,
+                 rewrite: Callable[[gs.Graph], PassResult]) -> tuple[onnx.ModelProto, PassResult]:
+    """Import ``model``, let ``rewrite`` change the graph, export it (``model`` itself if unchanged)."""
+    graph = gs.import_onnx(model)
+    result = rewrite(graph)
+    if not result.changed:
+        return model, result
+    graph.cleanup().toposort()
+    out = gs.export_onnx(graph)
+    carry_model_fields(model, out)
+    return out, result
 
 
 def carry_model_fields(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
@@ -125,17 +331,27 @@ def carry_model_fields(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
         dst.doc_string = src.doc_string
 
 
-_REGISTRY: dict[str, type[GraphPass]] = {}
+_REGISTRY: dict[str, type[Pass]] = {}
+
+P = TypeVar("P", bound=type[Pass])
 
 
-def register_pass(cls: type[GraphPass]) -> type[GraphPass]:
-    """Class decorator: add a pass to the registry. Duplicate or empty names are rejected."""
+def register_pass(cls: P) -> P:
+    """Class decorator: add a pass to the registry.
+
+    Rejected at import time: an empty or duplicate name, and ordering constraints that close
+    a cycle with those already registered (no pipeline could satisfy them)."""
     if not cls.name:
         raise ValueError(f"{cls.__qualname__} has no pass name")
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise ValueError(
             f"pass name {cls.name!r} is registered twice ({_REGISTRY[cls.name].__module__} and {cls.__module__})"
         )
+    from segc.pass_order import find_cycle
+
+    cycle = find_cycle([*(c for c in _REGISTRY.values() if c.name != cls.name), cls])
+    if cycle:
+        raise ValueError(f"pass {cls.name}'s ordering constraints close a cycle: {' -> '.join(cycle)}")
     _REGISTRY[cls.name] = cls
     return cls
 
@@ -161,12 +377,12 @@ def load_builtin_passes() -> None:
     _LOADED = True
 
 
-def all_passes() -> dict[str, type[GraphPass]]:
+def all_passes() -> dict[str, type[Pass]]:
     load_builtin_passes()
     return dict(sorted(_REGISTRY.items()))
 
 
-def get_pass(name: str) -> type[GraphPass]:
+def get_pass(name: str) -> type[Pass]:
     """Look a pass up by name; an unknown name is a usage error that lists the closest."""
     import difflib
 

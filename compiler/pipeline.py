@@ -25,7 +25,9 @@ import onnx_graphsurgeon as gs
 from segc.errors import CrashRecord, SegcError, first_line
 from segc.memory import release_memory
 from segc.metrics import Verdict
-from segc.passbase import Contract, GraphPass, PassContext, PassResult, carry_model_fields, get_pass
+from segc.pass_order import check_order
+from segc.passbase import (Contract, GraphPass, ModelPass, OptionValue, Pass, PassContext, PassResult,
+                           carry_model_fields, get_pass)
 from segc.recipe import Recipe
 from segc.verify import GraphState, Verifier
 
@@ -139,33 +141,19 @@ class DumpInstrument(Instrument):
         save_model(model, self.directory / self.file_name(record.index, record.name), protect=self.protect)
 
 
-def contract_of(pass_obj: GraphPass, options: dict[str, Any]) -> Contract:
-    """A pass's contract; a pass whose contract depends on its options says so via ``contract_for``."""
-    contract_for = getattr(pass_obj, "contract_for", None)
-    return contract_for(options) if callable(contract_for) else pass_obj.contract
-
-
-def tolerances_of(pass_obj: GraphPass, options: dict[str, Any]) -> dict[str, float]:
-    """A pass's own tolerance defaults (``tolerance_for(options)``), e.g. for noisier rewrites."""
-    tolerance_for = getattr(pass_obj, "tolerance_for", None)
-    return dict(tolerance_for(options) or {}) if callable(tolerance_for) else {}
-
-
 def combined_contract(contracts: list[Contract]) -> Contract:
     """How to judge several passes at once: approximate if any is, else exact."""
     return Contract.APPROXIMATE if Contract.APPROXIMATE in contracts else Contract.EXACT
 
 
-def _instantiate(specs: list[PassSpec]) -> list[GraphPass]:
-    """Resolve every pass and check its options before anything runs (fail fast, exit 2)."""
+def _instantiate(specs: list[PassSpec]) -> list[Pass]:
+    """Resolve every pass, coerce its options and check the order before anything runs (exit 2)."""
     passes = []
     for spec in specs:
         cls = get_pass(spec.name)
-        unknown = sorted(set(spec.options) - set(cls.options))
-        if unknown:
-            accepted = ", ".join(sorted(cls.options)) or "none"
-            raise SegcError(f"pass {spec.name} has no option {', '.join(unknown)}; it accepts: {accepted}")
+        cls.resolve_options(spec.options)
         passes.append(cls())
+    check_order([s.name for s in specs])
     return passes
 
 
@@ -224,9 +212,9 @@ class HandOver:
 class WorkingModel:
     """The model between passes: a ``ModelProto``, or a graph-surgeon graph not yet exported.
 
-    A graph pass (one that keeps ``GraphPass.apply``) runs on ``graph()``; the next graph pass
+    A ``GraphPass`` runs on ``graph()``; the next graph pass
     gets the same graph, so a run of consecutive graph passes costs one import and, only when
-    something needs a proto (a verifier session, a dump, a whole-model pass, the end), one
+    something needs a proto (a verifier session, a dump, a ``ModelPass``, the end), one
     export. Each export copies every weight, hundreds of MiB on hrnet_w48_ocr::
 
         before:  proto -import-> A -export-> proto -import-> B -export-> proto
@@ -294,7 +282,7 @@ class WorkingModel:
         return {**current, **(self._metadata if self._proto is None else {})}
 
     def set_proto(self, model: onnx.ModelProto) -> None:
-        """A whole-model pass returned ``model``: any graph is now out of date."""
+        """A ``ModelPass`` returned ``model``: any graph is now out of date."""
         if model is not self._proto:
             self._proto, self._base, self._metadata = model, model, {}
             self._drop_graph()
@@ -337,10 +325,6 @@ def _model_fields(model: onnx.ModelProto) -> onnx.ModelProto:
     return fields
 
 
-def _is_graph_pass(pass_obj: GraphPass) -> bool:
-    return type(pass_obj).apply is GraphPass.apply
-
-
 def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, target: str | None = None,
                  recipe: Recipe | None = None, verify: str = "each", verifier: Verifier | None = None,
                  instruments: Sequence[Instrument] = (), source: Path | None = None) -> PipelineResult:
@@ -358,10 +342,11 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
         verifier = Verifier(recipe=recipe)
     passes = _instantiate(specs)
     specs = _pin_outputs(model, specs, verifier)
-    records = [
-        PassRecord(i, s.name, contract_of(p, s.options).value, dict(s.options))
-        for i, (s, p) in enumerate(zip(specs, passes, strict=False))
-    ]
+    # the coerced options, every default filled in: what the passes read and the report records
+    resolved: list[dict[str, OptionValue | None]] = [type(p).resolve_options(s.options)
+                                                     for s, p in zip(specs, passes, strict=True)]
+    records = [PassRecord(i, s.name, p.contract_for(o).value, dict(o))
+               for i, (s, p, o) in enumerate(zip(specs, passes, resolved, strict=True))]
     result = PipelineResult(model=onnx.ModelProto(), records=records, verify_mode=verify)  # set on every return
 
     state: GraphState | None = verifier.initial_state(model) if verify != "none" and verifier else None
@@ -373,24 +358,29 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
     def proto_for(inst: Instrument) -> onnx.ModelProto | None:
         return working.proto() if inst.needs_model else None
 
-    for spec, pass_obj, record in zip(specs, passes, records, strict=False):
+    for spec, pass_obj, record, options in zip(specs, passes, records, resolved, strict=True):
         for inst in instruments:
             inst.before_pass(record, proto_for(inst))
-        ctx = PassContext(options=dict(spec.options), target=target, recipe=recipe, model_metadata=working.metadata(),
-                          source=source if working.is_input else None)
+        ctx = PassContext(options=dict(options), target=target, recipe=recipe, model_metadata=working.metadata(),
+                          source=source if working.is_input else None, declared=type(pass_obj).options)
         started = time.perf_counter()
         try:
-            if _is_graph_pass(pass_obj):
-                graph = working.graph()
-                outcome = pass_obj.run(graph, ctx)
-                if outcome.changed:
-                    graph.cleanup().toposort()
-                    working.graph_changed()
-                del graph  # `working` owns it: an export may drop it, and with it the proto it points into
+            if isinstance(pass_obj, GraphPass):
+                early = pass_obj.shortcut(working.proto()) if working.is_proto_current else None
+                if early is not None:
+                    outcome = early
+                else:
+                    graph = working.graph()
+                    outcome = pass_obj.run(graph, ctx)
+                    if outcome.changed:
+                        graph.cleanup().toposort()
+                        working.graph_changed()
+                    del graph  # `working` owns it: an export may drop it, and with it the proto it points into
             else:
+                assert isinstance(pass_obj, ModelPass), type(pass_obj)
                 current = working.proto()  # exporting the graph earlier passes left is their cost
                 started = time.perf_counter()
-                new_model, outcome = pass_obj.apply(current, ctx)
+                new_model, outcome = pass_obj.run_model(current, ctx)
                 del current
                 working.set_proto(new_model)
             if working.store_metadata(ctx.metadata) and not outcome.changed:
@@ -405,9 +395,7 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
         if verify == "each" and outcome.changed and verifier is not None and state is not None:
             t0 = time.perf_counter()
             after = verifier.new_state(working.proto(), f"after {spec.name}")
-            record.verdict = verifier.compare(
-                state, after, Contract(record.contract), tolerances_of(pass_obj, spec.options)
-            )
+            record.verdict = verifier.compare(state, after, Contract(record.contract), pass_obj.tolerance_for(options))
             record.verify_seconds = time.perf_counter() - t0
             record.status = record.verdict.status
             if not record.verdict.ok:
@@ -432,7 +420,7 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
     result.model = working.proto()
     result.graph_imports, result.graph_exports = working.imports, working.exports
 
-    pass_tolerances = {r.index: tolerances_of(p, s.options) for r, p, s in zip(records, passes, specs, strict=False)}
+    pass_tolerances = {r.index: p.tolerance_for(o) for r, p, o in zip(records, passes, resolved, strict=True)}
     if verify == "end" and verifier is not None and reference is not None and len(history) > 1:
         _verify_end(result, history, verifier, reference, pass_tolerances)
     return result

@@ -8,12 +8,17 @@ Everything here runs before the first pass, so a typo costs a second, not the pi
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import onnx
 
 from segc.errors import SegcError
 from segc.shapes import parse_shape_range
 from segc.targets.base import Target, target_values
+
+if TYPE_CHECKING:
+    from segc.pipeline import PassSpec
 
 
 def validate_cli(args: argparse.Namespace, target: Target) -> list[str]:
@@ -64,3 +69,19 @@ def validate_selectors(model: onnx.ModelProto, args: argparse.Namespace) -> None
         select_many(graph, args.outputs, kind="tensors")
     if args.nearest_resize:
         select_many(graph, args.nearest_resize, kind="nodes")
+
+
+def validate_pass_plan(specs: Sequence[PassSpec], where: str) -> None:
+    """Every pass's options coerced to their declared types, and the declared order kept.
+
+    Options come from the target, the recipe (models/recipes.py, a recipe file) and
+    ``--option``; all of them meet the same :class:`segc.passbase.PassOption` here, so
+    ``--option simplify.fold_constants=maybe`` is one line naming the valid values, before
+    the model is touched. ``where`` names the list in an order error (``--passes``).
+    """
+    from segc.pass_order import check_order
+    from segc.passbase import get_pass
+
+    for spec in specs:
+        get_pass(spec.name).resolve_options(spec.options)
+    check_order([s.name for s in specs], where)

@@ -16,6 +16,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from segc.passbase import Contract, GraphPass, PassContext, PassResult, register_pass
+from segc.passes._order import REWRITES
 
 
 @register_pass
@@ -23,18 +24,19 @@ class Cleanup(GraphPass):
     name = "cleanup"
     contract = Contract.EXACT
     summary = "remove dead nodes, Identity nodes, unused initializers and unused inputs"
-    options = {}
+    runs_after = REWRITES
+    order_reason = "it removes what the rewrites leave dangling"
 
-    def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
+    def shortcut(self, model: onnx.ModelProto) -> PassResult | None:
         """Skip the graph import when a scan of the protobuf finds nothing to remove.
 
         cleanup runs last in nearly every pipeline and usually finds nothing; importing a 50k-node
         graph into onnx-graphsurgeon just to learn that costs seconds.
         """
-        if not _has_work(model.graph):
-            return model, PassResult(changed=False, stats={"identity_removed": 0, "nodes_removed": 0,
-                                                           "initializers_removed": 0, "inputs_removed": 0})
-        return super().apply(model, ctx)
+        if _has_work(model.graph):
+            return None
+        return PassResult(changed=False, stats={"identity_removed": 0, "nodes_removed": 0,
+                                                "initializers_removed": 0, "inputs_removed": 0})
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         before_nodes = len(graph.nodes)

@@ -16,31 +16,27 @@ import onnx
 
 from segc.errors import SegcError
 from segc.modelio import MAX_OPSET, MIN_OPSET
-from segc.passbase import Contract, GraphPass, PassContext, PassResult, carry_model_fields, register_pass
+from segc.passbase import (Contract, ModelPass, OptionKind, PassContext, PassOption, PassResult, carry_model_fields,
+                           register_pass)
 from segc.passes._opset import convert_model_opset, model_opset
 
 
 @register_pass
-class ConvertOpset(GraphPass):
+class ConvertOpset(ModelPass):
     name = "convert_opset"
     contract = Contract.EXACT
     summary = "convert the graph to another default-domain opset (onnx version converter; vendor ops kept)"
-    options = {
-        "version": "the opset to convert to (required)",
-        "only_down": "convert only if the graph is newer (default true)",
-    }
+    options = {"version": PassOption(OptionKind.INT, "the opset to convert to (required)"),
+               "only_down": PassOption(OptionKind.BOOL, "convert only if the graph is newer", default=True)}
 
-    def run(self, graph: object, ctx: PassContext) -> PassResult:  # pragma: no cover - apply is overridden
-        raise NotImplementedError
-
-    def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
+    def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         version = ctx.option("version")
-        if not isinstance(version, int) or not MIN_OPSET <= version <= MAX_OPSET:
+        if version is None or not MIN_OPSET <= version <= MAX_OPSET:
             raise SegcError(
                 f"convert_opset needs option version, a whole number from {MIN_OPSET} to {MAX_OPSET} (got {version!r})"
             )
         current = model_opset(model)
-        if current == version or (current < version and ctx.option("only_down", True)):
+        if current == version or (current < version and ctx.option("only_down")):
             return model, PassResult(changed=False, stats={"opset": current})
         out = convert_model_opset(model, version, who="convert_opset")
         carry_model_fields(model, out)

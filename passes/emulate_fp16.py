@@ -23,7 +23,7 @@ import onnx
 
 from segc.fp16_emulation import FP16_BUDGET, FP32_LAYERS_KEY, name_nodes, plan_fp16
 from segc.metrics import Tolerances
-from segc.passbase import Contract, GraphPass, PassContext, PassResult, register_pass
+from segc.passbase import Contract, ModelPass, OptionKind, PassContext, PassOption, PassResult, register_pass
 from segc.verify import Verifier
 
 SEARCH_PIXELS = 512 * 512  # every intermediate tensor is exposed: keep the inputs small
@@ -34,28 +34,30 @@ class Fp16BudgetMissed(RuntimeError):
 
 
 @register_pass
-class EmulateFp16(GraphPass):
+class EmulateFp16(ModelPass):
     name = "emulate_fp16"
     contract = Contract.APPROXIMATE
     summary = "emulate the target's fp16 in onnxruntime, judge it, and pick the layers to keep fp32 (--precision fp16)"
     options = {
-        "cosine": f"minimum cosine of every output against fp32 (default {FP16_BUDGET.cosine})",
-        "agreement": f"minimum argmax label agreement (default {FP16_BUDGET.agreement})",
-        "max_keep": "most layers the search may keep in fp32 (default 16)",
-        "pixel_budget": f"largest N*H*W emulated at (default {SEARCH_PIXELS})",
-        "seed": "seed of the random inputs (default 0)",
-        "max_inputs": "most input shapes the final keep-set is verified at (default 2; the search uses the first)",
+        "cosine": PassOption(OptionKind.FLOAT, "minimum cosine of every output against fp32",
+                             default=FP16_BUDGET.cosine),
+        "agreement": PassOption(OptionKind.FLOAT, "minimum argmax label agreement", default=FP16_BUDGET.agreement),
+        "max_keep": PassOption(OptionKind.INT, "most layers the search may keep in fp32", default=16),
+        "pixel_budget": PassOption(OptionKind.INT, "largest N*H*W emulated at", default=SEARCH_PIXELS),
+        "seed": PassOption(OptionKind.INT, "seed of the random inputs", default=0),
+        "max_inputs": PassOption(OptionKind.INT, "most input shapes the final keep-set is verified at "
+                                 "(the search uses the first)", default=2),
     }
+    runs_after = ("cleanup",)
+    order_reason = "it judges the fp16 build of the final graph"
 
-    def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
+    def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         named = name_nodes(model)
         changed = any(a.name != b.name for a, b in zip(model.graph.node, named.graph.node, strict=False))
-        budget = Tolerances(cosine=float(ctx.option("cosine", FP16_BUDGET.cosine)),
-                            agreement=float(ctx.option("agreement", FP16_BUDGET.agreement)))
-        verifier = Verifier(recipe=ctx.recipe, seed=int(ctx.option("seed", 0)),
-                            pixel_budget=int(ctx.option("pixel_budget", SEARCH_PIXELS)))
-        feeds = verifier.feeds_for(named)[: max(1, int(ctx.option("max_inputs", 2)))]
-        plan = plan_fp16(named, feeds, budget, max_keep=int(ctx.option("max_keep", 16)))
+        budget = Tolerances(cosine=ctx.option("cosine"), agreement=ctx.option("agreement"))
+        verifier = Verifier(recipe=ctx.recipe, seed=ctx.option("seed"), pixel_budget=ctx.option("pixel_budget"))
+        feeds = verifier.feeds_for(named)[: max(1, ctx.option("max_inputs"))]
+        plan = plan_fp16(named, feeds, budget, max_keep=ctx.option("max_keep"))
         stats = plan.to_stats()
         final = stats["final"]
         if not plan.ok:

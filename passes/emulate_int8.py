@@ -12,7 +12,7 @@ from __future__ import annotations
 import onnx
 
 from segc.int8_calibration import DEFAULT_SAMPLES, calibration_feeds, int8_drop
-from segc.passbase import Contract, GraphPass, PassContext, PassResult, register_pass
+from segc.passbase import Contract, ModelPass, OptionKind, PassContext, PassOption, PassResult, register_pass
 from segc.verify import Verifier
 from segc.verify_inputs import verification_shapes
 
@@ -20,16 +20,18 @@ from segc.passes.emulate_fp16 import SEARCH_PIXELS
 
 
 @register_pass
-class EmulateInt8(GraphPass):
+class EmulateInt8(ModelPass):
     name = "emulate_int8"
     contract = Contract.APPROXIMATE
     summary = "measure the expected int8 drop: onnxruntime static QDQ on the calibration images (--precision int8)"
     options = {
-        "calib_images": "folder of calibration images (--calib-images)",
-        "samples": f"most images used (default {DEFAULT_SAMPLES})",
+        "calib_images": PassOption(OptionKind.STR, "folder of calibration images (--calib-images)"),
+        "samples": PassOption(OptionKind.INT, "most images used", default=DEFAULT_SAMPLES),
     }
+    runs_after = ("cleanup",)
+    order_reason = "it judges the int8 build of the final graph"
 
-    def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
+    def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         folder = ctx.option("calib_images")
         if not folder:
             raise RuntimeError("emulate_int8 needs the option calib_images (--calib-images DIR)")
@@ -37,7 +39,7 @@ class EmulateInt8(GraphPass):
         shapes = verification_shapes(model, verifier._ranges_for(model), ctx.recipe, SEARCH_PIXELS)
         inputs = [vi.name for vi in model.graph.input if vi.name not in {t.name for t in model.graph.initializer}]
         shape = shapes[0][inputs[0]] if shapes and inputs and inputs[0] in shapes[0] else ()
-        feeds = calibration_feeds(folder, model, ctx.recipe, tuple(shape), int(ctx.option("samples", DEFAULT_SAMPLES)))
+        feeds = calibration_feeds(folder, model, ctx.recipe, tuple(shape), ctx.option("samples"))
         est = int8_drop(model, feeds)
         cos = "-" if est.cosine is None else f"{est.cosine:.6f}"
         agree = "" if est.agreement is None else f", label agreement {est.agreement:.4f}"

@@ -41,7 +41,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from segc.errors import SegcError
-from segc.passbase import Contract, GraphPass, PassContext, PassResult, carry_model_fields, register_pass
+from segc.passbase import (Contract, ModelPass, OptionKind, PassContext, PassOption, PassResult, carry_model_fields,
+                           register_pass)
 from segc.passes._opset import model_opset
 
 
@@ -200,18 +201,16 @@ def inline(node: onnx.NodeProto, body: onnx.FunctionProto, prefix: str, opset: i
 
 
 @register_pass
-class ExpandFunctions(GraphPass):
+class ExpandFunctions(ModelPass):
     name = "expand_functions"
     contract = Contract.EXACT
     summary = "replace ops a vendor lacks (Gelu, HardSigmoid, LayerNormalization...) by their ONNX function body"
-    options = {
-        "ops": "op types to expand (default: those with an ONNX function body that the target's operator list lacks)"
-    }
+    options = {"ops": PassOption(OptionKind.STR_LIST, "op types to expand (default: those with an ONNX function body "
+                                                      "that the target's operator list lacks)")}
+    runs_before = ("convert_opset",)
+    order_reason = "function bodies are expanded at the opset they are defined for; the conversion covers their ops"
 
-    def run(self, graph: object, ctx: PassContext) -> PassResult:  # pragma: no cover - apply is overridden
-        raise NotImplementedError
-
-    def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
+    def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         ops = self._ops(model, ctx)
         opset = model_opset(model)
         nodes = list(model.graph.node)
@@ -262,7 +261,7 @@ class ExpandFunctions(GraphPass):
     def _ops(model: onnx.ModelProto, ctx: PassContext) -> set[str]:
         given = ctx.option("ops")
         if given:
-            ops = {given} if isinstance(given, str) else set(given)
+            ops = set(given)
             bad = sorted(op for op in ops if not has_function(op, model_opset(model)))
             if bad:
                 raise SegcError(

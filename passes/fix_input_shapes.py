@@ -29,7 +29,8 @@ from __future__ import annotations
 import onnx
 
 from segc.errors import SegcError
-from segc.passbase import Contract, GraphPass, PassContext, PassResult, carry_model_fields, register_pass
+from segc.passbase import (Contract, ModelPass, OptionKind, PassContext, PassOption, PassResult, carry_model_fields,
+                           register_pass)
 from segc.shapes import ShapeRange
 
 
@@ -55,19 +56,17 @@ def fixed_shape_option(rng: ShapeRange, keep: tuple[int, ...] = ()) -> str:
 
 
 @register_pass
-class FixInputShapes(GraphPass):
+class FixInputShapes(ModelPass):
     name = "fix_input_shapes"
     contract = Contract.EXACT
     summary = "give symbolic input dims the numbers of a static build, so shape computations fold (run before simplify)"
-    options = {"shapes": "NAME:D1,D2,... per input ('-1' keeps a dim); a list, or ';'-separated"}
+    options = {"shapes": PassOption(OptionKind.STR_LIST,
+                                    "NAME:D1,D2,... per input ('-1' keeps a dim); a list, or ';'-separated")}
+    runs_before = ("simplify",)
+    order_reason = "fixed dims let simplify fold the shape computations"
 
-    def run(self, graph: object, ctx: PassContext) -> PassResult:  # pragma: no cover - apply is overridden
-        raise NotImplementedError
-
-    def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
-        raw = ctx.option("shapes")
-        items = [raw] if isinstance(raw, str) else list(raw or [])
-        texts = [part.strip() for item in items for part in str(item).split(";") if part.strip()]
+    def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
+        texts: list[str] = ctx.option("shapes") or []
         if not texts:
             raise SegcError("fix_input_shapes needs option shapes, e.g. x:1,3,640,640")
         wanted = dict(parse_fixed_shape(t) for t in texts)

@@ -147,6 +147,8 @@ class FoldResizeScales(GraphPass):
         "replace shape-computed Resize scales/sizes by constants where provably identical for every input size "
         "(or every size on the range's /M grid)"
     )
+    runs_after = ("simplify",)
+    order_reason = "simplify folds what it can first; this proves the Resize parameters it leaves"
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         resizes = [

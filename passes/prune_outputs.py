@@ -36,7 +36,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from segc.errors import SegcError
-from segc.passbase import Contract, GraphPass, PassContext, PassResult, register_pass
+from segc.passbase import Contract, GraphPass, OptionKind, PassContext, PassOption, PassResult, register_pass
 from segc.selectors import as_selector_list, select_ordered
 
 
@@ -50,14 +50,16 @@ class PruneOutputs(GraphPass):
     contract = Contract.OUTPUTS
     summary = "make chosen tensors the graph outputs (e.g. the classifier convs) and drop what only fed the old ones"
     options = {
-        "outputs": "selectors of the tensors to keep as outputs, in order; "
-        "e.g. 'Conv before output1;Conv before output2' or ATC's 'Conv_1380:0'",
-        "pinned": "true when 'outputs' are tensor names segc compile resolved on the input model (set by segc, "
-        "so a name an earlier pass removed is reported as such)",
+        "outputs": PassOption(OptionKind.STR_LIST, "selectors of the tensors to keep as outputs, in order; e.g. "
+                              "'Conv before output1;Conv before output2' or ATC's 'Conv_1380:0'",
+                              split=as_selector_list),
+        "pinned": PassOption(OptionKind.BOOL, "true when 'outputs' are tensor names segc compile resolved on the "
+                             "input model (set by segc, so a name an earlier pass removed is reported as such)",
+                             default=False),
     }
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        selectors = as_selector_list(ctx.option("outputs"))
+        selectors: list[str] = ctx.option("outputs") or []
         if not selectors:
             raise SegcError(
                 "prune_outputs needs option 'outputs': selectors of the tensors to keep, e.g. 'Conv before output1'"

@@ -57,6 +57,8 @@ class ResizeBroadcast(GraphPass):
     name = "resize_broadcast"
     contract = Contract.EXACT
     summary = "Resize of a provably NxCx1x1 map (ASPP/PSP pooling branches) -> Expand: no Resize parameters left"
+    runs_after = ("simplify",)
+    order_reason = "simplify folds the shape chains that prove a map is 1x1"
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         resizes = [

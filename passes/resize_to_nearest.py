@@ -54,7 +54,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from segc.errors import SegcError
-from segc.passbase import Contract, GraphPass, PassContext, PassResult, register_pass
+from segc.passbase import Contract, GraphPass, OptionKind, PassContext, PassOption, PassResult, register_pass
 from segc.selectors import as_selector_list, node_label, select_many
 
 RESIZE_OPS = ("Resize", "Upsample")
@@ -233,17 +233,22 @@ class ResizeToNearest(GraphPass):
     contract = Contract.APPROXIMATE
     summary = "switch chosen linear/cubic Resize nodes to nearest (speed for a little accuracy)"
     options = {
-        "select": "selectors of the Resize nodes to switch, e.g. 'Resize>Concat' or '*/fuse_layers/*'",
-        "preset": f"named choice of Resizes: {', '.join(PRESETS)} (several: comma-separated)",
-        "coordinate_mode": f"set coordinate_transformation_mode ({', '.join(COORDINATE_MODES)}); default: keep",
-        "nearest_mode": f"set nearest_mode ({', '.join(NEAREST_MODES)}); "
-        "default: floor for asymmetric, else round_prefer_floor",
+        "select": PassOption(OptionKind.STR_LIST, "selectors of the Resize nodes to switch, e.g. 'Resize>Concat' or "
+                             "'*/fuse_layers/*'", split=as_selector_list),
+        "preset": PassOption(OptionKind.STR_LIST,
+                             f"named choice of Resizes: {', '.join(PRESETS)} (several: comma-separated)",
+                             split=as_selector_list),
+        "coordinate_mode": PassOption(OptionKind.CHOICE, "set coordinate_transformation_mode; default: keep",
+                                      choices=COORDINATE_MODES),
+        "nearest_mode": PassOption(OptionKind.CHOICE,
+                                   "set nearest_mode; default: floor for asymmetric, else round_prefer_floor",
+                                   choices=NEAREST_MODES),
     }
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         opset = graph.opset or 11
-        coord_override = _choice(ctx.option("coordinate_mode"), COORDINATE_MODES, "coordinate_mode")
-        nearest_override = _choice(ctx.option("nearest_mode"), NEAREST_MODES, "nearest_mode")
+        coord_override: str | None = ctx.option("coordinate_mode")
+        nearest_override: str | None = ctx.option("nearest_mode")
         if (coord_override or nearest_override) and opset < 11:
             raise SegcError(
                 f"resize_to_nearest: opset {opset} Resize has no coordinate_transformation_mode/nearest_mode; drop "
@@ -306,8 +311,8 @@ class ResizeToNearest(GraphPass):
         )
 
     def _choose(self, graph: gs.Graph, ctx: PassContext) -> list[gs.Node]:
-        selectors = as_selector_list(ctx.option("select"))
-        presets = as_selector_list(ctx.option("preset"))
+        selectors: list[str] = ctx.option("select") or []
+        presets: list[str] = ctx.option("preset") or []
         if not selectors and not presets:
             raise SegcError(
                 "resize_to_nearest needs option 'select' (selectors of Resize nodes, e.g. 'Resize>Concat') "
@@ -325,11 +330,3 @@ class ResizeToNearest(GraphPass):
                 )
             chosen.extend(n for n in nodes if all(n is not c for c in chosen))
         return chosen
-
-
-def _choice(value: Any, allowed: tuple[str, ...], option: str) -> str | None:
-    if value is None or value == "":
-        return None
-    if value not in allowed:
-        raise SegcError(f"resize_to_nearest: {option} must be one of {', '.join(allowed)}, not {value!r}")
-    return str(value)

@@ -50,6 +50,7 @@ graph above that gets a note (the Ascend target must lower the model's opset).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +59,8 @@ import onnx_graphsurgeon as gs
 
 from segc.errors import SegcError
 from segc.lowering import register_lowering
-from segc.passbase import Contract, GraphPass, PassContext, PassResult, register_pass
+from segc.passbase import (Contract, ModelPass, OptionKind, PassContext, PassOption, PassResult, register_pass,
+                           run_on_graph)
 from segc.passes._channel_select import AssemblyStats, ChannelAssembler
 from segc.passes._deform_decompose import GRID_SAMPLE_MIN_OPSET, emit_decomposed
 from segc.passes._deform_forms import (
@@ -88,26 +90,6 @@ from segc.passes._graph_build import (
 DEFORM_CONV_MIN_OPSET = 19
 REQUIRED_OPSET = {"onnx": DEFORM_CONV_MIN_OPSET, "decomposed": GRID_SAMPLE_MIN_OPSET}
 _EMITTERS = {"onnx": emit_onnx, "ascend": emit_ascend, "mmcv": emit_mmcv, "decomposed": emit_decomposed}
-
-
-def parse_form(options: dict[str, Any]) -> str:
-    """The ``form`` option, checked (default ``onnx``)."""
-    form = str(options.get("form", "onnx")).strip().lower()
-    if form not in FORMS:
-        raise SegcError(f"rewrite_deform_conv: unknown form {form!r}; expected one of {', '.join(FORMS)}")
-    return form
-
-
-def parse_bool(options: dict[str, Any], key: str, default: bool) -> bool:
-    value = options.get(key, default)
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise SegcError(f"rewrite_deform_conv: option {key} must be true or false, got {value!r}")
 
 
 @dataclass
@@ -179,7 +161,7 @@ def _prepare_opset(graph: gs.Graph, version: int, what: str) -> str | None:
 
 
 @register_pass
-class RewriteDeformConv(GraphPass):
+class RewriteDeformConv(ModelPass):
     """Convert every deformable convolution to one form (see module docstring)."""
 
     name = "rewrite_deform_conv"
@@ -188,28 +170,31 @@ class RewriteDeformConv(GraphPass):
         "convert deformable convs to ONNX DeformConv, Ascend DeformableConv2D, mmcv's TensorRT plugin, or standard ops"
     )
     options = {
-        "form": "onnx (DeformConv, opset 19) | ascend (DeformableConv2D) | mmcv (MMCVModulatedDeformConv2d) | "
-        "decomposed (GridSample + Conv); default onnx",
-        "fold_reorder": "true (default): fold the offset channel reorder into the producing Conv's weights; "
-        "false: reorder at run time",
+        "form": PassOption(OptionKind.CHOICE, "onnx (DeformConv, opset 19) | ascend (DeformableConv2D) | mmcv "
+                           "(MMCVModulatedDeformConv2d) | decomposed (GridSample + Conv)", default="onnx",
+                           choices=FORMS),
+        "fold_reorder": PassOption(OptionKind.BOOL, "true: fold the offset channel reorder into the producing Conv's "
+                                   "weights; false: reorder at run time", default=True),
     }
+    runs_before = ("convert_opset",)
+    order_reason = "ATC's DeformableConv2D exists only up to opset 16: rewrite first, then convert down"
 
     @classmethod
-    def contract_for(cls, options: dict[str, Any]) -> Contract:
+    def contract_for(cls, options: Mapping[str, Any]) -> Contract:
         """target-only for vendor forms (onnxruntime runs them only after lowering), else exact."""
-        return Contract.TARGET_ONLY if parse_form(options) in ("ascend", "mmcv") else Contract.EXACT
+        return Contract.TARGET_ONLY if options.get("form") in ("ascend", "mmcv") else Contract.EXACT
 
     @classmethod
-    def tolerance_for(cls, options: dict[str, Any]) -> dict[str, float]:
+    def tolerance_for(cls, options: Mapping[str, Any]) -> dict[str, float]:
         """The decomposition samples with GridSample and sums taps in another order: exact in
         arithmetic, but its rounding differs from DeformConv's in every one of DBNet's 13
         layers, which adds up to ~1e-4 of the output's magnitude. Judged at rtol 1e-3 (a
         wrong layout or sampling rule errs by orders of magnitude more)."""
-        return {"rtol": 1e-3} if parse_form(options) == "decomposed" else {}
+        return {"rtol": 1e-3} if options.get("form") == "decomposed" else {}
 
-    def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
+    def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         """Upgrade the model's opset first when the target op needs it and a re-declaration won't do."""
-        form = parse_form(ctx.options)
+        form: str = ctx.option("form")
         needed = REQUIRED_OPSET.get(form)
         notes: list[str] = []
         current = _model_opset(model)
@@ -221,13 +206,14 @@ class RewriteDeformConv(GraphPass):
                     f"converted the model from opset {current} to {needed} with onnx's version converter ({form} form "
                     "needs it)"
                 )
-        out, result = super().apply(model, ctx)
+        out, result = run_on_graph(model, lambda graph: self.rewrite_graph(graph, ctx))
         result.notes[:0] = notes
         return out, result
 
-    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        form = parse_form(ctx.options)
-        fold = parse_bool(ctx.options, "fold_reorder", True)
+    def rewrite_graph(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        """The rewrite proper, on the graph of the (opset-prepared) model."""
+        form: str = ctx.option("form")
+        fold: bool = ctx.option("fold_reorder")
         nodes = [n for n in graph.nodes if node_form(n) is not None]
         stats: dict[str, Any] = {"form": form, "deform_convs": len(nodes), "converted": 0, "repaired": 0,
                                  "skipped": 0, "conv_permuted": 0, "runtime_selects": 0}

@@ -47,7 +47,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from segc.errors import SegcError
-from segc.passbase import Contract, GraphPass, PassContext, PassResult, register_pass
+from segc.passbase import Contract, GraphPass, OptionKind, PassContext, PassOption, PassResult, register_pass
 from segc.passes._shape_expr import (
     INT64_MAX,
     ShapeAnalysis,
@@ -637,10 +637,13 @@ class SetShapeRange(GraphPass):
         "make input dims dynamic over an ATC-style range; fix sizes baked in at export or name the node that bakes them"
     )
     options = {
-        "ranges": "list of NAME:1,3,640~4096,640~4096 (ATC syntax; 640~4096/32: multiples of 32 only), "
-        "one per input to change",
-        "opt": "list of NAME:1,3,1280,1280 optimisation shapes (default: each range's minimum)",
+        "ranges": PassOption(OptionKind.STR_LIST, "list of NAME:1,3,640~4096,640~4096 (ATC syntax; 640~4096/32: "
+                             "multiples of 32 only), one per input to change"),
+        "opt": PassOption(OptionKind.STR_LIST,
+                          "list of NAME:1,3,1280,1280 optimisation shapes (default: each range's minimum)"),
     }
+    runs_after = ("simplify", "fold_resize_scales", "rewrite_deform_conv")
+    order_reason = "ranges are set on the folded graph in its final form, whose baked sizes they fix"
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         ranges = parse_ranges(ctx.option("ranges"), ctx.option("opt"))

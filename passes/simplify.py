@@ -36,7 +36,8 @@ import onnx
 
 from segc.errors import SegcError
 from segc.modelio import has_disk_tensors, tensor_nbytes, weight_bytes
-from segc.passbase import Contract, GraphPass, PassContext, PassResult, carry_model_fields, register_pass
+from segc.passbase import (Contract, ModelPass, OptionKind, PassContext, PassOption, PassResult, carry_model_fields,
+                           register_pass)
 from segc.passes._onnxsim_core import FoldSettings, simplify_bytes, simplify_file
 
 GROWTH_ALLOWANCE = 1.02  # folding may legitimately add a little (e.g. a folded shape constant)
@@ -51,22 +52,19 @@ _OVER_LIMIT_NOTE = ("model over protobuf's 2 GiB limit: onnx-simplifier cannot t
 
 
 @register_pass
-class Simplify(GraphPass):
+class Simplify(ModelPass):
     name = "simplify"
     contract = Contract.EXACT
     summary = "onnx-simplifier with shape inference; keeps dynamic dims, never grows the model"
-    options = {"fold_constants": "fold constant subgraphs (default true)"}
+    options = {"fold_constants": PassOption(OptionKind.BOOL, "fold constant subgraphs", default=True)}
 
-    def run(self, graph: object, ctx: PassContext) -> PassResult:  # pragma: no cover - apply is overridden
-        raise NotImplementedError
-
-    def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
+    def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         notes: list[str] = []
         if has_disk_tensors(model):
             return model, PassResult(changed=False, stats={"skipped": True}, notes=[_OVER_LIMIT_NOTE])
         size_before = weight_bytes(model)
         attempts = [FoldSettings()]
-        if not ctx.option("fold_constants", True):
+        if not ctx.option("fold_constants"):
             attempts = [FoldSettings(constant_folding=False)]
         else:
             biggest = max((tensor_nbytes(t) for t in model.graph.initializer), default=0)

@@ -14,7 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 from segc.cli import main
 from segc.errors import SegcError
 from segc.ortrun import SESSION_STATS
-from segc.passbase import Contract, GraphPass, PassContext, PassResult, get_pass, register_pass, unregister_pass
+from segc.passbase import (Contract, GraphPass, OptionKind, PassContext, PassOption, PassResult, get_pass,
+                           register_pass, unregister_pass)
 from segc.pipeline import DumpInstrument, PassSpec, run_pipeline
 from segc.verify import Verifier
 
@@ -53,12 +54,12 @@ class ScaleWeights(GraphPass):
 
     name = "test_scale_weights"
     contract = Contract.EXACT
-    options = {"factor": "scale"}
+    options = {"factor": PassOption(OptionKind.FLOAT, "scale", default=1.1)}
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         conv = next(n for n in graph.nodes if n.op == "Conv")
         w = conv.inputs[1]
-        w.values = (w.values * ctx.option("factor", 1.1)).astype(np.float32)
+        w.values = (w.values * ctx.option("factor")).astype(np.float32)
         return PassResult(changed=True, stats={"scaled": 1})
 
 
@@ -67,12 +68,12 @@ class NudgeWeights(GraphPass):
 
     name = "test_nudge_weights"
     contract = Contract.APPROXIMATE
-    options = {"noise": "relative noise"}
+    options = {"noise": PassOption(OptionKind.FLOAT, "relative noise", default=1e-3)}
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         w = next(n for n in graph.nodes if n.op == "Conv").inputs[1]
         noise = np.random.default_rng(7).standard_normal(w.values.shape) * w.values.std()
-        w.values = (w.values + ctx.option("noise", 1e-3) * noise).astype(np.float32)
+        w.values = (w.values + ctx.option("noise") * noise).astype(np.float32)
         return PassResult(changed=True)
 
 

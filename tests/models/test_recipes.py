@@ -91,7 +91,9 @@ def test_normalisation_maps_pixels_to_the_expected_range(name: str) -> None:
 
 @pytest.mark.parametrize("name", ZOO_NAMES)
 def test_pass_names_and_options_exist(name: str) -> None:
-    """Every pass a recipe names is registered and accepts the options the recipe gives it."""
+    """Every pass a recipe names is registered, accepts the options the recipe gives it (each
+    of the declared type), and the list keeps the order the passes declare."""
+    from segc.pass_order import check_order
     from segc.passbase import all_passes
 
     registered = all_passes()
@@ -102,8 +104,8 @@ def test_pass_names_and_options_exist(name: str) -> None:
         missing = [p for p in tr.passes or () if p not in registered]
         assert not missing, f"{name} for {target} names unregistered passes {missing}: segc compile would refuse it"
         for pass_name in tr.passes or ():
-            declared = set(registered[pass_name].options)
-            assert set(tr.options.get(pass_name, {})) <= declared, (target, pass_name, declared)
+            registered[pass_name].resolve_options(tr.options.get(pass_name, {}))  # typed, as compile coerces them
+        check_order(list(tr.passes or ()), f"recipe {name} for {target}")
 
 
 @pytest.mark.parametrize("name", ZOO_NAMES)

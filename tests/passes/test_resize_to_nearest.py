@@ -283,8 +283,10 @@ def test_selection_may_include_other_nodes() -> None:
     [
         ({}, "needs option 'select'.*or 'preset'"),
         ({"preset": "fastest"}, "unknown preset 'fastest'; known: hrnet_branches"),
-        ({"select": "up", "nearest_mode": "nearest"}, "nearest_mode must be one of"),
-        ({"select": "up", "coordinate_mode": "tf_crop_and_resize"}, "coordinate_mode must be one of"),
+        ({"select": "up", "nearest_mode": "nearest"},
+         "nearest_mode=nearest is not a valid choice; valid values: round_prefer_floor"),
+        ({"select": "up", "coordinate_mode": "tf_crop_and_resize"},
+         "coordinate_mode=tf_crop_and_resize is not a valid choice; valid values: half_pixel"),
         ({"select": "up", "coordinate_mode": "half_pixel_symmetric"}, "needs opset >= 19"),
         ({"select": "Resize_1051"}, "matches nothing"),
         ({"preset": "hrnet_branches"}, "found no matching Resize"),
