@@ -98,7 +98,9 @@ class PassOption:
     from recipes and manifests (any JSON/TOML value) and from segc itself (legalisation).
     :meth:`coerce` turns all of them into one Python type, or refuses with the valid values,
     so ``simplify.fold_constants=off`` cannot be truthy and no pass parses strings.
-    ``default`` None means "unset": the pass sees ``None`` and decides (e.g. a required value).
+    ``default`` None means "unset": the pass sees ``None`` and decides. ``required`` options
+    have no sensible default (``convert_opset.version``): leaving one out is refused with the
+    other option errors, before the first pass, not when the pass is reached.
     """
 
     kind: OptionKind
@@ -106,10 +108,13 @@ class PassOption:
     default: OptionValue | None = None
     choices: tuple[str, ...] | None = None
     split: Callable[[str], list[str]] = _split_semicolons  # STR_LIST given as one string
+    required: bool = False
 
     def __post_init__(self) -> None:
         if (self.kind is OptionKind.CHOICE) != bool(self.choices):
             raise ValueError("choices are given exactly for a CHOICE option")
+        if self.required and self.default is not None:
+            raise ValueError("a required option has no default")
         if self.default is not None:
             self.coerce(self.default, "<default>")  # a declaration error shows at import time
 
@@ -162,7 +167,8 @@ class PassOption:
 
     def to_dict(self) -> dict[str, Any]:
         choices = list(self.choices) if self.choices else None
-        return {"type": self.kind.value, "default": self.default, "choices": choices, "help": self.help}
+        return {"type": self.kind.value, "default": self.default, "choices": choices, "help": self.help,
+                "required": self.required}
 
 
 def _parse(kind: type[int | float], value: object) -> int | float | None:
@@ -249,6 +255,9 @@ class Pass(abc.ABC):
         out: dict[str, OptionValue | None] = {}
         for key, decl in cls.options.items():
             value = given.get(key)
+            if value is None and decl.required:
+                raise OptionError(f"pass {cls.name} needs option {key} ({decl.help}), e.g. "
+                                  f"--option {cls.name}.{key}=...")
             out[key] = decl.default if value is None else decl.coerce(value, f"{cls.name}.{key}")
         return out
 

@@ -26,7 +26,7 @@ class ConvertOpset(ModelPass):
     name = "convert_opset"
     contract = Contract.EXACT
     summary = "convert the graph to another default-domain opset (onnx version converter; vendor ops kept)"
-    options = {"version": PassOption(OptionKind.INT, "the opset to convert to (required)"),
+    options = {"version": PassOption(OptionKind.INT, "the opset to convert to", required=True),
                "only_down": PassOption(OptionKind.BOOL, "convert only if the graph is newer", default=True)}
 
     def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:

@@ -384,11 +384,23 @@ def test_an_error_inside_a_pass_starts_its_own_line(tmp_path: Path, capsys) -> N
     """A pass that refuses the graph: the progress line is closed first, never glued to what follows;
     the run stops there with exit 1 and a report naming the pass."""
     src = save(dynamo_like(opset=17), tmp_path)
+    code = main(["compile", str(src), "--target", "onnxruntime", "--passes", "expand_functions", "--verify", "none",
+                 "--option", "expand_functions.ops=Conv", "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 1 and "[1/1] expand_functions ... error\n" in err, err
+    assert "FAILED: pass expand_functions refused the graph: expand_functions: onnx defines no function body for Conv" \
+        in err, err
+    assert (tmp_path / "o" / "report.json").is_file()
+
+
+def test_a_required_option_left_out_is_refused_before_any_pass(tmp_path: Path, capsys) -> None:
+    """convert_opset without its version: one usage line before the first pass, nothing written."""
+    src = save(dynamo_like(opset=17), tmp_path)
     code = main(["compile", str(src), "--target", "onnxruntime", "--passes", "convert_opset", "--verify", "none",
                  "-o", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert code == 1 and "[1/1] convert_opset ... error\n" in err, err
-    assert "FAILED: pass convert_opset refused the graph: convert_opset needs option version" in err, err
+    assert code == 2 and err.startswith("segc: error: pass convert_opset needs option version"), err
+    assert "[1/1]" not in err and not (tmp_path / "o").exists()
 
 
 def test_static_input_shape_replaces_a_planned_range() -> None:

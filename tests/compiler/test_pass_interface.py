@@ -147,7 +147,8 @@ def test_segc_passes_lists_types_defaults_choices_and_order(capsys: pytest.Captu
     assert main(["passes", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["simplify"]["options"]["fold_constants"] == {"type": "bool", "default": True, "choices": None,
-                                                             "help": "fold constant subgraphs"}
+                                                             "help": "fold constant subgraphs", "required": False}
+    assert rows["convert_opset"]["options"]["version"]["required"] is True
     form = rows["rewrite_deform_conv"]["options"]["form"]
     assert form["type"] == "choice" and form["default"] == "onnx"
     assert form["choices"] == ["onnx", "ascend", "mmcv", "decomposed"]
@@ -376,7 +377,8 @@ def test_a_new_pass_module_is_listed_compiled_and_recorded(newcomer: None, tmp_p
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["passes", "--json"]) == 0
     row = next(r for r in json.loads(capsys.readouterr().out) if r["name"] == "newcomer_identity")
-    assert row["options"]["copies"] == {"type": "int", "default": 1, "choices": None, "help": "how many"}
+    assert row["options"]["copies"] == {"type": "int", "default": 1, "choices": None, "help": "how many",
+                                        "required": False}
     assert row["runs_after"] == ["simplify"] and row["kind"] == "graph"
 
     out = tmp_path / "o"
