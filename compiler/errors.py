@@ -26,3 +26,15 @@ class PipelineFailure(Exception):
         super().__init__(message)
         self.failed_pass = failed_pass
         self.ran_before = list(ran_before or [])
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of ``exc``'s message, else its type name.
+
+    onnx's checker, onnxruntime and onnx-simplifier raise messages of many lines (a C++
+    backtrace, a whole node dump); segc's one-line errors and report reasons quote the first.
+    """
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__

@@ -15,15 +15,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from segc.errors import SegcError
+from segc.errors import SegcError, first_line
 from segc.metrics import OutputMetrics, Tolerances, Verdict, compare_output, judge
 from segc.modelio import readable_ir
+from segc.onnx_graph import real_inputs
 from segc.ortrun import SessionConfig, make_session, run_session
 from segc.passbase import Contract
 from segc.recipe import Recipe
 from segc.shapes import OPT_SHAPE_KEY, SHAPE_RANGE_KEY, ShapeRange, ranges_from_metadata
 from segc.input_roles import Role, input_roles
-from segc.verify_inputs import DEFAULT_PIXEL_BUDGET, Feed, graph_inputs, load_user_feeds, random_feed, verification_shapes
+from segc.verify_inputs import DEFAULT_PIXEL_BUDGET, Feed, load_user_feeds, random_feed, verification_shapes
 
 Outputs = dict[str, np.ndarray]
 
@@ -58,7 +59,7 @@ class GraphState:
                 self.outputs[feed.label] = run_session(self.session, feed.arrays)
             except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no useful base class
                 self.outputs[feed.label] = None
-                self.errors[feed.label] = _first_line(exc)
+                self.errors[feed.label] = first_line(exc)
         return self.outputs[feed.label]
 
 
@@ -130,7 +131,7 @@ class Verifier:
         try:
             state.open()
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; all mean "cannot run"
-            raise SegcError(f"onnxruntime cannot load the input model ({_first_line(exc)}); use --verify none to skip verification") from None
+            raise SegcError(f"onnxruntime cannot load the input model ({first_line(exc)}); use --verify none to skip verification") from None
         if self._prefers_text(state, model):
             self._feeds.clear()  # the first text feed is the probe's, whose outputs the state holds
         self._run_reference(state, model)
@@ -184,7 +185,7 @@ class Verifier:
         """When segc made up values for non-data inputs, say which and how to give real ones."""
         if self.user_inputs is not None:
             return ""
-        names = [vi.name for vi in graph_inputs(model)]
+        names = [vi.name for vi in real_inputs(model)]
         derived = [r for r in input_roles(model, names).values() if r.role is not Role.DATA]
         if not derived:
             return ""
@@ -215,7 +216,7 @@ class Verifier:
         try:
             after.open()
         except Exception as exc:  # noqa: BLE001
-            return Verdict(ok=False, contract=contract.value, reasons=[f"onnxruntime cannot load the graph: {_first_line(exc)}"])
+            return Verdict(ok=False, contract=contract.value, reasons=[f"onnxruntime cannot load the graph: {first_line(exc)}"])
         warnings: list[str] = []
         reasons: list[str] = []
         if contract is Contract.OUTPUTS or outputs_may_change:
@@ -323,8 +324,3 @@ def _spread(outputs: Outputs) -> float:
             if finite.size:
                 spreads.append(float(finite.max() - finite.min()))
     return max(spreads)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

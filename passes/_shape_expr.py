@@ -32,6 +32,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from segc.onnx_graph import constant_array, graph_opset, is_absent, producer, resize_operands
 from segc.passes._sym_poly import (  # noqa: F401 - re-exported for the passes
     MAX_VALUE_ELEMS,
     ONNX_TO_KIND,
@@ -93,10 +94,6 @@ _REDUCES = {
 }
 
 
-def is_empty(t: gs.Tensor | None) -> bool:
-    return t is None or (isinstance(t, gs.Variable) and t.name == "")
-
-
 def topo_nodes(graph: gs.Graph) -> list[gs.Node]:
     """Nodes in a topological order, without reordering ``graph.nodes`` (a pass that finds
     nothing to do must leave the graph untouched)."""
@@ -128,36 +125,6 @@ def topo_nodes(graph: gs.Graph) -> list[gs.Node]:
     return order
 
 
-def producer(t: gs.Tensor) -> gs.Node | None:
-    return t.inputs[0] if isinstance(t, gs.Variable) and t.inputs else None
-
-
-def const_array(t: gs.Tensor | None) -> np.ndarray | None:
-    """The array behind a constant tensor: an initializer or a ``Constant`` node's output."""
-    if t is None:
-        return None
-    if isinstance(t, gs.Constant):
-        return np.asarray(t.values)
-    node = producer(t)
-    if node is not None and node.op == "Constant":
-        if "value" in node.attrs and isinstance(node.attrs["value"], gs.Constant):
-            return np.asarray(node.attrs["value"].values)
-        for key, dtype in (("value_float", np.float32), ("value_int", np.int64)):
-            if key in node.attrs:
-                return np.asarray(node.attrs[key], dtype=dtype)
-        for key, dtype in (("value_floats", np.float32), ("value_ints", np.int64)):
-            if key in node.attrs:
-                return np.asarray(list(node.attrs[key]), dtype=dtype)
-    return None
-
-
-def const_shape(t: gs.Tensor) -> tuple[int, ...] | None:
-    if isinstance(t, gs.Constant):
-        return tuple(int(d) for d in t.shape)
-    arr = const_array(t)
-    return None if arr is None else tuple(arr.shape)
-
-
 class ShapeAnalysis:
     """Symbolic shapes and small values of every tensor of a graph (see module docstring).
 
@@ -181,7 +148,7 @@ class ShapeAnalysis:
         hint: Callable[[gs.Tensor, int], int | None] | None = None,
     ) -> None:
         self.graph = graph
-        self.opset = int(getattr(graph, "opset", None) or 13)
+        self.opset = graph_opset(graph)
         self.input_dims = {k: tuple(v) for k, v in (input_dims or {}).items()}
         self.samples = list(samples)
         self.strict = strict
@@ -203,7 +170,7 @@ class ShapeAnalysis:
         return self
 
     def shape(self, t: gs.Tensor) -> Shape | None:
-        if is_empty(t):
+        if is_absent(t):
             return None
         if t.name in self.shapes:
             return self.shapes[t.name]
@@ -227,7 +194,7 @@ class ShapeAnalysis:
         return s
 
     def value(self, t: gs.Tensor) -> SymValue | None:
-        if is_empty(t):
+        if is_absent(t):
             return None
         if t.name in self.values:
             return self.values[t.name]
@@ -268,7 +235,7 @@ class ShapeAnalysis:
         return s
 
     def _set(self, t: gs.Tensor, shape: Shape | None, value: SymValue | None = None, why: str | None = None) -> None:
-        if is_empty(t):
+        if is_absent(t):
             return
         if value is not None and value.scalar:
             shape = ()
@@ -317,14 +284,14 @@ class ShapeAnalysis:
 
     # helpers -----------------------------------------------------------------------------------
     def _ints(self, t: gs.Tensor | None) -> list[int] | None:
-        if t is None or is_empty(t):
+        if t is None or is_absent(t):
             return None
         v = self.value(t)
         return None if v is None else v.ints()
 
     def _unknown_why(self, node: gs.Node, inputs: Iterable[gs.Tensor]) -> str:
         for t in inputs:
-            if is_empty(t) or t.name not in self.why_unknown:
+            if is_absent(t) or t.name not in self.why_unknown:
                 continue
             v = self.values.get(t.name)
             if v is None or not v.known:
@@ -386,7 +353,7 @@ class ShapeAnalysis:
 
     # op handlers: value ops ----------------------------------------------------------------------
     def _op_Constant(self, node: gs.Node) -> None:
-        arr = const_array(node.outputs[0])
+        arr = constant_array(node.outputs[0])
         if arr is None:
             self._set(node.outputs[0], None, why=f"Constant {node.name!r} is not a tensor")
             return
@@ -506,8 +473,8 @@ class ShapeAnalysis:
                 return None
             starts = list(sv.elems)  # type: ignore[arg-type]
             ends = list(ev.elems)  # type: ignore[arg-type]
-            axes_t = node.inputs[3] if len(node.inputs) > 3 and not is_empty(node.inputs[3]) else None
-            steps_t = node.inputs[4] if len(node.inputs) > 4 and not is_empty(node.inputs[4]) else None
+            axes_t = node.inputs[3] if len(node.inputs) > 3 and not is_absent(node.inputs[3]) else None
+            steps_t = node.inputs[4] if len(node.inputs) > 4 and not is_absent(node.inputs[4]) else None
             axes = self._ints(axes_t) if axes_t is not None else list(range(len(starts)))
             steps = self._ints(steps_t) if steps_t is not None else [1] * len(starts)
             if axes is None or steps is None:
@@ -637,7 +604,7 @@ class ShapeAnalysis:
     def _op_ReduceProd(self, node: gs.Node) -> None:
         v = self.value(node.inputs[0])
         axes = node.attrs.get("axes")
-        if v is not None and not v.scalar and v.known and (axes is None or list(axes) in ([0], [-1])) and (len(node.inputs) < 2 or is_empty(node.inputs[1])):
+        if v is not None and not v.scalar and v.known and (axes is None or list(axes) in ([0], [-1])) and (len(node.inputs) < 2 or is_absent(node.inputs[1])):
             total = Poly.const(1)
             for e in v.elems:
                 total = total * e  # type: ignore[operator]
@@ -690,7 +657,7 @@ class ShapeAnalysis:
             self._set(extra, None)
 
     def _broadcast_op(self, node: gs.Node) -> None:
-        ins = [t for t in node.inputs if not is_empty(t)]
+        ins = [t for t in node.inputs if not is_absent(t)]
         vals = [self.value(t) for t in ins]
         if node.op in ("Add", "Sub", "Mul", "Div", "Max", "Min") and len(vals) == 2 and all(v is not None for v in vals):
             if vals[0].kind == vals[1].kind:  # type: ignore[union-attr]
@@ -792,7 +759,7 @@ class ShapeAnalysis:
     def _reduce(self, node: gs.Node) -> None:
         s = self.shape(node.inputs[0])
         axes = node.attrs.get("axes")
-        if axes is None and len(node.inputs) > 1 and not is_empty(node.inputs[1]):
+        if axes is None and len(node.inputs) > 1 and not is_absent(node.inputs[1]):
             axes = self._ints(node.inputs[1])
             if axes is None:
                 self._set(node.outputs[0], None)
@@ -876,7 +843,7 @@ class ShapeAnalysis:
         axis = int(node.attrs.get("axis", 0))
         axis = axis + len(s) if axis < 0 else axis
         split = node.attrs.get("split")
-        if split is None and len(node.inputs) > 1 and not is_empty(node.inputs[1]):
+        if split is None and len(node.inputs) > 1 and not is_absent(node.inputs[1]):
             split = self._ints(node.inputs[1])
         k = len(node.outputs)
         for i, out in enumerate(node.outputs):
@@ -898,7 +865,7 @@ class ShapeAnalysis:
             self._set(node.outputs[0], None)
             return
         axes = list(range(len(s)))
-        if len(node.inputs) > 3 and not is_empty(node.inputs[3]):
+        if len(node.inputs) > 3 and not is_absent(node.inputs[3]):
             ax = self._ints(node.inputs[3])
             if ax is None:
                 self._set(node.outputs[0], None)
@@ -950,14 +917,7 @@ class ShapeAnalysis:
 
     def resize_operands(self, node: gs.Node) -> tuple[gs.Tensor | None, gs.Tensor | None]:
         """(scales, sizes) tensors of a Resize/Upsample for this graph's opset (None if absent)."""
-        ins = node.inputs
-        if node.op == "Upsample" or self.opset <= 10:
-            return (ins[1] if len(ins) > 1 and not is_empty(ins[1]) else None), None
-        scales = ins[2] if len(ins) > 2 and not is_empty(ins[2]) else None
-        sizes = ins[3] if len(ins) > 3 and not is_empty(ins[3]) else None
-        if scales is not None and const_shape(scales) == (0,):
-            scales = None  # opset 11/12 spell "no scales" as an empty constant
-        return scales, sizes
+        return resize_operands(node, self.opset)
 
     def _op_Resize(self, node: gs.Node) -> None:
         s = self.shape(node.inputs[0])

@@ -41,7 +41,7 @@ from onnx import helper, numpy_helper
 
 from segc.errors import SegcError
 from segc.passbase import Contract, GraphPass, PassContext, PassResult, carry_model_fields, register_pass
-from segc.passes._opset import model_opset
+from segc.onnx_graph import default_opset
 
 
 def function_body(op_type: str, opset: int, node: onnx.NodeProto | None = None,
@@ -190,7 +190,7 @@ class ExpandFunctions(GraphPass):
 
     def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         ops = self._ops(model, ctx)
-        opset = model_opset(model)
+        opset = default_opset(model) or 1
         nodes = list(model.graph.node)
         expanded: dict[str, int] = {}
         left: dict[str, str] = {}
@@ -238,9 +238,9 @@ class ExpandFunctions(GraphPass):
         given = ctx.option("ops")
         if given:
             ops = {given} if isinstance(given, str) else set(given)
-            bad = sorted(op for op in ops if not has_function(op, model_opset(model)))
+            bad = sorted(op for op in ops if not has_function(op, (default_opset(model) or 1)))
             if bad:
-                raise SegcError(f"expand_functions: onnx defines no function body for {', '.join(bad)} at opset {model_opset(model)}")
+                raise SegcError(f"expand_functions: onnx defines no function body for {', '.join(bad)} at opset {(default_opset(model) or 1)}")
             return ops
         if ctx.target is None:
             return set()
@@ -249,7 +249,7 @@ class ExpandFunctions(GraphPass):
         profile = load_profile(ctx.target)
         if profile.data.get("ops", {}).get("partial", False):
             return set()  # an unlisted op there is unconfirmed, not known to be missing
-        opset = model_opset(model)
+        opset = default_opset(model) or 1
         return {n.op_type for n in model.graph.node
                 if n.domain in ("", "ai.onnx") and n.op_type not in profile.ops and has_function(n.op_type, opset)}
 

@@ -22,6 +22,7 @@ from typing import Any
 import onnx
 
 from segc.errors import SegcError
+from segc.onnx_graph import real_inputs
 from segc.recipe import RECIPE_METADATA_KEY, InputSpec, get_recipe
 from segc.shapes import ShapeRange
 from segc.targets.base import Artefact, BuildOptions, Target, Violation, register_target
@@ -90,7 +91,6 @@ def input_ranges(model: onnx.ModelProto, options: BuildOptions) -> list[ShapeRan
     The batch range comes from ``extra["batch_range"]`` (recipe: OCRNet 1..16) or from
     ``batch_sizes`` (min..max); a static input with neither is built static.
     """
-    init = {t.name for t in model.graph.initializer}
     given = {r.name: r for r in options.shape_ranges}
     batch: tuple[int, int] | None = None
     if options.extra.get("batch_range"):
@@ -99,9 +99,7 @@ def input_ranges(model: onnx.ModelProto, options: BuildOptions) -> list[ShapeRan
     elif len(options.batch_sizes) > 1:
         batch = (min(options.batch_sizes), max(options.batch_sizes))
     ranges = []
-    for value in model.graph.input:
-        if value.name in init:
-            continue
+    for value in real_inputs(model):
         if value.name in given:
             r = given[value.name]
         else:

@@ -28,6 +28,7 @@ import onnx
 from dataclasses import replace
 
 from segc.errors import SegcError
+from segc.onnx_graph import real_inputs
 from segc.outdir import write_text
 from segc.recipe import get_recipe
 from segc.shapes import ShapeRange, parse_static_shape
@@ -47,11 +48,8 @@ def _dims(shape: tuple[int, ...], sep: str = "x") -> str:
 
 def dynamic_inputs(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     """Real inputs and their dims (None where symbolic)."""
-    init = {t.name for t in model.graph.initializer}
     out: dict[str, list[int | None]] = {}
-    for value in model.graph.input:
-        if value.name in init:
-            continue
+    for value in real_inputs(model):
         out[value.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in value.type.tensor_type.shape.dim]
     return out
 
