@@ -166,14 +166,19 @@ def broadcasting(sa: ShapeAnalysis, node: gs.Node) -> None:
         if res is not None:
             sa.record(node.outputs[0], None, SymValue("bool", res.elems, res.scalar))
             return
-    if node.op == "Where" and all(v is not None for v in vals):
-        cond, a, b = vals  # type: ignore[misc]
+    if node.op == "Where" and len(vals) == 3 and vals[0] is not None and vals[1] is not None and vals[2] is not None:
+        cond, a, b = vals[0], vals[1], vals[2]
         n = max(len(cond.elems), len(a.elems), len(b.elems))
-        if all(len(v.elems) in (1, n) for v in vals) and all(c is not None and c.is_const() for c in cond.elems):  # type: ignore[union-attr]
-            pick = lambda v, i: v.elems[i if len(v.elems) > 1 else 0]  # noqa: E731
-            elems = tuple(pick(a, i) if pick(cond, i).constant else pick(b, i) for i in range(n))  # type: ignore[union-attr]
-            sa.record(node.outputs[0], None, SymValue(a.kind, elems, cond.scalar and a.scalar and b.scalar))
-            return
+
+        def pick(v: SymValue, i: int) -> Poly | None:
+            return v.elems[i if len(v.elems) > 1 else 0]
+
+        if all(len(v.elems) in (1, n) for v in (cond, a, b)):
+            conds = [c for c in (pick(cond, i) for i in range(n)) if c is not None and c.is_const()]
+            if len(conds) == n:  # every condition known
+                elems = tuple(pick(a, i) if c.constant else pick(b, i) for i, c in enumerate(conds))
+                sa.record(node.outputs[0], None, SymValue(a.kind, elems, cond.scalar and a.scalar and b.scalar))
+                return
     shapes = [sa.shape(t) for t in ins]
     if any(s is None for s in shapes):
         sa.record(node.outputs[0], None, why=sa.unknown_from(node, ins))

@@ -21,6 +21,13 @@ tensor's shape, and what are the values of this small integer tensor?". The alge
 
 Nothing here edits the graph; passes read the analysis and rewrite (``set_shape_range`` edits
 a node in the ``before`` hook, just before the analysis visits it).
+
+Layout: this module is the driver (``ShapeAnalysis``: the per-tensor record, the visit loop,
+the helpers handlers share, and the stride queries built on it). Per-op rules are functions in
+an explicit table (``_shape_table.HANDLERS``), one module per family: ``_shape_arith`` (values
+and elementwise ops), ``_shape_ops`` (shape and index manipulation), ``_shape_spatial``
+(convolution, pooling, padding, resizing). ``visit`` catches only the errors a malformed node
+raises (a missing input, an attribute of another type) and records their type in the reason.
 """
 
 from __future__ import annotations
@@ -32,8 +39,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from segc.errors import first_line
-from segc.onnx_graph import graph_opset, is_absent, is_default_domain, producer, resize_operands
-from segc.passes._shape_table import HANDLERS
+from segc.onnx_graph import ResizeOperands, graph_opset, is_absent, is_default_domain, producer, resize_operands
+from segc.passes._shape_table import HANDLERS, HandlerTable
 from segc.passes._sym_poly import (  # noqa: F401 - re-exported for the passes
     MAX_VALUE_ELEMS,
     ONNX_TO_KIND,
@@ -114,6 +121,7 @@ class ShapeAnalysis:
     that must agree provably disagree. ``traced`` (usually one of the samples) is the point
     the graph was exported at; ``hint(tensor, axis)`` gives a fresh symbol's size there (from
     the exported shape annotations), so fresh symbols can still be evaluated at that point.
+    ``handlers`` is the op table (``_shape_table.HANDLERS``, filled by the handler modules).
     """
 
     def __init__(
@@ -125,8 +133,10 @@ class ShapeAnalysis:
         strict: bool = False,
         traced: dict[str, int] | None = None,
         hint: Callable[[gs.Tensor, int], int | None] | None = None,
+        handlers: HandlerTable = HANDLERS,
     ) -> None:
         self.graph = graph
+        self.handlers = handlers
         self.opset = graph_opset(graph)
         self.input_dims = {k: tuple(v) for k, v in (input_dims or {}).items()}
         self.samples = list(samples)
@@ -232,7 +242,7 @@ class ShapeAnalysis:
     def visit(self, node: gs.Node) -> None:
         """Compute the shapes (and small values) of ``node``'s outputs with the op's handler."""
         self._visited.add(id(node))
-        handler = HANDLERS.get(node.op) if is_default_domain(node.domain) else None
+        handler = self.handlers.get(node.op) if is_default_domain(node.domain) else None
         if handler is None:
             # an op without a handler, or a vendor op (even one with a familiar name): fresh sizes
             what = node.op if is_default_domain(node.domain) else f"{node.domain}::{node.op}"
@@ -247,8 +257,9 @@ class ShapeAnalysis:
             # Best effort: a malformed or unusual node (a missing input, an attribute of another
             # type) gets fresh sizes, which claims nothing. The exception's type and text stay in
             # the reason, so a handler bug reads as one rather than as an odd graph.
+            why = f"{node.op} {node.name!r} could not be analysed: {type(exc).__name__}: {first_line(exc)}"
             for out in node.outputs:
-                self.record(out, None, why=f"{node.op} {node.name!r} could not be analysed: {type(exc).__name__}: {first_line(exc)}")
+                self.record(out, None, why=why)
 
     # helpers -----------------------------------------------------------------------------------
     def ints(self, t: gs.Tensor | None) -> list[int] | None:
@@ -317,11 +328,9 @@ class ShapeAnalysis:
                 self.traced[name] = h
         return name
 
-    def resize_operands(self, node: gs.Node) -> tuple[gs.Tensor | None, gs.Tensor | None]:
+    def resize_operands(self, node: gs.Node) -> ResizeOperands:
         """(scales, sizes) tensors of a Resize/Upsample for this graph's opset (None if absent)."""
         return resize_operands(node, self.opset)
-
-
 
 
 # --------------------------------------------------------------------------------------------

@@ -51,14 +51,9 @@ def gather(sa: ShapeAnalysis, node: gs.Node) -> None:
     iv = sa.value(idx)
     if v is not None and not v.scalar and axis == 0 and iv is not None and iv.ints() is not None:
         n = len(v.elems)
-        picks = []
-        for i in iv.ints() or []:
-            i = i + n if i < 0 else i
-            if not 0 <= i < n:
-                picks = None
-                break
-            picks.append(v.elems[i])
-        if picks is not None:
+        wanted = [i + n if i < 0 else i for i in iv.ints() or []]
+        if all(0 <= i < n for i in wanted):
+            picks = [v.elems[i] for i in wanted]
             sa.record(node.outputs[0], None, SymValue(v.kind, tuple(picks), scalar=iv.scalar), why=sa.unknown_from(node, node.inputs))
             return
     s, si = sa.shape(data), sa.shape(idx)
@@ -80,14 +75,15 @@ def _slice_params(sa: ShapeAnalysis, node: gs.Node, rank: int) -> tuple[list[Pol
         ev = sa.value(node.inputs[2])
         if sv is None or ev is None or not sv.known or not ev.known:
             return None
-        starts = list(sv.elems)  # type: ignore[arg-type]
-        ends = list(ev.elems)  # type: ignore[arg-type]
+        starts = [e for e in sv.elems if e is not None]  # all there: sv.known
+        ends = [e for e in ev.elems if e is not None]
         axes_t = node.inputs[3] if len(node.inputs) > 3 and not is_absent(node.inputs[3]) else None
         steps_t = node.inputs[4] if len(node.inputs) > 4 and not is_absent(node.inputs[4]) else None
-        axes = sa.ints(axes_t) if axes_t is not None else list(range(len(starts)))
-        steps = sa.ints(steps_t) if steps_t is not None else [1] * len(starts)
-        if axes is None or steps is None:
+        given_axes = sa.ints(axes_t) if axes_t is not None else list(range(len(starts)))
+        given_steps = sa.ints(steps_t) if steps_t is not None else [1] * len(starts)
+        if given_axes is None or given_steps is None:
             return None
+        axes, steps = given_axes, given_steps
     axes = [a + rank if a < 0 else a for a in axes]
     return starts, ends, axes, steps
 
@@ -105,9 +101,10 @@ def slice_(sa: ShapeAnalysis, node: gs.Node) -> None:
         return
     starts, ends, axes, steps = params
     if v is not None and not v.scalar and axes == [0]:
-        st, en = as_int(starts[0]), as_int(ends[0])
-        if st is not None and en is not None:
-            sa.record(node.outputs[0], None, SymValue(v.kind, tuple(v.elems[slice(st, en, steps[0])])), why=sa.unknown_from(node, node.inputs))
+        first, last = as_int(starts[0]), as_int(ends[0])
+        if first is not None and last is not None:
+            picked = tuple(v.elems[slice(first, last, steps[0])])
+            sa.record(node.outputs[0], None, SymValue(v.kind, picked), why=sa.unknown_from(node, node.inputs))
             return
     out = list(s)
     for st, en, ax, step in zip(starts, ends, axes, steps):

@@ -50,7 +50,7 @@ def conv(sa: ShapeAnalysis, node: gs.Node) -> None:
     if any(k is None for k in kernel):
         sa.record(node.outputs[0], None)
         return
-    spatial = _conv_like(sa, node, s[2:], kernel)  # type: ignore[arg-type]
+    spatial = _conv_like(sa, node, s[2:], kernel)
     sa.record(node.outputs[0], None if spatial is None else (s[0], w[0], *spatial))
 
 

@@ -39,14 +39,16 @@ class HandlerTable:
             raise ValueError("register needs at least one op type")
 
         def add(fn: Handler) -> Handler:
-            for op in ops:
+            for op in ops:  # check all first: a refused registration adds nothing
                 held = self._handlers.get(op)
                 if held is not None:
                     raise DuplicateHandler(
                         f"shape handler for {op!r}: {fn.__module__}.{fn.__qualname__} "
                         f"would replace {held.__module__}.{held.__qualname__}"
                     )
-                self._handlers[op] = fn
+            if len(set(ops)) != len(ops):
+                raise DuplicateHandler(f"{fn.__qualname__} is registered twice for one of {ops}")
+            self._handlers.update(dict.fromkeys(ops, fn))
             return fn
 
         return add

@@ -7,6 +7,7 @@ import onnx_graphsurgeon as gs
 import pytest
 
 from segc.passes._shape_expr import ShapeAnalysis
+from segc.passes._shape_table import HANDLERS, DuplicateHandler, HandlerTable
 
 # Every op the analysis modelled when it dispatched ``_op_<Op>`` methods by name, plus the op
 # families it handled by set membership (unary, broadcasting, pools, global pools, reductions).
@@ -52,3 +53,64 @@ def test_an_unmodelled_op_says_so() -> None:
     graph, y = _one_node_graph("NonMaxSuppression")
     analysis = ShapeAnalysis(graph).run()
     assert analysis.why_unknown[y.name] == "NonMaxSuppression 'the_nonmaxsuppression' is not modelled"
+
+
+def test_the_table_holds_exactly_the_ops_the_old_dispatcher_modelled() -> None:
+    assert HANDLERS.ops() == set(OLD_METHOD_OPS) | set(OLD_FAMILY_OPS)
+
+
+def test_a_second_handler_for_an_op_is_refused() -> None:
+    table = HandlerTable()
+
+    @table.register("Foo", "Bar")
+    def first(sa: ShapeAnalysis, node: gs.Node) -> None:
+        return None
+
+    def second(sa: ShapeAnalysis, node: gs.Node) -> None:
+        return None
+
+    with pytest.raises(DuplicateHandler, match=r"'Bar'.*second.*would replace.*first"):
+        table.register("Baz", "Bar")(second)
+    assert table.ops() == {"Foo", "Bar"} and table.get("Bar") is first  # the refused call added nothing
+    with pytest.raises(DuplicateHandler):
+        HANDLERS.register("Relu")(second)
+    with pytest.raises(DuplicateHandler, match="twice"):
+        HandlerTable().register("Qux", "Qux")(second)
+
+
+def test_a_handler_that_raises_names_the_exception_type_in_the_reason() -> None:
+    table = HandlerTable()
+
+    @table.register("Relu")
+    def buggy(sa: ShapeAnalysis, node: gs.Node) -> None:
+        raise KeyError("axes")
+
+    graph, y = _one_node_graph("Relu")
+    analysis = ShapeAnalysis(graph, handlers=table).run()
+    assert analysis.why_unknown[y.name] == "Relu 'the_relu' could not be analysed: KeyError: 'axes'"
+    assert analysis.shape(y) is None  # nothing claimed about the output
+
+
+def test_a_malformed_node_is_best_effort_with_the_reason_kept() -> None:
+    graph, y = _one_node_graph("Transpose", {"perm": [0, 1, 2, 7]})
+    analysis = ShapeAnalysis(graph).run()
+    assert analysis.why_unknown[y.name].startswith("Transpose 'the_transpose' could not be analysed: IndexError: ")
+
+
+def test_a_handler_bug_outside_the_best_effort_errors_is_not_swallowed() -> None:
+    table = HandlerTable()
+
+    @table.register("Relu")
+    def buggy(sa: ShapeAnalysis, node: gs.Node) -> None:
+        raise AttributeError("no such helper")
+
+    graph, _ = _one_node_graph("Relu")
+    with pytest.raises(AttributeError):
+        ShapeAnalysis(graph, handlers=table).run()
+
+
+def test_a_vendor_op_with_a_familiar_name_is_not_modelled() -> None:
+    graph, y = _one_node_graph("Relu")
+    graph.nodes[0].domain = "com.vendor"
+    analysis = ShapeAnalysis(graph).run()
+    assert analysis.why_unknown[y.name] == "com.vendor::Relu 'the_relu' is not modelled"
