@@ -1,4 +1,6 @@
-"""Shape-analysis handlers for values and elementwise ops: constants, casts, unary and broadcasting arithmetic, MatMul/Gemm.
+"""Shape-analysis handlers for values and elementwise ops.
+
+Constants, casts, rounding, unary and broadcasting arithmetic, MatMul and Gemm.
 
 Small integer values (a ``Shape`` output, a Concat of sizes) are tracked exactly here, which is
 what lets ``fold_resize_scales`` prove that ``sizes = Shape(x)[2:] * 2`` is ``scales = 2``.
@@ -9,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import onnx_graphsurgeon as gs
-
 from segc.onnx_graph import constant_array, is_absent
 from segc.passes._shape_expr import ShapeAnalysis
 from segc.passes._shape_table import HANDLERS
@@ -67,9 +68,12 @@ def cast(sa: ShapeAnalysis, node: gs.Node) -> None:
     src = sa.value(node.inputs[0])
     to = ONNX_TO_KIND.get(int(node.attrs.get("to", 0)))
     if src is None or to is None:
-        sa.record(node.outputs[0], sa.shape(node.inputs[0]), None, why=sa.unknown_from(node, node.inputs) if src is None else f"Cast {node.name!r} to an unsupported type")
+        why = sa.unknown_from(node, node.inputs) if src is None else f"Cast {node.name!r} to an unsupported type"
+        sa.record(node.outputs[0], sa.shape(node.inputs[0]), None, why=why)
         return
-    sa.record(node.outputs[0], None, SymValue(to, tuple(cast_value(e, src.kind, to) for e in src.elems), src.scalar), why=f"Cast {node.name!r} to {to} is not exact" if src.known else sa.unknown_from(node, node.inputs))
+    value = SymValue(to, tuple(cast_value(e, src.kind, to) for e in src.elems), src.scalar)
+    why = f"Cast {node.name!r} to {to} is not exact" if src.known else sa.unknown_from(node, node.inputs)
+    sa.record(node.outputs[0], None, value, why=why)
 
 
 @HANDLERS.register("CastLike")
@@ -80,7 +84,8 @@ def cast_like(sa: ShapeAnalysis, node: gs.Node) -> None:
     if src is None or kind is None:
         same_shape(sa, node)
         return
-    sa.record(node.outputs[0], None, SymValue(kind, tuple(cast_value(e, src.kind, kind) for e in src.elems), src.scalar))
+    value = SymValue(kind, tuple(cast_value(e, src.kind, kind) for e in src.elems), src.scalar)
+    sa.record(node.outputs[0], None, value)
 
 
 @HANDLERS.register("Floor")
@@ -98,7 +103,8 @@ def _rounding(sa: ShapeAnalysis, node: gs.Node, fn: Callable[[Poly], Poly]) -> N
     if v is None:
         same_shape(sa, node)
         return
-    sa.record(node.outputs[0], None, SymValue(v.kind, tuple(None if e is None else fn(e) for e in v.elems), v.scalar), why=sa.unknown_from(node, node.inputs))
+    value = SymValue(v.kind, tuple(None if e is None else fn(e) for e in v.elems), v.scalar)
+    sa.record(node.outputs[0], None, value, why=sa.unknown_from(node, node.inputs))
 
 
 @HANDLERS.register("Neg")

@@ -224,6 +224,8 @@ class ShapeAnalysis:
         return s
 
     def record(self, t: gs.Tensor, shape: Shape | None, value: SymValue | None = None, why: str | None = None) -> None:
+        """What a handler found for output ``t``: its shape (None: fresh symbols), its small value,
+        and, when the value is unknown, ``why`` (kept for the passes' explanations)."""
         if is_absent(t):
             return
         if value is not None and value.scalar:
@@ -263,12 +265,14 @@ class ShapeAnalysis:
 
     # helpers -----------------------------------------------------------------------------------
     def ints(self, t: gs.Tensor | None) -> list[int] | None:
+        """The known integer value of ``t`` (axes, pads, split sizes), else None."""
         if t is None or is_absent(t):
             return None
         v = self.value(t)
         return None if v is None else v.ints()
 
     def unknown_from(self, node: gs.Node, inputs: Iterable[gs.Tensor]) -> str:
+        """Why ``node``'s value is unknown: the reason of its first input without a known value."""
         for t in inputs:
             if is_absent(t) or t.name not in self.why_unknown:
                 continue
@@ -327,6 +331,10 @@ class ShapeAnalysis:
             if h is not None:
                 self.traced[name] = h
         return name
+
+    def fresh_dim(self, t: gs.Tensor, axis: int) -> Poly:
+        """A fresh size for axis ``axis`` of ``t`` (``new_symbol`` as a Poly)."""
+        return Poly.symbol(self.new_symbol(t, axis))
 
     def resize_operands(self, node: gs.Node) -> ResizeOperands:
         """(scales, sizes) tensors of a Resize/Upsample for this graph's opset (None if absent)."""

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import onnx_graphsurgeon as gs
-
 from segc.onnx_graph import is_absent
 from segc.passes._shape_expr import ShapeAnalysis, reshape_dims, slice_length
 from segc.passes._shape_table import HANDLERS
@@ -54,7 +53,8 @@ def gather(sa: ShapeAnalysis, node: gs.Node) -> None:
         wanted = [i + n if i < 0 else i for i in iv.ints() or []]
         if all(0 <= i < n for i in wanted):
             picks = [v.elems[i] for i in wanted]
-            sa.record(node.outputs[0], None, SymValue(v.kind, tuple(picks), scalar=iv.scalar), why=sa.unknown_from(node, node.inputs))
+            why = sa.unknown_from(node, node.inputs)
+            sa.record(node.outputs[0], None, SymValue(v.kind, tuple(picks), scalar=iv.scalar), why=why)
             return
     s, si = sa.shape(data), sa.shape(idx)
     if s is None or si is None:
@@ -64,7 +64,10 @@ def gather(sa: ShapeAnalysis, node: gs.Node) -> None:
     sa.record(node.outputs[0], s[:axis] + si + s[axis + 1 :], why=sa.unknown_from(node, node.inputs))
 
 
-def _slice_params(sa: ShapeAnalysis, node: gs.Node, rank: int) -> tuple[list[Poly], list[Poly], list[int], list[int]] | None:
+def _slice_params(
+    sa: ShapeAnalysis, node: gs.Node, rank: int
+) -> tuple[list[Poly], list[Poly], list[int], list[int]] | None:
+    """(starts, ends, axes, steps) of a Slice (attributes before opset 10), None unless all known."""
     if sa.opset < 10:
         starts = [Poly.const(x) for x in node.attrs.get("starts", [])]
         ends = [Poly.const(x) for x in node.attrs.get("ends", [])]
@@ -107,8 +110,8 @@ def slice_(sa: ShapeAnalysis, node: gs.Node) -> None:
             sa.record(node.outputs[0], None, SymValue(v.kind, picked), why=sa.unknown_from(node, node.inputs))
             return
     out = list(s)
-    for st, en, ax, step in zip(starts, ends, axes, steps):
-        out[ax] = slice_length(s[ax], st, en, step, fresh=lambda: Poly.symbol(sa.new_symbol(node.outputs[0], ax)), fits=sa.fits)
+    for st, en, ax, step in zip(starts, ends, axes, steps, strict=False):  # extra bounds: ignored
+        out[ax] = slice_length(s[ax], st, en, step, fresh=lambda: sa.fresh_dim(node.outputs[0], ax), fits=sa.fits)
     sa.record(node.outputs[0], tuple(out), why=f"Slice {node.name!r} of a data tensor")
 
 
@@ -163,7 +166,8 @@ def concat(sa: ShapeAnalysis, node: gs.Node) -> None:
             elems.extend(v.elems)  # type: ignore[union-attr]
         kinds = {v.kind for v in vals}  # type: ignore[union-attr]
         if len(kinds) == 1 and len(elems) <= MAX_VALUE_ELEMS:
-            sa.record(node.outputs[0], None, SymValue(kinds.pop(), tuple(elems)), why=sa.unknown_from(node, node.inputs))
+            why = sa.unknown_from(node, node.inputs)
+            sa.record(node.outputs[0], None, SymValue(kinds.pop(), tuple(elems)), why=why)
             return
     shapes = [sa.shape(t) for t in node.inputs]
     known = [s for s in shapes if s is not None]
@@ -190,20 +194,24 @@ def reshape(sa: ShapeAnalysis, node: gs.Node) -> None:
     if v is not None and target is not None and target.ints() is not None:
         dims = target.ints() or []
         if (not dims and len(v.elems) == 1) or (len(dims) == 1 and dims[0] in (-1, len(v.elems))):
-            sa.record(node.outputs[0], None, SymValue(v.kind, v.elems, scalar=not dims), why=sa.unknown_from(node, node.inputs))
+            why = sa.unknown_from(node, node.inputs)
+            sa.record(node.outputs[0], None, SymValue(v.kind, v.elems, scalar=not dims), why=why)
             return
     s = sa.shape(node.inputs[0])
     if target is None:
         sa.record(node.outputs[0], None, why=sa.unknown_from(node, node.inputs))
         return
-    sa.record(node.outputs[0], reshape_dims(s, target, allowzero=bool(node.attrs.get("allowzero", 0))), why=sa.unknown_from(node, node.inputs))
+    out_shape = reshape_dims(s, target, allowzero=bool(node.attrs.get("allowzero", 0)))
+    sa.record(node.outputs[0], out_shape, why=sa.unknown_from(node, node.inputs))
 
 
 @HANDLERS.register("ReduceProd")
 def reduce_prod(sa: ShapeAnalysis, node: gs.Node) -> None:
     v = sa.value(node.inputs[0])
     axes = node.attrs.get("axes")
-    if v is not None and not v.scalar and v.known and (axes is None or list(axes) in ([0], [-1])) and (len(node.inputs) < 2 or is_absent(node.inputs[1])):
+    whole_vector = axes is None or list(axes) in ([0], [-1])
+    no_axes_input = len(node.inputs) < 2 or is_absent(node.inputs[1])
+    if v is not None and not v.scalar and v.known and whole_vector and no_axes_input:
         total = Poly.const(1)
         for e in v.elems:
             total = total * e  # type: ignore[operator]
@@ -219,7 +227,7 @@ def constant_of_shape(sa: ShapeAnalysis, node: gs.Node) -> None:
     if sv is None:
         sa.record(node.outputs[0], None, why=sa.unknown_from(node, node.inputs))
         return
-    shape = tuple(e if e is not None else Poly.symbol(sa.new_symbol(node.outputs[0], i)) for i, e in enumerate(sv.elems))
+    shape = tuple(e if e is not None else sa.fresh_dim(node.outputs[0], i) for i, e in enumerate(sv.elems))
     fill = node.attrs.get("value")
     arr = np.asarray(fill.values) if isinstance(fill, gs.Constant) else np.zeros(1, np.float32)
     n = as_int(shape[0]) if len(shape) == 1 else None
@@ -341,7 +349,7 @@ def split(sa: ShapeAnalysis, node: gs.Node) -> None:
             dims[axis] = Poly.const(split[i])
         else:
             part = s[axis].exact_div(k)
-            dims[axis] = part if part is not None and part.is_integer_valued() else Poly.symbol(sa.new_symbol(out, axis))
+            dims[axis] = part if part is not None and part.is_integer_valued() else sa.fresh_dim(out, axis)
         sa.record(out, tuple(dims))
 
 
@@ -352,7 +360,7 @@ def expand(sa: ShapeAnalysis, node: gs.Node) -> None:
     if s is None or target is None:
         sa.record(node.outputs[0], None, why=sa.unknown_from(node, node.inputs))
         return
-    tshape = tuple(e if e is not None else Poly.symbol(sa.new_symbol(node.outputs[0], i)) for i, e in enumerate(target.elems))
+    tshape = tuple(e if e is not None else sa.fresh_dim(node.outputs[0], i) for i, e in enumerate(target.elems))
     sa.record(node.outputs[0], sa.broadcast([s, tshape], node))
 
 
@@ -363,4 +371,6 @@ def tile(sa: ShapeAnalysis, node: gs.Node) -> None:
     if s is None or reps is None or len(reps.elems) != len(s):
         sa.record(node.outputs[0], None)
         return
-    sa.record(node.outputs[0], tuple(d * r if r is not None else Poly.symbol(sa.new_symbol(node.outputs[0], i)) for i, (d, r) in enumerate(zip(s, reps.elems))))
+    pairs = enumerate(zip(s, reps.elems, strict=True))
+    tiled = (d * r if r is not None else sa.fresh_dim(node.outputs[0], i) for i, (d, r) in pairs)
+    sa.record(node.outputs[0], tuple(tiled))

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from fractions import Fraction
 
 import onnx_graphsurgeon as gs
-
 from segc.onnx_graph import is_absent
 from segc.passes._shape_expr import ShapeAnalysis
 from segc.passes._shape_table import HANDLERS
@@ -157,7 +156,8 @@ def resize(sa: ShapeAnalysis, node: gs.Node) -> None:
     axes = list(range(len(s))) if axes is None else [a + len(s) if a < 0 else a for a in axes]
     policy = node.attrs.get("keep_aspect_ratio_policy", "stretch")
     if node.op == "Upsample" and sa.opset < 9:
-        scales_v: SymValue | None = SymValue("f32", tuple(Poly.const(Fraction(float(x))) for x in node.attrs.get("scales", [])))
+        attr_scales = tuple(Poly.const(Fraction(float(x))) for x in node.attrs.get("scales", []))
+        scales_v: SymValue | None = SymValue("f32", attr_scales)
         sizes_t = None
     else:
         scales_t, sizes_t = sa.resize_operands(node)
@@ -168,11 +168,11 @@ def resize(sa: ShapeAnalysis, node: gs.Node) -> None:
         if sv is None or len(sv.elems) != len(axes) or policy != "stretch":
             sa.record(node.outputs[0], None)
             return
-        for a, e in zip(axes, sv.elems):
-            out[a] = e if e is not None else Poly.symbol(sa.new_symbol(node.outputs[0], a))
+        for a, e in zip(axes, sv.elems, strict=True):
+            out[a] = e if e is not None else sa.fresh_dim(node.outputs[0], a)
     elif scales_v is not None and len(scales_v.elems) == len(axes):
-        for a, e in zip(axes, scales_v.elems):
-            out[a] = (s[a] * e).floor() if e is not None else Poly.symbol(sa.new_symbol(node.outputs[0], a))
+        for a, e in zip(axes, scales_v.elems, strict=True):
+            out[a] = (s[a] * e).floor() if e is not None else sa.fresh_dim(node.outputs[0], a)
     else:
         sa.record(node.outputs[0], None)
         return

@@ -9,7 +9,6 @@ import onnx
 import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-
 from segc.errors import first_line
 from segc.input_roles import Role, input_roles
 from segc.onnx_graph import (

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
-
 from segc.passes._shape_expr import ShapeAnalysis
 from segc.passes._shape_table import HANDLERS, DuplicateHandler, HandlerTable
 
