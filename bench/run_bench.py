@@ -103,7 +103,7 @@ def latency_shape(path: Path) -> tuple[int, ...]:
     from segc.onnx_graph import real_inputs
 
     model = onnx.load(str(path), load_external_data=False)
-    vi = real_inputs(model)[0]
+    vi = next(iter(real_inputs(model)))
     dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
     return tuple(d if d > 0 else LATENCY_SHAPE[i] for i, d in enumerate(dims))
 

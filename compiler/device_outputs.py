@@ -106,7 +106,7 @@ def _infer_output_dims(model: onnx.ModelProto, name: str, input_shape: tuple[int
     m = onnx.ModelProto()
     m.CopyFrom(model)
     del m.graph.value_info[:]
-    first = real_inputs(m)[0]
+    first = next(iter(real_inputs(m)))
     for d, v in zip(first.type.tensor_type.shape.dim, input_shape):
         d.Clear()
         d.dim_value = int(v)

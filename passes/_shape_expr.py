@@ -22,11 +22,12 @@ tensor's shape, and what are the values of this small integer tensor?". The alge
 Nothing here edits the graph; passes read the analysis and rewrite (``set_shape_range`` edits
 a node in the ``before`` hook, just before the analysis visits it).
 
-Layout: this module is the driver (``ShapeAnalysis``: the per-tensor record, the visit loop,
-the helpers handlers share, and the stride queries built on it). Per-op rules are functions in
-an explicit table (``_shape_table.HANDLERS``), one module per family: ``_shape_arith`` (values
-and elementwise ops), ``_shape_ops`` (shape and index manipulation), ``_shape_spatial``
-(convolution, pooling, padding, resizing). ``visit`` catches only the errors a malformed node
+Layout: this module is the driver (``ShapeAnalysis``: the per-tensor record, the visit loop and
+the helpers handlers share). Per-op rules are functions in an explicit table
+(``_shape_table.HANDLERS``), one module per family: ``_shape_arith`` (values and elementwise
+ops), ``_shape_ops`` (shape and index manipulation), ``_shape_spatial`` (convolution, pooling,
+padding, resizing). ``_shape_sizes`` holds the Slice/Reshape size rules, ``_shape_stride`` the
+total-stride queries built on the analysis. ``visit`` catches only the errors a malformed node
 raises (a missing input, an attribute of another type) and records their type in the reason.
 """
 
@@ -40,6 +41,7 @@ import onnx_graphsurgeon as gs
 
 from segc.errors import first_line
 from segc.onnx_graph import ResizeOperands, graph_opset, is_absent, is_default_domain, producer, resize_operands
+from segc.passes._shape_sizes import INT64_MAX, Shape, reshape_dims, slice_length  # noqa: F401 - re-exported
 from segc.passes._shape_table import HANDLERS, HandlerTable
 from segc.passes._sym_poly import (  # noqa: F401 - re-exported for the passes
     MAX_VALUE_ELEMS,
@@ -56,15 +58,12 @@ from segc.passes._sym_poly import (  # noqa: F401 - re-exported for the passes
     kind_of_dtype,
 )
 
-INT64_MAX = 2**63 - 1
-_HUGE = 2**31  # Slice ends at or above this mean "to the end" in every exporter's output
 
 
 # --------------------------------------------------------------------------------------------
 # The analysis
 # --------------------------------------------------------------------------------------------
 
-Shape = tuple[Poly, ...]
 
 
 class ShapeConflict(Exception):
@@ -339,145 +338,6 @@ class ShapeAnalysis:
     def resize_operands(self, node: gs.Node) -> ResizeOperands:
         """(scales, sizes) tensors of a Resize/Upsample for this graph's opset (None if absent)."""
         return resize_operands(node, self.opset)
-
-
-# --------------------------------------------------------------------------------------------
-# Free functions shared by the passes
-# --------------------------------------------------------------------------------------------
-
-
-def slice_length(d: Poly, start: Poly, end: Poly, step: int, fresh: Callable[[], Poly], fits: Callable[[Poly, int], bool] = lambda d, v: False) -> Poly:
-    """Length of ``range(d)[start:end:step]`` with ONNX clamping, when it can be written.
-
-    A constant end ``v`` on a varying size ``d`` gives ``min(d, v)``; that is ``v`` only where
-    ``fits(d, v)`` confirms ``d >= v`` (over the sampled range), else the length is fresh.
-    """
-    dv, sv, ev = as_int(d), as_int(start), as_int(end)
-    if dv is not None and sv is not None and ev is not None:
-        return Poly.const(len(range(dv)[slice(sv, ev, step)]))
-    if step != 1:
-        if step > 1 and sv == 0 and ev is not None and ev >= _HUGE:
-            return ((d + (step - 1)) * Fraction(1, step)).floor()
-        return fresh()
-
-    def norm(p: Poly, is_end: bool) -> Poly | None:
-        v = as_int(p)
-        if v is None:
-            return p  # a computed bound, assumed within [0, d] (exporters compute them so)
-        if v >= _HUGE:
-            return d if is_end else None
-        if v < -_HUGE:
-            return Poly.const(0)
-        if v < 0:
-            return d + v
-        if is_end and not fits(d, v):
-            return None  # min(d, v): which one it is depends on the size
-        return Poly.const(v)  # a start is assumed inside the tensor, as exporters write it
-
-    s, e = norm(start, False), norm(end, True)
-    if s is None or e is None:
-        return fresh()
-    return e - s
-
-
-def reshape_dims(src: Shape | None, target: SymValue, *, allowzero: bool = False) -> Shape | None:
-    """Output shape of Reshape(src, target) with ONNX's 0 (copy) and -1 (infer) rules."""
-    out: list[Poly | None] = []
-    infer = -1
-    for i, e in enumerate(target.elems):
-        v = as_int(e)
-        if v == 0 and not allowzero:
-            if src is None or i >= len(src):
-                return None
-            out.append(src[i])
-        elif v == -1:
-            infer = i
-            out.append(None)
-        else:
-            out.append(e)
-    if infer >= 0:
-        if src is None or any(d is None for j, d in enumerate(out) if j != infer):
-            return None
-        total = Poly.const(1)
-        for d in src:
-            total = total * d
-        known = Poly.const(1)
-        for j, d in enumerate(out):
-            if j != infer:
-                known = known * d  # type: ignore[operator]
-        q = total.exact_div(known)
-        if q is None or not q.is_integer_valued():
-            return None
-        out[infer] = q
-    if any(d is None for d in out):
-        return None
-    return tuple(out)  # type: ignore[arg-type]
-
-
-# --------------------------------------------------------------------------------------------
-# Divisibility: input sizes that are multiples of M, and the model's total stride
-# --------------------------------------------------------------------------------------------
-
-STRIDE_LIMIT = 128
-"""The largest total stride looked for (2^7: deeper than any segmentation backbone)."""
-
-
-def _inexact_floors(p: Poly, symbols: set[str]) -> bool:
-    """True when ``p`` still holds a ``floor`` of something that varies with ``symbols``."""
-    return any(atom.arg is not None and atom.symbols() & symbols for m in p.terms for atom, _ in m)
-
-
-def spatial_symbols(graph: gs.Graph, multiple: int, inputs: Sequence[str] | None = None) -> tuple[dict[str, tuple[Poly, ...]], set[str]]:
-    """Symbolic dims for the graph inputs with H, W (axes 2+) written ``multiple * q``.
-
-    Returns the ``input_dims`` for ``ShapeAnalysis`` and the names of the quotient symbols.
-    A static spatial size stays symbolic too: the answer must hold for every admissible size.
-    """
-    dims: dict[str, tuple[Poly, ...]] = {}
-    quotients: set[str] = set()
-    for t in graph.inputs:
-        if t.shape is None or len(t.shape) < 3 or (inputs is not None and t.name not in inputs):
-            continue
-        out: list[Poly] = []
-        for i, d in enumerate(t.shape):
-            base = d if isinstance(d, str) and d else f"{t.name}.{i}"
-            if i >= 2:
-                q = f"{base}/{multiple}" if multiple > 1 else base
-                quotients.add(q)
-                out.append(Poly.symbol(q) * multiple)
-            else:
-                out.append(Poly.const(d) if isinstance(d, int) and d > 0 else Poly.symbol(base))
-        dims[t.name] = tuple(out)
-    return dims, quotients
-
-
-def exact_under(graph: gs.Graph, multiple: int, inputs: Sequence[str] | None = None) -> bool:
-    """Is every size (and every small size value) in the graph floor-free when H, W are
-    multiples of ``multiple``? Then all the strided arithmetic is exact division."""
-    dims, quotients = spatial_symbols(graph, multiple, inputs)
-    if not quotients:
-        return True
-    analysis = ShapeAnalysis(graph, dims).run()
-    for shape in analysis.shapes.values():
-        if shape is not None and any(_inexact_floors(d, quotients) for d in shape):
-            return False
-    for value in analysis.values.values():
-        if value is not None and any(e is not None and _inexact_floors(e, quotients) for e in value.elems):
-            return False
-    return True
-
-
-def total_stride(graph: gs.Graph, inputs: Sequence[str] | None = None, limit: int = STRIDE_LIMIT) -> int | None:
-    """The smallest power of two M such that, with every input H and W a multiple of M, no
-    size in the graph needs a floor (every strided Conv/Pool divides exactly, so a later
-    Resize to another tensor's size is a fixed ratio). 1 when the graph has no floors at all;
-    None when no M up to ``limit`` removes them (e.g. a ``floor(H * 0.3)``)."""
-    m = 1
-    while m <= limit:
-        if exact_under(graph, m, inputs):
-            return m
-        m *= 2
-    return None
 
 
 # The handler modules fill HANDLERS when imported; they import ShapeAnalysis from here, so last.

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 from segc.onnx_graph import is_absent
-from segc.passes._shape_expr import ShapeAnalysis, reshape_dims, slice_length
+from segc.passes._shape_expr import ShapeAnalysis
+from segc.passes._shape_sizes import reshape_dims, slice_length
 from segc.passes._shape_table import HANDLERS
 from segc.passes._sym_poly import (
     MAX_VALUE_ELEMS,

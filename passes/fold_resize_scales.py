@@ -70,13 +70,8 @@ import onnx
 from segc.passbase import Contract, GraphPass, PassContext, PassResult, register_pass
 from segc.onnx_graph import constant_array, is_absent, unique_name
 from segc.passes._sym_poly import Poly
-from segc.passes._shape_expr import (
-    ShapeAnalysis,
-    float32_exact,
-    spatial_symbols,
-    topo_nodes,
-    total_stride,
-)
+from segc.passes._shape_expr import ShapeAnalysis, float32_exact, topo_nodes
+from segc.passes._shape_stride import spatial_symbols, total_stride
 from segc.shapes import ShapeRange, ranges_from_metadata
 
 

@@ -501,7 +501,7 @@ class _Fixer:
 
 def _grid_advice(graph: gs.Graph, ranges: list[ShapeRange]) -> str:
     """What range the model can run on: its total stride's grid, as ``--input-shape`` text."""
-    from segc.passes._shape_expr import total_stride
+    from segc.passes._shape_stride import total_stride
     from segc.passes.fold_resize_scales import suggest_range
 
     generic = "pick range bounds it supports"

@@ -337,7 +337,7 @@ def _grid(model: onnx.ModelProto) -> int:
     """The spatial grid for gears: the model's total stride (32 when it has none to find)."""
     import onnx_graphsurgeon as gs
 
-    from segc.passes._shape_expr import total_stride
+    from segc.passes._shape_stride import total_stride
 
     stride = total_stride(gs.import_onnx(model))
     return stride if stride and stride > 1 else 32
