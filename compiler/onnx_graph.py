@@ -2,9 +2,11 @@
 
 Before this module the same question had several answers: the default opset was looked up
 five times with three spellings of "absent" (0, 1, None), constants were read through
-``Identity`` by one helper and with ``value_ints`` by another, and seven places filtered
-initializers out of the graph inputs. Each helper here says what it returns when the fact
-is absent, so a caller's fallback is written where it is chosen.
+``Identity`` by one helper and with ``value_ints`` by another, and the targets, checks and
+passes each filtered initializers out of the graph inputs by hand. Each helper here says what
+it returns when the fact is absent, so a caller's fallback is written where it is chosen.
+(The first line of an exception message, the other text every module quoted, is
+``segc.errors.first_line``.)
 
 One module serves both representations segc works on: ``onnx`` protos (checks, targets,
 input synthesis) and onnx-graphsurgeon graphs (passes). The two halves share the domain
