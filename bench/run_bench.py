@@ -118,9 +118,10 @@ def latency_shape(path: Path) -> tuple[int, ...]:
     """
     import onnx
 
+    from segc.onnx_graph import real_inputs
+
     model = onnx.load(str(path), load_external_data=False)
-    inits = {t.name for t in model.graph.initializer}
-    vi = next(i for i in model.graph.input if i.name not in inits)
+    vi = next(iter(real_inputs(model)))
     dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
     return tuple(d if d > 0 else LATENCY_SHAPE[i] for i, d in enumerate(dims))
 

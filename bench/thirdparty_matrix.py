@@ -20,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "thirdpar
 
 import harness  # noqa: E402
 
+from segc.errors import first_line  # noqa: E402
+
 
 def _cell(spec: harness.ModelSpec, model: Path, target: str, out: Path) -> dict:
     res = harness.compile_model(model, spec, target, out / spec.name / target)
@@ -38,7 +40,7 @@ def _cell(spec: harness.ModelSpec, model: Path, target: str, out: Path) -> dict:
                 )
             except Exception as exc:  # noqa: BLE001 - a matrix keeps going
                 cell["recheck"] = False
-                cell["verdict"] = f"RE-CHECK ERROR: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                cell["verdict"] = f"RE-CHECK ERROR: {type(exc).__name__}: {first_line(exc)[:200]}"
     return cell
 
 
@@ -60,7 +62,7 @@ def main() -> int:
         try:
             model = harness.materialise(spec, out / "models")
         except Exception as exc:  # noqa: BLE001
-            line = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            line = f"{type(exc).__name__}: {first_line(exc)[:200] if str(exc).strip() else ''}"
             cells += [{"model": name, "target": t, "exit": None, "seconds": 0, "verdict": f"no model: {line}",
                        "recheck": None} for t in targets]
             print(f"{name}: no model: {line}", file=sys.stderr)

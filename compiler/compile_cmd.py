@@ -20,6 +20,7 @@ import segc
 from segc.errors import ExitStatus, InternalError, SegcError
 from segc.metrics import Tolerances
 from segc.modelio import file_sha256, load_model_and_files, save_model
+from segc.onnx_graph import real_inputs
 from segc.outdir import FIXED_NAMES, StagedOutput, check_dump_dir, require_utf8
 from segc.ortrun import SESSION_STATS, SessionConfig
 from segc.fp16_emulation import fp32_layers
@@ -37,7 +38,7 @@ from segc.preflight import validate_cli, validate_pass_plan, validate_selectors
 from segc.targets.base import BuildOptions, Target, get_target, target_values
 from segc.targets.legality import errors, group_violations, unconfirmed
 from segc.verify import Verifier
-from segc.verify_inputs import DEFAULT_PIXEL_BUDGET, graph_inputs, input_dims
+from segc.verify_inputs import DEFAULT_PIXEL_BUDGET, input_dims
 
 
 class ProgressInstrument(Instrument):
@@ -149,7 +150,7 @@ def final_shapes(model: onnx.ModelProto, cli: dict[str, ShapeRange], recipe: Rec
     known.update(planned or {})
     known.update(cli)
     shapes = []
-    for vi in graph_inputs(model):
+    for vi in real_inputs(model):
         if vi.name in known:
             shapes.append(known[vi.name])
             continue
@@ -194,7 +195,7 @@ def check_cli_options_used(args: argparse.Namespace, specs: list[PassSpec]) -> N
 
 
 def _validate_inputs(model: onnx.ModelProto, ranges: dict[str, ShapeRange]) -> None:
-    names = {vi.name: input_dims(vi) for vi in graph_inputs(model)}
+    names = {vi.name: input_dims(vi) for vi in real_inputs(model)}
     for name, rng in ranges.items():
         if name not in names:
             raise SegcError(f"--input-shape names {name!r}, but the model's inputs are: {', '.join(names)}")

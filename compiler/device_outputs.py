@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from segc.errors import SegcError
+from segc.onnx_graph import real_inputs
 
 
 class OutputReader:
@@ -109,8 +110,7 @@ def _infer_output_dims(model: onnx.ModelProto, name: str, input_shape: tuple[int
     m = onnx.ModelProto()
     m.CopyFrom(model)
     del m.graph.value_info[:]
-    inits = {t.name for t in m.graph.initializer}
-    first = next(vi for vi in m.graph.input if vi.name not in inits)
+    first = next(iter(real_inputs(m)))
     for d, v in zip(first.type.tensor_type.shape.dim, input_shape, strict=False):
         d.Clear()
         d.dim_value = int(v)

@@ -38,6 +38,7 @@ import numpy as np
 import onnx
 
 from segc.errors import SegcError
+from segc.onnx_graph import default_opset, is_default_domain, resize_slots
 
 
 class Role(str, enum.Enum):
@@ -60,10 +61,9 @@ class Role(str, enum.Enum):
     SCALE_FACTOR = "scale_factor"
 
 
-# op type -> {input index: role}; see the table in the module docstring
+# op type -> {input index: role}; see the table in the module docstring. Resize and Upsample
+# move their operands between opsets: ``_operand_roles`` asks ``resize_slots``.
 _OPERANDS: dict[str, dict[int, Role]] = {
-    "Resize": {1: Role.RESIZE_ROI, 2: Role.RESIZE_SCALES, 3: Role.RESIZE_SIZES},
-    "Upsample": {1: Role.RESIZE_SCALES},
     "Reshape": {1: Role.RESHAPE_SHAPE},
     "Expand": {1: Role.ONES},
     "Tile": {1: Role.ONES},
@@ -105,13 +105,23 @@ def input_roles(model: onnx.ModelProto, inputs: list[str]) -> dict[str, InputRol
         for i, name in enumerate(node.input):
             if name:
                 consumers.setdefault(name, []).append((node, i))
+    opset = default_opset(model) or 1
     roles: dict[str, InputRole] = {}
     for name in inputs:
-        roles[name] = _role_of(name, consumers) or InputRole(name, _BY_NAME.get(name, Role.DATA))
+        roles[name] = _role_of(name, consumers, opset) or InputRole(name, _BY_NAME.get(name, Role.DATA))
     return roles
 
 
-def _role_of(name: str, consumers: dict[str, list[tuple[onnx.NodeProto, int]]]) -> InputRole | None:
+def _operand_roles(node: onnx.NodeProto, opset: int) -> dict[int, Role]:
+    """{input index: role} of ``node``'s non-data operands at ``opset``."""
+    if node.op_type in ("Resize", "Upsample") and is_default_domain(node.domain):
+        slots = resize_slots(node.op_type, opset)
+        found = {slots.roi: Role.RESIZE_ROI, slots.scales: Role.RESIZE_SCALES, slots.sizes: Role.RESIZE_SIZES}
+        return {index: role for index, role in found.items() if index is not None}
+    return _OPERANDS.get(node.op_type, {})
+
+
+def _role_of(name: str, consumers: dict[str, list[tuple[onnx.NodeProto, int]]], opset: int) -> InputRole | None:
     seen: set[str] = set()
     frontier = [name]
     while frontier:
@@ -123,7 +133,7 @@ def _role_of(name: str, consumers: dict[str, list[tuple[onnx.NodeProto, int]]]) 
             if node.op_type in _PASS_THROUGH:
                 frontier.extend(node.output)
                 continue
-            role = _OPERANDS.get(node.op_type, {}).get(index)
+            role = _operand_roles(node, opset).get(index)
             if role is not None:
                 axes = next((tuple(a.ints) for a in node.attribute if a.name == "axes"), None)
                 return InputRole(name, role, node.op_type, node.name or f"-> {node.output[0]}", node.input[0], axes)

@@ -14,11 +14,12 @@ import onnx
 
 from segc.errors import SegcError
 from segc.metrics import VERIFY_INPUTS_FIX, Tolerances, Verdict
-from segc.modelio import default_opset, load_model
+from segc.modelio import load_model
+from segc.onnx_graph import default_opset, real_inputs
 from segc.passbase import Contract
 from segc.shapes import parse_shape_range, ranges_from_metadata
 from segc.verify import Verifier
-from segc.verify_inputs import graph_inputs, input_dims
+from segc.verify_inputs import input_dims
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -66,7 +67,7 @@ def describe(model: onnx.ModelProto) -> dict[str, Any]:
         "ir_version": model.ir_version,
         "opset": default_opset(model),
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
-        "inputs": [{"name": vi.name, "dims": input_dims(vi)} for vi in graph_inputs(model)],
+        "inputs": [{"name": vi.name, "dims": input_dims(vi)} for vi in real_inputs(model)],
         "outputs": [{"name": vi.name, "dims": input_dims(vi)} for vi in model.graph.output],
         "nodes": len(model.graph.node),
         "parameters": params,
@@ -128,8 +129,8 @@ def _stride_info(model: onnx.ModelProto) -> dict[str, Any]:
 def run_verify(args: argparse.Namespace) -> int:
     ref_model = load_model(args.reference)
     cand_model = load_model(args.candidate)
-    ref_inputs = {vi.name for vi in graph_inputs(ref_model)}
-    cand_inputs = {vi.name for vi in graph_inputs(cand_model)}
+    ref_inputs = {vi.name for vi in real_inputs(ref_model)}
+    cand_inputs = {vi.name for vi in real_inputs(cand_model)}
     if ref_inputs != cand_inputs:
         raise SegcError(f"the models take different inputs: {sorted(ref_inputs)} vs {sorted(cand_inputs)}")
     ranges = {r.name: r for r in (parse_shape_range(s) for s in args.input_shape)}

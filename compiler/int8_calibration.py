@@ -34,6 +34,7 @@ import onnx.version_converter
 
 from segc.errors import SegcError
 from segc.metrics import OutputMetrics, compare_output
+from segc.onnx_graph import real_input_names
 from segc.ortrun import run_model
 from segc.outdir import write_file
 from segc.recipe import Recipe
@@ -56,8 +57,7 @@ def calibration_feeds(folder: str | Path, model: onnx.ModelProto, recipe: Recipe
     if not folder.is_dir():
         raise SegcError(f"--calib-images {folder}: not a folder")
     name = model.graph.input[0].name if model.graph.input else "input"
-    inits = {t.name for t in model.graph.initializer}
-    names = [vi.name for vi in model.graph.input if vi.name not in inits]
+    names = real_input_names(model)
     if len(names) != 1 or len(shape) != 4:
         raise SegcError(f"--calib-images needs a model with one NCHW image input; this one has {names}")
     name = names[0]
@@ -132,10 +132,10 @@ def quantize_qdq(model: onnx.ModelProto, feeds: list[Feed]) -> onnx.ModelProto:
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from segc.modelio import default_opset
+    from segc.onnx_graph import default_opset
 
     per_channel = True
-    if default_opset(model) < 13:
+    if (default_opset(model) or 0) < 13:  # absent: load_model refuses such models
         try:
             model = onnx.version_converter.convert_version(model, 13)
         except Exception:  # noqa: BLE001 - the converter raises many types; per tensor still works
@@ -219,8 +219,7 @@ def emit_calibration(model: onnx.ModelProto, outdir: Path, options: BuildOptions
     dim (MagicMind writes one image per row and batches them itself)."""
     if options.calib_images is None:
         return None
-    inits = {t.name for t in model.graph.initializer}
-    names = [vi.name for vi in model.graph.input if vi.name not in inits]
+    names = real_input_names(model)
     ranges = {r.name: r for r in options.shape_ranges}
     if len(names) != 1 or names[0] not in ranges:
         raise SegcError(f"--calib-images needs a model with one image input of known shape; inputs {names}")

@@ -42,8 +42,8 @@ from typing import Any
 import onnx
 
 from segc.errors import SegcError
+from segc.onnx_graph import default_opset, real_input_names, real_inputs
 from segc.pass_order import insertion_index
-from segc.passes._opset import model_opset
 from segc.pipeline import PassSpec, PipelineResult
 from segc.shapes import ShapeRange
 from segc.targets.base import BuildOptions, Target, Violation
@@ -161,8 +161,7 @@ def _opset_target(model: onnx.ModelProto, profile: Profile, will_have: set[str])
 def _on_data_path(model: onnx.ModelProto, node_name: str) -> bool:
     """True when the node computes on tensor data (not only on shapes and constants)."""
     graph = model.graph
-    init = {t.name for t in graph.initializer}
-    data = {vi.name for vi in graph.input if vi.name not in init}
+    data = set(real_input_names(graph))
     for node in graph.node:  # graph order is topological in valid models
         if node.op_type in ("Shape", "Size"):
             continue
@@ -219,8 +218,7 @@ def legalise(model: onnx.ModelProto, target: Target, options: BuildOptions, spec
     # one --batch size (and no batch range) fixes a symbolic batch dim the same way
     if len(options.batch_sizes) == 1 and not options.batch_range:
         batch = options.batch_sizes[0]
-        init = {t.name for t in model.graph.initializer}
-        only_batch = [vi.name for vi in model.graph.input if vi.name not in init and vi.name not in static_cli
+        only_batch = [vi.name for vi in real_inputs(model) if vi.name not in static_cli
                       and vi.name not in ranged_by_pass and 0 in symbolic_axes(model, vi.name)]
         for name in only_batch:
             rank = len(next(vi for vi in model.graph.input if vi.name == name).type.tensor_type.shape.dim)
@@ -261,7 +259,7 @@ def legalise(model: onnx.ModelProto, target: Target, options: BuildOptions, spec
 
     opset_issues = [v for v in hard if v.fixed_by == OPSET_FIX]
     lo, hi = _opset_target(model, profile, will_have)
-    current = model_opset(model)
+    current = default_opset(model) or 1
     if opset_issues or (DEFORM_FIX in names() and not lo <= current <= hi and profile.data.get("op_opsets")):
         if lo > hi:
             missing.append(f"no opset satisfies every op of the model for {profile.vendor} (needs {lo}..{hi})")
@@ -306,10 +304,7 @@ def legalise(model: onnx.ModelProto, target: Target, options: BuildOptions, spec
 
 def _symbolic_left(model: onnx.ModelProto, fixed: set[str]) -> bool:
     """Whether an input keeps a symbolic dim after ``fix_input_shapes`` fixed those in ``fixed``."""
-    init = {t.name for t in model.graph.initializer}
-    return any(
-        symbolic_axes(model, vi.name) for vi in model.graph.input if vi.name not in init and vi.name not in fixed
-    )
+    return any(symbolic_axes(model, vi.name) for vi in real_inputs(model) if vi.name not in fixed)
 
 
 def _batch_ranges(model: onnx.ModelProto, options: BuildOptions) -> list[str]:
@@ -317,11 +312,8 @@ def _batch_ranges(model: onnx.ModelProto, options: BuildOptions) -> list[str]:
     sizes = set(options.batch_sizes) | set(options.batch_range or ())
     if not sizes:
         return []
-    init = {t.name for t in model.graph.initializer}
     out = []
-    for vi in model.graph.input:
-        if vi.name in init:
-            continue
+    for vi in real_inputs(model):
         dims = vi.type.tensor_type.shape.dim
         if not dims or not all(d.HasField("dim_value") for d in dims):
             return []

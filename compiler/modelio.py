@@ -23,7 +23,8 @@ from typing import BinaryIO, Iterable, Iterator, Sequence
 import onnx
 from google.protobuf.message import DecodeError, Message
 
-from segc.errors import SegcError
+from segc.errors import SegcError, first_line
+from segc.onnx_graph import default_opset
 from segc.outdir import file_sha256, private_folder, refuse_protected, remember_sha256, write_file
 
 __all__ = [
@@ -36,7 +37,6 @@ __all__ = [
     "load_model_and_files",
     "save_model",
     "readable_ir",
-    "default_opset",
     "tensor_nbytes",
     "weight_bytes",
 ]
@@ -65,9 +65,7 @@ def load_model_and_files(path: str | Path) -> tuple[onnx.ModelProto, list[Path]]
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
-        raise SegcError(
-            f"{path}: not a readable ONNX model (truncated or another format): {_first_line(exc)}"
-        ) from None
+        raise SegcError(f"{path}: not a readable ONNX model (truncated or another format): {first_line(exc)}") from None
     if not model.graph.node and not model.graph.output:
         # protobuf happily parses many byte strings as an empty message
         raise SegcError(f"{path}: not an ONNX model (no graph found)")
@@ -77,22 +75,9 @@ def load_model_and_files(path: str | Path) -> tuple[onnx.ModelProto, list[Path]]
     return model, [path.resolve(), *sorted(data_files)]
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def default_opset(model: onnx.ModelProto) -> int:
-    """The model's default-domain ("" or "ai.onnx") opset version, 0 when absent."""
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return int(imp.version)
-    return 0
-
-
 def _check_opsets(model: onnx.ModelProto, path: Path) -> None:
     version = default_opset(model)
-    if version == 0:
+    if version is None:
         raise SegcError(f"{path}: the model imports no default-domain opset")
     if not MIN_OPSET <= version <= MAX_OPSET:
         raise SegcError(f"{path}: opset {version} is not supported (segc handles opsets {MIN_OPSET} to {MAX_OPSET})")

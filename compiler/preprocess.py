@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from segc.errors import SegcError
+from segc.onnx_graph import real_inputs
 from segc.recipe import InputSpec, Recipe
 
 _CV2_INTERP = {"bilinear": 1, "bicubic": 2, "nearest": 0}  # cv2.INTER_LINEAR / INTER_CUBIC / INTER_NEAREST
@@ -57,8 +58,7 @@ def model_input(model: onnx.ModelProto, recipe: Recipe) -> ModelInput:
     """The image input of ``model`` and the recipe's spec for it."""
     from onnx import helper
 
-    inits = {t.name for t in model.graph.initializer}
-    inputs = [vi for vi in model.graph.input if vi.name not in inits]
+    inputs = real_inputs(model)
     if not inputs:
         raise SegcError("the model has no inputs")
     spec = next((s for s in recipe.inputs if any(vi.name == s.name for vi in inputs)), None)

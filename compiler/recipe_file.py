@@ -26,7 +26,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Callable
 
-from segc.errors import SegcError
+from segc.errors import SegcError, first_line
 from segc.recipe import InputSpec, OutputSpec, Recipe, ResizeSpec
 
 TASKS = ("segmentation", "text_detection")
@@ -45,7 +45,7 @@ def load_recipe_file(path: str | Path) -> Recipe:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise SegcError(f"recipe {path}: not valid TOML: {str(exc).splitlines()[0]}") from None
+        raise SegcError(f"recipe {path}: not valid TOML: {first_line(exc)}") from None
     return recipe_from_dict(data, source=str(path), default_name=path.stem)
 
 

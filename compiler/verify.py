@@ -15,22 +15,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from segc.errors import SegcError
+from segc.errors import SegcError, first_line
 from segc.metrics import OutputMetrics, Tolerances, Verdict, compare_output, judge
 from segc.modelio import readable_ir
+from segc.onnx_graph import real_inputs
 from segc.ortrun import SessionConfig, make_session, run_session
 from segc.passbase import Contract
 from segc.recipe import Recipe
 from segc.shapes import OPT_SHAPE_KEY, SHAPE_RANGE_KEY, ShapeRange, ranges_from_metadata
 from segc.input_roles import Role, input_roles
-from segc.verify_inputs import (
-    DEFAULT_PIXEL_BUDGET,
-    Feed,
-    graph_inputs,
-    load_user_feeds,
-    random_feed,
-    verification_shapes,
-)
+from segc.verify_inputs import DEFAULT_PIXEL_BUDGET, Feed, load_user_feeds, random_feed, verification_shapes
 
 Outputs = dict[str, np.ndarray]
 
@@ -65,7 +59,7 @@ class GraphState:
                 self.outputs[feed.label] = run_session(self.session, feed.arrays)
             except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no useful base class
                 self.outputs[feed.label] = None
-                self.errors[feed.label] = _first_line(exc)
+                self.errors[feed.label] = first_line(exc)
         return self.outputs[feed.label]
 
 
@@ -140,7 +134,7 @@ class Verifier:
             state.open()
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; all mean "cannot run"
             raise SegcError(
-                f"onnxruntime cannot load the input model ({_first_line(exc)}); use --verify none to skip verification"
+                f"onnxruntime cannot load the input model ({first_line(exc)}); use --verify none to skip verification"
             ) from None
         if self._prefers_text(state, model):
             self._feeds.clear()  # the first text feed is the probe's, whose outputs the state holds
@@ -150,16 +144,20 @@ class Verifier:
     def _run_reference(self, state: GraphState, model: onnx.ModelProto) -> None:
         for feed in self.feeds_for(model):
             if state.run(feed) is None:
-                raise SegcError(f"onnxruntime cannot run the input model at {feed.label}: {state.errors[feed.label]}"
-                                f"{self._derived_hint(model) or self._shape_hint(feed)}")
+                raise SegcError(
+                    f"onnxruntime cannot run the input model at {feed.label}: {state.errors[feed.label]}"
+                    f"{self._derived_hint(model) or self._shape_hint(feed)}"
+                )
 
     def _shape_hint(self, feed: Feed) -> str:
         """The input model itself fails at a shape segc picked from the range: say how to narrow it."""
         if self.user_inputs is not None:
             return ""
-        return ("; the model does not take every shape of its range (some only take H == W, or multiples of a "
-                "stride): give --input-shape a range it takes (e.g. NAME:1,3,LO~HI/64), a static shape, or "
-                "--verify-inputs data at shapes it takes")
+        return (
+            "; the model does not take every shape of its range (some only take H == W, or multiples of a "
+            "stride): give --input-shape a range it takes (e.g. NAME:1,3,LO~HI/64), a static shape, or "
+            "--verify-inputs data at shapes it takes"
+        )
 
     def _prefers_text(self, state: GraphState, model: onnx.ModelProto) -> bool:
         """Whether a model with no recipe answers rendered text far more than photo-like fields.
@@ -187,15 +185,17 @@ class Verifier:
         if not b > 100 * a:
             return False
         self.text_pages = True
-        self.notes.append(f"no recipe: the model answers rendered text pages (output spread {b:.3g}) far more than "
-                          f"photo-like inputs ({a:.3g}), so it is verified on text pages")
+        self.notes.append(
+            f"no recipe: the model answers rendered text pages (output spread {b:.3g}) far more than "
+            f"photo-like inputs ({a:.3g}), so it is verified on text pages"
+        )
         return True
 
     def _derived_hint(self, model: onnx.ModelProto) -> str:
         """When segc made up values for non-data inputs, say which and how to give real ones."""
         if self.user_inputs is not None:
             return ""
-        names = [vi.name for vi in graph_inputs(model)]
+        names = [vi.name for vi in real_inputs(model)]
         derived = [r for r in input_roles(model, names).values() if r.role is not Role.DATA]
         if not derived:
             return ""
@@ -214,8 +214,15 @@ class Verifier:
             return GraphState(expose_tensors(model, extra), label, self.config, exposed=tuple(extra))
         return GraphState(model, label, self.config)
 
-    def compare(self, before: GraphState, after: GraphState, contract: Contract,
-                pass_tolerances: dict[str, float] | None = None, *, outputs_may_change: bool = False) -> Verdict:
+    def compare(
+        self,
+        before: GraphState,
+        after: GraphState,
+        contract: Contract,
+        pass_tolerances: dict[str, float] | None = None,
+        *,
+        outputs_may_change: bool = False,
+    ) -> Verdict:
         """Judge ``after`` against ``before`` by ``contract`` (and a pass's own tolerance defaults).
 
         Which outputs are compared: for a pass that may choose the outputs (contract
@@ -230,13 +237,16 @@ class Verifier:
             after.open()
         except Exception as exc:  # noqa: BLE001
             return Verdict(
-                ok=False, contract=contract.value, reasons=[f"onnxruntime cannot load the graph: {_first_line(exc)}"]
+                ok=False, contract=contract.value, reasons=[f"onnxruntime cannot load the graph: {first_line(exc)}"]
             )
         warnings: list[str] = []
         reasons: list[str] = []
         if contract is Contract.OUTPUTS or outputs_may_change:
-            produced = {o for n in before.model.graph.node for o in n.output} | set(before.output_names) \
+            produced = (
+                {o for n in before.model.graph.node for o in n.output}
+                | set(before.output_names)
                 | {i.name for i in before.model.graph.input}
+            )
             names = []
             for name in after.output_names:
                 if name in produced:
@@ -263,8 +273,10 @@ class Verifier:
                     reasons.append(f"tensor {name!r} chosen by --outputs on the input model is gone after this pass")
         watched = [n for n in self.watch if n in names]
         if watched:
-            warnings.append(f"compared also {watched}, chosen by --outputs on the input model: a pass that changes "
-                            f"their values fails; --skip it to keep them")
+            warnings.append(
+                f"compared also {watched}, chosen by --outputs on the input model: a pass that changes "
+                f"their values fails; --skip it to keep them"
+            )
         metrics: list[OutputMetrics] = []
         skipped: list[str] = []
         tried: set[tuple[tuple[str, tuple[int, ...]], ...]] = set()
@@ -341,8 +353,3 @@ def _spread(outputs: Outputs) -> float:
             if finite.size:
                 spreads.append(float(finite.max() - finite.min()))
     return max(spreads)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from segc.errors import SegcError
+from segc.errors import SegcError, first_line
+from segc.onnx_graph import real_inputs
 from segc.input_roles import Role, derive_value, input_roles, static_shapes, underivable
 from segc.recipe import InputSpec, Recipe
 from segc.shapes import ShapeRange
@@ -51,12 +52,6 @@ class Feed:
     @property
     def shape_key(self) -> tuple[tuple[str, Shape], ...]:
         return tuple(sorted((k, tuple(v.shape)) for k, v in self.arrays.items()))
-
-
-def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    """Real inputs (old exporters also list initializers as inputs)."""
-    inits = {t.name for t in model.graph.initializer}
-    return [i for i in model.graph.input if i.name not in inits]
 
 
 def input_dims(vi: onnx.ValueInfoProto) -> list[int | str | None]:
@@ -135,7 +130,7 @@ def verification_shapes(model: onnx.ModelProto, ranges: dict[str, ShapeRange], r
     """The input shapes a model state is checked at (see module docstring)."""
     multiple = recipe.spatial_multiple if recipe else 32
     per_input: dict[str, list[Shape]] = {}
-    for vi in graph_inputs(model):
+    for vi in real_inputs(model):
         dims = input_dims(vi)
         rng = ranges.get(vi.name)
         if rng is not None and len(rng.min) != len(dims):
@@ -193,7 +188,7 @@ def random_feed(
     """
     rng = np.random.default_rng(seed)
     arrays: dict[str, np.ndarray] = {}
-    inputs = graph_inputs(model)
+    inputs = real_inputs(model)
     roles = input_roles(model, [vi.name for vi in inputs])
     image = next(
         (shapes[vi.name] for vi in inputs if roles[vi.name].role is Role.DATA and len(shapes[vi.name]) == 4), None
@@ -236,7 +231,7 @@ def load_user_feeds(path: str | Path, model: onnx.ModelProto, recipe: Recipe | N
                     default_shapes: ShapeSet | None, limit: int = 4) -> list[Feed]:
     """Feeds from ``.npy`` / ``.npz`` / a folder of images (preprocessed by the recipe)."""
     path = Path(path)
-    inputs = graph_inputs(model)
+    inputs = real_inputs(model)
     names = [vi.name for vi in inputs]
     if not path.exists():
         raise SegcError(f"--verify-inputs {path}: no such file or folder")
@@ -255,7 +250,7 @@ def load_user_feeds(path: str | Path, model: onnx.ModelProto, recipe: Recipe | N
         else:
             raise SegcError(f"--verify-inputs {path}: expected a .npy, a .npz or a folder of images")
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # empty or corrupt files
-        raise SegcError(f"--verify-inputs {path}: cannot read it: {_first_line(exc)}") from None
+        raise SegcError(f"--verify-inputs {path}: cannot read it: {first_line(exc)}") from None
     missing = [n for n in names if n not in arrays]
     if missing:
         raise SegcError(f"--verify-inputs {path}: no array for input(s) {missing}; it has {sorted(arrays)}")
@@ -287,8 +282,3 @@ def _image_feeds(folder: Path, inputs: list[onnx.ValueInfoProto], recipe: Recipe
         batch = np.repeat(pixels, n, axis=0)
         feeds.append(Feed(label=f.name, arrays={vi.name: spec.normalise(batch).astype(_elem_type(vi))}))
     return feeds
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else "") or type(exc).__name__

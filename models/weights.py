@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from segc.errors import SegcError
+from segc.errors import SegcError, first_line
 
 if TYPE_CHECKING:  # torch is imported lazily: segc compile runs without it
     import torch
@@ -60,7 +60,7 @@ def read_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> dict[str
         if not restricted or not _looks_like_checkpoint(path):
             # text can parse as a few pickle opcodes before the restricted unpickler balks
             raise SegcError(f"--weights {path}: not a readable PyTorch checkpoint (another format): "
-                            f"{_first_line(exc)}") from None
+                            f"{first_line(exc)[:200]}") from None
         if not allow_pickle:
             # A real checkpoint that stores arbitrary Python objects (optimizer state with
             # custom classes, configs...): refuse rather than run its pickle code.
@@ -73,7 +73,7 @@ def read_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> dict[str
         # truncated zips (RuntimeError), text (KeyError on the pickle magic), other formats
         # (UnpicklingError, EOFError, UnicodeDecodeError...): all mean "not a checkpoint"
         raise SegcError(f"--weights {path}: not a readable PyTorch checkpoint (truncated or another format): "
-                        f"{_first_line(exc)}") from None
+                        f"{first_line(exc)[:200]}") from None
     state = _find_state_dict(obj)
     if state is None:
         raise SegcError(f"--weights {path}: no tensors found (expected a state dict, or one under "
@@ -96,12 +96,7 @@ def _load_unrestricted(path: Path) -> Any:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any failure of an arbitrary pickle is bad input
-        raise SegcError(f"--weights {path}: cannot read the checkpoint: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
+        raise SegcError(f"--weights {path}: cannot read the checkpoint: {first_line(exc)[:200]}") from None
 
 
 def _is_tensor(value: Any) -> bool:

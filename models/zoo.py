@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import onnx
 
-from segc.errors import SegcError
+from segc.errors import SegcError, first_line
 from segc.models.weights import apply_state_dict, read_checkpoint
 from segc.recipe import RECIPE_METADATA_KEY
 
@@ -398,7 +398,7 @@ def export_with_summary(
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
         raise SegcError(f"{name}: the {exporter} exporter wrote an invalid ONNX model: "
-                        f"{str(exc).strip().splitlines()[0]}") from None
+                        f"{first_line(exc)}") from None
 
     from segc.modelio import save_model
 
@@ -431,9 +431,7 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 def _exporter_failure(entry: ZooEntry, exporter: str, opset: int, exc: BaseException) -> SegcError:
-    lines = str(exc).strip().splitlines()
-    first = next((ln.strip() for ln in lines if ln.strip()), type(exc).__name__)
-    return SegcError(f"the {exporter} exporter cannot export {entry.name} at opset {opset}: {first[:300]}")
+    return SegcError(f"the {exporter} exporter cannot export {entry.name} at opset {opset}: {first_line(exc)[:300]}")
 
 
 def _export_legacy(model: "torch.nn.Module", example: "torch.Tensor", entry: ZooEntry,

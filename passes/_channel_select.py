@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from segc.passes._graph_build import GraphBuilder, constant_values, input_at
+from segc.onnx_graph import constant_array
+from segc.passes._graph_build import GraphBuilder, input_at
 
 #: Elementwise unary ops we may move after a channel selection (they commute with it).
 CHAIN_OPS = frozenset({"Sigmoid"})
@@ -67,7 +68,7 @@ def channel_count(tensor: gs.Tensor, _depth: int = 0) -> int | None:
         return None
     node = tensor.inputs[0]
     if node.op == "Conv":
-        weight = constant_values(input_at(node, 1))
+        weight = constant_array(input_at(node, 1))
         return int(weight.shape[0]) if weight is not None else None
     if node.op in CHAIN_OPS or node.op == "Identity":
         source = input_at(node, 0)
@@ -98,7 +99,7 @@ def _slice_selection(node: gs.Node, out: gs.Tensor, depth: int) -> Selection | N
     if data is None:
         return None
     if len(node.inputs) > 1:
-        params = [constant_values(input_at(node, i)) for i in range(1, 5)]
+        params = [constant_array(input_at(node, i)) for i in range(1, 5)]
         if any(input_at(node, i) is not None and params[i - 1] is None for i in range(1, 5)):
             return None  # starts/ends/axes/steps computed at run time
         starts, ends, axes, steps = params
@@ -129,7 +130,7 @@ def _split_selection(node: gs.Node, out: gs.Tensor, depth: int) -> Selection | N
     index = next((i for i, t in enumerate(node.outputs) if t is out), None)
     if index is None:
         return None
-    sizes_const = constant_values(input_at(node, 1))
+    sizes_const = constant_array(input_at(node, 1))
     if sizes_const is not None:
         sizes = [int(v) for v in np.ravel(sizes_const)]
     elif "split" in node.attrs:
@@ -149,7 +150,7 @@ def _split_selection(node: gs.Node, out: gs.Tensor, depth: int) -> Selection | N
 
 def _gather_selection(node: gs.Node, out: gs.Tensor, depth: int) -> Selection | None:
     data = input_at(node, 0)
-    indices = constant_values(input_at(node, 1))
+    indices = constant_array(input_at(node, 1))
     if data is None or indices is None or indices.ndim != 1:
         return None
     if not _channel_axis(int(node.attrs.get("axis", 0)), data):
@@ -223,9 +224,9 @@ def permutable_conv(root: gs.Tensor) -> gs.Node | None:
         return None
     if int(node.attrs.get("group", 1)) != 1:
         return None
-    if constant_values(input_at(node, 1)) is None:
+    if constant_array(input_at(node, 1)) is None:
         return None
-    if input_at(node, 2) is not None and constant_values(input_at(node, 2)) is None:
+    if input_at(node, 2) is not None and constant_array(input_at(node, 2)) is None:
         return None
     return node
 
@@ -317,13 +318,13 @@ class ChannelAssembler:
             for run in runs:
                 run.start = len(wanted)
                 wanted.extend(run.channels)
-            weight = constant_values(input_at(conv, 1))
+            weight = constant_array(input_at(conv, 1))
             assert weight is not None
             if wanted == list(range(weight.shape[0])):
                 selected[id(root)] = root
                 self.stats.conv_reused += 1
                 continue
-            bias = constant_values(input_at(conv, 2))
+            bias = constant_array(input_at(conv, 2))
             order = np.asarray(wanted, dtype=np.int64)
             inputs: list[gs.Tensor | np.ndarray | None] = [
                 conv.inputs[0],

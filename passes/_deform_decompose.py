@@ -46,7 +46,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from segc.passes._deform_forms import DeformSpec, EmitContext, UnsupportedDeform
-from segc.passes._graph_build import constant_values, element_dtype
+from segc.onnx_graph import constant_array
+from segc.passes._graph_build import element_dtype
 
 #: GridSample exists from opset 16; its mode is spelled "bilinear" until 19, "linear" from 20.
 GRID_SAMPLE_MIN_OPSET = 16
@@ -154,7 +155,7 @@ def emit_decomposed(ctx: EmitContext, spec: DeformSpec) -> gs.Node:
                      f"{p}/columns_shape", {"axis": 0})
     columns = b.op("Reshape", [sampled, col_shape], f"{p}/columns", dtype=dtype)
 
-    weight_values = constant_values(spec.weight)
+    weight_values = constant_array(spec.weight)
     if weight_values is not None:
         kernel: gs.Tensor = b.const(f"{p}/weight_1x1", weight_values.reshape(weight_values.shape[0], -1, 1, 1))
     else:

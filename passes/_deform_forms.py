@@ -43,7 +43,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from segc.passes._channel_select import ChannelAssembler, ChannelPick, Source, channel_count, trace
-from segc.passes._graph_build import GraphBuilder, constant_values, element_dtype, input_at
+from segc.onnx_graph import constant_array
+from segc.passes._graph_build import GraphBuilder, element_dtype, input_at
 
 FORMS = ("onnx", "ascend", "mmcv", "decomposed")
 OP_FORMS = {
@@ -105,7 +106,7 @@ class DeformSpec:
 
     @property
     def in_channels(self) -> int | None:
-        weight = constant_values(self.weight)
+        weight = constant_array(self.weight)
         shape = weight.shape if weight is not None else self.weight.shape
         if shape is None or len(shape) != 4 or not isinstance(shape[1], (int, np.integer)):
             return None
@@ -137,7 +138,7 @@ def _kernel(weight: gs.Tensor, attr: object) -> tuple[int, int]:
         if len(items) != 2:
             raise UnsupportedDeform(f"kernel_shape {items} is not 2-D")
         return (items[0], items[1])
-    values = constant_values(weight)
+    values = constant_array(weight)
     shape = values.shape if values is not None else weight.shape
     if shape is None or len(shape) != 4:
         raise UnsupportedDeform("weight is not a 4-D tensor of known shape (only 2-D deformable convs are handled)")

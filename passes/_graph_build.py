@@ -20,9 +20,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-TensorLike: TypeAlias = "gs.Tensor | np.ndarray"
+from segc.onnx_graph import DEFAULT_DOMAINS, graph_opset, is_absent, unique_name
 
-_DEFAULT_DOMAINS = ("", "ai.onnx")
+TensorLike: TypeAlias = "gs.Tensor | np.ndarray"
 
 
 def used_names(graph: gs.Graph) -> set[str]:
@@ -48,13 +48,7 @@ class GraphBuilder:
 
     def fresh(self, base: str) -> str:
         """``base`` itself if unused, else ``base_1``, ``base_2``... (and reserve it)."""
-        name = base
-        index = 0
-        while name in self.taken:
-            index += 1
-            name = f"{base}_{index}"
-        self.taken.add(name)
-        return name
+        return unique_name(base, self.taken)
 
     # constants -----------------------------------------------------------------------------
 
@@ -111,33 +105,12 @@ class GraphBuilder:
         return outs[0]
 
 
-def is_absent(tensor: gs.Tensor | None) -> bool:
-    """True for a missing optional input (gs spells it as a Variable named "")."""
-    return tensor is None or (isinstance(tensor, gs.Variable) and not tensor.name)
-
-
 def input_at(node: gs.Node, index: int) -> gs.Tensor | None:
     """The node's input ``index``, or None when absent."""
     if index >= len(node.inputs):
         return None
     tensor = node.inputs[index]
     return None if is_absent(tensor) else tensor
-
-
-def constant_values(tensor: gs.Tensor | None) -> np.ndarray | None:
-    """The numpy value of a gs.Constant (or a Constant node's output, through Identity), else None."""
-    if tensor is None:
-        return None
-    while not isinstance(tensor, gs.Constant) and len(tensor.inputs) == 1 and tensor.inputs[0].op == "Identity":
-        tensor = tensor.inputs[0].inputs[0]  # exporters share deduplicated weights through Identity
-    if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
-    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
-        attrs = tensor.inputs[0].attrs
-        value = attrs.get("value")
-        if isinstance(value, gs.Constant):
-            return np.asarray(value.values)
-    return None
 
 
 def element_dtype(*tensors: gs.Tensor | None) -> np.dtype:
@@ -161,18 +134,10 @@ def element_dtype(*tensors: gs.Tensor | None) -> np.dtype:
 # opsets --------------------------------------------------------------------------------------
 
 
-def default_opset(graph: gs.Graph) -> int:
-    """The graph's default-domain ("" / ai.onnx) opset version."""
-    for opset in graph.import_domains or []:
-        if opset.domain in _DEFAULT_DOMAINS:
-            return int(opset.version)
-    return int(graph.opset)
-
-
 def _default_domain_ops(graph: gs.Graph) -> set[str]:
-    ops = {n.op for n in graph.nodes if (n.domain or "") in _DEFAULT_DOMAINS}
+    ops = {n.op for n in graph.nodes if (n.domain or "") in DEFAULT_DOMAINS}
     for sub in graph.subgraphs(recursive=True):
-        ops.update(n.op for n in sub.nodes if (n.domain or "") in _DEFAULT_DOMAINS)
+        ops.update(n.op for n in sub.nodes if (n.domain or "") in DEFAULT_DOMAINS)
     return ops
 
 
@@ -202,7 +167,7 @@ def opset_bump_is_safe(ops: Iterable[str], old: int, new: int) -> bool:
 
 
 def graph_opset_bump_is_safe(graph: gs.Graph, new: int) -> bool:
-    return opset_bump_is_safe(_default_domain_ops(graph), default_opset(graph), new)
+    return opset_bump_is_safe(_default_domain_ops(graph), graph_opset(graph), new)
 
 
 def set_default_opset(graph: gs.Graph, version: int) -> None:
@@ -211,7 +176,7 @@ def set_default_opset(graph: gs.Graph, version: int) -> None:
     if graph.import_domains is None:
         return
     for opset in graph.import_domains:
-        if opset.domain in _DEFAULT_DOMAINS:
+        if opset.domain in DEFAULT_DOMAINS:
             opset.version = version
             return
     graph.import_domains.append(onnx.helper.make_opsetid("", version))

@@ -9,16 +9,10 @@ from __future__ import annotations
 
 import onnx
 
-from segc.errors import SegcError
+from segc.errors import SegcError, first_line
+from segc.onnx_graph import default_opset
 
 _PARKING_DOMAIN = "segc.unversioned"
-
-
-def model_opset(model: onnx.ModelProto) -> int:
-    for opset in model.opset_import:
-        if opset.domain in ("", "ai.onnx"):
-            return int(opset.version)
-    return 1
 
 
 def convert_model_opset(model: onnx.ModelProto, version: int, *, who: str) -> onnx.ModelProto:
@@ -35,9 +29,9 @@ def convert_model_opset(model: onnx.ModelProto, version: int, *, who: str) -> on
     try:
         converted = onnx.version_converter.convert_version(converted, version)
     except Exception as exc:  # noqa: BLE001 - the converter raises bare RuntimeErrors
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise SegcError(
-            f"{who}: cannot convert the graph from opset {model_opset(model)} to {version} ({first})"
+            f"{who}: cannot convert the graph from opset {default_opset(model)} to {version} ({first})"
         ) from None
     for node in converted.graph.node:
         if node.domain == _PARKING_DOMAIN:

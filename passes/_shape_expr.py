@@ -21,17 +21,28 @@ tensor's shape, and what are the values of this small integer tensor?". The alge
 
 Nothing here edits the graph; passes read the analysis and rewrite (``set_shape_range`` edits
 a node in the ``before`` hook, just before the analysis visits it).
+
+Layout: this module is the driver (``ShapeAnalysis``: the per-tensor record, the visit loop and
+the helpers handlers share). Per-op rules are functions in an explicit table
+(``_shape_table.HANDLERS``), one module per family: ``_shape_arith`` (values and elementwise
+ops), ``_shape_ops`` (shape and index manipulation), ``_shape_spatial`` (convolution, pooling,
+padding, resizing). ``_shape_sizes`` holds the Slice/Reshape size rules, ``_shape_stride`` the
+total-stride queries built on the analysis. ``visit`` catches only the errors a malformed node
+raises (a missing input, an attribute of another type) and records their type in the reason.
 """
 
 from __future__ import annotations
 
-import math
 from fractions import Fraction
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from segc.errors import first_line
+from segc.onnx_graph import ResizeOperands, graph_opset, is_absent, is_default_domain, producer, resize_operands
+from segc.passes._shape_sizes import INT64_MAX, Shape, reshape_dims, slice_length  # noqa: F401 - re-exported
+from segc.passes._shape_table import HANDLERS, HandlerTable
 from segc.passes._sym_poly import (  # noqa: F401 - re-exported for the passes
     MAX_VALUE_ELEMS,
     ONNX_TO_KIND,
@@ -47,15 +58,12 @@ from segc.passes._sym_poly import (  # noqa: F401 - re-exported for the passes
     kind_of_dtype,
 )
 
-INT64_MAX = 2**63 - 1
-_HUGE = 2**31  # Slice ends at or above this mean "to the end" in every exporter's output
 
 
 # --------------------------------------------------------------------------------------------
 # The analysis
 # --------------------------------------------------------------------------------------------
 
-Shape = tuple[Poly, ...]
 
 
 class ShapeConflict(Exception):
@@ -70,31 +78,6 @@ class ShapeConflict(Exception):
     def one_side_fixed(self) -> bool:
         """One size is a constant while the other varies: the signature of a traced size."""
         return self.sizes is not None and self.sizes[0].is_const() != self.sizes[1].is_const()
-
-
-_UNARY = {
-    "Abs", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "Cast", "CastLike", "Ceil", "Celu", "Clip", "Cos", "Cosh",
-    "Dropout", "Elu", "Erf", "Exp", "Floor", "Gelu", "HardSigmoid", "HardSwish", "Hardmax", "Identity", "IsInf",
-    "IsNaN", "LeakyRelu", "Log", "LogSoftmax", "LpNormalization", "Mish", "Neg", "Not", "PRelu", "Reciprocal",
-    "Relu", "Round", "Selu", "Shrink", "Sigmoid", "Sign", "Sin", "Sinh", "Softmax", "Softplus", "Softsign", "Sqrt",
-    "Tan", "Tanh", "ThresholdedRelu", "BatchNormalization", "InstanceNormalization", "LayerNormalization",
-    "GroupNormalization", "LRN", "MeanVarianceNormalization", "QuantizeLinear", "DequantizeLinear", "Trilu",
-    "CumSum", "BitwiseNot",
-}
-_BROADCAST = {
-    "Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Sum", "Mean", "Where", "Equal", "Less", "LessOrEqual",
-    "Greater", "GreaterOrEqual", "And", "Or", "Xor", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor",
-}
-_POOLS = {"MaxPool", "AveragePool", "LpPool"}
-_GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
-_REDUCES = {
-    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
-    "ReduceLogSumExp", "ReduceSumSquare",
-}
-
-
-def is_empty(t: gs.Tensor | None) -> bool:
-    return t is None or (isinstance(t, gs.Variable) and t.name == "")
 
 
 def topo_nodes(graph: gs.Graph) -> list[gs.Node]:
@@ -127,37 +110,6 @@ def topo_nodes(graph: gs.Graph) -> list[gs.Node]:
                 order.append(node)
     return order
 
-
-def producer(t: gs.Tensor) -> gs.Node | None:
-    return t.inputs[0] if isinstance(t, gs.Variable) and t.inputs else None
-
-
-def const_array(t: gs.Tensor | None) -> np.ndarray | None:
-    """The array behind a constant tensor: an initializer or a ``Constant`` node's output."""
-    if t is None:
-        return None
-    if isinstance(t, gs.Constant):
-        return np.asarray(t.values)
-    node = producer(t)
-    if node is not None and node.op == "Constant":
-        if "value" in node.attrs and isinstance(node.attrs["value"], gs.Constant):
-            return np.asarray(node.attrs["value"].values)
-        for key, dtype in (("value_float", np.float32), ("value_int", np.int64)):
-            if key in node.attrs:
-                return np.asarray(node.attrs[key], dtype=dtype)
-        for key, dtype in (("value_floats", np.float32), ("value_ints", np.int64)):
-            if key in node.attrs:
-                return np.asarray(list(node.attrs[key]), dtype=dtype)
-    return None
-
-
-def const_shape(t: gs.Tensor) -> tuple[int, ...] | None:
-    if isinstance(t, gs.Constant):
-        return tuple(int(d) for d in t.shape)
-    arr = const_array(t)
-    return None if arr is None else tuple(arr.shape)
-
-
 class ShapeAnalysis:
     """Symbolic shapes and small values of every tensor of a graph (see module docstring).
 
@@ -168,6 +120,7 @@ class ShapeAnalysis:
     that must agree provably disagree. ``traced`` (usually one of the samples) is the point
     the graph was exported at; ``hint(tensor, axis)`` gives a fresh symbol's size there (from
     the exported shape annotations), so fresh symbols can still be evaluated at that point.
+    ``handlers`` is the op table (``_shape_table.HANDLERS``, filled by the handler modules).
     """
 
     def __init__(
@@ -179,9 +132,11 @@ class ShapeAnalysis:
         strict: bool = False,
         traced: dict[str, int] | None = None,
         hint: Callable[[gs.Tensor, int], int | None] | None = None,
+        handlers: HandlerTable = HANDLERS,
     ) -> None:
         self.graph = graph
-        self.opset = int(getattr(graph, "opset", None) or 13)
+        self.handlers = handlers
+        self.opset = graph_opset(graph)
         self.input_dims = {k: tuple(v) for k, v in (input_dims or {}).items()}
         self.samples = list(samples)
         self.strict = strict
@@ -203,7 +158,7 @@ class ShapeAnalysis:
         return self
 
     def shape(self, t: gs.Tensor) -> Shape | None:
-        if is_empty(t):
+        if is_absent(t):
             return None
         if t.name in self.shapes:
             return self.shapes[t.name]
@@ -227,7 +182,7 @@ class ShapeAnalysis:
         return s
 
     def value(self, t: gs.Tensor) -> SymValue | None:
-        if is_empty(t):
+        if is_absent(t):
             return None
         if t.name in self.values:
             return self.values[t.name]
@@ -265,12 +220,14 @@ class ShapeAnalysis:
     def _fresh_shape(self, t: gs.Tensor) -> Shape | None:
         if t.shape is None:
             return None
-        s = tuple(Poly.symbol(self._new_symbol(t, i)) for i in range(len(t.shape)))
+        s = tuple(Poly.symbol(self.new_symbol(t, i)) for i in range(len(t.shape)))
         self.shapes[t.name] = s
         return s
 
-    def _set(self, t: gs.Tensor, shape: Shape | None, value: SymValue | None = None, why: str | None = None) -> None:
-        if is_empty(t):
+    def record(self, t: gs.Tensor, shape: Shape | None, value: SymValue | None = None, why: str | None = None) -> None:
+        """What a handler found for output ``t``: its shape (None: fresh symbols), its small value,
+        and, when the value is unknown, ``why`` (kept for the passes' explanations)."""
+        if is_absent(t):
             return
         if value is not None and value.scalar:
             shape = ()
@@ -286,54 +243,46 @@ class ShapeAnalysis:
             self.why_unknown[t.name] = why
 
     def visit(self, node: gs.Node) -> None:
-        """Compute the shapes (and small values) of ``node``'s outputs."""
+        """Compute the shapes (and small values) of ``node``'s outputs with the op's handler."""
         self._visited.add(id(node))
-        handler = getattr(self, f"_op_{node.op}", None)
+        handler = self.handlers.get(node.op) if is_default_domain(node.domain) else None
+        if handler is None:
+            # an op without a handler, or a vendor op (even one with a familiar name): fresh sizes
+            what = node.op if is_default_domain(node.domain) else f"{node.domain}::{node.op}"
+            for out in node.outputs:
+                self.record(out, None, why=f"{what} {node.name!r} is not modelled")
+            return
         try:
-            if (node.domain or "") not in ("", "ai.onnx"):
-                # a vendor op: nothing is assumed about it, even if its name is familiar
-                for out in node.outputs:
-                    self._set(out, None, why=f"{node.domain}::{node.op} {node.name!r} is not modelled")
-            elif handler is not None:
-                handler(node)
-            elif node.op in _UNARY:
-                self._unary(node)
-            elif node.op in _BROADCAST:
-                self._broadcast_op(node)
-            elif node.op in _POOLS:
-                self._pool(node)
-            elif node.op in _GLOBAL_POOLS:
-                s = self.shape(node.inputs[0])
-                self._set(node.outputs[0], None if s is None else s[:2] + tuple(Poly.const(1) for _ in s[2:]))
-            elif node.op in _REDUCES:
-                self._reduce(node)
-            else:
-                for out in node.outputs:
-                    self._set(out, None, why=f"{node.op} {node.name!r} is not modelled")
+            handler(self, node)
         except ShapeConflict:
             raise
-        except (ValueError, KeyError, IndexError, TypeError, ZeroDivisionError, OverflowError):
-            # a malformed or unusual node: claim nothing about its outputs
+        except (ValueError, KeyError, IndexError, TypeError, ZeroDivisionError, OverflowError) as exc:
+            # Best effort: a malformed or unusual node (a missing input, an attribute of another
+            # type) gets fresh sizes, which claims nothing. The exception's type and text stay in
+            # the reason, so a handler bug reads as one rather than as an odd graph.
+            why = f"{node.op} {node.name!r} could not be analysed: {type(exc).__name__}: {first_line(exc)}"
             for out in node.outputs:
-                self._set(out, None, why=f"{node.op} {node.name!r} could not be analysed")
+                self.record(out, None, why=why)
 
     # helpers -----------------------------------------------------------------------------------
-    def _ints(self, t: gs.Tensor | None) -> list[int] | None:
-        if t is None or is_empty(t):
+    def ints(self, t: gs.Tensor | None) -> list[int] | None:
+        """The known integer value of ``t`` (axes, pads, split sizes), else None."""
+        if t is None or is_absent(t):
             return None
         v = self.value(t)
         return None if v is None else v.ints()
 
-    def _unknown_why(self, node: gs.Node, inputs: Iterable[gs.Tensor]) -> str:
+    def unknown_from(self, node: gs.Node, inputs: Iterable[gs.Tensor]) -> str:
+        """Why ``node``'s value is unknown: the reason of its first input without a known value."""
         for t in inputs:
-            if is_empty(t) or t.name not in self.why_unknown:
+            if is_absent(t) or t.name not in self.why_unknown:
                 continue
             v = self.values.get(t.name)
             if v is None or not v.known:
                 return self.why_unknown[t.name]
         return f"{node.op} {node.name!r} does not give a known value"
 
-    def _merge(self, a: Poly, b: Poly, node: gs.Node, what: str) -> Poly:
+    def merge(self, a: Poly, b: Poly, node: gs.Node, what: str) -> Poly:
         """Two sizes that the op requires to be equal (broadcasting aside)."""
         if a == b:
             return a
@@ -369,220 +318,11 @@ class ShapeAnalysis:
                 i = axis - (rank - len(s))
                 if i < 0:
                     continue
-                dim = s[i] if dim is None else self._merge(dim, s[i], node, f"axis {axis}")
+                dim = s[i] if dim is None else self.merge(dim, s[i], node, f"axis {axis}")
             out.append(dim if dim is not None else Poly.const(1))
         return tuple(out)
 
-    # value arithmetic ---------------------------------------------------------------------------
-    def _value_binop(self, node: gs.Node, a: SymValue, b: SymValue) -> SymValue | None:
-        op = node.op
-        n = max(len(a.elems), len(b.elems))
-        if len(a.elems) not in (1, n) or len(b.elems) not in (1, n):
-            return None
-        kind = a.kind
-        out: list[Poly | None] = []
-        why = ""
-        for i in range(n):
-            x = a.elems[i if len(a.elems) > 1 else 0]
-            y = b.elems[i if len(b.elems) > 1 else 0]
-            r = None if x is None or y is None else arith(op, kind, x, y)
-            if r is None and x is not None and y is not None and not why:
-                why = f"{op} {node.name!r} computes ({x}) {OP_SIGN.get(op, op)} ({y}), which is not exact in {kind}"
-            out.append(r)
-        value = SymValue(kind, tuple(out), scalar=a.scalar and b.scalar)
-        if not value.known:
-            self.why_unknown[node.outputs[0].name] = why or self._unknown_why(node, node.inputs)
-        return value
-
-    # op handlers: value ops ----------------------------------------------------------------------
-    def _op_Constant(self, node: gs.Node) -> None:
-        arr = const_array(node.outputs[0])
-        if arr is None:
-            self._set(node.outputs[0], None, why=f"Constant {node.name!r} is not a tensor")
-            return
-        v = constant_value(arr)
-        self._set(node.outputs[0], tuple(Poly.const(d) for d in arr.shape) if v is None else None, v)
-
-    def _op_Shape(self, node: gs.Node) -> None:
-        s = self.shape(node.inputs[0])
-        if s is None:
-            self._set(node.outputs[0], None, why=f"the rank of {node.inputs[0].name!r} is unknown")
-            return
-        start = int(node.attrs.get("start", 0))
-        end = node.attrs.get("end")
-        dims = list(s)[start:] if end is None else list(s)[start:int(end)]
-        self._set(node.outputs[0], None, SymValue("int", tuple(dims)))
-
-    def _op_Size(self, node: gs.Node) -> None:
-        s = self.shape(node.inputs[0])
-        if s is None:
-            self._set(node.outputs[0], (), why=f"the rank of {node.inputs[0].name!r} is unknown")
-            return
-        total = Poly.const(1)
-        for d in s:
-            total = total * d
-        self._set(node.outputs[0], (), SymValue("int", (total,), scalar=True))
-
-    def _op_Identity(self, node: gs.Node) -> None:
-        v = self.value(node.inputs[0])
-        self._set(node.outputs[0], self.shape(node.inputs[0]), v, why=self._unknown_why(node, node.inputs))
-
-    def _op_Cast(self, node: gs.Node) -> None:
-        src = self.value(node.inputs[0])
-        to = ONNX_TO_KIND.get(int(node.attrs.get("to", 0)))
-        if src is None or to is None:
-            self._set(
-                node.outputs[0],
-                self.shape(node.inputs[0]),
-                None,
-                why=self._unknown_why(node, node.inputs)
-                if src is None
-                else f"Cast {node.name!r} to an unsupported type",
-            )
-            return
-        self._set(
-            node.outputs[0],
-            None,
-            SymValue(to, tuple(cast_value(e, src.kind, to) for e in src.elems), src.scalar),
-            why=f"Cast {node.name!r} to {to} is not exact" if src.known else self._unknown_why(node, node.inputs),
-        )
-
-    def _op_CastLike(self, node: gs.Node) -> None:
-        target = node.inputs[1]
-        kind = kind_of_dtype(target.dtype) if target.dtype is not None else None
-        src = self.value(node.inputs[0])
-        if src is None or kind is None:
-            self._unary(node)
-            return
-        self._set(
-            node.outputs[0], None, SymValue(kind, tuple(cast_value(e, src.kind, kind) for e in src.elems), src.scalar)
-        )
-
-    def _op_Floor(self, node: gs.Node) -> None:
-        self._rounding(node, Poly.floor)
-
-    def _op_Ceil(self, node: gs.Node) -> None:
-        self._rounding(node, Poly.ceil)
-
-    def _rounding(self, node: gs.Node, fn: Callable[[Poly], Poly]) -> None:
-        v = self.value(node.inputs[0])
-        if v is None:
-            self._unary(node)
-            return
-        self._set(
-            node.outputs[0],
-            None,
-            SymValue(v.kind, tuple(None if e is None else fn(e) for e in v.elems), v.scalar),
-            why=self._unknown_why(node, node.inputs),
-        )
-
-    def _op_Neg(self, node: gs.Node) -> None:
-        v = self.value(node.inputs[0])
-        if v is None:
-            self._unary(node)
-            return
-        self._set(node.outputs[0], None, SymValue(v.kind, tuple(None if e is None else -e for e in v.elems), v.scalar))
-
-    def _op_Abs(self, node: gs.Node) -> None:
-        v = self.value(node.inputs[0])
-        if v is None:
-            self._unary(node)
-            return
-
-        def absval(e: Poly | None) -> Poly | None:
-            if e is None:
-                return None
-            if e.is_const():
-                return Poly.const(abs(e.constant))
-            return e if e.is_nonneg() else None
-
-        self._set(node.outputs[0], None, SymValue(v.kind, tuple(absval(e) for e in v.elems), v.scalar))
-
-    def _op_Gather(self, node: gs.Node) -> None:
-        data, idx = node.inputs[0], node.inputs[1]
-        axis = int(node.attrs.get("axis", 0))
-        v = self.value(data)
-        iv = self.value(idx)
-        if v is not None and not v.scalar and axis == 0 and iv is not None and iv.ints() is not None:
-            n = len(v.elems)
-            picks: list[Poly | None] = []
-            in_range = True
-            for i in iv.ints() or []:
-                i = i + n if i < 0 else i
-                if not 0 <= i < n:
-                    in_range = False
-                    break
-                picks.append(v.elems[i])
-            if in_range:
-                self._set(
-                    node.outputs[0],
-                    None,
-                    SymValue(v.kind, tuple(picks), scalar=iv.scalar),
-                    why=self._unknown_why(node, node.inputs),
-                )
-                return
-        s, si = self.shape(data), self.shape(idx)
-        if s is None or si is None:
-            self._set(node.outputs[0], None, why=self._unknown_why(node, node.inputs))
-            return
-        axis = axis + len(s) if axis < 0 else axis
-        self._set(node.outputs[0], s[:axis] + si + s[axis + 1 :], why=self._unknown_why(node, node.inputs))
-
-    def _slice_params(self, node: gs.Node, rank: int) -> tuple[list[Poly], list[Poly], list[int], list[int]] | None:
-        axes: list[int] | None
-        steps: list[int] | None
-        if self.opset < 10:
-            starts = [Poly.const(x) for x in node.attrs.get("starts", [])]
-            ends = [Poly.const(x) for x in node.attrs.get("ends", [])]
-            axes = list(node.attrs.get("axes", range(len(starts))))
-            steps = [1] * len(starts)
-        else:
-            sv = self.value(node.inputs[1])
-            ev = self.value(node.inputs[2])
-            if sv is None or ev is None or not sv.known or not ev.known:
-                return None
-            starts = [e for e in sv.elems if e is not None]  # all known
-            ends = [e for e in ev.elems if e is not None]
-            axes_t = node.inputs[3] if len(node.inputs) > 3 and not is_empty(node.inputs[3]) else None
-            steps_t = node.inputs[4] if len(node.inputs) > 4 and not is_empty(node.inputs[4]) else None
-            axes = self._ints(axes_t) if axes_t is not None else list(range(len(starts)))
-            steps = self._ints(steps_t) if steps_t is not None else [1] * len(starts)
-            if axes is None or steps is None:
-                return None
-        axes = [a + rank if a < 0 else a for a in axes]
-        return starts, ends, axes, steps
-
-    def _op_Slice(self, node: gs.Node) -> None:
-        v = self.value(node.inputs[0])
-        s = self.shape(node.inputs[0])
-        if s is None:
-            self._set(node.outputs[0], None, why=self._unknown_why(node, node.inputs))
-            return
-        params = self._slice_params(node, len(s))
-        if params is None:
-            self._set(node.outputs[0], None, why=f"Slice {node.name!r} has non-constant bounds")
-            return
-        starts, ends, axes, steps = params
-        if v is not None and not v.scalar and axes == [0]:
-            st, en = as_int(starts[0]), as_int(ends[0])
-            if st is not None and en is not None:
-                self._set(
-                    node.outputs[0],
-                    None,
-                    SymValue(v.kind, tuple(v.elems[slice(st, en, steps[0])])),
-                    why=self._unknown_why(node, node.inputs),
-                )
-                return
-        out = list(s)
-
-        def fresh_for(ax: int) -> Callable[[], Poly]:
-            return lambda: Poly.symbol(self._new_symbol(node.outputs[0], ax))
-
-        for start, end, ax, step in zip(starts, ends, axes, steps, strict=False):
-            out[ax] = slice_length(s[ax], start, end, step, fresh=fresh_for(ax), fits=self._fits)
-        self._set(node.outputs[0], tuple(out), why=f"Slice {node.name!r} of a data tensor")
-
-    def _fits(self, d: Poly, v: int) -> bool:
+    def fits(self, d: Poly, v: int) -> bool:
         """Is size ``d`` at least ``v`` everywhere we can tell (constants, or every sample)?"""
         if d.is_const():
             return d.constant >= v
@@ -591,7 +331,7 @@ class ShapeAnalysis:
         vals = [d.evaluate(env) for env in self.samples]
         return all(x is not None and x >= v for x in vals)
 
-    def _new_symbol(self, t: gs.Tensor, axis: int) -> str:
+    def new_symbol(self, t: gs.Tensor, axis: int) -> str:
         """A fresh symbol for a size nothing is known about (its traced value noted if any)."""
         name = f"{t.name}#{axis}"
         self.fresh.add(name)
@@ -601,634 +341,14 @@ class ShapeAnalysis:
                 self.traced[name] = h
         return name
 
-    def _op_Unsqueeze(self, node: gs.Node) -> None:
-        axes = (
-            node.attrs.get("axes") if self.opset < 13 else self._ints(node.inputs[1] if len(node.inputs) > 1 else None)
-        )
-        v = self.value(node.inputs[0])
-        if axes is not None and v is not None and v.scalar and list(axes) in ([0], [-1]):
-            self._set(node.outputs[0], None, SymValue(v.kind, v.elems), why=self._unknown_why(node, node.inputs))
-            return
-        s = self.shape(node.inputs[0])
-        if s is None or axes is None:
-            self._set(node.outputs[0], None, why=self._unknown_why(node, node.inputs))
-            return
-        rank = len(s) + len(axes)
-        axes = sorted(a + rank if a < 0 else a for a in axes)
-        out = list(s)
-        for a in axes:
-            out.insert(a, Poly.const(1))
-        self._set(node.outputs[0], tuple(out), why=self._unknown_why(node, node.inputs))
+    def fresh_dim(self, t: gs.Tensor, axis: int) -> Poly:
+        """A fresh size for axis ``axis`` of ``t`` (``new_symbol`` as a Poly)."""
+        return Poly.symbol(self.new_symbol(t, axis))
 
-    def _op_Squeeze(self, node: gs.Node) -> None:
-        axes = (
-            node.attrs.get("axes") if self.opset < 13 else self._ints(node.inputs[1] if len(node.inputs) > 1 else None)
-        )
-        v = self.value(node.inputs[0])
-        if v is not None and not v.scalar and len(v.elems) == 1 and (axes is None or list(axes) in ([0], [-1])):
-            self._set(
-                node.outputs[0], None, SymValue(v.kind, v.elems, scalar=True), why=self._unknown_why(node, node.inputs)
-            )
-            return
-        s = self.shape(node.inputs[0])
-        if s is None:
-            self._set(node.outputs[0], None, why=self._unknown_why(node, node.inputs))
-            return
-        if axes is None:
-            if any(as_int(d) is None for d in s):
-                self._set(node.outputs[0], None, why=f"Squeeze {node.name!r} without axes on a dynamic shape")
-                return
-            keep = [d for d in s if as_int(d) != 1]
-        else:
-            drop = {a + len(s) if a < 0 else a for a in axes}
-            keep = [d for i, d in enumerate(s) if i not in drop]
-        self._set(node.outputs[0], tuple(keep), why=self._unknown_why(node, node.inputs))
-
-    def _op_Concat(self, node: gs.Node) -> None:
-        axis = int(node.attrs.get("axis", 0))
-        vals = [self.value(t) for t in node.inputs]
-        known_vals = [v for v in vals if v is not None and not v.scalar]
-        if len(known_vals) == len(vals) and axis in (0, -1):
-            elems: list[Poly | None] = []
-            for v in known_vals:
-                elems.extend(v.elems)
-            kinds = {v.kind for v in known_vals}
-            if len(kinds) == 1 and len(elems) <= MAX_VALUE_ELEMS:
-                self._set(
-                    node.outputs[0], None, SymValue(kinds.pop(), tuple(elems)), why=self._unknown_why(node, node.inputs)
-                )
-                return
-        shapes = [self.shape(t) for t in node.inputs]
-        known = [s for s in shapes if s is not None]
-        if not known or len(known) != len(shapes):
-            self._set(node.outputs[0], None, why=self._unknown_why(node, node.inputs))
-            return
-        rank = len(known[0])
-        axis = axis + rank if axis < 0 else axis
-        out = list(known[0])
-        total = Poly.const(0)
-        for s in known:
-            total = total + s[axis]
-            for i in range(rank):
-                if i != axis:
-                    out[i] = self._merge(out[i], s[i], node, f"axis {i} of the concatenated inputs")
-        out[axis] = total
-        self._set(node.outputs[0], tuple(out), why=self._unknown_why(node, node.inputs))
-
-    def _op_Reshape(self, node: gs.Node) -> None:
-        v = self.value(node.inputs[0])
-        target = self.value(node.inputs[1])
-        if v is not None and target is not None and target.ints() is not None:
-            dims = target.ints() or []
-            if (not dims and len(v.elems) == 1) or (len(dims) == 1 and dims[0] in (-1, len(v.elems))):
-                self._set(
-                    node.outputs[0],
-                    None,
-                    SymValue(v.kind, v.elems, scalar=not dims),
-                    why=self._unknown_why(node, node.inputs),
-                )
-                return
-        s = self.shape(node.inputs[0])
-        if target is None:
-            self._set(node.outputs[0], None, why=self._unknown_why(node, node.inputs))
-            return
-        self._set(
-            node.outputs[0],
-            reshape_dims(s, target, allowzero=bool(node.attrs.get("allowzero", 0))),
-            why=self._unknown_why(node, node.inputs),
-        )
-
-    def _op_ReduceProd(self, node: gs.Node) -> None:
-        v = self.value(node.inputs[0])
-        axes = node.attrs.get("axes")
-        if (
-            v is not None
-            and not v.scalar
-            and v.known
-            and (axes is None or list(axes) in ([0], [-1]))
-            and (len(node.inputs) < 2 or is_empty(node.inputs[1]))
-        ):
-            total = Poly.const(1)
-            for e in v.elems:
-                if e is not None:  # all are (v.known)
-                    total = total * e
-            keep = bool(node.attrs.get("keepdims", 1))
-            self._set(node.outputs[0], None, SymValue(v.kind, (total,), scalar=not keep))
-            return
-        self._reduce(node)
-
-    def _op_ConstantOfShape(self, node: gs.Node) -> None:
-        sv = self.value(node.inputs[0])
-        if sv is None:
-            self._set(node.outputs[0], None, why=self._unknown_why(node, node.inputs))
-            return
-        shape = tuple(
-            e if e is not None else Poly.symbol(self._new_symbol(node.outputs[0], i)) for i, e in enumerate(sv.elems)
-        )
-        fill = node.attrs.get("value")
-        arr = np.asarray(fill.values) if isinstance(fill, gs.Constant) else np.zeros(1, np.float32)
-        n = as_int(shape[0]) if len(shape) == 1 else None
-        if n is not None and n <= MAX_VALUE_ELEMS and arr.size == 1:
-            base = constant_value(arr.reshape(-1))
-            if base is not None:
-                self._set(node.outputs[0], None, SymValue(base.kind, base.elems * n))
-                return
-        self._set(node.outputs[0], shape)
-
-    def _op_Range(self, node: gs.Node) -> None:
-        vals = [self.value(t) for t in node.inputs[:3]]
-        known_vals = [v for v in vals if v is not None]
-        consts = [c for c in (v.constants() for v in known_vals) if c is not None]
-        if len(consts) == len(vals):
-            start, limit, delta = (c[0] for c in consts)
-            n = max(math.ceil((limit - start) / delta), 0) if delta else 0
-            kind = known_vals[0].kind
-            if n <= MAX_VALUE_ELEMS:
-                self._set(node.outputs[0], None, SymValue(kind, tuple(Poly.const(start + i * delta) for i in range(n))))
-            else:
-                self._set(node.outputs[0], (Poly.const(n),))
-            return
-        firsts = [e for v in known_vals if v.known for e in v.elems[:1] if e is not None]
-        if len(firsts) == len(vals):
-            first, limit_p, step = firsts
-            if first.is_const() and step.is_const() and step.constant > 0:
-                # a size-dependent length: ceil((limit - start) / delta), limit >= start assumed
-                n_sym = ((limit_p - first) * (1 / step.constant)).ceil()
-                self._set(node.outputs[0], (n_sym,), why=f"Range {node.name!r} has a size-dependent length")
-                return
-        self._set(node.outputs[0], None, why=self._unknown_why(node, node.inputs))
-
-    # op handlers: data ops -----------------------------------------------------------------------
-    def _unary(self, node: gs.Node) -> None:
-        s = self.shape(node.inputs[0])
-        self._set(node.outputs[0], s, why=f"{node.op} {node.name!r} of a data tensor")
-        for extra in node.outputs[1:]:  # BatchNorm/LayerNorm/Dropout side outputs
-            self._set(extra, None)
-
-    def _broadcast_op(self, node: gs.Node) -> None:
-        ins = [t for t in node.inputs if not is_empty(t)]
-        vals = [self.value(t) for t in ins]
-        known_vals = [v for v in vals if v is not None]
-        if node.op in ("Add", "Sub", "Mul", "Div", "Max", "Min") and len(known_vals) == len(vals) == 2:
-            if known_vals[0].kind == known_vals[1].kind:
-                res = self._value_binop(node, known_vals[0], known_vals[1])
-                if res is not None:
-                    self._set(node.outputs[0], None, res, why=self.why_unknown.get(node.outputs[0].name))
-                    return
-        if node.op == "Equal" and len(known_vals) == len(vals) == 2:
-            res = self._value_binop(node, known_vals[0], known_vals[1])
-            if res is not None:
-                self._set(node.outputs[0], None, SymValue("bool", res.elems, res.scalar))
-                return
-        if node.op == "Where" and len(known_vals) == len(vals) == 3:
-            cond, a, b = known_vals
-            n = max(len(cond.elems), len(a.elems), len(b.elems))
-            conds = cond.constants()
-            if all(len(v.elems) in (1, n) for v in known_vals) and conds is not None:
-
-                def pick(v: SymValue, i: int) -> Poly | None:
-                    return v.elems[i if len(v.elems) > 1 else 0]
-
-                elems = tuple(pick(a, i) if conds[i if len(conds) > 1 else 0] else pick(b, i) for i in range(n))
-                self._set(node.outputs[0], None, SymValue(a.kind, elems, cond.scalar and a.scalar and b.scalar))
-                return
-        shapes = [self.shape(t) for t in ins]
-        known_shapes = [s for s in shapes if s is not None]
-        if len(known_shapes) != len(shapes):
-            self._set(node.outputs[0], None, why=self._unknown_why(node, ins))
-            return
-        self._set(node.outputs[0], self.broadcast(known_shapes, node), why=self._unknown_why(node, ins))
-
-    def _conv_like(self, node: gs.Node, spatial: Sequence[Poly], kernel: Sequence[int]) -> list[Poly] | None:
-        n = len(spatial)
-        strides = list(node.attrs.get("strides", [1] * n))
-        dil = list(node.attrs.get("dilations", [1] * n))
-        pads = list(node.attrs.get("pads", [0] * (2 * n)))
-        auto = node.attrs.get("auto_pad", "NOTSET")
-        auto = auto.decode() if isinstance(auto, bytes) else auto
-        ceil_mode = bool(node.attrs.get("ceil_mode", 0))
-        out = []
-        for i, d in enumerate(spatial):
-            k_eff = dil[i] * (kernel[i] - 1) + 1
-            if auto in ("SAME_UPPER", "SAME_LOWER"):
-                out.append((d * Fraction(1, strides[i])).ceil())
-                continue
-            span = d - k_eff if auto == "VALID" else d + pads[i] + pads[i + n] - k_eff
-            q = span * Fraction(1, strides[i])
-            if ceil_mode and not q.is_integer_valued():
-                return None  # ceil_mode's "last window must start inside" rule is not modelled
-            out.append((q.ceil() if ceil_mode else q.floor()) + 1)
-        return out
-
-    def _op_Conv(self, node: gs.Node) -> None:
-        s = self.shape(node.inputs[0])
-        w = self.shape(node.inputs[1])
-        if s is None or w is None or len(s) < 3:
-            self._set(node.outputs[0], None, why=f"Conv {node.name!r} input rank unknown")
-            return
-        kernel = node.attrs.get("kernel_shape") or [as_int(d) for d in w[2:]]
-        if any(k is None for k in kernel):
-            self._set(node.outputs[0], None)
-            return
-        spatial = self._conv_like(node, s[2:], kernel)
-        self._set(node.outputs[0], None if spatial is None else (s[0], w[0], *spatial))
-
-    _op_DeformConv = _op_Conv
-
-    def _op_ConvTranspose(self, node: gs.Node) -> None:
-        s = self.shape(node.inputs[0])
-        w = self.shape(node.inputs[1])
-        if s is None or w is None:
-            self._set(node.outputs[0], None)
-            return
-        n = len(s) - 2
-        group = int(node.attrs.get("group", 1))
-        channels = w[1] * group
-        if "output_shape" in node.attrs:
-            self._set(node.outputs[0], (s[0], channels, *(Poly.const(d) for d in node.attrs["output_shape"][-n:])))
-            return
-        kernel = node.attrs.get("kernel_shape") or [as_int(d) for d in w[2:]]
-        strides = list(node.attrs.get("strides", [1] * n))
-        dil = list(node.attrs.get("dilations", [1] * n))
-        pads = list(node.attrs.get("pads", [0] * (2 * n)))
-        opad = list(node.attrs.get("output_padding", [0] * n))
-        auto = node.attrs.get("auto_pad", "NOTSET")
-        out = []
-        for i, d in enumerate(s[2:]):
-            if auto in ("SAME_UPPER", "SAME_LOWER"):
-                out.append(d * strides[i])
-            else:
-                out.append(strides[i] * (d - 1) + opad[i] + (kernel[i] - 1) * dil[i] + 1 - pads[i] - pads[i + n])
-        self._set(node.outputs[0], (s[0], channels, *out))
-
-    def _pool(self, node: gs.Node) -> None:
-        s = self.shape(node.inputs[0])
-        if s is None or "kernel_shape" not in node.attrs:
-            self._set(node.outputs[0], None)
-            return
-        spatial = self._conv_like(node, s[2:], list(node.attrs["kernel_shape"]))
-        shape = None if spatial is None else (s[0], s[1], *spatial)
-        for out in node.outputs:
-            self._set(out, shape)
-
-    def _reduce(self, node: gs.Node) -> None:
-        s = self.shape(node.inputs[0])
-        axes = node.attrs.get("axes")
-        if axes is None and len(node.inputs) > 1 and not is_empty(node.inputs[1]):
-            axes = self._ints(node.inputs[1])
-            if axes is None:
-                self._set(node.outputs[0], None)
-                return
-        if s is None:
-            self._set(node.outputs[0], None)
-            return
-        keep = bool(node.attrs.get("keepdims", 1))
-        if axes is None or len(axes) == 0:
-            if node.attrs.get("noop_with_empty_axes", 0):
-                self._set(node.outputs[0], s)
-                return
-            axes = list(range(len(s)))
-        red = {a + len(s) if a < 0 else a for a in axes}
-        out = [Poly.const(1) if i in red else d for i, d in enumerate(s) if keep or i not in red]
-        self._set(node.outputs[0], tuple(out))
-
-    def _op_ArgMax(self, node: gs.Node) -> None:
-        s = self.shape(node.inputs[0])
-        if s is None:
-            self._set(node.outputs[0], None)
-            return
-        axis = int(node.attrs.get("axis", 0))
-        axis = axis + len(s) if axis < 0 else axis
-        keep = bool(node.attrs.get("keepdims", 1))
-        out = [Poly.const(1) if i == axis else d for i, d in enumerate(s) if keep or i != axis]
-        self._set(node.outputs[0], tuple(out))
-
-    _op_ArgMin = _op_ArgMax
-
-    def _op_Transpose(self, node: gs.Node) -> None:
-        s = self.shape(node.inputs[0])
-        if s is None:
-            self._set(node.outputs[0], None)
-            return
-        perm = node.attrs.get("perm") or list(range(len(s)))[::-1]
-        self._set(node.outputs[0], tuple(s[p] for p in perm))
-
-    def _op_Flatten(self, node: gs.Node) -> None:
-        s = self.shape(node.inputs[0])
-        if s is None:
-            self._set(node.outputs[0], None)
-            return
-        axis = int(node.attrs.get("axis", 1))
-        axis = axis + len(s) if axis < 0 else axis
-        a, b = Poly.const(1), Poly.const(1)
-        for d in s[:axis]:
-            a = a * d
-        for d in s[axis:]:
-            b = b * d
-        self._set(node.outputs[0], (a, b))
-
-    def _op_MatMul(self, node: gs.Node) -> None:
-        a, b = self.shape(node.inputs[0]), self.shape(node.inputs[1])
-        if a is None or b is None or not a or not b:
-            self._set(node.outputs[0], None)
-            return
-        a1, b1 = len(a) == 1, len(b) == 1
-        a2 = (Poly.const(1),) + a if a1 else a
-        b2 = b + (Poly.const(1),) if b1 else b
-        self._merge(a2[-1], b2[-2], node, "inner dimensions")
-        batch = self.broadcast([a2[:-2], b2[:-2]], node) if len(a2) > 2 or len(b2) > 2 else ()
-        out = list(batch) + ([] if a1 else [a2[-2]]) + ([] if b1 else [b2[-1]])
-        self._set(node.outputs[0], tuple(out))
-
-    def _op_Gemm(self, node: gs.Node) -> None:
-        a, b = self.shape(node.inputs[0]), self.shape(node.inputs[1])
-        if a is None or b is None:
-            self._set(node.outputs[0], None)
-            return
-        m = a[1] if node.attrs.get("transA", 0) else a[0]
-        n = b[0] if node.attrs.get("transB", 0) else b[1]
-        self._set(node.outputs[0], (m, n))
-
-    def _op_Split(self, node: gs.Node) -> None:
-        s = self.shape(node.inputs[0])
-        if s is None:
-            for out in node.outputs:
-                self._set(out, None)
-            return
-        axis = int(node.attrs.get("axis", 0))
-        axis = axis + len(s) if axis < 0 else axis
-        split = node.attrs.get("split")
-        if split is None and len(node.inputs) > 1 and not is_empty(node.inputs[1]):
-            split = self._ints(node.inputs[1])
-        k = len(node.outputs)
-        for i, out in enumerate(node.outputs):
-            dims = list(s)
-            if split is not None:
-                dims[axis] = Poly.const(split[i])
-            else:
-                part = s[axis].exact_div(k)
-                dims[axis] = (
-                    part if part is not None and part.is_integer_valued() else Poly.symbol(self._new_symbol(out, axis))
-                )
-            self._set(out, tuple(dims))
-
-    def _op_Pad(self, node: gs.Node) -> None:
-        s = self.shape(node.inputs[0])
-        if s is None:
-            self._set(node.outputs[0], None)
-            return
-        pads = node.attrs.get("pads") if self.opset < 11 else self._ints(node.inputs[1])
-        if pads is None:
-            self._set(node.outputs[0], None)
-            return
-        axes = list(range(len(s)))
-        if len(node.inputs) > 3 and not is_empty(node.inputs[3]):
-            ax = self._ints(node.inputs[3])
-            if ax is None:
-                self._set(node.outputs[0], None)
-                return
-            axes = [a + len(s) if a < 0 else a for a in ax]
-        n = len(axes)
-        out = list(s)
-        for i, a in enumerate(axes):
-            out[a] = s[a] + pads[i] + pads[i + n]
-        self._set(node.outputs[0], tuple(out))
-
-    def _op_Expand(self, node: gs.Node) -> None:
-        s = self.shape(node.inputs[0])
-        target = self.value(node.inputs[1])
-        if s is None or target is None:
-            self._set(node.outputs[0], None, why=self._unknown_why(node, node.inputs))
-            return
-        tshape = tuple(
-            e if e is not None else Poly.symbol(self._new_symbol(node.outputs[0], i))
-            for i, e in enumerate(target.elems)
-        )
-        self._set(node.outputs[0], self.broadcast([s, tshape], node))
-
-    def _op_Tile(self, node: gs.Node) -> None:
-        s = self.shape(node.inputs[0])
-        reps = self.value(node.inputs[1])
-        if s is None or reps is None or len(reps.elems) != len(s):
-            self._set(node.outputs[0], None)
-            return
-        self._set(
-            node.outputs[0],
-            tuple(
-                d * r if r is not None else Poly.symbol(self._new_symbol(node.outputs[0], i))
-                for i, (d, r) in enumerate(zip(s, reps.elems, strict=False))
-            ),
-        )
-
-    def _op_DepthToSpace(self, node: gs.Node) -> None:
-        s = self.shape(node.inputs[0])
-        bs = int(node.attrs.get("blocksize", 1))
-        c = None if s is None else s[1].exact_div(bs * bs)
-        if s is None or c is None:
-            self._set(node.outputs[0], None)
-            return
-        self._set(node.outputs[0], (s[0], c, s[2] * bs, s[3] * bs))
-
-    def _op_SpaceToDepth(self, node: gs.Node) -> None:
-        s = self.shape(node.inputs[0])
-        bs = int(node.attrs.get("blocksize", 1))
-        if s is None:
-            self._set(node.outputs[0], None)
-            return
-        h, w = s[2].exact_div(bs), s[3].exact_div(bs)
-        if h is None or w is None:
-            self._set(node.outputs[0], None)
-            return
-        self._set(node.outputs[0], (s[0], s[1] * (bs * bs), h, w))
-
-    def resize_operands(self, node: gs.Node) -> tuple[gs.Tensor | None, gs.Tensor | None]:
+    def resize_operands(self, node: gs.Node) -> ResizeOperands:
         """(scales, sizes) tensors of a Resize/Upsample for this graph's opset (None if absent)."""
-        ins = node.inputs
-        if node.op == "Upsample" or self.opset <= 10:
-            return (ins[1] if len(ins) > 1 and not is_empty(ins[1]) else None), None
-        scales = ins[2] if len(ins) > 2 and not is_empty(ins[2]) else None
-        sizes = ins[3] if len(ins) > 3 and not is_empty(ins[3]) else None
-        if scales is not None and const_shape(scales) == (0,):
-            scales = None  # opset 11/12 spell "no scales" as an empty constant
-        return scales, sizes
-
-    def _op_Resize(self, node: gs.Node) -> None:
-        s = self.shape(node.inputs[0])
-        if s is None:
-            self._set(node.outputs[0], None)
-            return
-        axes = node.attrs.get("axes")
-        axes = list(range(len(s))) if axes is None else [a + len(s) if a < 0 else a for a in axes]
-        policy = node.attrs.get("keep_aspect_ratio_policy", "stretch")
-        if node.op == "Upsample" and self.opset < 9:
-            scales_v: SymValue | None = SymValue(
-                "f32", tuple(Poly.const(Fraction(float(x))) for x in node.attrs.get("scales", []))
-            )
-            sizes_t = None
-        else:
-            scales_t, sizes_t = self.resize_operands(node)
-            scales_v = self.value(scales_t) if scales_t is not None else None
-        out = list(s)
-        if sizes_t is not None:
-            sv = self.value(sizes_t)
-            if sv is None or len(sv.elems) != len(axes) or policy != "stretch":
-                self._set(node.outputs[0], None)
-                return
-            for a, e in zip(axes, sv.elems, strict=False):
-                out[a] = e if e is not None else Poly.symbol(self._new_symbol(node.outputs[0], a))
-        elif scales_v is not None and len(scales_v.elems) == len(axes):
-            for a, e in zip(axes, scales_v.elems, strict=False):
-                out[a] = (s[a] * e).floor() if e is not None else Poly.symbol(self._new_symbol(node.outputs[0], a))
-        else:
-            self._set(node.outputs[0], None)
-            return
-        self._set(node.outputs[0], tuple(out))
-
-    _op_Upsample = _op_Resize
+        return resize_operands(node, self.opset)
 
 
-# --------------------------------------------------------------------------------------------
-# Free functions shared by the passes
-# --------------------------------------------------------------------------------------------
-
-
-def slice_length(
-    d: Poly,
-    start: Poly,
-    end: Poly,
-    step: int,
-    fresh: Callable[[], Poly],
-    fits: Callable[[Poly, int], bool] = lambda d, v: False,
-) -> Poly:
-    """Length of ``range(d)[start:end:step]`` with ONNX clamping, when it can be written.
-
-    A constant end ``v`` on a varying size ``d`` gives ``min(d, v)``; that is ``v`` only where
-    ``fits(d, v)`` confirms ``d >= v`` (over the sampled range), else the length is fresh.
-    """
-    dv, sv, ev = as_int(d), as_int(start), as_int(end)
-    if dv is not None and sv is not None and ev is not None:
-        return Poly.const(len(range(dv)[slice(sv, ev, step)]))
-    if step != 1:
-        if step > 1 and sv == 0 and ev is not None and ev >= _HUGE:
-            return ((d + (step - 1)) * Fraction(1, step)).floor()
-        return fresh()
-
-    def norm(p: Poly, is_end: bool) -> Poly | None:
-        v = as_int(p)
-        if v is None:
-            return p  # a computed bound, assumed within [0, d] (exporters compute them so)
-        if v >= _HUGE:
-            return d if is_end else None
-        if v < -_HUGE:
-            return Poly.const(0)
-        if v < 0:
-            return d + v
-        if is_end and not fits(d, v):
-            return None  # min(d, v): which one it is depends on the size
-        return Poly.const(v)  # a start is assumed inside the tensor, as exporters write it
-
-    s, e = norm(start, False), norm(end, True)
-    if s is None or e is None:
-        return fresh()
-    return e - s
-
-
-def reshape_dims(src: Shape | None, target: SymValue, *, allowzero: bool = False) -> Shape | None:
-    """Output shape of Reshape(src, target) with ONNX's 0 (copy) and -1 (infer) rules."""
-    out: list[Poly | None] = []
-    infer = -1
-    for i, e in enumerate(target.elems):
-        v = as_int(e)
-        if v == 0 and not allowzero:
-            if src is None or i >= len(src):
-                return None
-            out.append(src[i])
-        elif v == -1:
-            infer = i
-            out.append(None)
-        else:
-            out.append(e)
-    if infer >= 0:
-        if src is None or any(d is None for j, d in enumerate(out) if j != infer):
-            return None
-        total = Poly.const(1)
-        for d in src:
-            total = total * d
-        known = Poly.const(1)
-        for j, dim in enumerate(out):
-            if j != infer and dim is not None:  # all are, but the one inferred (checked above)
-                known = known * dim
-        q = total.exact_div(known)
-        if q is None or not q.is_integer_valued():
-            return None
-        out[infer] = q
-    dims = tuple(d for d in out if d is not None)
-    return dims if len(dims) == len(out) else None
-
-
-# --------------------------------------------------------------------------------------------
-# Divisibility: input sizes that are multiples of M, and the model's total stride
-# --------------------------------------------------------------------------------------------
-
-STRIDE_LIMIT = 128
-"""The largest total stride looked for (2^7: deeper than any segmentation backbone)."""
-
-
-def _inexact_floors(p: Poly, symbols: set[str]) -> bool:
-    """True when ``p`` still holds a ``floor`` of something that varies with ``symbols``."""
-    return any(atom.arg is not None and atom.symbols() & symbols for m in p.terms for atom, _ in m)
-
-
-def spatial_symbols(
-    graph: gs.Graph, multiple: int, inputs: Sequence[str] | None = None
-) -> tuple[dict[str, tuple[Poly, ...]], set[str]]:
-    """Symbolic dims for the graph inputs with H, W (axes 2+) written ``multiple * q``.
-
-    Returns the ``input_dims`` for ``ShapeAnalysis`` and the names of the quotient symbols.
-    A static spatial size stays symbolic too: the answer must hold for every admissible size.
-    """
-    dims: dict[str, tuple[Poly, ...]] = {}
-    quotients: set[str] = set()
-    for t in graph.inputs:
-        if t.shape is None or len(t.shape) < 3 or (inputs is not None and t.name not in inputs):
-            continue
-        out: list[Poly] = []
-        for i, d in enumerate(t.shape):
-            base = d if isinstance(d, str) and d else f"{t.name}.{i}"
-            if i >= 2:
-                q = f"{base}/{multiple}" if multiple > 1 else base
-                quotients.add(q)
-                out.append(Poly.symbol(q) * multiple)
-            else:
-                out.append(Poly.const(d) if isinstance(d, int) and d > 0 else Poly.symbol(base))
-        dims[t.name] = tuple(out)
-    return dims, quotients
-
-
-def exact_under(graph: gs.Graph, multiple: int, inputs: Sequence[str] | None = None) -> bool:
-    """Is every size (and every small size value) in the graph floor-free when H, W are
-    multiples of ``multiple``? Then all the strided arithmetic is exact division."""
-    dims, quotients = spatial_symbols(graph, multiple, inputs)
-    if not quotients:
-        return True
-    analysis = ShapeAnalysis(graph, dims).run()
-    for shape in analysis.shapes.values():
-        if shape is not None and any(_inexact_floors(d, quotients) for d in shape):
-            return False
-    for value in analysis.values.values():
-        if value is not None and any(e is not None and _inexact_floors(e, quotients) for e in value.elems):
-            return False
-    return True
-
-
-def total_stride(graph: gs.Graph, inputs: Sequence[str] | None = None, limit: int = STRIDE_LIMIT) -> int | None:
-    """The smallest power of two M such that, with every input H and W a multiple of M, no
-    size in the graph needs a floor (every strided Conv/Pool divides exactly, so a later
-    Resize to another tensor's size is a fixed ratio). 1 when the graph has no floors at all;
-    None when no M up to ``limit`` removes them (e.g. a ``floor(H * 0.3)``)."""
-    m = 1
-    while m <= limit:
-        if exact_under(graph, m, inputs):
-            return m
-        m *= 2
-    return None
+# The handler modules fill HANDLERS when imported; they import ShapeAnalysis from here, so last.
+from segc.passes import _shape_arith, _shape_ops, _shape_spatial  # noqa: E402,F401

@@ -16,9 +16,10 @@ import onnx
 
 from segc.errors import SegcError
 from segc.modelio import MAX_OPSET, MIN_OPSET
+from segc.onnx_graph import default_opset
 from segc.passbase import (Contract, ModelPass, OptionKind, PassContext, PassOption, PassResult, carry_model_fields,
                            register_pass)
-from segc.passes._opset import convert_model_opset, model_opset
+from segc.passes._opset import convert_model_opset
 
 
 @register_pass
@@ -35,7 +36,7 @@ class ConvertOpset(ModelPass):
             raise SegcError(
                 f"convert_opset needs option version, a whole number from {MIN_OPSET} to {MAX_OPSET} (got {version!r})"
             )
-        current = model_opset(model)
+        current = default_opset(model) or 1
         if current == version or (current < version and ctx.option("only_down")):
             return model, PassResult(changed=False, stats={"opset": current})
         out = convert_model_opset(model, version, who="convert_opset")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import onnx
 
 from segc.int8_calibration import DEFAULT_SAMPLES, calibration_feeds, int8_drop
+from segc.onnx_graph import real_input_names
 from segc.passbase import Contract, ModelPass, OptionKind, PassContext, PassOption, PassResult, register_pass
 from segc.verify import Verifier
 from segc.verify_inputs import verification_shapes
@@ -37,7 +38,7 @@ class EmulateInt8(ModelPass):
             raise RuntimeError("emulate_int8 needs the option calib_images (--calib-images DIR)")
         verifier = Verifier(recipe=ctx.recipe, pixel_budget=SEARCH_PIXELS)
         shapes = verification_shapes(model, verifier._ranges_for(model), ctx.recipe, SEARCH_PIXELS)
-        inputs = [vi.name for vi in model.graph.input if vi.name not in {t.name for t in model.graph.initializer}]
+        inputs = real_input_names(model)
         shape = shapes[0][inputs[0]] if shapes and inputs and inputs[0] in shapes[0] else ()
         feeds = calibration_feeds(folder, model, ctx.recipe, tuple(shape), ctx.option("samples"))
         est = int8_drop(model, feeds)

@@ -41,9 +41,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from segc.errors import SegcError
+from segc.onnx_graph import default_opset
 from segc.passbase import (Contract, ModelPass, OptionKind, PassContext, PassOption, PassResult, carry_model_fields,
                            register_pass)
-from segc.passes._opset import model_opset
 
 
 class _FunctionSchema(Protocol):
@@ -212,7 +212,7 @@ class ExpandFunctions(ModelPass):
 
     def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         ops = self._ops(model, ctx)
-        opset = model_opset(model)
+        opset = default_opset(model) or 1
         nodes = list(model.graph.node)
         expanded: dict[str, int] = {}
         left: dict[str, str] = {}
@@ -262,11 +262,11 @@ class ExpandFunctions(ModelPass):
         given = ctx.option("ops")
         if given:
             ops = set(given)
-            bad = sorted(op for op in ops if not has_function(op, model_opset(model)))
+            bad = sorted(op for op in ops if not has_function(op, default_opset(model) or 1))
             if bad:
                 raise SegcError(
                     f"expand_functions: onnx defines no function body for {', '.join(bad)} at opset "
-                    f"{model_opset(model)}"
+                    f"{default_opset(model) or 1}"
                 )
             return ops
         if ctx.target is None:
@@ -276,7 +276,7 @@ class ExpandFunctions(ModelPass):
         profile = load_profile(ctx.target)
         if profile.data.get("ops", {}).get("partial", False):
             return set()  # an unlisted op there is unconfirmed, not known to be missing
-        opset = model_opset(model)
+        opset = default_opset(model) or 1
         return {n.op_type for n in model.graph.node
                 if n.domain in ("", "ai.onnx") and n.op_type not in profile.ops and has_function(n.op_type, opset)}
 

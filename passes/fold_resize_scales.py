@@ -68,15 +68,10 @@ import onnx_graphsurgeon as gs
 import onnx
 
 from segc.passbase import Contract, GraphPass, PassContext, PassResult, register_pass
+from segc.onnx_graph import constant_array, is_absent, unique_name
 from segc.passes._sym_poly import Poly, float32_exact
-from segc.passes._shape_expr import (
-    ShapeAnalysis,
-    const_array,
-    is_empty,
-    spatial_symbols,
-    topo_nodes,
-    total_stride,
-)
+from segc.passes._shape_expr import ShapeAnalysis, topo_nodes
+from segc.passes._shape_stride import spatial_symbols, total_stride
 from segc.shapes import ShapeRange, ranges_from_metadata
 
 
@@ -122,14 +117,6 @@ class _Decision:
         self.scales = scales
         self.from_sizes = from_sizes
         self.reason = reason
-
-
-def _unique_name(graph: gs.Graph, base: str) -> str:
-    taken = set(graph.tensors().keys())
-    name, i = base, 1
-    while name in taken:
-        name, i = f"{base}_{i}", i + 1
-    return name
 
 
 @register_pass
@@ -209,8 +196,8 @@ class FoldResizeScales(GraphPass):
         if node.op == "Upsample" and analysis.opset < 9:
             return None  # scales is an attribute there
         scales_t, sizes_t = analysis.resize_operands(node)
-        computed_scales = scales_t is not None and const_array(scales_t) is None
-        computed_sizes = sizes_t is not None and const_array(sizes_t) is None
+        computed_scales = scales_t is not None and constant_array(scales_t) is None
+        computed_sizes = sizes_t is not None and constant_array(sizes_t) is None
         if not (computed_scales or computed_sizes):
             return None
         policy = node.attrs.get("keep_aspect_ratio_policy", "stretch")
@@ -263,7 +250,7 @@ class FoldResizeScales(GraphPass):
     @staticmethod
     def _fold(graph: gs.Graph, node: gs.Node, decision: _Decision, analysis: ShapeAnalysis) -> None:
         values = np.array([float(k) for k in decision.scales or []], dtype=np.float32)
-        const = gs.Constant(_unique_name(graph, f"{node.name or node.outputs[0].name}_scales"), values)
+        const = gs.Constant(unique_name(f"{node.name or node.outputs[0].name}_scales", set(graph.tensors())), values)
         if node.op == "Upsample" or analysis.opset <= 10:
             node.inputs[1] = const
             return
@@ -273,9 +260,10 @@ class FoldResizeScales(GraphPass):
         node.inputs[2] = const
         while len(node.inputs) > 3:
             del node.inputs[3]
-        if is_empty(node.inputs[1]) and analysis.opset < 13:
+        if is_absent(node.inputs[1]) and analysis.opset < 13:
             # opsets 11/12 require roi as an input; an empty float tensor means "unused"
-            node.inputs[1] = gs.Constant(_unique_name(graph, f"{node.name or 'resize'}_roi"), np.zeros(0, np.float32))
+            roi_name = unique_name(f"{node.name or 'resize'}_roi", set(graph.tensors()))
+            node.inputs[1] = gs.Constant(roi_name, np.zeros(0, np.float32))
 
 
 @dataclass(frozen=True)
@@ -296,7 +284,7 @@ def stride_advice(model: onnx.ModelProto) -> StrideAdvice:
     for node in graph.nodes:
         if node.op in ("Resize", "Upsample") and (node.domain or "") in ("", "ai.onnx"):
             scales_t, sizes_t = analysis.resize_operands(node)
-            computed += any(t is not None and const_array(t) is None for t in (scales_t, sizes_t))
+            computed += any(t is not None and constant_array(t) is None for t in (scales_t, sizes_t))
     stride = total_stride(graph)
     if stride is None:
         text = "no power-of-two grid up to 128 makes every size in the graph exact"
@@ -306,8 +294,10 @@ def stride_advice(model: onnx.ModelProto) -> StrideAdvice:
         meta = {p.key: p.value for p in model.metadata_props}
         ranged = [suggest_range(r, stride) for r in ranges_from_metadata(meta) if not r.is_static]
         example = " ".join(r.atc() for r in ranged if r is not None) or f"640~4096/{stride}"
-        text = (f"total stride {stride}: give ranges as {example} to fold the {computed} Resize(s) "
-                f"sized at run time (a Resize to another tensor's size is a fixed ratio only on that grid)")
+        text = (
+            f"total stride {stride}: give ranges as {example} to fold the {computed} Resize(s) "
+            f"sized at run time (a Resize to another tensor's size is a fixed ratio only on that grid)"
+        )
     else:
         text = f"total stride {stride}: H, W multiples of {stride} make every size in the graph exact"
     return StrideAdvice(stride, computed, text)
@@ -330,6 +320,6 @@ def apply_resize_fold(graph: gs.Graph, node: gs.Node, analysis: ShapeAnalysis) -
 
 
 def stride_hint(graph: gs.Graph, nodes: list[gs.Node], ranges: list[ShapeRange]) -> str:
-    """"; with H, W multiples of 32 ... give --input-shape ..." when the stride grid makes
+    """ "; with H, W multiples of 32 ... give --input-shape ..." when the stride grid makes
     every one of ``nodes`` fold (checked), else ""."""
     return FoldResizeScales._stride_hint(graph, nodes, ranges)

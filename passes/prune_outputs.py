@@ -35,7 +35,7 @@ from __future__ import annotations
 import onnx
 import onnx_graphsurgeon as gs
 
-from segc.errors import SegcError
+from segc.errors import SegcError, first_line
 from segc.passbase import Contract, GraphPass, OptionKind, PassContext, PassOption, PassResult, register_pass
 from segc.selectors import as_selector_list, select_ordered
 
@@ -131,7 +131,7 @@ def _fill_types(graph: gs.Graph, tensors: list[gs.Tensor]) -> list[str]:
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as exc:  # inference gives up on some custom ops: keep what we know
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         return [f"shape inference failed ({reason}); output types left as recorded"]
     infos = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
     notes: list[str] = []

@@ -39,7 +39,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from segc.passbase import Contract, GraphPass, PassContext, PassResult, register_pass
-from segc.passes._shape_expr import ShapeAnalysis, const_array, topo_nodes
+from segc.onnx_graph import constant_array
+from segc.passes._shape_expr import ShapeAnalysis, topo_nodes
 from segc.passes._sym_poly import as_int
 
 
@@ -106,13 +107,13 @@ class ResizeBroadcast(GraphPass):
                 e = value.elems[axis]
                 if e is None or e != shape[axis]:
                     return None  # sizes change N or C (or cannot be shown not to)
-            arr = const_array(sizes_t)
+            arr = constant_array(sizes_t)
             if arr is not None and arr.dtype != np.int64:
                 return None
             return sizes_t  # int64 [N, C, H, W]: exactly Expand's shape
         if scales_t is None:
             return None
-        scales = const_array(scales_t)
+        scales = constant_array(scales_t)
         if scales is None or scales.size != len(shape) or np.any(scales[:2] != 1) or np.any(scales[2:] <= 0):
             return None
         out = [1, 1] + [max(1, math.floor(float(s))) for s in scales.reshape(-1)[2:]]

@@ -54,6 +54,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from segc.errors import SegcError
+from segc.onnx_graph import graph_opset, resize_operands
 from segc.passbase import Contract, GraphPass, OptionKind, PassContext, PassOption, PassResult, register_pass
 from segc.selectors import as_selector_list, node_label, select_many
 
@@ -101,14 +102,6 @@ def _consumers(node: gs.Node) -> list[gs.Node]:
     return out
 
 
-def _scales_and_sizes(node: gs.Node, opset: int) -> tuple[gs.Tensor | None, gs.Tensor | None]:
-    """The scales and sizes inputs, which sit at different positions per op version."""
-    ins = [t if t.name else None for t in node.inputs]  # "" marks an omitted optional input
-    if node.op == "Upsample" or opset < 11:
-        return (ins[1] if len(ins) > 1 else None), None
-    return (ins[2] if len(ins) > 2 else None), (ins[3] if len(ins) > 3 else None)
-
-
 def _shape_sources(tensor: gs.Tensor) -> list[gs.Tensor]:
     """Tensors whose Shape the value of ``tensor`` is computed from (a bounded upstream walk)."""
     found: list[gs.Tensor] = []
@@ -142,7 +135,7 @@ def is_identity_resize(node: gs.Node, opset: int, reference: gs.Tensor | None = 
     data, out = node.inputs[0], node.outputs[0]
     if reference is not None and data is reference:
         return True
-    scales, sizes = _scales_and_sizes(node, opset)
+    scales, sizes = resize_operands(node, opset)
     if isinstance(sizes, gs.Constant) and _static(data.shape) and list(sizes.values.tolist()) == list(data.shape):
         return True
     if isinstance(scales, gs.Constant) and scales.values.size and np.all(scales.values == 1):
@@ -162,7 +155,7 @@ def _size_reference(resizes: list[gs.Node], opset: int) -> gs.Tensor | None:
     """The one tensor whose Shape every Resize's ``sizes`` is computed from, if there is one."""
     common: list[gs.Tensor] | None = None
     for node in resizes:
-        _, sizes = _scales_and_sizes(node, opset)
+        _, sizes = resize_operands(node, opset)
         if sizes is None:
             return None
         sources = _shape_sources(sizes)
@@ -195,7 +188,7 @@ def _without_full_resolution(resizes: list[gs.Node]) -> list[gs.Node]:
 
 def hrnet_branch_resizes(graph: gs.Graph) -> list[gs.Node]:
     """Upsampling Resizes feeding a Concat of >= 3 inputs of which all but one are such Resizes."""
-    opset = graph.opset or 11
+    opset = graph_opset(graph)
     found: list[gs.Node] = []
     for concat in graph.nodes:
         if concat.op != "Concat" or len(concat.inputs) < 3:
@@ -246,7 +239,7 @@ class ResizeToNearest(GraphPass):
     }
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        opset = graph.opset or 11
+        opset = graph_opset(graph)
         coord_override: str | None = ctx.option("coordinate_mode")
         nearest_override: str | None = ctx.option("nearest_mode")
         if (coord_override or nearest_override) and opset < 11:

@@ -77,10 +77,10 @@ from segc.passes._deform_forms import (
     node_form,
     same_attrs,
 )
+from segc.onnx_graph import default_opset, graph_opset
 from segc.passes._opset import convert_model_opset
 from segc.passes._graph_build import (
     GraphBuilder,
-    default_opset,
     graph_opset_bump_is_safe,
     opset_bump_is_safe,
     set_default_opset,
@@ -124,7 +124,7 @@ def convert_node(
         if channels % spec.offset_group:
             raise UnsupportedDeform(f"{channels} channels not divisible by offset_group {spec.offset_group}")
     builder = builder or GraphBuilder(graph)
-    opset = default_opset(graph)
+    opset = graph_opset(graph)
     name = spec.name
     # free the node's name and its output for the replacement, which keeps both
     node.inputs.clear()
@@ -137,16 +137,9 @@ def convert_node(
     return Conversion(spec.form, form, assembler.stats)
 
 
-def _model_opset(model: onnx.ModelProto) -> int:
-    for opset in model.opset_import:
-        if opset.domain in ("", "ai.onnx"):
-            return int(opset.version)
-    return 1
-
-
 def _prepare_opset(graph: gs.Graph, version: int, what: str) -> str | None:
     """Raise the declared opset to ``version`` when that is a pure re-declaration."""
-    current = default_opset(graph)
+    current = graph_opset(graph)
     if current >= version:
         return None
     if not graph_opset_bump_is_safe(graph, version):
@@ -197,7 +190,7 @@ class RewriteDeformConv(ModelPass):
         form: str = ctx.option("form")
         needed = REQUIRED_OPSET.get(form)
         notes: list[str] = []
-        current = _model_opset(model)
+        current = default_opset(model) or 1
         if needed is not None and current < needed and _needs_conversion(model, form):
             ops = {n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")}
             if not opset_bump_is_safe(ops, current, needed):
@@ -249,7 +242,7 @@ class RewriteDeformConv(ModelPass):
         if skipped:
             notes.append("left unchanged: " + "; ".join(skipped))
         changed = stats["converted"] + stats["repaired"] > 0
-        opset = default_opset(graph)
+        opset = graph_opset(graph)
         if form == "ascend" and changed and opset not in ASCEND_PARSER_OPSETS:
             notes.append(
                 f"graph declares opset {opset}; ATC's ONNX parser registers DeformableConv2D for opsets "
@@ -306,8 +299,8 @@ def lower_to_reference(graph: gs.Graph, node: gs.Node) -> None:
     """
     if not any(n is node for n in graph.nodes):
         return  # lowered already, together with the graph's opset upgrade
-    if default_opset(graph) >= DEFORM_CONV_MIN_OPSET or graph_opset_bump_is_safe(graph, DEFORM_CONV_MIN_OPSET):
-        set_default_opset(graph, max(default_opset(graph), DEFORM_CONV_MIN_OPSET))
+    if graph_opset(graph) >= DEFORM_CONV_MIN_OPSET or graph_opset_bump_is_safe(graph, DEFORM_CONV_MIN_OPSET):
+        set_default_opset(graph, max(graph_opset(graph), DEFORM_CONV_MIN_OPSET))
         _lower_one(graph, node)
         return
     _upgrade_graph_in_place(graph, DEFORM_CONV_MIN_OPSET)

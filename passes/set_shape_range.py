@@ -47,16 +47,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from segc.errors import SegcError
+from segc.onnx_graph import constant_array, is_absent, producer, unique_name
 from segc.passbase import Contract, GraphPass, OptionKind, PassContext, PassOption, PassResult, register_pass
-from segc.passes._shape_expr import (
-    INT64_MAX,
-    ShapeAnalysis,
-    ShapeConflict,
-    const_array,
-    is_empty,
-    producer,
-    reshape_dims,
-)
+from segc.passes._shape_expr import ShapeAnalysis, ShapeConflict
+from segc.passes._shape_sizes import INT64_MAX, reshape_dims
 from segc.passes._sym_poly import Poly, as_int, float32_exact
 from segc.shapes import OPT_SHAPE_KEY, SHAPE_RANGE_KEY, ShapeRange, format_ranges, parse_shape_range, parse_static_shape
 
@@ -238,16 +232,6 @@ def _product(dims: tuple[Poly, ...] | list[Poly]) -> Poly:
     return total
 
 
-def _unique_name(graph: gs.Graph, base: str, taken: set[str]) -> str:
-    if not taken:
-        taken.update(graph.tensors().keys())
-    name, i = base, 1
-    while name in taken:
-        name, i = f"{base}_{i}", i + 1
-    taken.add(name)
-    return name
-
-
 class _Fixer:
     """Called before the analysis visits each node: rewrites sizes baked in at the trace."""
 
@@ -274,7 +258,9 @@ class _Fixer:
         return out
 
     def _const(self, base: str, values: np.ndarray) -> gs.Constant:
-        return gs.Constant(_unique_name(self.graph, base, self._taken), values)
+        if not self._taken:  # filled on the first new constant: most graphs need none
+            self._taken.update(self.graph.tensors().keys())
+        return gs.Constant(unique_name(base, self._taken), values)
 
     @staticmethod
     def _varies(d: Poly) -> bool:
@@ -365,9 +351,9 @@ class _Fixer:
                 f"set_shape_range: Reshape {node.name!r} to {literal} has {len(varying)} output dims that vary "
                 f"({', '.join(str(d) for d in src)} in), but a constant shape can infer only one (-1)"
             )
-        if new == literal and const_array(node.inputs[1]) is not None:
+        if new == literal and constant_array(node.inputs[1]) is not None:
             return
-        shown = literal if const_array(node.inputs[1]) is not None else f"{target} (traced {literal})"
+        shown = literal if constant_array(node.inputs[1]) is not None else f"{target} (traced {literal})"
         node.inputs[1] = self._const(f"{node.name or 'reshape'}_shape", np.array(new, dtype=np.int64))
         self.counts["reshapes_fixed"] += 1
         self.notes.append(f"Reshape {node.name!r}: shape {shown} -> {new}")
@@ -381,7 +367,7 @@ class _Fixer:
         shapes); None when they already follow the input."""
         scales_t, sizes_t = self.analysis.resize_operands(node)
         if sizes_t is not None:
-            literal = const_array(sizes_t)
+            literal = constant_array(sizes_t)
             if literal is not None:
                 sizes: list[Fraction] = [Fraction(int(v)) for v in literal.reshape(-1)]
                 shown = str(literal.reshape(-1).tolist())
@@ -409,7 +395,7 @@ class _Fixer:
             if t_in is None or len(sizes) != len(axes):
                 return None
             return [Fraction(sz) / t_in[a] for a, sz in zip(axes, sizes, strict=False)], f"sizes {shown}"
-        if scales_t is None or const_array(scales_t) is not None:
+        if scales_t is None or constant_array(scales_t) is not None:
             return None
         sym = self.analysis.value(scales_t)
         if sym is not None and sym.constants() is not None:
@@ -454,7 +440,7 @@ class _Fixer:
         node.inputs[2] = scales
         while len(node.inputs) > 3:
             del node.inputs[3]
-        if is_empty(node.inputs[1]) and self.analysis.opset < 13:
+        if is_absent(node.inputs[1]) and self.analysis.opset < 13:
             node.inputs[1] = self._const(f"{node.name or 'resize'}_roi", np.zeros(0, np.float32))
         self.counts["resizes_fixed"] += 1
         self.notes.append(f"Resize {node.name!r}: {what} -> scales {[str(k) for k in ratios]}")
@@ -463,7 +449,7 @@ class _Fixer:
 
     # Expand -----------------------------------------------------------------------------------------
     def _fix_Expand(self, node: gs.Node) -> None:
-        target = const_array(node.inputs[1])
+        target = constant_array(node.inputs[1])
         src = self.analysis.shape(node.inputs[0])
         if target is None or src is None or not any(self._varies(d) for d in src):
             return
@@ -487,18 +473,18 @@ class _Fixer:
         if self.analysis.opset < 10 or len(node.inputs) < 3:
             return
         src = self.analysis.shape(node.inputs[0])
-        ends = const_array(node.inputs[2])
-        starts = const_array(node.inputs[1])
+        ends = constant_array(node.inputs[2])
+        starts = constant_array(node.inputs[1])
         if src is None or ends is None or starts is None or not any(self._varies(d) for d in src):
             return
         axes = (
-            const_array(node.inputs[3])
-            if len(node.inputs) > 3 and not is_empty(node.inputs[3])
+            constant_array(node.inputs[3])
+            if len(node.inputs) > 3 and not is_absent(node.inputs[3])
             else np.arange(len(ends))
         )
         steps = (
-            const_array(node.inputs[4])
-            if len(node.inputs) > 4 and not is_empty(node.inputs[4])
+            constant_array(node.inputs[4])
+            if len(node.inputs) > 4 and not is_absent(node.inputs[4])
             else np.ones(len(ends), np.int64)
         )
         if axes is None or steps is None:
@@ -563,7 +549,7 @@ class _Fixer:
 
 def _grid_advice(graph: gs.Graph, ranges: list[ShapeRange]) -> str:
     """What range the model can run on: its total stride's grid, as ``--input-shape`` text."""
-    from segc.passes._shape_expr import total_stride
+    from segc.passes._shape_stride import total_stride
     from segc.passes.fold_resize_scales import suggest_range
 
     generic = "pick range bounds it supports"
@@ -614,7 +600,7 @@ def _suspects(node: gs.Node, limit: int = 400) -> list[gs.Node]:
             seen.add(id(p))
             if (
                 p.op in _SHAPE_LITERAL_OPS
-                and any(const_array(x) is not None for x in p.inputs[1:])
+                and any(constant_array(x) is not None for x in p.inputs[1:])
                 or p.op == "ConstantOfShape"
             ):
                 found.append(p)

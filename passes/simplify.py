@@ -34,7 +34,7 @@ from typing import Any
 
 import onnx
 
-from segc.errors import SegcError
+from segc.errors import SegcError, first_line
 from segc.modelio import has_disk_tensors, tensor_nbytes, weight_bytes
 from segc.passbase import (Contract, ModelPass, OptionKind, PassContext, PassOption, PassResult, carry_model_fields,
                            register_pass)
@@ -147,7 +147,7 @@ class _OnnxsimInput:
         except SegcError:
             raise
         except Exception as exc:  # noqa: BLE001 - onnxsim raises bare RuntimeErrors from C++
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             notes.append(f"onnx-simplifier could not process the model: {first[:300]}")
             return None
         return simplified

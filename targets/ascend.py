@@ -54,6 +54,7 @@ from typing import Any
 import onnx
 
 from segc.errors import SegcError
+from segc.onnx_graph import real_inputs
 from segc.outdir import write_text
 from segc.shapes import ShapeRange
 from segc.targets.base import (Artefact, BuildOptions, Target, TargetFlag, TargetOptions, Violation, own_options,
@@ -172,12 +173,9 @@ def _static_range(name: str, dims: list[int]) -> ShapeRange:
 
 def input_ranges(model: onnx.ModelProto, options: BuildOptions) -> list[ShapeRange]:
     """One range per real model input: from the build options, else the model's static shape."""
-    init = {t.name for t in model.graph.initializer}
     given = {r.name: r for r in options.shape_ranges}
     ranges: list[ShapeRange] = []
-    for value in model.graph.input:
-        if value.name in init:
-            continue
+    for value in real_inputs(model):
         if value.name in given:
             ranges.append(given[value.name])
             continue
@@ -350,9 +348,8 @@ def _static_build_fixes_symbolic_dims(model: onnx.ModelProto, options: BuildOpti
     folded graph.
     """
     static = {r.name for r in options.shape_ranges if r.is_static}
-    init = {t.name for t in model.graph.initializer}
-    symbolic = [vi.name for vi in model.graph.input if vi.name not in init
-                and any(not d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim)]
+    symbolic = [vi.name for vi in real_inputs(model)
+                if any(not d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim)]
     return bool(symbolic) and all(name in static for name in symbolic)
 
 
@@ -393,7 +390,7 @@ def _grid(model: onnx.ModelProto) -> int:
     """The spatial grid for gears: the model's total stride (32 when it has none to find)."""
     import onnx_graphsurgeon as gs
 
-    from segc.passes._shape_expr import total_stride
+    from segc.passes._shape_stride import total_stride
 
     stride = total_stride(gs.import_onnx(model))
     return stride if stride and stride > 1 else 32

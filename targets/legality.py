@@ -47,6 +47,7 @@ from typing import Any, Iterable
 import onnx
 
 from segc.errors import SegcError
+from segc.onnx_graph import default_opset, real_input_names, real_inputs
 from segc.shapes import ShapeRange
 from segc.targets.base import BuildOptions, Severity, Violation, registered
 
@@ -124,13 +125,6 @@ def load_profile(name: str) -> Profile:
 # --------------------------------------------------------------------------- helpers
 
 
-def _default_opset(model: onnx.ModelProto) -> int | None:
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return int(imp.version)
-    return None
-
-
 def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     for a in node.attribute:
         if a.name == name:
@@ -204,7 +198,7 @@ def check_model(model: onnx.ModelProto, profile: Profile, options: BuildOptions 
 
 
 def _check_opset(model: onnx.ModelProto, profile: Profile) -> list[Violation]:
-    version = _default_opset(model)
+    version = default_opset(model)
     lo, hi = profile.opset_range
     if version is None or lo <= version <= hi:
         return []
@@ -222,8 +216,7 @@ def _check_ranges(model: onnx.ModelProto, profile: Profile, options: BuildOption
     """A shape range must name a real input of the same rank whose ranged dims are symbolic."""
     found: list[Violation] = []
     inputs = {i.name: i for i in model.graph.input}
-    init = {t.name for t in model.graph.initializer}
-    real = [n for n in inputs if n not in init]
+    real = real_input_names(model)
     ranged = _is_ranged(options)
     if ranged and not profile.data.get("dynamic_shapes", {}).get("ranges", False):
         found.append(Violation(MODEL, "input", f"{profile.vendor} cannot build for shape ranges; give static shapes"))
@@ -261,11 +254,10 @@ def _check_batches(model: onnx.ModelProto, profile: Profile, options: BuildOptio
         requested |= set(options.batch_range)
     if not requested:
         return []
-    init = {t.name for t in model.graph.initializer}
     found: list[Violation] = []
-    for value in model.graph.input:
+    for value in real_inputs(model):
         dims = value.type.tensor_type.shape.dim
-        if value.name in init or not dims or not dims[0].HasField("dim_value"):
+        if not dims or not dims[0].HasField("dim_value"):
             continue
         fixed = dims[0].dim_value
         other = sorted(b for b in requested if b != fixed)
@@ -314,11 +306,7 @@ def _check_io_dtypes(model: onnx.ModelProto, profile: Profile) -> list[Violation
     if not allowed:
         return []
     found: list[Violation] = []
-    init = {t.name for t in model.graph.initializer}
-    for kind, values in (
-        ("input", [v for v in model.graph.input if v.name not in init]),
-        ("output", model.graph.output),
-    ):
+    for kind, values in (("input", real_inputs(model)), ("output", model.graph.output)):
         for v in values:
             elem = v.type.tensor_type.elem_type
             if elem and _dtype_name(elem) not in allowed:
@@ -341,7 +329,7 @@ def _check_nodes(model: onnx.ModelProto, profile: Profile, options: BuildOptions
     ops = profile.ops
     partial = bool(profile.data.get("ops", {}).get("partial", False))
     allow_unlisted = options.allow_unlisted_ops
-    opset = _default_opset(model)
+    opset = default_opset(model)
     found: list[Violation] = []
     for node in graph.node:
         domain = "" if node.domain in ("", "ai.onnx") else node.domain

@@ -41,6 +41,7 @@ from typing import Any
 import onnx
 
 from segc.errors import SegcError
+from segc.onnx_graph import real_inputs
 from segc.shapes import ShapeRange
 from segc.targets.base import (Artefact, BuildOptions, Target, TargetFlag, TargetOptions, Violation, own_options,
                                register_target)
@@ -105,7 +106,6 @@ def input_ranges(model: onnx.ModelProto, options: BuildOptions) -> list[ShapeRan
     The batch range comes from ``batch_range`` (recipe: OCRNet 1..16) or from
     ``batch_sizes`` (min..max); a static input with neither is built static.
     """
-    init = {t.name for t in model.graph.initializer}
     given = {r.name: r for r in options.shape_ranges}
     batch: tuple[int, int] | None = None
     if options.batch_range:
@@ -113,9 +113,7 @@ def input_ranges(model: onnx.ModelProto, options: BuildOptions) -> list[ShapeRan
     elif len(options.batch_sizes) > 1:
         batch = (min(options.batch_sizes), max(options.batch_sizes))
     ranges = []
-    for value in model.graph.input:
-        if value.name in init:
-            continue
+    for value in real_inputs(model):
         if value.name in given:
             r = given[value.name]
         else:

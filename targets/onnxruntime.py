@@ -20,7 +20,7 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from segc.errors import SegcError
+from segc.errors import SegcError, first_line
 from segc.modelio import has_disk_tensors
 from segc.ortrun import inference_session
 from segc.outdir import replacing
@@ -78,7 +78,7 @@ def write_optimised_copy(model: onnx.ModelProto, dest: Path) -> Path:
                 opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
             inference_session(model, opts)
         except Exception as exc:  # onnxruntime raises its own exception types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise SegcError(f"onnxruntime cannot load the model for optimisation: {first}") from None
     return dest
 

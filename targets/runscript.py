@@ -27,6 +27,7 @@ from pathlib import Path
 
 import onnx
 
+from segc.onnx_graph import real_input_names
 from segc.outdir import write_text
 from segc.targets.base import Artefact, BuildOptions
 from segc.targets.buildscript import Requirement, render_script
@@ -109,10 +110,7 @@ def write_run_script(outdir: Path, options: BuildOptions, target: str, model_fil
                      model: onnx.ModelProto) -> list[Artefact]:
     """``run.sh`` + ``run_device.py`` for the built ``model_file`` (relative to ``outdir``)."""
     ranges = options.shape_ranges
-    inits = {t.name for t in model.graph.initializer}
-    input_name = next(
-        (vi.name for vi in model.graph.input if vi.name not in inits), ranges[0].name if ranges else "input"
-    )
+    input_name = next(iter(real_input_names(model)), ranges[0].name if ranges else "input")
     dynamic = any(not r.is_static for r in ranges)
     biggest = max((_prod(r.max) for r in ranges), default=0)
     settings = {

@@ -30,6 +30,7 @@ from typing import Any
 import onnx
 
 from segc.errors import SegcError
+from segc.onnx_graph import real_inputs
 from segc.outdir import write_text
 from segc.shapes import ShapeRange, parse_static_shape
 from segc.targets.base import (Artefact, BuildOptions, Target, TargetFlag, TargetOptions, Violation, own_options,
@@ -49,11 +50,8 @@ def _dims(shape: tuple[int, ...], sep: str = "x") -> str:
 
 def dynamic_inputs(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     """Real inputs and their dims (None where symbolic)."""
-    init = {t.name for t in model.graph.initializer}
     out: dict[str, list[int | None]] = {}
-    for value in model.graph.input:
-        if value.name in init:
-            continue
+    for value in real_inputs(model):
         out[value.name] = [
             d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
             for d in value.type.tensor_type.shape.dim
@@ -97,10 +95,16 @@ class TensorRTOptions(TargetOptions):
 
 
 FLAGS = (
-    TargetFlag("--workspace-mb", "trtexec workspace pool in MiB (--memPoolSize=workspace:N)", kind="int",
-               metavar="MIB"),
-    TargetFlag("--calib-cache", "an existing TensorRT int8 calibration cache: copied into the build as calib.cache, "
-               "used instead of calibrating", kind="path", metavar="FILE"),
+    TargetFlag(
+        "--workspace-mb", "trtexec workspace pool in MiB (--memPoolSize=workspace:N)", kind="int", metavar="MIB"
+    ),
+    TargetFlag(
+        "--calib-cache",
+        "an existing TensorRT int8 calibration cache: copied into the build as calib.cache, "
+        "used instead of calibrating",
+        kind="path",
+        metavar="FILE",
+    ),
 )
 
 
@@ -193,11 +197,15 @@ def keep_fp32_flags(options: BuildOptions) -> list[str]:
         return []
     for name in options.fp32_layers:
         if any(c in name for c in ",:") or not name:
-            raise SegcError(f"node {name!r} is to be kept fp32, but trtexec's --layerPrecisions cannot name it "
-                            f"(',' and ':' separate its list); rename the node")
-    return ["--precisionConstraints=obey",
-            "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in options.fp32_layers),
-            "--layerOutputTypes=" + ",".join(f"{n}:fp32" for n in options.fp32_layers)]
+            raise SegcError(
+                f"node {name!r} is to be kept fp32, but trtexec's --layerPrecisions cannot name it "
+                f"(',' and ':' separate its list); rename the node"
+            )
+    return [
+        "--precisionConstraints=obey",
+        "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in options.fp32_layers),
+        "--layerOutputTypes=" + ",".join(f"{n}:fp32" for n in options.fp32_layers),
+    ]
 
 
 def workspace_flags(options: BuildOptions) -> list[str]:
@@ -254,8 +262,9 @@ CALIB_CACHE = "calib.cache"
 CALIB_LOADER = "calib_loader.py"
 
 
-def calibration_steps(model: onnx.ModelProto, model_path: Path, outdir: Path,
-                      options: BuildOptions) -> tuple[list[Step], list[Artefact]]:
+def calibration_steps(
+    model: onnx.ModelProto, model_path: Path, outdir: Path, options: BuildOptions
+) -> tuple[list[Step], list[Artefact]]:
     """The calibration cache trtexec's ``--calib`` reads, made by polygraphy's calibrator.
 
     trtexec cannot calibrate from images; polygraphy's ``convert --int8`` runs TensorRT's
@@ -270,8 +279,18 @@ def calibration_steps(model: onnx.ModelProto, model_path: Path, outdir: Path,
     assert files is not None
     loader = outdir / CALIB_LOADER
     write_text(loader, calib_loader_text(files))
-    argv = ["polygraphy", "convert", relative_name(model_path, outdir), "--int8", "--data-loader-script", CALIB_LOADER,
-            "--calibration-cache", CALIB_CACHE, "-o", "calib_probe.engine"]
+    argv = [
+        "polygraphy",
+        "convert",
+        relative_name(model_path, outdir),
+        "--int8",
+        "--data-loader-script",
+        CALIB_LOADER,
+        "--calibration-cache",
+        CALIB_CACHE,
+        "-o",
+        "calib_probe.engine",
+    ]
     ranges = build_ranges(model, options)
     if ranges and not all(r.is_static for r in ranges):
         for flag, pick in (("--trt-min-shapes", "min"), ("--trt-opt-shapes", "opt"), ("--trt-max-shapes", "max")):
@@ -317,8 +336,10 @@ class TensorRTTarget(Target):
         elif options.precision == "int8" and options.calib_images is not None:
             calib_steps, calib_files = calibration_steps(model, Path(model_path), outdir, options)
         if options.precision == "int8" and not has_calibration(options):
-            notes.append("int8 without --calib-images or --calib-cache: trtexec uses placeholder scales, "
-                         "so this engine is for timing only")
+            notes.append(
+                "int8 without --calib-images or --calib-cache: trtexec uses placeholder scales, "
+                "so this engine is for timing only"
+            )
         grid = "; ".join(r.multiples_text() for r in build_ranges(model, options) if r.has_multiples)
         comment = "build the engine (and time it)" + (
             f"; {grid} (segc folded the Resizes for those sizes only)" if grid else ""
@@ -340,5 +361,5 @@ class TensorRTTarget(Target):
             title="TensorRT vs onnxruntime comparison",
             notes=notes,
         )
-        engine = next(a[len("--saveEngine="):] for a in build.argv if a.startswith("--saveEngine="))
+        engine = next(a[len("--saveEngine=") :] for a in build.argv if a.startswith("--saveEngine="))
         return [*calib_files, script, compare_script, *write_run_script(outdir, options, "tensorrt", engine, model)]

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 from segc.errors import SegcError
 from segc.ortrun import run_model
 from segc.passbase import PassContext, get_pass, load_builtin_passes
-from segc.passes._shape_expr import total_stride
+from segc.passes._shape_stride import total_stride
 from segc.shapes import SHAPE_RANGE_KEY, parse_shape_range, ranges_from_metadata
 
 sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib adds no test folders
