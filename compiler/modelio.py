@@ -18,7 +18,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -277,14 +277,15 @@ def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     full serialisation: seconds on a 250 MB network, at every load.
     """
     skeleton = onnx.ModelProto()
-    _copy_fields(model, skeleton, skip="graph")
-    _copy_fields(model.graph, skeleton.graph, skip="initializer")
+    copy_fields_except(model, skeleton, skip="graph")
+    copy_fields_except(model.graph, skeleton.graph, skip="initializer")
     for t in model.graph.initializer:
         skeleton.graph.initializer.add(name=t.name, data_type=t.data_type, dims=[0])
     return skeleton
 
 
-def _copy_fields(src, dst, skip: str) -> None:
+def copy_fields_except(src: Any, dst: Any, skip: str) -> None:
+    """Copy every set field of message ``src`` into ``dst`` but ``skip`` (repeated fields appended)."""
     for fd, value in src.ListFields():
         if fd.name == skip:
             continue
@@ -398,9 +399,9 @@ def serialised_chunks(model: onnx.ModelProto) -> Iterator[bytes]:
         yield model.SerializeToString()
         return
     head = onnx.ModelProto()
-    _copy_fields(model, head, skip="graph")
+    copy_fields_except(model, head, skip="graph")
     rest = onnx.GraphProto()
-    _copy_fields(graph, rest, skip="initializer")
+    copy_fields_except(graph, rest, skip="initializer")
     rest_bytes = rest.SerializeToString()
     del rest
     sizes = [t.ByteSize() for t in graph.initializer]
