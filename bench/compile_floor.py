@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "thirdparty"))
 
-from run_bench import PY, SEED_SHAPES, SEGC, export_seed, measure  # noqa: E402
+from run_bench import PY, SEED_SHAPES, SEGC, export_seed, measure, precompile_segc  # noqa: E402
 
 THIRD_PARTY = ("ppocrv4_det",)
 TOOLS = ("segc", "load+save", "onnxsim")
@@ -121,6 +121,7 @@ def main() -> int:
     ap.add_argument("--models", default=",".join([*SEED_SHAPES, *THIRD_PARTY]))
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    precompile_segc()
     out = Path(args.out)
     (out / "models").mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"load_start": os.getloadavg()[0], "rounds": args.rounds, "cpus": os.cpu_count(), "models": {}}
