@@ -395,7 +395,8 @@ def serialised_chunks(model: onnx.ModelProto) -> Iterator[bytes]:
     the canonical encoding; tests/compiler/test_save_stream.py checks the round trip).
     """
     graph = model.graph
-    if sum(len(t.raw_data) if t.HasField("raw_data") else 0 for t in graph.initializer) < STREAM_MIN:
+    # sized from dims: reading ``t.raw_data`` in Python copies the bytes
+    if sum(tensor_nbytes(t) for t in graph.initializer if t.HasField("raw_data")) < STREAM_MIN:
         yield model.SerializeToString()
         return
     head = onnx.ModelProto()

@@ -138,7 +138,7 @@ class Sha256Writer:
             self._digest.update(chunk)
             return
         if self._queue is None:
-            self._queue = queue.Queue(maxsize=16)  # bounds what is held for hashing (chunks are tensors)
+            self._queue = queue.Queue(maxsize=2)  # at most two chunks (tensors) wait to be hashed
             self._thread = threading.Thread(target=self._run, name="segc-sha256", daemon=True)
             self._thread.start()
         self._queue.put(chunk)

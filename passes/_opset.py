@@ -10,7 +10,7 @@ from __future__ import annotations
 import onnx
 
 from segc.errors import SegcError
-from segc.modelio import copy_fields_except
+from segc.modelio import copy_fields_except, tensor_nbytes
 
 _PARKING_DOMAIN = "segc.unversioned"
 
@@ -69,7 +69,8 @@ def _skeleton(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, onnx.T
     copy_fields_except(model.graph, skeleton.graph, "initializer")
     kept: dict[str, onnx.TensorProto] = {}
     for t in model.graph.initializer:
-        if len(t.raw_data) >= WEIGHTLESS_MIN and t.name not in kept:
+        # sized from dims: reading ``t.raw_data`` in Python copies the bytes
+        if t.HasField("raw_data") and tensor_nbytes(t) >= WEIGHTLESS_MIN and t.name not in kept:
             kept[t.name] = t
             skeleton.graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims, doc_string=t.doc_string)
         else:
