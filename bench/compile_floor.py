@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "thirdparty"))
 
-from run_bench import PY, SEED_SHAPES, SEGC, export_seed, measure  # noqa: E402
+from run_bench import PY, SEED_SHAPES, SEGC, export_seed, measure, precompile_segc  # noqa: E402
 
 THIRD_PARTY = ("ppocrv4_det",)
 TOOLS = ("segc", "load+save", "onnxsim")
@@ -63,9 +63,15 @@ def commands(model: Path, work: Path, extra: list[str]) -> dict[str, list[str]]:
 
 
 def node_count(path: Path) -> int | None:
-    import onnx
+    """Counted in a child process: this one must stay small, because a child's ``ru_maxrss``
+    starts from its parent's resident size at the fork (Linux carries the high-water mark
+    over exec), which made every small model's peak read as this process's 582 MiB."""
+    if not path.exists():
+        return None
+    import subprocess
 
-    return len(onnx.load(str(path), load_external_data=False).graph.node) if path.exists() else None
+    code = "import onnx,sys; print(len(onnx.load(sys.argv[1], load_external_data=False).graph.node))"
+    return int(subprocess.run([PY, "-c", code, str(path)], capture_output=True, text=True, check=True).stdout)
 
 
 def bench_model(name: str, out: Path, rounds: int) -> dict[str, Any]:
@@ -140,6 +146,7 @@ def main() -> int:
     ap.add_argument("--models", default=",".join([*SEED_SHAPES, *THIRD_PARTY]))
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    precompile_segc()
     out = Path(args.out)
     (out / "models").mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {

@@ -50,6 +50,22 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]
             "error": err.strip().splitlines()[-1] if proc.returncode and err.strip() else None}
 
 
+def precompile_segc() -> None:
+    """Write segc's bytecode once, as installing it from a wheel does.
+
+    onnx, onnxruntime and onnx-simplifier come from wheels, so their processes load compiled
+    bytecode; segc here is an editable install, and with PYTHONDONTWRITEBYTECODE set (as on
+    this machine) every segc process would compile all its sources again: 0.1 s quiet, up to
+    0.8 s on a loaded machine (measured on ppocrv4_det, issue 11), which no user pays twice.
+    """
+    import compileall
+    import importlib
+
+    for package in ("segc", "segc.passes", "segc.targets", "segc.models"):
+        for folder in importlib.import_module(package).__path__:
+            compileall.compile_dir(folder, maxlevels=0, quiet=1)
+
+
 def export_seed(name: str, models_dir: Path) -> Path:
     path = models_dir / f"{name}.onnx"
     if not path.exists():
@@ -180,6 +196,7 @@ def main() -> int:
     ap.add_argument("--scaling", default="1000,5000,20000,50000")
     ap.add_argument("--skip-seed", action="store_true", help="only the synthetic scaling run")
     args = ap.parse_args()
+    precompile_segc()
     out = Path(args.out)
     (out / "models").mkdir(parents=True, exist_ok=True)
     (out / "work").mkdir(parents=True, exist_ok=True)

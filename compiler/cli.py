@@ -41,7 +41,15 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``command`` (the one being run), the arguments of the
+    other subcommands that live in modules of their own (export's zoo, batch, data,
+    evaluate) are left out, so a compile does not import them (every module a run does not
+    use is start-up time). Their subparsers stay, so ``segc --help`` lists them."""
+
+    def wanted(name: str) -> bool:
+        return command is None or command == name
+
     parser = _Parser(prog="segc",
                      description="Compile segmentation and text-detection models to verified vendor builds.",
                      epilog=EXIT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,12 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     exp = sub.add_parser("export", help="export a seed model from PyTorch to ONNX (needs the export extra)")
-    try:
-        from segc.models.export import add_export_arguments
-    except ImportError:  # the zoo is optional; its absence is reported when export is used
-        pass
-    else:
-        add_export_arguments(exp)
+    if wanted("export"):
+        try:
+            from segc.models.export import add_export_arguments
+        except ImportError:  # the zoo is optional; its absence is reported when export is used
+            pass
+        else:
+            add_export_arguments(exp)
 
     c = sub.add_parser("compile", help="run the verified pass pipeline and emit a vendor build")
     c.add_argument("model", help="input .onnx")
@@ -127,11 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace files in the output folder that segc did not write (never the input model)",
     )
 
-    from segc.batch_run import add_batch_arguments
+    batch = sub.add_parser("batch", help="compile every model x target x option set of a manifest, in parallel, cached")
+    if wanted("batch"):
+        from segc.batch_run import add_batch_arguments
 
-    add_batch_arguments(
-        sub.add_parser("batch", help="compile every model x target x option set of a manifest, in parallel, cached")
-    )
+        add_batch_arguments(batch)
 
     p = sub.add_parser("passes", help="list the registered passes")
     p.add_argument("--json", action="store_true")
@@ -141,15 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--target")
     i.add_argument("--json", action="store_true")
 
-    from segc.data_cmd import add_data_arguments
-    from segc.evaluate_cmd import add_evaluate_arguments
+    data = sub.add_parser("data", help="preprocess a dataset into the .bin/.npy inputs device runners read")
+    evaluate = sub.add_parser("evaluate", help="mIoU or hmean of a model (onnxruntime or device outputs) on a dataset")
+    if wanted("data"):
+        from segc.data_cmd import add_data_arguments
 
-    add_data_arguments(
-        sub.add_parser("data", help="preprocess a dataset into the .bin/.npy inputs device runners read")
-    )
-    add_evaluate_arguments(
-        sub.add_parser("evaluate", help="mIoU or hmean of a model (onnxruntime or device outputs) on a dataset")
-    )
+        add_data_arguments(data)
+    if wanted("evaluate"):
+        from segc.evaluate_cmd import add_evaluate_arguments
+
+        add_evaluate_arguments(evaluate)
 
     v = sub.add_parser("verify", help="compare two models in onnxruntime")
     v.add_argument("reference")
@@ -177,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # inside the try: building the parser imports the export zoo (torch, seconds), and a
         # Ctrl-C during that start-up is an interruption like any other, not a traceback
-        parser = build_parser()
+        parser = build_parser(_command_of(argv))
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
@@ -206,6 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitStatus.INTERNAL
 
 
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` runs (its first word that is not an option), None for none."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "export":
         try:
@@ -221,11 +236,14 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         from segc.batch_run import run_batch
 
         return run_batch(args)
-    if args.command in ("data", "evaluate"):
+    if args.command == "data":
         from segc.data_cmd import run_data
+
+        return run_data(args)
+    if args.command == "evaluate":
         from segc.evaluate_cmd import run_evaluate
 
-        return run_data(args) if args.command == "data" else run_evaluate(args)
+        return run_evaluate(args)
     if args.command == "passes":
         from segc.passes_cmd import run_passes
 

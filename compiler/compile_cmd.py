@@ -21,7 +21,7 @@ from segc.errors import ExitStatus, InternalError, SegcError
 from segc.metrics import Tolerances
 from segc.modelio import file_sha256, load_model_and_files, save_model
 from segc.onnx_graph import real_inputs
-from segc.outdir import FIXED_NAMES, StagedOutput, check_dump_dir, require_utf8
+from segc.outdir import FIXED_NAMES, BackgroundSha256, StagedOutput, check_dump_dir, require_utf8
 from segc.ortrun import SESSION_STATS, SessionConfig
 from segc.fp16_emulation import fp32_layers
 from segc.passes.emulate_fp16 import precision_passes
@@ -262,6 +262,7 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
     started = time.perf_counter()
     src = Path(args.model)
     require_utf8(src, "input model")
+    input_digest = _hash_input(src)
     model, protect = load_model_and_files(src)
     target = get_target(args.target)
     recipe = resolve_recipe(args.recipe, model)
@@ -279,8 +280,15 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
     del model  # the pipeline frees the input once a pass has replaced it
     with StagedOutput(outdir, force=args.force, protect=protect, names=[out_name, *FIXED_NAMES]) as out:
         return _compile_into(
-            out, args, argv, src, handed, target, recipe, specs, ranges, tolerances, started, cli_warnings
+            out, args, argv, src, handed, target, recipe, specs, ranges, tolerances, started, cli_warnings, input_digest
         )
+
+
+def _hash_input(src: Path) -> BackgroundSha256 | None:
+    """The input's one sha256 (report, build.sh, batch cache keys), hashed on a second thread
+    while it is loaded, checked and planned; None when the file cannot be read (the load
+    then says why, as one line)."""
+    return BackgroundSha256(src) if src.is_file() else None
 
 
 def _self_contained(src: Path, protect: list[Path]) -> Path | None:
@@ -290,20 +298,21 @@ def _self_contained(src: Path, protect: list[Path]) -> Path | None:
 
 def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], src: Path, handed: HandOver,
                   target: Target, recipe: Recipe | None, specs: list[PassSpec], ranges: dict[str, ShapeRange],
-                  tolerances: Tolerances, started: float, cli_warnings: list[str]) -> int:
+                  tolerances: Tolerances, started: float, cli_warnings: list[str],
+                  input_digest: BackgroundSha256 | None = None) -> int:
     """Run, verify, check and emit into ``out``'s staging folder, then move it into place."""
     model = handed.model
     assert model is not None
     outdir = out.outdir
     out_model = out.path(f"{src.stem}.{target.name}.onnx")
-    input_hash = file_sha256(src)
     # --no-prune: the vendor tool cuts at these tensors; resolve them on the input model, as
     # prune_outputs does, and have the verifier watch them through every pass
     chosen_outputs = pin_selectors(model, args.outputs) if args.outputs and args.no_prune else []
     require_shapes = target.name != "onnxruntime"
 
     # everything below is checked before the first pass runs (docs/design.md, "The pipeline", step 2)
-    planned_options = build_options(args, recipe, target, [], chosen_outputs, argv, input_hash)
+    # the planned options are checked, never emitted: the input's hash may still be being computed
+    planned_options = build_options(args, recipe, target, [], chosen_outputs, argv, "")
     planned_options.shape_ranges = final_shapes(
         model, ranges, recipe, require=require_shapes, planned=_pass_ranges(specs), batch=planned_options.batch_sizes
     )
@@ -331,6 +340,7 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
     if args.dump_dir:
         instruments.append(DumpInstrument(args.dump_dir, protect=out.protect))
     SESSION_STATS.reset()
+    input_hash = (input_digest or BackgroundSha256(src)).hexdigest()  # joined before any pass: it names this file
     input_nodes = len(model.graph.node)
     del model  # `handed` gives the pipeline the only reference
     try:

@@ -44,9 +44,11 @@ import fcntl
 import hashlib
 import json
 import os
+import queue
 import re
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -93,18 +95,105 @@ def refuse_protected(path: Path, protect: Iterable[Path], what: str = "the input
 
 
 def file_sha256(path: str | Path) -> str:
-    """The sha256 of a file's bytes; read back unless this process wrote the file itself and
-    said what it wrote (:func:`remember_sha256`), since reading a multi-GB weight file back
-    only to hash it costs longer than writing it did."""
+    """The sha256 of a file's bytes; read back unless this process wrote the file itself
+    (:func:`write_file` and :func:`remember_sha256` record what they wrote), since hashing
+    costs about as long as writing did: 0.5 s for hrnet_w48_ocr's 268 MiB on this machine's
+    CPUs (no SHA extensions), which a compile paid twice for its output (issue 11)."""
     st = os.stat(path)
     known = _WRITTEN.get(_identity(st))
     if known is not None:
         return known
+    return _hash_file(path)
+
+
+def _hash_file(path: str | Path) -> str:
+    """Read ``path`` and hash it: the one place segc reads a file back only to hash it."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
+        for block in iter(lambda: fh.read(_HASH_BLOCK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+_HASH_BLOCK = 8 << 20  # hashlib drops the GIL for each update: large blocks let another thread run meanwhile
+_THREAD_MIN = 1 << 20  # bytes: below this a chunk is hashed inline (a thread costs more than it saves)
+
+
+class Sha256Writer:
+    """sha256 of a stream of chunks, computed on a second thread once a chunk is large.
+
+    hashlib releases the GIL while it hashes, so the digest of a model being written costs
+    no wall time when a second core is free: the main thread serialises the next tensor and
+    writes while this one hashes the last. Chunks are hashed in the order given.
+    """
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self._queue: queue.Queue[bytes | memoryview | None] | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def update(self, chunk: bytes | memoryview) -> None:
+        if self._queue is None and len(chunk) < _THREAD_MIN:
+            self._digest.update(chunk)
+            return
+        if self._queue is None:
+            self._queue = queue.Queue(maxsize=2)  # at most two chunks (tensors) wait to be hashed
+            self._thread = threading.Thread(target=self._run, name="segc-sha256", daemon=True)
+            self._thread.start()
+        self._queue.put(chunk)
+
+    def _run(self) -> None:
+        assert self._queue is not None
+        while (chunk := self._queue.get()) is not None:
+            try:
+                self._digest.update(chunk)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by hexdigest in the caller's thread
+                self._error = exc
+
+    def close(self) -> None:
+        """Wait for the thread (also after an error: no thread outlives its writer)."""
+        if self._queue is not None and self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._queue = None
+
+    def hexdigest(self) -> str:
+        self.close()
+        if self._error is not None:
+            raise self._error
+        return self._digest.hexdigest()
+
+
+class BackgroundSha256:
+    """The sha256 of a file, read and hashed on a second thread from the moment it is made.
+
+    ``segc compile`` starts one on the input before loading it, so the one hash of the input
+    (report.json, build.sh, the batch cache key) overlaps the load, checks and planning
+    instead of adding to them. :meth:`hexdigest` waits for it and re-raises its error.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._result: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="segc-input-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._result = file_sha256(self.path)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by hexdigest in the caller's thread
+            self._error = exc
+
+    def hexdigest(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            if isinstance(self._error, OSError):
+                raise SegcError(f"{shown(self.path)}: cannot read: {_cause(self._error)}") from None
+            raise self._error
+        assert self._result is not None
+        return self._result
 
 
 # sha256 of files this process wrote, by (device, inode, size, mtime): a rename keeps all four,
@@ -146,20 +235,35 @@ def write_file(path: str | Path, data: bytes, *, executable: bool = False, prote
     A full disk or a read-only folder is the user's problem to fix, so it is reported as one
     line naming the path and the cause, and the old file (if any) is left as it was.
     """
+    return write_chunks(path, (data,), executable=executable, protect=protect)
+
+
+def write_chunks(path: str | Path, chunks: Iterable[bytes | memoryview], *, executable: bool = False,
+                 protect: Sequence[Path] = ()) -> Path:
+    """:func:`write_file` for data given in pieces (a model streamed tensor by tensor, so it is
+    never held whole in memory). The sha256 of what was written is computed while writing
+    and remembered (:func:`remember_sha256`), so neither the manifest nor report.json reads
+    the file back to hash it."""
     path = Path(path)
     refuse_protected(path, protect)
     tmp = path.parent / f".{path.name}{_TMP_INFIX}{os.getpid()}-{os.urandom(4).hex()}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    digest = Sha256Writer()
     try:
         fd = os.open(tmp, flags, 0o777 if executable else 0o666)  # the umask applies, as for any tool
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            for chunk in chunks:
+                digest.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
             os.fsync(fd)
         finally:
             os.close(fd)
+            digest.close()
+        sha256 = digest.hexdigest()
         os.replace(tmp, path)  # replaces a symlink at ``path`` itself, never its target
+        remember_sha256(path, sha256)
     except BaseException as exc:  # a full disk or Ctrl-C: no temp file stays behind
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -145,7 +145,7 @@ def test_ctrl_c_while_starting_up_is_one_line(monkeypatch, capsys) -> None:
     most often lands at start-up: exit 130 and one line, no traceback."""
     import segc.cli as cli
 
-    def interrupted():
+    def interrupted(*_args: object) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "build_parser", interrupted)

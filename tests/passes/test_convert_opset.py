@@ -66,3 +66,39 @@ def test_seed_model_dbnet_dcn_for_ascend(seed_onnx) -> None:
     x = np.random.default_rng(2).standard_normal((1, 3, 128, 160)).astype(np.float32)
     np.testing.assert_allclose(run_model(out, {"input": x})["output"], run_model(model, {"input": x})["output"],
                                rtol=1e-4, atol=1e-6)
+
+
+def test_the_converter_never_sees_the_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large initializers go to onnx's converter as name, type and dims only (it serialises and
+    parses whatever it gets: issue 11), and come back with their data; small constants an
+    adapter may read (the ReduceSum axes that opset 13 -> 12 moves into an attribute) travel whole."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32), "w")  # 1728 bytes
+    axes = numpy_helper.from_array(np.array([2, 3], np.int64), "axes")
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1]),
+         helper.make_node("ReduceSum", ["a", "axes"], ["y"], keepdims=1)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 1, 1])], [w, axes])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    seen: list[onnx.ModelProto] = []
+    real = onnx.version_converter.convert_version
+
+    def spy(m: onnx.ModelProto, version: int) -> onnx.ModelProto:
+        seen.append(m)
+        return real(m, version)
+
+    monkeypatch.setattr(onnx.version_converter, "convert_version", spy)
+    out, result = ConvertOpset().apply(model, PassContext(options={"version": 12}))
+    assert result.changed and opset_of(out) == 12
+    sent = {t.name: t for t in seen[0].graph.initializer}
+    assert not sent["w"].raw_data and list(sent["w"].dims) == [16, 3, 3, 3]
+    assert sent["axes"].raw_data == axes.raw_data
+    reduce = next(n for n in out.graph.node if n.op_type == "ReduceSum")
+    assert [list(a.ints) for a in reduce.attribute if a.name == "axes"] == [[2, 3]]
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(run_model(out, {"x": x})["y"], run_model(model, {"x": x})["y"])
+    full = real(model, 12)
+    assert [t.SerializeToString() for t in out.graph.initializer] == [
+        t.SerializeToString() for t in full.graph.initializer
+    ]
