@@ -5,7 +5,6 @@ from __future__ import annotations
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import TensorProto, helper
-
 from segc.graph_view import GraphView
 
 
