@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--outputs", type=_csv, help="selectors of the tensors to keep as outputs (adds prune_outputs)")
     c.add_argument("--no-prune", action="store_true", help="keep the graph whole; pass chosen outputs to the vendor tool")
     c.add_argument("--nearest-resize", type=_csv, help="selectors of Resizes to switch to nearest (adds resize_to_nearest)")
-    c.add_argument("--verify", default="each", choices=["each", "end", "none"])
+    c.add_argument("--verify", default="each", choices=["each", "each-full", "end", "none"])
     c.add_argument("--verify-inputs", help=".npy, .npz or a folder of images to verify with")
     c.add_argument("--verify-data", metavar="KIND:ROOT",
                    help="judge the build on a labelled dataset (cityscapes:ROOT, icdar2015:ROOT) instead of the synthetic budget")

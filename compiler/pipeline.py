@@ -28,9 +28,10 @@ from segc.memory import release_memory
 from segc.metrics import Verdict
 from segc.passbase import Contract, GraphPass, PassContext, PassResult, carry_model_fields, get_pass
 from segc.recipe import Recipe
+from segc.boundary_verify import BoundaryChecker
 from segc.verify import GraphState, Verifier
 
-VERIFY_MODES = ("each", "end", "none")
+VERIFY_MODES = ("each", "each-full", "end", "none")
 
 
 @dataclass
@@ -57,6 +58,8 @@ class PassRecord:
     verdict: Verdict | None = None
     status: str = "pending"  # ok | unchanged | unverified | failed | error | skipped
     error: str | None = None
+    verified_by: str | None = None  # "boundary" | "whole" under --verify each (segc.boundary_verify)
+    region_nodes: int | None = None  # the changed region's size, when verified by boundary
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +75,8 @@ class PassRecord:
             "status": self.status,
             "error": self.error,
             "verdict": self.verdict.to_dict() if self.verdict else None,
+            "verified_by": self.verified_by,
+            "region_nodes": self.region_nodes,
         }
 
 
@@ -358,7 +363,8 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
     records = [PassRecord(i, s.name, contract_of(p, s.options).value, dict(s.options)) for i, (s, p) in enumerate(zip(specs, passes))]
     result = PipelineResult(model=onnx.ModelProto(), records=records, verify_mode=verify)  # set on every return
 
-    state: GraphState | None = verifier.initial_state(model) if verify != "none" and verifier else None
+    state: GraphState | None = verifier.initial_state(model, defer=verify == "each") if verify != "none" and verifier else None
+    checker = BoundaryChecker(verifier, full=verify == "each-full") if verifier is not None else None
     reference = state
     history: list[onnx.ModelProto] = [model] if verify == "end" else []
     working = WorkingModel(model)
@@ -405,10 +411,12 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
             return result
         record.seconds = time.perf_counter() - started
         _take(record, outcome)
-        if verify == "each" and outcome.changed and verifier is not None and state is not None:
+        if verify in ("each", "each-full") and outcome.changed and checker is not None and state is not None:
             t0 = time.perf_counter()
-            after = verifier.new_state(working.proto(), f"after {spec.name}")
-            record.verdict = verifier.compare(state, after, Contract(record.contract), tolerances_of(pass_obj, spec.options))
+            checked = checker.check(state, working.proto(), f"after {spec.name}", Contract(record.contract),
+                                    tolerances_of(pass_obj, spec.options))
+            after, record.verdict = checked.state, checked.verdict
+            record.verified_by, record.region_nodes = checked.verified_by.value, checked.region_nodes
             record.verify_seconds = time.perf_counter() - t0
             record.status = record.verdict.status
             if not record.verdict.ok:
