@@ -2,7 +2,9 @@
 
 Verification modes (DESIGN.md):
 
-- ``each``: every pass that changed the graph is judged against the state before it.
+- ``each``: every pass that changed the graph is judged against the state before it, at the
+  boundary of the region it changed where that is sound (segc.boundary_verify).
+- ``each-full``: the same, always on the whole model.
 - ``end``: the final graph is judged once against the input; on failure the pass list is
   bisected (each probe judges a prefix of the pipeline against the input) to name the first
   pass that breaks the model. Cheaper when everything passes, which is the common case.
