@@ -194,3 +194,18 @@ def test_the_pipeline_reports_how_each_pass_was_verified() -> None:
     assert record["verified_by"] == "boundary" and record["region_nodes"] == 1  # a4, now reading a3
     full = run_pipeline(_copy(model), [PassSpec("cleanup")], verify="each-full")
     assert full.ok and full.records[0].to_dict()["verified_by"] == "whole"
+
+
+def test_boundary_metrics_match_the_full_rule() -> None:
+    from segc.boundary_verify import boundary_metrics
+    from segc.metrics import compare_output
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((1, 64, 8, 8)).astype(np.float32)
+    cand = ref + np.float32(1e-3)
+    fast, full = boundary_metrics("t", "f", ref, cand), compare_output("t", "f", ref, cand)
+    assert fast.max_abs == full.max_abs and fast.ref_scale == full.ref_scale and fast.compared == full.compared
+    nan = cand.copy()
+    nan[0, 0, 0, 0] = np.nan
+    assert boundary_metrics("t", "f", ref, nan).nonfinite_mismatch == 1  # NaN: the full rule counts it
+    assert boundary_metrics("t", "f", ref, cand[:, :32]).shape != boundary_metrics("t", "f", ref, cand[:, :32]).ref_shape
