@@ -24,10 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import networkx as nx
 import onnx
 import onnx_graphsurgeon as gs
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 InputFilter = Callable[[int], Sequence[str]]
 
@@ -61,23 +64,31 @@ class GraphView:
                 if name:
                     self._producer.setdefault(name, i)
         self._consumers: dict[str, list[int]] = {}
-        self.graph: nx.DiGraph[int] = nx.DiGraph()
-        self.graph.add_nodes_from(range(len(self.inputs)))
+        self._edges: dict[tuple[int, int], set[str]] = {}
         for c, names in enumerate(self.inputs):
             for name in dict.fromkeys(names):
                 if not name:
                     continue
                 self._consumers.setdefault(name, []).append(c)
                 p = self._producer.get(name)
-                if p is None or p == c:
-                    continue
-                if self.graph.has_edge(p, c):
-                    data = self.graph.edges[p, c]
-                    data["tensors"] = data["tensors"] | {name}
-                    data["value"] = data["value"] or name in values[c]
-                else:
-                    self.graph.add_edge(p, c, tensors=frozenset({name}), value=name in values[c])
+                if p is not None and p != c:
+                    self._edges.setdefault((p, c), set()).add(name)
         self._values = values
+        self._graph: nx.DiGraph[int] | None = None
+
+    @property
+    def graph(self) -> nx.DiGraph[int]:
+        """The networkx DiGraph, built on first use: networkx costs 0.1 to 0.2 s to import, which a
+        compile that only looks up producers and consumers (``--verify none``) need not pay."""
+        if self._graph is None:
+            import networkx as nx
+
+            graph: nx.DiGraph[int] = nx.DiGraph()
+            graph.add_nodes_from(range(len(self.inputs)))
+            for (p, c), names in self._edges.items():
+                graph.add_edge(p, c, tensors=frozenset(names), value=bool(names & self._values[c]))
+            self._graph = graph
+        return self._graph
 
     # ---------------------------------------------------------------- constructors
     @classmethod
@@ -129,6 +140,8 @@ class GraphView:
 
         A cycle (an invalid graph) does not raise: the nodes of each cycle come together, in
         file order, where the cycle as a whole sits (so a selector still resolves)."""
+        import networkx as nx
+
         try:
             return list(nx.lexicographical_topological_sort(self.graph, key=int))
         except nx.NetworkXUnfeasible:
@@ -142,6 +155,8 @@ class GraphView:
             return [n for comp in order for n in sorted(groups[comp])]
 
     def is_acyclic(self) -> bool:
+        import networkx as nx
+
         return bool(nx.is_directed_acyclic_graph(self.graph))
 
     def downstream(self, sources: Iterable[int]) -> set[int]:
@@ -155,6 +170,8 @@ class GraphView:
     @staticmethod
     def _reach(graph: nx.DiGraph[int], sources: Iterable[int]) -> set[int]:
         """Nodes reachable from ``sources`` by at least one edge: breadth first from their successors."""
+        import networkx as nx
+
         firsts = list(dict.fromkeys(m for s in dict.fromkeys(sources) for m in graph.successors(s)))
         if not firsts:
             return set()
@@ -162,6 +179,8 @@ class GraphView:
 
     def walk_upstream(self, node: int) -> Iterator[int]:
         """The nodes ``node`` depends on, nearest first (breadth first; each once)."""
+        import networkx as nx
+
         firsts = self.predecessors(node)
         if firsts:
             for layer in nx.bfs_layers(self.graph.reverse(copy=False), firsts):
