@@ -209,3 +209,20 @@ def test_boundary_metrics_match_the_full_rule() -> None:
     nan[0, 0, 0, 0] = np.nan
     assert boundary_metrics("t", "f", ref, nan).nonfinite_mismatch == 1  # NaN: the full rule counts it
     assert boundary_metrics("t", "f", ref, cand[:, :32]).shape != boundary_metrics("t", "f", ref, cand[:, :32]).ref_shape
+
+
+def test_distant_changes_are_checked_as_parts_while_the_values_between_are_unchanged() -> None:
+    before = chains()
+    exact = _copy(before)
+    _relu_as_max(exact, "a1")
+    _relu_as_max(exact, "a7")  # convex region: a1..a7; as parts: a1 and a7, bit-identical outputs
+    region = find_region(before, exact)
+    assert isinstance(region, Region) and region.parts is not None and sorted(region.parts.nodes) == [1, 7]
+    out = _check(before, exact)
+    assert out.verdict.ok and out.region_nodes == 2
+    # a0 now differs in its last bits: a7's inputs after the pass are not the values before,
+    # so the parts do not stand and the convex region a0..a7 is checked instead
+    nudged = _copy(exact)
+    _init(nudged, "s_a0").CopyFrom(numpy_helper.from_array(np.array([1.0000001], np.float32), "s_a0"))
+    out = _check(before, nudged)
+    assert out.verdict.ok and out.verified_by.value == "boundary" and out.region_nodes == 8
