@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 from onnx import numpy_helper
+from segc.errors import SegcError
 from segc.graph_view import Boundary, GraphView
 from segc.metrics import OutputMetrics, Verdict, compare_output, judge
 from segc.ortrun import make_session, run_session
@@ -270,10 +271,15 @@ class BoundaryChecker:
         if reason is None and [f.shape_key for f in feeds] != [f.shape_key for f in self.verifier.feeds_for(before.model)]:
             reason = "the pass changed the shapes the graph is verified at"
         if reason is None and isinstance(region, Region):
-            outcome = self._at_boundary(before, after, after_model, region, feeds, contract, tolerances)
+            try:
+                outcome = self._at_boundary(before, after, after_model, region, feeds, contract, tolerances)
+            except SegcError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a bug here must not fail the compile: the whole check decides
+                outcome, reason = None, f"the boundary check raised {type(exc).__name__}: {_first_line(exc)}"
             if outcome is not None:
                 return outcome
-            reason = "the region could not run on its own"
+            reason = reason or "the region could not run on its own"
         return self._whole(before, after, contract, tolerances, reason or "")
 
     # ---------------------------------------------------------------- whole-model path
@@ -449,10 +455,11 @@ def boundary_metrics(name: str, feed: str, ref: np.ndarray, cand: np.ndarray) ->
     if ref.shape != cand.shape or ref.dtype != cand.dtype or ref.dtype.kind != "f" or not ref.size:
         return compare_output(name, feed, ref, cand)
     lo, hi = float(ref.min()), float(ref.max())  # NaN propagates: finite extremes mean a finite reference
-    diff_arr = np.subtract(ref, cand)
-    np.abs(diff_arr, out=diff_arr)
-    diff = float(diff_arr.max())
-    del diff_arr
+    delta = np.subtract(ref, cand)
+    if isinstance(delta, np.ndarray):
+        np.abs(delta, out=delta)  # in place: one temporary the size of the tensor, not two
+    diff = float(np.max(np.abs(delta)) if not isinstance(delta, np.ndarray) else delta.max())
+    del delta
     if not (np.isfinite(lo) and np.isfinite(hi) and np.isfinite(diff)):  # NaN/Inf somewhere: the full rule
         return compare_output(name, feed, ref, cand)
     scale = max(abs(lo), abs(hi))

@@ -226,3 +226,10 @@ def test_distant_changes_are_checked_as_parts_while_the_values_between_are_uncha
     _init(nudged, "s_a0").CopyFrom(numpy_helper.from_array(np.array([1.0000001], np.float32), "s_a0"))
     out = _check(before, nudged)
     assert out.verdict.ok and out.verified_by.value == "boundary" and out.region_nodes == 8
+
+
+def test_boundary_metrics_of_a_scalar() -> None:
+    from segc.boundary_verify import boundary_metrics
+
+    m = boundary_metrics("s", "f", np.array(2.0, np.float32), np.array(2.5, np.float32))
+    assert m.max_abs == 0.5 and m.ref_scale == 2.0 and m.compared == 1
