@@ -28,6 +28,9 @@ and checks only the changed region::
    boundary inputs; its boundary outputs are judged against the reference values of the same
    names by the pass's contract and tolerances. If they agree, every node downstream reads
    the same values as before (unchanged nodes, equal inputs), so the graph outputs agree too.
+   Distant changes are checked as separate convex *parts* (``_parts``) when no part reads,
+   through unchanged nodes, a value another part changed in any bit; else as one convex
+   region. The convex region's inputs are kept from the reference run either way.
 4. The cache moves on: values upstream of the region stay valid for the graph after the
    pass, the region's boundary outputs are the after-run's values, and values downstream of
    the region stay valid only when every boundary output was bit-identical.
@@ -44,6 +47,7 @@ before (renamed), a graph that is not well formed (a dangling input, a cycle), a
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -302,7 +306,10 @@ class BoundaryChecker:
             return CheckOutcome(after, verdict, VerifiedBy.BOUNDARY, region_nodes=0)
         view = GraphView.from_onnx(after_model.graph)
         if region.parts is not None:
-            ran = self._run_region(before, after_model, view, region.parts, feeds, contract, tolerances)
+            # the convex region's inputs ride along in the reference run (no extra compute: they
+            # lie upstream of the parts' inputs) and stay cached for a later pass over the same area
+            ran = self._run_region(before, after_model, view, region.parts, feeds, contract, tolerances,
+                                   keep=b.inputs)
             if ran is not None and not self._reads_a_changed_value(view, region.parts, ran[1]):
                 return self._finish(after, after_model, region, region.parts, feeds, ran)
         ran = self._run_region(before, after_model, view, b, feeds, contract, tolerances)
@@ -331,12 +338,12 @@ class BoundaryChecker:
 
     def _run_region(self, before: GraphState, after_model: onnx.ModelProto, view: GraphView, b: Boundary,
                     feeds: list[Feed], contract: Contract, tolerances: dict[str, float] | None,
-                    ) -> tuple[Verdict, list[OutputMetrics], dict[str, Values]] | None:
+                    keep: tuple[str, ...] = ()) -> tuple[Verdict, list[OutputMetrics], dict[str, Values]] | None:
         """Run ``b``'s nodes of the graph after on the reference values around them; judge."""
         after_inits = {t.name for t in after_model.graph.initializer}
         # unchanged constants the region reads travel inside the region model
         needed = list(dict.fromkeys([*(n for n in b.inputs if n not in after_inits), *b.outputs]))
-        reference = self._reference(before, needed, feeds)
+        reference = self._reference(before, needed, feeds, keep)
         if reference is None:
             return None
         feeds_in = [{n: ref[n] for n in b.inputs if n in ref} for ref in reference]
@@ -366,7 +373,8 @@ class BoundaryChecker:
         verdict.ok = not verdict.reasons
         return verdict, metrics, results
 
-    def _reference(self, before: GraphState, names: list[str], feeds: list[Feed]) -> list[Values] | None:
+    def _reference(self, before: GraphState, names: list[str], feeds: list[Feed],
+                   keep: tuple[str, ...] = ()) -> list[Values] | None:
         """``names``' values in the graph before, per feed: cached, else computed by its cone
         (one session for every feed)."""
         if self._cache.model is not before.model:
@@ -388,7 +396,8 @@ class BoundaryChecker:
         if missing:
             common = set.intersection(*(set(k) for k in knowns)) - real_inputs
             view = GraphView.from_onnx(model.graph)
-            computed = self._cone(before, view, common, missing, feeds, knowns)
+            also = [n for n in keep if n not in common and n not in missing and n not in real_inputs]
+            computed = self._cone(before, view, common, missing, feeds, knowns, also)
             if computed is None:
                 return None
             for known, values in zip(knowns, computed, strict=True):
@@ -396,7 +405,7 @@ class BoundaryChecker:
         return [{n: known[n] for n in names} for known in knowns]
 
     def _cone(self, before: GraphState, view: GraphView, common: set[str], missing: list[str], feeds: list[Feed],
-              knowns: list[Values]) -> list[Values] | None:
+              knowns: list[Values], also: Sequence[str] = ()) -> list[Values] | None:
         """Run the part of the graph before that computes ``missing`` from the tensors known
         (``common``) on every feed: the upstream cone of ``missing``, cut at known tensors."""
         nodes: set[int] = set()
@@ -412,14 +421,16 @@ class BoundaryChecker:
                     stack.append(p)
         reads = {name for i in nodes for name in view.inputs[i]}
         given = {n: knowns[0][n] for n in common if n in reads}
-        model = extract(before.model, view, nodes, given, missing)
+        produced = {o for i in nodes for o in view.outputs[i]}
+        outputs = [*missing, *(n for n in also if n in produced)]  # `also`: only what the cone computes anyway
+        model = extract(before.model, view, nodes, given, outputs)
         wanted = {i.name for i in model.graph.input}
         try:
             session = make_session(model, self.verifier.config)
             out: list[Values] = []
             for feed, known in zip(feeds, knowns, strict=True):
                 arrays = {**{k: v for k, v in feed.arrays.items() if k in wanted}, **{k: known[k] for k in given}}
-                out.append(run_session(session, arrays, missing))
+                out.append(run_session(session, arrays, outputs))
             return out
         except Exception:  # noqa: BLE001 - the graph before cannot run on its own here
             if not before.checked:
