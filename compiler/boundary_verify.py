@@ -177,6 +177,14 @@ def find_region(before: onnx.ModelProto, after: onnx.ModelProto, watched: tuple[
             if t.name in {o.name for o in ag.output} or t.name in watched:
                 return NoRegion(f"the changed constant {t.name!r} is itself an output")
             seeds.update(view.consumers(t.name))
+    # a retyped annotation can stop the graph loading (onnxruntime merges shapes leniently,
+    # element types not): the producer of such a tensor is checked as changed
+    old_types = {v.name: v.type.tensor_type.elem_type for v in bg.value_info}
+    for v in ag.value_info:
+        if old_types.get(v.name, v.type.tensor_type.elem_type) != v.type.tensor_type.elem_type:
+            p = view.producer(v.name)
+            if p is not None:
+                seeds.add(p)
     region = view.convex(seeds)
     parts = _parts(view, seeds)
     removed = sum(1 for n in bg.node if _node_key(n) not in after_keys)

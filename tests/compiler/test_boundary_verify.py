@@ -233,3 +233,12 @@ def test_boundary_metrics_of_a_scalar() -> None:
 
     m = boundary_metrics("s", "f", np.array(2.0, np.float32), np.array(2.5, np.float32))
     assert m.max_abs == 0.5 and m.ref_scale == 2.0 and m.compared == 1
+
+
+def test_a_retyped_annotation_puts_its_producer_in_the_region() -> None:
+    before = chains()
+    before.graph.value_info.append(helper.make_tensor_value_info("a4", TensorProto.FLOAT, None))
+    after = _copy(before)
+    after.graph.value_info[0].type.tensor_type.elem_type = TensorProto.INT64
+    region = find_region(before, after)
+    assert isinstance(region, Region) and sorted(region.boundary.nodes) == [4]
