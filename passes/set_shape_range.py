@@ -57,7 +57,6 @@ from segc.passes._shape_expr import (
     const_array,
     float32_exact,
     is_empty,
-    producer,
     reshape_dims,
 )
 from segc.shapes import OPT_SHAPE_KEY, SHAPE_RANGE_KEY, ShapeRange, format_ranges, parse_shape_range, parse_static_shape
@@ -556,9 +555,7 @@ def _suspects(graph: gs.Graph, node: gs.Node, limit: int = 400) -> list[gs.Node]
         return []
     view = GraphView.from_gs(graph, nodes)
     found: list[gs.Node] = []
-    seen = 0
-    for p in view.walk_upstream(index[id(node)]):
-        seen += 1
+    for seen, p in enumerate(view.walk_upstream(index[id(node)]), start=1):
         if seen > limit or len(found) >= 2:
             break
         cand = nodes[p]
