@@ -428,7 +428,6 @@ def test_dbnet_r50_dynamic_export_keeps_its_names(seed_onnx: Callable[..., Path]
 def test_suspects_are_the_nearest_upstream_nodes_with_a_literal_shape() -> None:
     """The hint for a conflict names where a traced size may live: nearest first, at most two."""
     import onnx_graphsurgeon as gs
-
     from segc.passes.set_shape_range import _suspects
 
     nodes = [
