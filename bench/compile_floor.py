@@ -17,6 +17,12 @@ hrnet_w48_ocr. Timings are never asserted anywhere: this script reports.
 Models: the five seed models at their seed shapes (``segc export NAME``, cached under
 ``OUT/models``) and the PP-OCRv4 detector from the rapidocr-onnxruntime wheel (fetched by
 tests/thirdparty/harness.py). Writes ``OUT/floor.json`` and ``OUT/floor.md``.
+
+``--verify-ratio`` times ``segc compile --target ascend`` instead with ``--verify none``,
+``each`` (checked at the boundary of each pass's change) and ``each-full`` (the whole model
+after every pass), alternating in the same rotation, and reports each/none (goal: at most
+2.0x on dbnet_r50) and each-full/none, with each pass's ``verified_by`` and region size from
+the last ``each`` report. Writes ``OUT/verify_ratio.json`` and ``OUT/verify_ratio.md``.
 """
 
 from __future__ import annotations
@@ -114,6 +120,77 @@ def bench_model(name: str, out: Path, rounds: int) -> dict[str, Any]:
     return entry
 
 
+VERIFY_MODES = ("none", "each", "each-full")
+
+
+def verify_ratio(name: str, out: Path, rounds: int) -> dict[str, Any]:
+    """Medians of ``rounds`` alternating compiles per --verify mode (see module docstring)."""
+    model, extra = model_path(name, out / "models")
+    work = out / "work" / f"verify_{name}"
+    cmds = {
+        m: [*SEGC, "compile", str(model), "--target", "ascend", "-o", str(work / m), "--verify", m, "--force", *extra]
+        for m in VERIFY_MODES
+    }
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in VERIFY_MODES}
+    for r in range(rounds):
+        order = VERIFY_MODES[r % len(VERIFY_MODES) :] + VERIFY_MODES[: r % len(VERIFY_MODES)]
+        for mode in order:
+            runs[mode].append(measure(cmds[mode]))
+            last = runs[mode][-1]
+            print(
+                f"  {name} round {r + 1} --verify {mode}: {last['seconds']:.2f}s {last['peak_mib']:.0f} MiB "
+                f"rc={last['rc']}{' ' + str(last['error']) if last['rc'] else ''}",
+                flush=True,
+            )
+    entry: dict[str, Any] = {"load": os.getloadavg()[0], "modes": {}}
+    for mode, rs in runs.items():
+        ok = [x["seconds"] for x in rs if x["rc"] == 0]
+        entry["modes"][mode] = {
+            "rounds_s": [round(x["seconds"], 2) for x in rs],
+            "seconds": statistics.median(ok) if ok else None,
+            "peak_mib": statistics.median(x["peak_mib"] for x in rs),
+        }
+    none = entry["modes"]["none"]["seconds"]
+    entry["ratios"] = {
+        m: entry["modes"][m]["seconds"] / none for m in ("each", "each-full") if none and entry["modes"][m]["seconds"]
+    }
+    report = work / "each" / "report.json"
+    if report.exists():
+        passes = json.loads(report.read_text())["passes"]
+        entry["passes"] = [
+            {
+                "name": p["name"],
+                "verified_by": p.get("verified_by"),
+                "region_nodes": p.get("region_nodes"),
+                "verify_seconds": p["verify_seconds"],
+            }
+            for p in passes
+            if p["changed"]
+        ]
+    return entry
+
+
+def render_verify(results: dict[str, Any]) -> str:
+    lines = [
+        f"Load average at start {results['load_start']:.2f}, {results['rounds']} rounds, medians (s).",
+        "",
+        "| model | none | each | each-full | each/none | each-full/none | passes (verified_by, region nodes) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, e in results["models"].items():
+        m, r = e["modes"], e["ratios"]
+        cell = {k: f"{m[k]['seconds']:.1f}" if m[k]["seconds"] else "failed" for k in VERIFY_MODES}
+        passes = ", ".join(
+            f"{p['name']} {p['verified_by']} {p['region_nodes'] if p['region_nodes'] is not None else ''}".strip()
+            for p in e.get("passes", [])
+        )
+        lines.append(
+            f"| {name} | {cell['none']} | {cell['each']} | {cell['each-full']} | "
+            f"{r.get('each', 0):.2f}x | {r.get('each-full', 0):.2f}x | {passes} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def render(results: dict[str, Any]) -> str:
     lines = [
         f"Load average at start {results['load_start']:.2f}, {results['rounds']} rounds, medians (s / MiB).",
@@ -145,10 +222,20 @@ def main() -> int:
     ap.add_argument("--out", default="build/bench")
     ap.add_argument("--models", default=",".join([*SEED_SHAPES, *THIRD_PARTY]))
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--verify-ratio", action="store_true", help="time --verify none / each / each-full instead")
     args = ap.parse_args()
     precompile_segc()
     out = Path(args.out)
     (out / "models").mkdir(parents=True, exist_ok=True)
+    if args.verify_ratio:
+        vr: dict[str, Any] = {"load_start": os.getloadavg()[0], "rounds": args.rounds, "models": {}}
+        for name in [m for m in args.models.split(",") if m]:
+            print(f"== {name}", flush=True)
+            vr["models"][name] = verify_ratio(name, out, args.rounds)
+            (out / "verify_ratio.json").write_text(json.dumps(vr, indent=2))
+        (out / "verify_ratio.md").write_text(render_verify(vr))
+        print((out / "verify_ratio.md").read_text())
+        return 0
     results: dict[str, Any] = {
         "load_start": os.getloadavg()[0],
         "rounds": args.rounds,

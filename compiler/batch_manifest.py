@@ -68,7 +68,7 @@ COMPILE_KEYS: dict[str, _Key] = {
     "outputs": _Key("--outputs", "csv"),
     "no_prune": _Key("--no-prune", "bool"),
     "nearest_resize": _Key("--nearest-resize", "csv"),
-    "verify": _Key("--verify", "str", ("each", "end", "none")),
+    "verify": _Key("--verify", "str", ("each", "each-full", "end", "none")),
     "verify_inputs": _Key("--verify-inputs", "path"),
     "verify_data": _Key("--verify-data", "str"),  # KIND:ROOT, as on the command line
     "budget": _Key("--budget", "str"),

@@ -112,7 +112,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     c.add_argument(
         "--nearest-resize", type=_csv, help="selectors of Resizes to switch to nearest (adds resize_to_nearest)"
     )
-    c.add_argument("--verify", default="each", choices=["each", "end", "none"])
+    c.add_argument("--verify", default="each", choices=["each", "each-full", "end", "none"])
     c.add_argument("--verify-inputs", help=".npy, .npz or a folder of images to verify with")
     c.add_argument(
         "--verify-data",

@@ -2,7 +2,9 @@
 
 Verification modes (docs/design.md, "Verification"):
 
-- ``each``: every pass that changed the graph is judged against the state before it.
+- ``each``: every pass that changed the graph is judged against the state before it, at the
+  boundary of the region it changed where that is sound (segc.boundary_verify).
+- ``each-full``: the same, always on the whole model.
 - ``end``: the final graph is judged once against the input; on failure the pass list is
   bisected (each probe judges a prefix of the pipeline against the input) to name the first
   pass that breaks the model. Cheaper when everything passes, which is the common case.
@@ -29,9 +31,10 @@ from segc.pass_order import check_order
 from segc.passbase import (Contract, GraphPass, ModelPass, OptionValue, Pass, PassContext, PassResult,
                            carry_model_fields, get_pass)
 from segc.recipe import Recipe
+from segc.boundary_verify import BoundaryChecker
 from segc.verify import GraphState, Verifier
 
-VERIFY_MODES = ("each", "end", "none")
+VERIFY_MODES = ("each", "each-full", "end", "none")
 
 
 @dataclass
@@ -58,6 +61,8 @@ class PassRecord:
     verdict: Verdict | None = None
     status: str = "pending"  # ok | unchanged | unverified | failed | refused | error | skipped
     error: str | None = None
+    verified_by: str | None = None  # "boundary" | "whole" under --verify each (segc.boundary_verify)
+    region_nodes: int | None = None  # the changed region's size, when verified by boundary
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +78,8 @@ class PassRecord:
             "status": self.status,
             "error": self.error,
             "verdict": self.verdict.to_dict() if self.verdict else None,
+            "verified_by": self.verified_by,
+            "region_nodes": self.region_nodes,
         }
 
 
@@ -349,7 +356,10 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
                for i, (s, p, o) in enumerate(zip(specs, passes, resolved, strict=True))]
     result = PipelineResult(model=onnx.ModelProto(), records=records, verify_mode=verify)  # set on every return
 
-    state: GraphState | None = verifier.initial_state(model) if verify != "none" and verifier else None
+    state: GraphState | None = None
+    if verify != "none" and verifier:
+        state = verifier.initial_state(model, defer=verify == "each")
+    checker = BoundaryChecker(verifier, full=verify == "each-full") if verifier is not None else None
     reference = state
     history: list[onnx.ModelProto] = [model] if verify == "end" else []
     working = WorkingModel(model)
@@ -361,8 +371,14 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
     for spec, pass_obj, record, options in zip(specs, passes, records, resolved, strict=True):
         for inst in instruments:
             inst.before_pass(record, proto_for(inst))
-        ctx = PassContext(options=dict(options), target=target, recipe=recipe, model_metadata=working.metadata(),
-                          source=source if working.is_input else None, declared=type(pass_obj).options)
+        ctx = PassContext(
+            options=dict(options),
+            target=target,
+            recipe=recipe,
+            model_metadata=working.metadata(),
+            source=source if working.is_input else None,
+            declared=type(pass_obj).options,
+        )
         started = time.perf_counter()
         try:
             if isinstance(pass_obj, GraphPass):
@@ -392,10 +408,13 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
             return result
         record.seconds = time.perf_counter() - started
         _take(record, outcome)
-        if verify == "each" and outcome.changed and verifier is not None and state is not None:
+        if verify in ("each", "each-full") and outcome.changed and checker is not None and state is not None:
             t0 = time.perf_counter()
-            after = verifier.new_state(working.proto(), f"after {spec.name}")
-            record.verdict = verifier.compare(state, after, Contract(record.contract), pass_obj.tolerance_for(options))
+            checked = checker.check(
+                state, working.proto(), f"after {spec.name}", Contract(record.contract), pass_obj.tolerance_for(options)
+            )
+            after, record.verdict = checked.state, checked.verdict
+            record.verified_by, record.region_nodes = checked.verified_by.value, checked.region_nodes
             record.verify_seconds = time.perf_counter() - t0
             record.status = record.verdict.status
             if not record.verdict.ok:
@@ -463,8 +482,13 @@ def _take(record: PassRecord, outcome: PassResult) -> None:
     record.notes.extend(outcome.notes)
 
 
-def _verify_end(result: PipelineResult, history: list[onnx.ModelProto], verifier: Verifier, reference: GraphState,
-                pass_tolerances: dict[int, dict[str, float]]) -> None:
+def _verify_end(
+    result: PipelineResult,
+    history: list[onnx.ModelProto],
+    verifier: Verifier,
+    reference: GraphState,
+    pass_tolerances: dict[int, dict[str, float]],
+) -> None:
     """Judge the final graph against the input; on failure bisect to the first bad pass."""
     contracts = [Contract(r.contract) for r in result.records]
     changing = [r for r in result.records if r.changed]
@@ -502,5 +526,7 @@ def _verify_end(result: PipelineResult, history: list[onnx.ModelProto], verifier
         r.status = "ok"
     result.records[culprit.index].verify_seconds = time.perf_counter() - t0
     result.failed_pass = culprit.name
-    result.failure = (f"the pipeline failed verification ({combined_contract(contracts).value}); bisection names "
-                      f"pass {culprit.name}: {'; '.join(final.reasons[:3])}")
+    result.failure = (
+        f"the pipeline failed verification ({combined_contract(contracts).value}); bisection names "
+        f"pass {culprit.name}: {'; '.join(final.reasons[:3])}"
+    )

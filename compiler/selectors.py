@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import heapq
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Literal, Sequence
@@ -55,6 +54,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 import onnx_graphsurgeon as gs
 
 from segc.errors import SegcError
+from segc.graph_view import GraphView
 
 # Ops whose output depends on their input's shape, never its values: a walk stops there.
 _SHAPE_ONLY_OPS = frozenset({"Shape", "Size", "ConstantOfShape"})
@@ -136,7 +136,11 @@ class _Resolver:
 
     def __init__(self, graph: gs.Graph):
         self.graph = graph
-        self.nodes = _topological(graph.nodes)
+        self._file_order = list(graph.nodes)
+        self._index = {id(n): i for i, n in enumerate(self._file_order)}
+        # edges marked "value" are the ones the structural walk follows (see _value_inputs)
+        self.view = GraphView.from_gs(graph, self._file_order, value_inputs=_value_inputs)
+        self.nodes = [self._file_order[i] for i in self.view.topological()]
         self.order = {id(n): i for i, n in enumerate(self.nodes)}
         self.node_by_name: dict[str, gs.Node] = {}
         for n in self.nodes:
@@ -340,20 +344,10 @@ class _Resolver:
         return self._downstream(anchor.carried())
 
     def _upstream(self, node: gs.Node) -> list[gs.Node]:
-        out = []
-        for t in _value_inputs(node):
-            p = _producer(t)
-            if p is not None and id(p) in self.order:
-                out.append(p)
-        return out
+        return [self._file_order[p] for p in self.view.predecessors(self._index[id(node)], values_only=True)]
 
     def _downstream(self, tensors: Iterable[gs.Tensor]) -> list[gs.Node]:
-        out = []
-        for t in tensors:
-            for consumer in t.outputs:
-                if id(consumer) in self.order and any(v is t for v in _value_inputs(consumer)):
-                    out.append(consumer)
-        return out
+        return [self._file_order[c] for t in tensors if t.name for c in self.view.consumers(t.name, values_only=True)]
 
     # ---------------------------------------------------------------- helpers
     def _hit_nodes(self, hits: list[_Hit]) -> list[gs.Node]:
@@ -416,38 +410,6 @@ def _value_inputs(node: gs.Node) -> list[gs.Tensor]:
         return []
     inputs = node.inputs[:1] if node.op in _DATA_FIRST_OPS else node.inputs
     return [t for t in inputs if t.name and not isinstance(t, gs.Constant)]
-
-
-def _topological(nodes: Sequence[gs.Node]) -> list[gs.Node]:
-    """Stable topological order (ties keep file order), without touching the graph.
-
-    ONNX files are topologically sorted, but a pass may call a selector after appending
-    nodes, so positions like ``Conv[-1]`` are computed on a fresh order.
-    """
-    index = {id(n): i for i, n in enumerate(nodes)}
-    deps: dict[int, set[int]] = {i: set() for i in range(len(nodes))}
-    users: dict[int, list[int]] = {i: [] for i in range(len(nodes))}
-    for i, n in enumerate(nodes):
-        for t in n.inputs:
-            for p in t.inputs:
-                j = index.get(id(p))
-                if j is not None and j != i and j not in deps[i]:
-                    deps[i].add(j)
-                    users[j].append(i)
-    ready = [i for i, d in deps.items() if not d]
-    heapq.heapify(ready)
-    order: list[int] = []
-    while ready:
-        i = heapq.heappop(ready)
-        order.append(i)
-        for u in users[i]:
-            deps[u].discard(i)
-            if not deps[u]:
-                heapq.heappush(ready, u)
-    if len(order) != len(nodes):  # a cycle (invalid graph): fall back to file order for the rest
-        placed = set(order)
-        order += [i for i in range(len(nodes)) if i not in placed]
-    return [nodes[i] for i in order]
 
 
 def select_nodes(graph: gs.Graph, selector: str) -> list[gs.Node]:

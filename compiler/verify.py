@@ -40,6 +40,7 @@ class GraphState:
     outputs: dict[str, Outputs | None] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     exposed: tuple[str, ...] = ()  # watched tensors this state's session exposes beyond the model's outputs
+    checked: bool = True  # False: the input model, its reference run deferred (Verifier.ensure_reference)
 
     @property
     def output_names(self) -> list[str]:
@@ -127,9 +128,17 @@ class Verifier:
         return feeds
 
     # -- states ---------------------------------------------------------------------------
-    def initial_state(self, model: onnx.ModelProto) -> GraphState:
-        """The reference state; an input model onnxruntime cannot run is a usage error."""
+    def initial_state(self, model: onnx.ModelProto, *, defer: bool = False) -> GraphState:
+        """The reference state; an input model onnxruntime cannot run is a usage error.
+
+        ``defer`` (boundary verification, segc.boundary_verify): no session and no run yet,
+        when no probe needs one; the first check runs only what it needs of the input model,
+        and :meth:`ensure_reference` makes the usage-error checks when a check needs them.
+        """
         state = self.new_state(model, "input model")
+        if defer and (self.user_inputs is not None or self.recipe is not None or self.text_pages):
+            state.checked = False
+            return state
         try:
             state.open()
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; all mean "cannot run"
@@ -140,6 +149,20 @@ class Verifier:
             self._feeds.clear()  # the first text feed is the probe's, whose outputs the state holds
         self._run_reference(state, model)
         return state
+
+    def ensure_reference(self, state: GraphState) -> None:
+        """Load and run a deferred input model on every feed (raises SegcError as
+        :meth:`initial_state` would); nothing for any other state."""
+        if state.checked:
+            return
+        state.checked = True
+        try:
+            state.open()
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; all mean "cannot run"
+            raise SegcError(
+                f"onnxruntime cannot load the input model ({first_line(exc)}); use --verify none to skip verification"
+            ) from None
+        self._run_reference(state, state.model)
 
     def _run_reference(self, state: GraphState, model: onnx.ModelProto) -> None:
         for feed in self.feeds_for(model):

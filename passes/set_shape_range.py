@@ -38,7 +38,6 @@ the op where they meet and the nearest node with a constant shape upstream).
 from __future__ import annotations
 
 import re
-from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -47,7 +46,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from segc.errors import SegcError
-from segc.onnx_graph import constant_array, is_absent, producer, unique_name
+from segc.graph_view import GraphView
+from segc.onnx_graph import constant_array, is_absent, unique_name
 from segc.passbase import Contract, GraphPass, OptionKind, PassContext, PassOption, PassResult, register_pass
 from segc.passes._shape_expr import ShapeAnalysis, ShapeConflict
 from segc.passes._shape_sizes import INT64_MAX, reshape_dims
@@ -586,25 +586,27 @@ def _fold_on_grid(graph: gs.Graph, analysis: ShapeAnalysis, ranges: list[ShapeRa
     return folded
 
 
-def _suspects(node: gs.Node, limit: int = 400) -> list[gs.Node]:
-    """Nearest upstream nodes with a constant shape-like input: where a traced size may live."""
+def _suspects(graph: gs.Graph, node: gs.Node, limit: int = 400) -> list[gs.Node]:
+    """Nearest upstream nodes with a constant shape-like input: where a traced size may live.
+
+    Breadth first over the graph view (segc.graph_view), nearest layer first, at most
+    ``limit`` nodes looked at and two named."""
+    nodes = list(graph.nodes)
+    index = {id(n): i for i, n in enumerate(nodes)}
+    if id(node) not in index:
+        return []
+    view = GraphView.from_gs(graph, nodes)
     found: list[gs.Node] = []
-    seen: set[int] = set()
-    queue: deque[gs.Node] = deque([node])
-    while queue and len(seen) < limit and len(found) < 2:
-        cur = queue.popleft()
-        for t in cur.inputs:
-            p = producer(t)
-            if p is None or id(p) in seen:
-                continue
-            seen.add(id(p))
-            if (
-                p.op in _SHAPE_LITERAL_OPS
-                and any(constant_array(x) is not None for x in p.inputs[1:])
-                or p.op == "ConstantOfShape"
-            ):
-                found.append(p)
-            queue.append(p)
+    for seen, p in enumerate(view.walk_upstream(index[id(node)]), start=1):
+        if seen > limit or len(found) >= 2:
+            break
+        cand = nodes[p]
+        if (
+            cand.op in _SHAPE_LITERAL_OPS
+            and any(constant_array(x) is not None for x in cand.inputs[1:])
+            or cand.op == "ConstantOfShape"
+        ):
+            found.append(cand)
     return found
 
 
@@ -663,7 +665,7 @@ class SetShapeRange(GraphPass):
         try:
             analysis.run(before=fixer)
         except ShapeConflict as err:
-            where = _suspects(err.node) if err.one_side_fixed else []
+            where = _suspects(graph, err.node) if err.one_side_fixed else []
             if where:
                 hint_text = "; a size traced at export is probably baked in at " + ", ".join(
                     f"{n.op} {n.name!r}" for n in where

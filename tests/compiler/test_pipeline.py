@@ -174,10 +174,12 @@ def test_end_mode_passes_good_pipelines_with_one_comparison() -> None:
 def test_one_session_per_state_and_one_run_per_shape() -> None:
     SESSION_STATS.reset()
     verifier = Verifier()
+    # whole-model checks (each-full): each state one session; `each` checks at the boundary (test_boundary_verify)
     result = run_pipeline(
-        conv_model(), specs("test_add_identity", "cleanup", "cleanup"), verify="each", verifier=verifier
+        conv_model(), specs("test_add_identity", "cleanup", "cleanup"), verify="each-full", verifier=verifier
     )
     assert result.ok
+    assert {r.verified_by for r in result.records if r.changed} == {"whole"}
     changed = sum(r.changed for r in result.records)
     assert changed == 2  # the second cleanup finds nothing
     assert SESSION_STATS.sessions == changed + 1

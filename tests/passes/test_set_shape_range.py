@@ -440,3 +440,24 @@ def test_dbnet_r50_dynamic_export_keeps_its_names(seed_onnx: Callable[..., Path]
     out, result = SetShapeRange().apply(folded, ctx)
     assert result.changed is False and out is folded
     assert ctx.metadata[SHAPE_RANGE_KEY] == "input:1,3,640~4096,640~4096"
+
+
+def test_suspects_are_the_nearest_upstream_nodes_with_a_literal_shape() -> None:
+    """The hint for a conflict names where a traced size may live: nearest first, at most two."""
+    import onnx_graphsurgeon as gs
+    from segc.passes.set_shape_range import _suspects
+
+    nodes = [
+        helper.make_node("Reshape", ["x", "far_shape"], ["r0"], name="far"),
+        helper.make_node("Relu", ["r0"], ["a"], name="relu"),
+        helper.make_node("Reshape", ["a", "near_shape"], ["r1"], name="near"),
+        helper.make_node("Neg", ["r1"], ["b"], name="neg"),
+        helper.make_node("Add", ["b", "r0"], ["y"], name="add"),
+    ]
+    shapes = [_init("far_shape", np.array([1, -1], np.int64)), _init("near_shape", np.array([1, -1], np.int64))]
+    graph = gs.import_onnx(_model(nodes, shapes, {"y": [1, 48]}, [1, 3, 4, 4]))
+    add = next(n for n in graph.nodes if n.name == "add")
+    assert [n.name for n in _suspects(graph, add)] == ["far", "near"]  # far feeds add directly: one step
+    neg = next(n for n in graph.nodes if n.name == "neg")
+    assert [n.name for n in _suspects(graph, neg)] == ["near", "far"]
+    assert _suspects(graph, neg, limit=1) == [next(n for n in graph.nodes if n.name == "near")]

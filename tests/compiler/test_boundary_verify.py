@@ -1,0 +1,245 @@
+"""Verification at the boundary (segc.boundary_verify): sound where it checks, whole where it cannot.
+
+The graphs: two independent chains from one input, so that a region in one chain stays small::
+
+    x -> Mul a0 -> Relu a1 -> Mul a2 -> ... -> a9 = yA
+    x -> Mul b0 -> Relu b1 -> Mul b2 -> ... -> b9 = yB
+
+Each test edits the ModelProto as a pass would and asks the checker; the checker is never
+told what changed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from segc.boundary_verify import (
+    BoundaryChecker,
+    CheckOutcome,
+    NoRegion,
+    Region,
+    find_region,
+)
+from segc.ortrun import SESSION_STATS
+from segc.passbase import Contract
+from segc.verify import Verifier
+
+N = 10
+
+
+def chains() -> onnx.ModelProto:
+    nodes, inits = [], []
+    for side in "ab":
+        prev = "x"
+        for k in range(N):
+            out = f"{side}{k}" if k < N - 1 else f"y{side.upper()}"
+            if k % 2 == 0:
+                inits.append(numpy_helper.from_array(np.array([1.0 + 0.1 * k], np.float32), f"s_{side}{k}"))
+                nodes.append(helper.make_node("Mul", [prev, f"s_{side}{k}"], [out], name=f"{side}{k}"))
+            else:
+                nodes.append(helper.make_node("Relu", [prev], [out], name=f"{side}{k}"))
+            prev = out
+    graph = helper.make_graph(nodes, "chains", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 2, 4, 4]) for n in ("yA", "yB")],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def _node(model: onnx.ModelProto, name: str) -> onnx.NodeProto:
+    found: onnx.NodeProto = next(n for n in model.graph.node if n.name == name)
+    return found
+
+
+def _init(model: onnx.ModelProto, name: str) -> onnx.TensorProto:
+    found: onnx.TensorProto = next(t for t in model.graph.initializer if t.name == name)
+    return found
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def _relu_as_max(model: onnx.ModelProto, name: str) -> None:
+    """Relu(v) -> Max(v, 0): the same function, a different node (same output name)."""
+    node = _node(model, name)
+    zero = f"zero_{name}"
+    model.graph.initializer.append(numpy_helper.from_array(np.array(0.0, np.float32), zero))
+    new = helper.make_node("Max", [node.input[0], zero], list(node.output), name=name)
+    node.CopyFrom(new)
+
+
+def _check(before: onnx.ModelProto, after: onnx.ModelProto, contract: Contract = Contract.EXACT, *,
+           full: bool = False) -> CheckOutcome:
+    verifier = Verifier()
+    state = verifier.initial_state(before, defer=True)
+    return BoundaryChecker(verifier, full=full).check(state, after, "after test", contract, None)
+
+
+def test_a_correct_rewrite_is_verified_at_its_boundary() -> None:
+    before = chains()
+    after = _copy(before)
+    _relu_as_max(after, "a3")
+    region = find_region(before, after)
+    assert isinstance(region, Region)
+    assert sorted(region.boundary.nodes) == [3] and region.boundary.inputs == ("a2", "zero_a3")
+    assert region.boundary.outputs == ("a3",)
+    out = _check(before, after)
+    assert out.verdict.ok, out.verdict.reasons
+    assert out.verified_by.value == "boundary" and out.region_nodes == 1
+    assert [m.output for m in out.verdict.metrics] == ["a3"]
+
+
+def test_a_change_far_from_the_rewrite_is_found_and_caught() -> None:
+    """The pass rewrites a3 correctly and, elsewhere, changes a constant in place (same name)."""
+    before = chains()
+    after = _copy(before)
+    _relu_as_max(after, "a3")
+    _init(after, "s_b8").CopyFrom(numpy_helper.from_array(np.array([5.0], np.float32), "s_b8"))
+    out = _check(before, after)
+    assert out.verified_by.value == "boundary"
+    assert not out.verdict.ok
+    assert any(r.startswith("b8 ") for r in out.verdict.reasons), out.verdict.reasons
+
+
+def test_a_break_downstream_in_the_same_chain_is_inside_the_convex_region() -> None:
+    before = chains()
+    after = _copy(before)
+    _relu_as_max(after, "a1")
+    _init(after, "s_a6").CopyFrom(numpy_helper.from_array(np.array([1.7], np.float32), "s_a6"))  # was 1.6
+    region = find_region(before, after)
+    assert isinstance(region, Region) and sorted(region.boundary.nodes) == [1, 2, 3, 4, 5, 6]
+    out = _check(before, after)
+    assert out.verified_by.value == "boundary" and not out.verdict.ok
+    assert any(r.startswith("a6") for r in out.verdict.reasons), out.verdict.reasons
+
+
+def test_a_changed_output_value_is_caught_and_a_correct_one_passes() -> None:
+    before = chains()
+    wrong = _copy(before)
+    _node(wrong, "b9").op_type = "Sigmoid"
+    out = _check(before, wrong)
+    assert out.verified_by.value == "boundary" and not out.verdict.ok
+    right = _copy(before)
+    _relu_as_max(right, "b9")
+    out = _check(before, right)
+    assert out.verified_by.value == "boundary" and out.verdict.ok
+    assert [m.output for m in out.verdict.metrics] == ["yB"]
+
+
+def test_removing_dead_code_changes_no_node() -> None:
+    before = chains()
+    before.graph.node.append(helper.make_node("Neg", ["a4"], ["dead"], name="dead"))
+    after = chains()
+    out = _check(before, after)
+    assert out.verdict.ok and out.verified_by.value == "boundary" and out.region_nodes == 0
+
+
+def test_fallbacks_to_the_whole_model() -> None:
+    before = chains()
+    big = _copy(before)
+    for k in range(0, N, 2):
+        for side in "ab":
+            _init(big, f"s_{side}{k}").CopyFrom(numpy_helper.from_array(np.array([1.0 + 0.1 * k], np.float32) * 1.0,
+                                                                        f"s_{side}{k}"))
+            _relu_as_max(big, f"{side}{k + 1}")
+    assert isinstance(find_region(before, big), NoRegion)
+    assert _check(before, big).verified_by.value == "whole"
+    small = _copy(before)
+    _relu_as_max(small, "a3")
+    assert _check(before, small, Contract.APPROXIMATE).verified_by.value == "whole"
+    assert _check(before, small, full=True).verified_by.value == "whole"
+    renamed = _copy(before)
+    renamed.graph.output[0].name = "yA2"
+    _node(renamed, "a9").output[0] = "yA2"
+    assert isinstance(find_region(before, renamed), NoRegion)
+    newer = _copy(before)
+    newer.opset_import[0].version = 14
+    assert find_region(before, newer) == NoRegion("the opset changed")
+    dangling = _copy(before)
+    _node(dangling, "a5").input[0] = "nowhere"
+    gone = find_region(before, dangling)
+    assert isinstance(gone, NoRegion) and "not well formed" in gone.reason
+
+
+def test_the_cache_serves_the_next_pass_without_a_reference_run() -> None:
+    """Pass 1 rewrites a3, pass 2 rewrites it back: pass 2's boundary (a2 in, a3 out) is cached."""
+    before = chains()
+    mid = _copy(before)
+    _relu_as_max(mid, "a3")
+    verifier = Verifier()
+    state = verifier.initial_state(before, defer=True)
+    checker = BoundaryChecker(verifier)
+    first = checker.check(state, mid, "after 1", Contract.EXACT, None)
+    assert first.verdict.ok
+    SESSION_STATS.reset()
+    second = checker.check(first.state, before, "after 2", Contract.EXACT, None)
+    assert second.verdict.ok and second.verified_by.value == "boundary"
+    assert SESSION_STATS.sessions == 1  # the region's own session; no run of the graph before
+
+
+def test_the_pipeline_reports_how_each_pass_was_verified() -> None:
+    from segc.pipeline import PassSpec, run_pipeline
+
+    model = chains()
+    _node(model, "a4").input[0] = "a3_copy"
+    model.graph.node.append(helper.make_node("Identity", ["a3"], ["a3_copy"], name="copy"))
+    each = run_pipeline(_copy(model), [PassSpec("cleanup")], verify="each")
+    assert each.ok and each.records[0].changed
+    record = each.records[0].to_dict()
+    assert record["verified_by"] == "boundary" and record["region_nodes"] == 1  # a4, now reading a3
+    full = run_pipeline(_copy(model), [PassSpec("cleanup")], verify="each-full")
+    assert full.ok and full.records[0].to_dict()["verified_by"] == "whole"
+
+
+def test_boundary_metrics_match_the_full_rule() -> None:
+    from segc.boundary_verify import boundary_metrics
+    from segc.metrics import compare_output
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((1, 64, 8, 8)).astype(np.float32)
+    cand = ref + np.float32(1e-3)
+    fast, full = boundary_metrics("t", "f", ref, cand), compare_output("t", "f", ref, cand)
+    assert fast.max_abs == full.max_abs and fast.ref_scale == full.ref_scale and fast.compared == full.compared
+    nan = cand.copy()
+    nan[0, 0, 0, 0] = np.nan
+    assert boundary_metrics("t", "f", ref, nan).nonfinite_mismatch == 1  # NaN: the full rule counts it
+    cut = boundary_metrics("t", "f", ref, cand[:, :32])
+    assert cut.shape != cut.ref_shape
+
+
+def test_distant_changes_are_checked_as_parts_while_the_values_between_are_unchanged() -> None:
+    before = chains()
+    exact = _copy(before)
+    _relu_as_max(exact, "a1")
+    _relu_as_max(exact, "a7")  # convex region: a1..a7; as parts: a1 and a7, bit-identical outputs
+    region = find_region(before, exact)
+    assert isinstance(region, Region) and region.parts is not None and sorted(region.parts.nodes) == [1, 7]
+    out = _check(before, exact)
+    assert out.verdict.ok and out.region_nodes == 2
+    # a0 now differs in its last bits: a7's inputs after the pass are not the values before,
+    # so the parts do not stand and the convex region a0..a7 is checked instead
+    nudged = _copy(exact)
+    _init(nudged, "s_a0").CopyFrom(numpy_helper.from_array(np.array([1.0000001], np.float32), "s_a0"))
+    out = _check(before, nudged)
+    assert out.verdict.ok and out.verified_by.value == "boundary" and out.region_nodes == 8
+
+
+def test_boundary_metrics_of_a_scalar() -> None:
+    from segc.boundary_verify import boundary_metrics
+
+    m = boundary_metrics("s", "f", np.array(2.0, np.float32), np.array(2.5, np.float32))
+    assert m.max_abs == 0.5 and m.ref_scale == 2.0 and m.compared == 1
+
+
+def test_a_retyped_annotation_puts_its_producer_in_the_region() -> None:
+    before = chains()
+    before.graph.value_info.append(helper.make_tensor_value_info("a4", TensorProto.FLOAT, None))
+    after = _copy(before)
+    after.graph.value_info[0].type.tensor_type.elem_type = TensorProto.INT64
+    region = find_region(before, after)
+    assert isinstance(region, Region) and sorted(region.boundary.nodes) == [4]
