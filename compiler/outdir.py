@@ -98,7 +98,7 @@ def file_sha256(path: str | Path) -> str:
     """The sha256 of a file's bytes; read back unless this process wrote the file itself
     (:func:`write_file` and :func:`remember_sha256` record what they wrote), since hashing
     costs about as long as writing did: 0.5 s for hrnet_w48_ocr's 268 MiB on this machine's
-    CPUs (no SHA extensions), which a compile paid twice for its output (issue 11)."""
+    CPUs (no SHA extensions), which a compile would otherwise pay twice for its output."""
     st = os.stat(path)
     known = _WRITTEN.get(_identity(st))
     if known is not None:

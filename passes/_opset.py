@@ -20,7 +20,7 @@ def convert_model_opset(model: onnx.ModelProto, version: int, *, who: str) -> on
     """A copy of ``model`` converted to default-domain opset ``version``; SegcError naming ``who`` if impossible.
 
     onnx's converter takes a ModelProto by serialising it, parses that in C++, converts,
-    serialises and is parsed back: four passes over every weight (issue 11 measured it on
+    serialises and is parsed back: four passes over every weight (measured on
     dbnet_r50_dcn). Its adapters rewrite nodes and read only small constants (axes, shapes,
     scales), so every initializer of :data:`WEIGHTLESS_MIN` bytes or more is sent without its
     data and given it back by name afterwards (:func:`_restore_weights`), and the model is

@@ -21,3 +21,16 @@ def symbolic_chain() -> onnx.ModelProto:
     g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [1, 3, "h", "w"])],
                      [h.make_tensor_value_info("y", T.FLOAT, [1, 3, "h2", "w2"])], inits)
     return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+
+
+def conv_identity_relu(dims: tuple[int | str, ...] = (1, 3, 8, 8)) -> onnx.ModelProto:
+    """x -> Conv(4x3x3x3, same padding) -> Identity -> Relu -> y: the smallest graph with a
+    weight, something for cleanup to remove and an output every pass keeps (``dims``: x's shape,
+    symbolic names allowed)."""
+    w = nh.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    g = h.make_graph(
+        [h.make_node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1]), h.make_node("Identity", ["a"], ["b"]),
+         h.make_node("Relu", ["b"], ["y"])],
+        "g", [h.make_tensor_value_info("x", T.FLOAT, list(dims))],
+        [h.make_tensor_value_info("y", T.FLOAT, None)], [w])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=10)

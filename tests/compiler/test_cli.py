@@ -10,20 +10,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 
 from segc.cli import main
+from tests.graphs import conv_identity_relu
 
 
 def tiny(dynamic: bool = False) -> onnx.ModelProto:
-    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
-    dims = ["N", 3, "H", "W"] if dynamic else [1, 3, 16, 16]
-    g = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1]), helper.make_node("Identity", ["a"], ["b"]),
-         helper.make_node("Relu", ["b"], ["y"])],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    return conv_identity_relu(("N", 3, "H", "W") if dynamic else (1, 3, 16, 16))
 
 
 @pytest.fixture

@@ -5,24 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from segc.cli import build_parser, main
 from segc.errors import ExitStatus, SegcError
 from segc.passbase import PassResult, get_pass
 from segc.pipeline import PassSpec, run_pipeline
+from tests.graphs import conv_identity_relu as tiny
 
 
-def tiny() -> onnx.ModelProto:
-    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
-    g = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1]), helper.make_node("Identity", ["a"], ["b"]),
-         helper.make_node("Relu", ["b"], ["y"])],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 
 @pytest.fixture

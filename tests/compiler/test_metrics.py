@@ -51,7 +51,7 @@ def test_nan_where_the_candidate_has_a_number_fails_with_a_count() -> None:
 
 
 def test_one_nan_in_192_does_not_hide_a_candidate_500x_larger() -> None:
-    """Issue 10: the NaN used to switch the whole comparison off."""
+    """The NaN used to switch the whole comparison off."""
     ref = rng.standard_normal(192).astype(np.float32)
     ref[7] = np.nan
     m = compare_output("y", "f", ref, ref * 500)  # NaN * 500 is NaN: same positions
@@ -164,6 +164,6 @@ def test_tolerance_parsing() -> None:
 @pytest.mark.parametrize("bad", ["rtol=nan", "atol=inf", "rtol=-1e-3", "atol=-1", "cosine=1.5", "agreement=-0.1",
                                  "exact_agreement=nan", "cosine=nan"])
 def test_tolerances_are_validated(bad: str) -> None:
-    """Issue 10: ``rtol=nan`` made every ``max_abs > allowed`` False, so anything passed."""
+    """``rtol=nan`` made every ``max_abs > allowed`` False, so anything passed."""
     with pytest.raises(SegcError, match="--tolerance"):
         Tolerances.parse([bad])

@@ -1,4 +1,4 @@
-"""save_model writes a model tensor by tensor (segc.modelio.serialised_chunks, issue 11).
+"""save_model writes a model tensor by tensor (segc.modelio.serialised_chunks).
 
 The streamed encoding must parse, with onnx's loader and with onnxruntime (protobuf C++),
 to exactly the message that was saved, every field kept; and it must never hold the whole

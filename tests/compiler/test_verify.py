@@ -132,7 +132,7 @@ def _conv_resize(path: Path, gain: float = 1.0) -> Path:
 
 
 def test_compile_one_nan_pixel_does_not_turn_a_failing_pass_into_ok(tmp_path: Path) -> None:
-    """Issue 10: a NaN pixel in 4096 (1x4x... here 256 per channel) switched the comparison off."""
+    """A NaN pixel in 4096 (1x4x... here 256 per channel) switched the comparison off."""
     model = _conv_resize(tmp_path / "m.onnx")
     x = np.random.default_rng(2).standard_normal((1, 3, 16, 16)).astype(np.float32)
     x[0, 0, 5, 5] = np.nan
@@ -157,7 +157,7 @@ def _foldable(path: Path, gain: float) -> Path:
 
 
 def test_compile_without_signal_marks_the_pass_unverified(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """Issue 9 part 4: outputs all below atol make a check that cannot fail; the report says so."""
+    """Outputs all below atol make a check that cannot fail; the report says so."""
     rc = main(["compile", str(_foldable(tmp_path / "m.onnx", 1e-8)), "--target", "onnxruntime",
                "--passes", "simplify,cleanup", "-o", str(tmp_path / "out")])
     report = json.loads((tmp_path / "out" / "report.json").read_text())

@@ -70,7 +70,7 @@ def test_seed_model_dbnet_dcn_for_ascend(seed_onnx) -> None:
 
 def test_the_converter_never_sees_the_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     """Large initializers go to onnx's converter as name, type and dims only (it serialises and
-    parses whatever it gets: issue 11), and come back with their data; small constants an
+    parses whatever it gets), and come back with their data; small constants an
     adapter may read (the ReduceSum axes that opset 13 -> 12 moves into an attribute) travel whole."""
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32), "w")  # 1728 bytes

@@ -223,7 +223,7 @@ def _fused_bias_model(path) -> Any:
 @pytest.mark.parametrize("mode", ["each", "end"])
 @pytest.mark.parametrize("no_prune", [False, True])
 def test_a_fusion_that_keeps_the_name_is_caught(tmp_path, mode: str, no_prune: bool) -> None:
-    """Issue 9 part 4: the kept tensor is compared with the INPUT model's tensor of that name."""
+    """The kept tensor is compared with the INPUT model's tensor of that name."""
     import json
 
     from segc.cli import main

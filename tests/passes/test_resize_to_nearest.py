@@ -353,7 +353,7 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> float:
 #   hrnet_w48_ocr   concat cos 0.975 / 0.989 | output1 cos 0.970 / 0.968, agreement 0.83 / 0.66
 #                                            | output2 cos 0.82 / 0.96,   agreement 0.81 / 0.88
 #   ocrnet_hrnetw18 concat cos 0.981 / 0.991 | logits  cos 0.898 / 0.990, agreement 0.42 / 0.94
-# The brief's budget (agreement 0.9, cosine 0.98) does not hold reliably with random weights:
+# The stated budget (agreement 0.9, cosine 0.98) does not hold reliably with random weights:
 # the stride-32 branch is a 4x8 map of noise-like features that nearest and bilinear upsample
 # very differently, the OCR attention (a softmax over logits in the hundreds) amplifies that,
 # and label agreement between near-tied random classes swings with the weights. So the test

