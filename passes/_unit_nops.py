@@ -3,9 +3,10 @@
 onnx-simplifier runs onnx-optimizer's passes in its fixed-point loop. Two of them grow
 quadratically in graph size (``ONNXSIM_PROFILE=1`` on bench/run_bench.py's synthetic graphs:
 ``eliminate_nop_with_unit`` 23 ms / 275 ms / 2.9 s at 5k / 20k / 50k nodes,
-``eliminate_duplicate_initializer`` 5 / 48 / 596 ms): the first looks every node input up in
-the initializer list (``is_constant_initializer``), the second finds each duplicate's value by
-a linear scan over all initializers. segc turns both off in onnx-simplifier
+``eliminate_duplicate_initializer`` 5 / 48 / 596 ms): the first visits every node and fetches
+each constant input with ``FetchConstantTensor``, which calls onnx IR's
+``Graph::getInitializer``, a linear scan of the initializer list; the second finds each
+duplicate's value by a linear scan over the initializer node's outputs. segc turns both off in onnx-simplifier
 (``segc.passes._onnxsim_core.SKIPPED_OPTIMIZERS``) and does the same rewrites here on the
 protobuf, with dicts: one pass over the nodes, one hash per initializer that shares its
 dtype, shape and size with another.
