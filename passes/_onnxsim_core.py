@@ -33,7 +33,12 @@ EXTENSION = "onnxsim.onnxsim_cpp2py_export"
 # onnx-simplifier 0.8 fuses ViT self-attention blocks into ``com.microsoft::Attention``, an
 # onnxruntime contrib op that no vendor parser takes (found on DPT/Dinov2 with static shapes,
 # a held-out trial). segc's output must stay standard ONNX, so that fusion is off.
-SKIPPED_OPTIMIZERS = ("fuse_attention",)
+#
+# ``eliminate_nop_with_unit`` and ``eliminate_duplicate_initializer`` are quadratic in graph size
+# (2.9 s and 0.6 s of onnxsim at 50k nodes, ONNXSIM_PROFILE=1 on bench/run_bench.py's synthetic
+# graphs): segc does the same rewrites in linear time after onnx-simplifier
+# (``segc.passes._unit_nops``, called by the simplify pass).
+SKIPPED_OPTIMIZERS = ("fuse_attention", "eliminate_nop_with_unit", "eliminate_duplicate_initializer")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,9 @@ and emits only standard ops, but it leaves more nodes (ocrnet_hrnetw18: 1062 aga
 onnx-simplifier's 944; dbnet_r50: 239 against 243) and saved about 1.2 s of 4.4 s on dbnet_r50
 (load average 11, in process), while adding Microsoft opset domains to the model; the
 vendor tools' op lists are written against onnx-simplifier's output. So onnx-simplifier
-stays, paid for only in what it does.
+stays, paid for only in what it does, less two of its onnx-optimizer passes that are
+quadratic in graph size: the same rewrites run after it in linear time
+(``segc.passes._unit_nops``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from segc.modelio import has_disk_tensors, tensor_nbytes, weight_bytes
 from segc.passbase import (Contract, ModelPass, OptionKind, PassContext, PassOption, PassResult, carry_model_fields,
                            register_pass)
 from segc.passes._onnxsim_core import FoldSettings, simplify_bytes, simplify_file
+from segc.passes._unit_nops import eliminate_unit_nops
 
 GROWTH_ALLOWANCE = 1.02  # folding may legitimately add a little (e.g. a folded shape constant)
 GROWTH_SLACK = 4096  # bytes: small constants never count as growth
@@ -94,6 +97,7 @@ class Simplify(ModelPass):
             return model, PassResult(changed=False, stats={"skipped": True}, notes=notes)
 
         carry_model_fields(model, simplified)
+        nops = eliminate_unit_nops(simplified.graph)  # the two onnx-optimizer passes onnxsim skips
         changed = not _same_structure(simplified, model)
         stats = {
             "nodes_before": len(model.graph.node),
@@ -102,6 +106,9 @@ class Simplify(ModelPass):
             "weight_bytes_after": size_after,
             "settings": settings.describe(),
             "input": source.route,
+            "duplicate_initializers": nops.duplicate_initializers,
+            "unit_nodes_removed": nops.unit_nodes,
+            "empty_concat_inputs": nops.empty_concat_inputs,
         }
         return (simplified if changed else model), PassResult(changed=changed, stats=stats, notes=notes)
 
