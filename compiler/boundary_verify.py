@@ -417,7 +417,12 @@ class BoundaryChecker:
             except Exception:  # noqa: BLE001 - the whole graph is judged instead, and says why
                 return None
             results[feed.label] = cand
-            metrics.extend(boundary_metrics(n, feed.label, ref[n], cand[n]) for n in b.outputs)
+            for n in b.outputs:
+                m = boundary_metrics(n, feed.label, ref[n], cand[n])
+                metrics.append(m)
+                if m.max_abs == 0 and m.shape == m.ref_shape and ref[n].dtype == cand[n].dtype \
+                        and ref[n].dtype.kind == "f" and _same_bits(ref[n], cand[n]):
+                    cand[n] = ref[n]  # the same bits: the cache keeps one array, not two
         verdict = judge(
             contract,
             metrics,

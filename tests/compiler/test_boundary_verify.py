@@ -316,3 +316,26 @@ def test_boundary_metrics_see_one_ulp_and_equal_zeros() -> None:
     bumped = f16.copy()
     bumped.flat[7] = np.nextafter(bumped.flat[7], np.float16(2))
     assert boundary_metrics("t", "f", f16, bumped).max_abs > 0
+
+
+def test_a_bit_identical_boundary_output_is_cached_once() -> None:
+    """The region's output equals the reference in every bit: the cache keeps the reference
+    array, and the region's copy is dropped."""
+    before = chains()
+    after = _copy(before)
+    _relu_as_max(after, "a3")
+    verifier = Verifier()
+    state = verifier.initial_state(before, defer=True)
+    checker = BoundaryChecker(verifier)
+    seen: dict[str, object] = {}
+    real_carry = checker._carry
+
+    def carry(*args: object, **kwargs: object) -> None:
+        for label, values in checker._cache.values.items():
+            seen[label] = values.get("a3")
+        real_carry(*args, **kwargs)  # type: ignore[arg-type]
+
+    checker._carry = carry  # type: ignore[method-assign]
+    outcome = checker.check(state, after, "after", Contract.EXACT, None)
+    assert outcome.verdict.ok and outcome.verified_by.value == "boundary"
+    assert seen and all(checker._cache.values[label]["a3"] is ref for label, ref in seen.items())
