@@ -418,11 +418,11 @@ class BoundaryChecker:
                 return None
             results[feed.label] = cand
             for n in b.outputs:
-                m = boundary_metrics(n, feed.label, ref[n], cand[n])
-                metrics.append(m)
-                if m.max_abs == 0 and m.shape == m.ref_shape and ref[n].dtype == cand[n].dtype \
-                        and ref[n].dtype.kind == "f" and _same_bits(ref[n], cand[n]):
-                    cand[n] = ref[n]  # the same bits: the cache keeps one array, not two
+                r, c = ref[n], cand[n]
+                same = r.shape == c.shape and r.dtype == c.dtype and r.dtype.kind == "f" and _same_bits(r, c)
+                metrics.append(boundary_metrics(n, feed.label, r, c, same=same))
+                if same:
+                    cand[n] = r  # the same bits: the cache keeps one array, not two
         verdict = judge(
             contract,
             metrics,
@@ -532,20 +532,22 @@ class BoundaryChecker:
         self._cache.model = after.model
 
 
-def boundary_metrics(name: str, feed: str, ref: np.ndarray, cand: np.ndarray) -> OutputMetrics:
+def boundary_metrics(name: str, feed: str, ref: np.ndarray, cand: np.ndarray, *,
+                     same: bool | None = None) -> OutputMetrics:
     """What the exact rule needs for one boundary tensor, in one pass over each array.
 
     Boundary tensors are inner activations, often 64+ channels at a quarter of the input's
     resolution, far larger than the graph outputs: ``compare_output``'s cosine and per-pixel
     argmax (it takes a 64-channel tensor for class scores) cost seconds each there and the
-    exact rule reads neither. Finite float tensors get max error, scale and spread here (in
+    exact rule reads neither. ``same``: whether the caller found the two bit-identical
+    (None: found here). Finite float tensors get max error, scale and spread here (in
     float32 arithmetic for float32 tensors); anything else (NaN/Inf, integers, mismatched
     shapes or types) goes through ``compare_output``.
     """
     if ref.shape != cand.shape or ref.dtype != cand.dtype or ref.dtype.kind != "f" or not ref.size:
         return compare_output(name, feed, ref, cand)
     lo, hi = float(ref.min()), float(ref.max())  # NaN propagates: finite extremes mean a finite reference
-    if _same_bits(ref, cand):  # the usual case for an exact pass: no difference array at all
+    if same if same is not None else _same_bits(ref, cand):  # usual for an exact pass: no difference array
         diff = 0.0
     else:
         delta = np.subtract(ref, cand)
