@@ -313,7 +313,13 @@ class BoundaryChecker:
         reason: str,
     ) -> CheckOutcome:
         self.verifier.ensure_reference(before)
+        if contract is not Contract.OUTPUTS:  # (an outputs pass is compared with a copy exposing more)
+            for feed in self.verifier.feeds_for(after.model):
+                before.run(feed)  # what compare reads first; computed here so one session lives at a time
+        before.close()  # its outputs are kept; its arena need not live beside the next session's
         verdict = self.verifier.compare(before, after, contract, tolerances)
+        before.close()
+        after.close()  # the next pass reads its outputs, computed now for every feed
         verdict.warnings.insert(0, f"verified by a whole-model run: {reason}")
         self._cache = _Cache()  # values of `before` say nothing certain about `after`
         return CheckOutcome(after, verdict, VerifiedBy.WHOLE, reason=reason)
@@ -411,7 +417,12 @@ class BoundaryChecker:
             except Exception:  # noqa: BLE001 - the whole graph is judged instead, and says why
                 return None
             results[feed.label] = cand
-            metrics.extend(boundary_metrics(n, feed.label, ref[n], cand[n]) for n in b.outputs)
+            for n in b.outputs:
+                r, c = ref[n], cand[n]
+                same = r.shape == c.shape and r.dtype == c.dtype and r.dtype.kind == "f" and _same_bits(r, c)
+                metrics.append(boundary_metrics(n, feed.label, r, c, same=same))
+                if same:
+                    cand[n] = r  # the same bits: the cache keeps one array, not two
         verdict = judge(
             contract,
             metrics,
@@ -521,24 +532,29 @@ class BoundaryChecker:
         self._cache.model = after.model
 
 
-def boundary_metrics(name: str, feed: str, ref: np.ndarray, cand: np.ndarray) -> OutputMetrics:
+def boundary_metrics(name: str, feed: str, ref: np.ndarray, cand: np.ndarray, *,
+                     same: bool | None = None) -> OutputMetrics:
     """What the exact rule needs for one boundary tensor, in one pass over each array.
 
     Boundary tensors are inner activations, often 64+ channels at a quarter of the input's
     resolution, far larger than the graph outputs: ``compare_output``'s cosine and per-pixel
     argmax (it takes a 64-channel tensor for class scores) cost seconds each there and the
-    exact rule reads neither. Finite float tensors get max error, scale and spread here (in
+    exact rule reads neither. ``same``: whether the caller found the two bit-identical
+    (None: found here). Finite float tensors get max error, scale and spread here (in
     float32 arithmetic for float32 tensors); anything else (NaN/Inf, integers, mismatched
     shapes or types) goes through ``compare_output``.
     """
     if ref.shape != cand.shape or ref.dtype != cand.dtype or ref.dtype.kind != "f" or not ref.size:
         return compare_output(name, feed, ref, cand)
     lo, hi = float(ref.min()), float(ref.max())  # NaN propagates: finite extremes mean a finite reference
-    delta = np.subtract(ref, cand)
-    if isinstance(delta, np.ndarray):
-        np.abs(delta, out=delta)  # in place: one temporary the size of the tensor, not two
-    diff = float(np.max(np.abs(delta)) if not isinstance(delta, np.ndarray) else delta.max())
-    del delta
+    if same if same is not None else _same_bits(ref, cand):  # usual for an exact pass: no difference array
+        diff = 0.0
+    else:
+        delta = np.subtract(ref, cand)
+        if isinstance(delta, np.ndarray):
+            np.abs(delta, out=delta)  # in place: one temporary the size of the tensor, not two
+        diff = float(np.max(np.abs(delta)) if not isinstance(delta, np.ndarray) else delta.max())
+        del delta
     if not (np.isfinite(lo) and np.isfinite(hi) and np.isfinite(diff)):  # NaN/Inf somewhere: the full rule
         return compare_output(name, feed, ref, cand)
     scale = max(abs(lo), abs(hi))
@@ -555,6 +571,17 @@ def boundary_metrics(name: str, feed: str, ref: np.ndarray, cand: np.ndarray) ->
         max_rel=diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf")),
         compared=int(ref.size),
     )
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two float arrays of one shape and type hold the same bits (compared as
+    unsigned integers of the same width: one read of each, a boolean array of 1 byte per
+    element, no float arithmetic; -0.0 and 0.0 differ, which only sends them to the
+    subtraction)."""
+    width = {2: np.uint16, 4: np.uint32, 8: np.uint64}.get(a.dtype.itemsize)
+    if width is None:
+        return False
+    return bool(np.array_equal(np.ascontiguousarray(a).view(width), np.ascontiguousarray(b).view(width)))
 
 
 def _first_line(exc: BaseException) -> str:

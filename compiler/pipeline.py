@@ -360,7 +360,7 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
     if verify != "none" and verifier:
         state = verifier.initial_state(model, defer=verify == "each")
     checker = BoundaryChecker(verifier, full=verify == "each-full") if verifier is not None else None
-    reference = state
+    reference = state if verify == "end" else None  # only --verify end reads the input state again
     history: list[onnx.ModelProto] = [model] if verify == "end" else []
     working = WorkingModel(model)
     del model  # from here on only `working` (and a verifier's reference state) holds the input

@@ -243,3 +243,99 @@ def test_a_retyped_annotation_puts_its_producer_in_the_region() -> None:
     after.graph.value_info[0].type.tensor_type.elem_type = TensorProto.INT64
     region = find_region(before, after)
     assert isinstance(region, Region) and sorted(region.boundary.nodes) == [4]
+
+
+def test_a_whole_check_keeps_one_session_alive_at_a_time() -> None:
+    """Each session holds a run's worth of arena (GiBs on a large model): the whole check runs
+    the graph before, closes it, then runs the graph after and closes it; outputs are kept."""
+    from segc.verify import GraphState
+
+    before = chains()
+    after = _copy(before)
+    _relu_as_max(after, "a3")
+    verifier = Verifier()
+    state = verifier.initial_state(before)
+    assert state.session is not None
+    opened: list[GraphState] = []
+    real_open = GraphState.open
+
+    def watching(self: GraphState) -> None:
+        assert all(s.session is None for s in opened if s is not self), "two sessions alive at once"
+        real_open(self)
+        opened.append(self)
+
+    GraphState.open = watching  # type: ignore[method-assign]
+    try:
+        outcome = BoundaryChecker(verifier, full=True).check(state, after, "after", Contract.EXACT, None)
+    finally:
+        GraphState.open = real_open  # type: ignore[method-assign]
+    assert outcome.verdict.ok and outcome.verified_by.value == "whole"
+    assert state.session is None and outcome.state.session is None
+    assert all(v is not None for v in outcome.state.outputs.values()) and outcome.state.outputs
+
+
+def test_the_pipeline_does_not_keep_the_input_state_under_verify_each() -> None:
+    """Only --verify end compares with the input model at the end; under each/each-full its
+    state (and session) must go once the next state is verified."""
+    import gc
+
+    from segc.pipeline import PassSpec, run_pipeline
+    from segc.verify import GraphState
+
+    live: list[int] = []
+
+    class Count:
+        needs_model = False
+
+        def before_pass(self, record: object, model: object) -> None:
+            pass
+
+        def after_pass(self, record: object, model: object) -> None:
+            gc.collect()
+            live.append(sum(1 for o in gc.get_objects() if isinstance(o, GraphState) and o.session is not None))
+
+    model = chains()
+    _node(model, "a4").input[0] = "a3_copy"
+    model.graph.node.append(helper.make_node("Identity", ["a3"], ["a3_copy"], name="copy"))
+    result = run_pipeline(_copy(model), [PassSpec("cleanup")], verify="each-full", instruments=[Count()])
+    assert result.ok and live == [0]
+
+
+def test_boundary_metrics_see_one_ulp_and_equal_zeros() -> None:
+    """The bit-equality shortcut must not hide a difference, nor call -0.0 and 0.0 different."""
+    from segc.boundary_verify import boundary_metrics
+
+    ref = np.linspace(-1, 1, 4096, dtype=np.float32).reshape(1, 4, 32, 32)
+    cand = ref.copy()
+    cand.flat[1000] = np.nextafter(cand.flat[1000], np.float32(2))
+    assert boundary_metrics("t", "f", ref, cand).max_abs > 0
+    assert boundary_metrics("t", "f", ref, ref.copy()).max_abs == 0
+    zeros = np.zeros((3, 3), np.float32)
+    assert boundary_metrics("t", "f", zeros, -zeros).max_abs == 0
+    f16 = ref.astype(np.float16)
+    bumped = f16.copy()
+    bumped.flat[7] = np.nextafter(bumped.flat[7], np.float16(2))
+    assert boundary_metrics("t", "f", f16, bumped).max_abs > 0
+
+
+def test_a_bit_identical_boundary_output_is_cached_once() -> None:
+    """The region's output equals the reference in every bit: the cache keeps the reference
+    array, and the region's copy is dropped."""
+    before = chains()
+    after = _copy(before)
+    _relu_as_max(after, "a3")
+    verifier = Verifier()
+    state = verifier.initial_state(before, defer=True)
+    checker = BoundaryChecker(verifier)
+    seen: dict[str, object] = {}
+    real_carry = checker._carry
+
+    def carry(*args: object, **kwargs: object) -> None:
+        for label, values in checker._cache.values.items():
+            seen[label] = values.get("a3")
+        real_carry(*args, **kwargs)  # type: ignore[arg-type]
+
+    checker._carry = carry  # type: ignore[method-assign]
+    outcome = checker.check(state, after, "after", Contract.EXACT, None)
+    assert outcome.verdict.ok and outcome.verified_by.value == "boundary"
+    assert seen and all(checker._cache.values[label]["a3"] is ref for label, ref in seen.items())
