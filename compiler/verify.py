@@ -146,12 +146,7 @@ class Verifier:
         if defer and (self.user_inputs is not None or self.recipe is not None or self.text_pages):
             state.checked = False
             return state
-        try:
-            state.open()
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; all mean "cannot run"
-            raise SegcError(
-                f"onnxruntime cannot load the input model ({first_line(exc)}); use --verify none to skip verification"
-            ) from None
+        _open_input(state)
         if self._prefers_text(state, model):
             self._feeds.clear()  # the first text feed is the probe's, whose outputs the state holds
         self._run_reference(state, model)
@@ -163,12 +158,7 @@ class Verifier:
         if state.checked:
             return
         state.checked = True
-        try:
-            state.open()
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; all mean "cannot run"
-            raise SegcError(
-                f"onnxruntime cannot load the input model ({first_line(exc)}); use --verify none to skip verification"
-            ) from None
+        _open_input(state)
         self._run_reference(state, state.model)
 
     def _run_reference(self, state: GraphState, model: onnx.ModelProto) -> None:
@@ -383,3 +373,14 @@ def _spread(outputs: Outputs) -> float:
             if finite.size:
                 spreads.append(float(finite.max() - finite.min()))
     return max(spreads)
+
+
+def _open_input(state: GraphState) -> None:
+    """Open the input model's session; one onnxruntime cannot load is the user's model, not a
+    pass's fault, so it is a usage error that names the way round it."""
+    try:
+        state.open()
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; all mean "cannot run"
+        raise SegcError(
+            f"onnxruntime cannot load the input model ({first_line(exc)}); use --verify none to skip verification"
+        ) from None
