@@ -136,9 +136,11 @@ def _merge_duplicate_initializers(graph: onnx.GraphProto, pinned: set[str]) -> i
         for k, name in enumerate(node.input):
             if name in replace:
                 node.input[k] = replace[name]
-    keep = [t for t in graph.initializer if t.name not in replace]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    # deleted in place, last first: re-adding the kept ones (``extend``) would copy every
+    # weight, a second copy of the model at the peak (+260 MiB on hrnet_w48_ocr's 28 copies);
+    # a delete moves only the repeated field's pointers
+    for i in reversed([i for i, t in enumerate(graph.initializer) if t.name in replace]):
+        del graph.initializer[i]
     _drop_value_info(graph, set(replace))
     return len(replace)
 
