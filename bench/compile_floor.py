@@ -33,6 +33,7 @@ import os
 import statistics
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
@@ -228,14 +229,16 @@ def main() -> int:
     out = Path(args.out)
     (out / "models").mkdir(parents=True, exist_ok=True)
     if args.verify_ratio:
-        vr: dict[str, Any] = {"load_start": os.getloadavg()[0], "rounds": args.rounds, "models": {}}
-        for name in [m for m in args.models.split(",") if m]:
-            print(f"== {name}", flush=True)
-            vr["models"][name] = verify_ratio(name, out, args.rounds)
-            (out / "verify_ratio.json").write_text(json.dumps(vr, indent=2))
-        (out / "verify_ratio.md").write_text(render_verify(vr))
-        print((out / "verify_ratio.md").read_text())
-        return 0
+        run_models(args, out, "verify_ratio", verify_ratio, render_verify)
+    else:
+        run_models(args, out, "floor", bench_model, render)
+    return 0
+
+
+def run_models(args: argparse.Namespace, out: Path, stem: str, measure_one: Callable[[str, Path, int], Any],
+               render_all: Callable[[dict[str, Any]], str]) -> None:
+    """Measure each model in turn; ``OUT/<stem>.json`` is rewritten after every model, so an
+    interrupted run keeps what it measured, and ``OUT/<stem>.md`` is the table at the end."""
     results: dict[str, Any] = {
         "load_start": os.getloadavg()[0],
         "rounds": args.rounds,
@@ -244,11 +247,10 @@ def main() -> int:
     }
     for name in [m for m in args.models.split(",") if m]:
         print(f"== {name}", flush=True)
-        results["models"][name] = bench_model(name, out, args.rounds)
-        (out / "floor.json").write_text(json.dumps(results, indent=2))
-    (out / "floor.md").write_text(render(results))
-    print((out / "floor.md").read_text())
-    return 0
+        results["models"][name] = measure_one(name, out, args.rounds)
+        (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
+    (out / f"{stem}.md").write_text(render_all(results))
+    print((out / f"{stem}.md").read_text())
 
 
 if __name__ == "__main__":
