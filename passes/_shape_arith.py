@@ -90,47 +90,40 @@ def cast_like(sa: ShapeAnalysis, node: gs.Node) -> None:
 
 @HANDLERS.register("Floor")
 def floor(sa: ShapeAnalysis, node: gs.Node) -> None:
-    _rounding(sa, node, Poly.floor)
+    _elementwise(sa, node, Poly.floor)
 
 
 @HANDLERS.register("Ceil")
 def ceil(sa: ShapeAnalysis, node: gs.Node) -> None:
-    _rounding(sa, node, Poly.ceil)
+    _elementwise(sa, node, Poly.ceil)
 
 
-def _rounding(sa: ShapeAnalysis, node: gs.Node, fn: Callable[[Poly], Poly]) -> None:
+@HANDLERS.register("Neg")
+def neg(sa: ShapeAnalysis, node: gs.Node) -> None:
+    _elementwise(sa, node, lambda e: -e)
+
+
+def _abs(e: Poly) -> Poly | None:
+    """|e| where it can be written: a constant, or a size known to be non-negative."""
+    if e.is_const():
+        return Poly.const(abs(e.constant))
+    return e if e.is_nonneg() else None
+
+
+@HANDLERS.register("Abs")
+def abs_(sa: ShapeAnalysis, node: gs.Node) -> None:
+    _elementwise(sa, node, _abs)
+
+
+def _elementwise(sa: ShapeAnalysis, node: gs.Node, fn: Callable[[Poly], Poly | None]) -> None:
+    """A one-input op applied to each element of a small value (``fn`` None: not writable);
+    without a value, the output has the input's shape."""
     v = sa.value(node.inputs[0])
     if v is None:
         same_shape(sa, node)
         return
     value = SymValue(v.kind, tuple(None if e is None else fn(e) for e in v.elems), v.scalar)
     sa.record(node.outputs[0], None, value, why=sa.unknown_from(node, node.inputs))
-
-
-@HANDLERS.register("Neg")
-def neg(sa: ShapeAnalysis, node: gs.Node) -> None:
-    v = sa.value(node.inputs[0])
-    if v is None:
-        same_shape(sa, node)
-        return
-    sa.record(node.outputs[0], None, SymValue(v.kind, tuple(None if e is None else -e for e in v.elems), v.scalar))
-
-
-@HANDLERS.register("Abs")
-def abs_(sa: ShapeAnalysis, node: gs.Node) -> None:
-    v = sa.value(node.inputs[0])
-    if v is None:
-        same_shape(sa, node)
-        return
-
-    def absval(e: Poly | None) -> Poly | None:
-        if e is None:
-            return None
-        if e.is_const():
-            return Poly.const(abs(e.constant))
-        return e if e.is_nonneg() else None
-
-    sa.record(node.outputs[0], None, SymValue(v.kind, tuple(absval(e) for e in v.elems), v.scalar))
 
 
 # Ops whose (first) output has the shape of their first input. Abs, Cast, CastLike, Ceil, Floor,
