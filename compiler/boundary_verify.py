@@ -52,10 +52,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 from segc.errors import SegcError
 from segc.graph_view import Boundary, GraphView
 from segc.metrics import OutputMetrics, Verdict, compare_output, judge
+from segc.modelio import tensor_array
 from segc.ortrun import make_session, run_session
 from segc.passbase import Contract
 from segc.verify import GraphState, Verifier
@@ -454,7 +454,7 @@ class BoundaryChecker:
                 if name in real_inputs and name in feed.arrays:
                     known.setdefault(name, feed.arrays[name])
                 elif name in inits and name not in known:
-                    known[name] = numpy_helper.to_array(inits[name])
+                    known[name] = tensor_array(inits[name])
             knowns.append(known)
         missing = list(dict.fromkeys(n for known in knowns for n in names if n not in known))
         if missing:

@@ -263,7 +263,7 @@ def run_compile(args: argparse.Namespace, argv: list[str]) -> int:
     src = Path(args.model)
     require_utf8(src, "input model")
     input_digest = _hash_input(src)
-    model, protect = load_model_and_files(src)
+    model, protect = load_model_and_files(src, lazy=True)
     target = get_target(args.target)
     recipe = resolve_recipe(args.recipe, model)
     cli_warnings = validate_cli(args, target)
@@ -289,11 +289,6 @@ def _hash_input(src: Path) -> BackgroundSha256 | None:
     while it is loaded, checked and planned; None when the file cannot be read (the load
     then says why, as one line)."""
     return BackgroundSha256(src) if src.is_file() else None
-
-
-def _self_contained(src: Path, protect: list[Path]) -> Path | None:
-    """The input file when it holds the whole model (no external data), for passes that read files."""
-    return src if len(protect) == 1 else None
 
 
 def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], src: Path, handed: HandOver,
@@ -345,7 +340,7 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
     del model  # `handed` gives the pipeline the only reference
     try:
         result = run_pipeline(handed, specs, target=target.name, recipe=recipe, verify=args.verify, verifier=verifier,
-                              instruments=instruments, source=_self_contained(src, out.protect))
+                              instruments=instruments)
     finally:
         progress.close_line()
 

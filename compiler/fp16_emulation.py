@@ -36,8 +36,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
+from segc.modelio import tensor_array
 from segc.localize import compare_runs, produced_tensors, run_exposing, shared_tensors
 from segc.metrics import Tolerances, Verdict, compare_output, judge
 from segc.passbase import Contract
@@ -205,7 +206,7 @@ def emulate(model: onnx.ModelProto, keep: set[str]) -> _Rewrite:
         round_of(raw, target=original)
         charged.setdefault(raw, [producer[raw].name])
     g.node.extend(cast_nodes)
-    weights = {n: numpy_helper.to_array(inits[n]) for n in charged if n in inits}
+    weights = {n: tensor_array(inits[n]) for n in charged if n in inits}
     sorted_model = _toposort(out)
     return _Rewrite(sorted_model, charged, weights)
 

@@ -15,6 +15,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from segc.passbase import carry_model_fields, load_builtin_passes
+from segc.gs_import import import_graph
 
 Lowering = Callable[[gs.Graph, gs.Node], None]
 """Rewrites one node in place into runnable standard ops (the node is then disconnected)."""
@@ -40,7 +41,7 @@ def lowerable_ops() -> set[str]:
 def lower_for_reference(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """Return a runnable copy of ``model`` and how many nodes were lowered (0: same model)."""
     load_builtin_passes()
-    graph = gs.import_onnx(model)
+    graph = import_graph(model)
     lowered = 0
     # re-scan after every lowering: one lowering may rewrite more than its own node (e.g. a
     # version conversion of the whole graph), so a list taken up front could hold stale nodes

@@ -20,10 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator, Sequence
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError, Message
+from onnx import numpy_helper
 
 from segc.errors import SegcError, first_line
+from segc.lazy_load import LAZY_MIN, Reference, read_skeleton, varint_bytes
 from segc.onnx_graph import default_opset
 from segc.outdir import file_sha256, private_folder, refuse_protected, remember_sha256, write_chunks, write_file
 
@@ -32,6 +35,10 @@ __all__ = [
     "disk_tensor",
     "disk_tensors",
     "has_disk_tensors",
+    "check_source",
+    "read_disk_bytes",
+    "tensor_array",
+    "inline_copy",
     "file_sha256",
     "load_model",
     "load_model_and_files",
@@ -48,14 +55,20 @@ MAX_IR_VERSION = 10  # onnxruntime 1.31 reads <= 13; 10 is what the vendor tools
 PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # leave headroom under protobuf's hard 2 GiB cap
 
 
-def load_model(path: str | Path) -> onnx.ModelProto:
-    """Load and sanity-check an ONNX model, with its external data; SegcError on bad input."""
-    return load_model_and_files(path)[0]
+def load_model(path: str | Path, *, lazy: bool = False) -> onnx.ModelProto:
+    """Load and sanity-check an ONNX model, with its external data; SegcError on bad input.
+    ``lazy``: see :func:`load_model_and_files`."""
+    return load_model_and_files(path, lazy=lazy)[0]
 
 
-def load_model_and_files(path: str | Path) -> tuple[onnx.ModelProto, list[Path]]:
+def load_model_and_files(path: str | Path, *, lazy: bool = False) -> tuple[onnx.ModelProto, list[Path]]:
     """:func:`load_model`, plus the files it read (the model and its external data): the
-    files a compile must never write over, whatever links or folders lead to them."""
+    files a compile must never write over, whatever links or folders lead to them.
+
+    With ``lazy``, weights of :data:`segc.lazy_load.LAZY_MIN` bytes or more are not read:
+    they stay where the file (or its external data) holds them, by reference, as the
+    weights of models over 2 GiB always do (see ON_DISK_MIN). Passes see names, types and
+    dims; :func:`tensor_array` reads the values of one when a pass needs them."""
     path = Path(path)
     if not path.exists():
         raise SegcError(f"{path}: no such file")
@@ -63,17 +76,40 @@ def load_model_and_files(path: str | Path) -> tuple[onnx.ModelProto, list[Path]]
         raise SegcError(f"{path}: is a folder, not an ONNX file")
     if path.stat().st_size == 0:
         raise SegcError(f"{path}: the file is empty")
+    skeleton = read_skeleton(path) if lazy else None
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        if skeleton is not None:
+            model = onnx.ModelProto.FromString(skeleton.model_bytes)
+        else:
+            model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
         raise SegcError(f"{path}: not a readable ONNX model (truncated or another format): {first_line(exc)}") from None
     if not model.graph.node and not model.graph.output:
         # protobuf happily parses many byte strings as an empty message
         raise SegcError(f"{path}: not an ONNX model (no graph found)")
     _check_opsets(model, path)
-    data_files = _load_external_data(model, path)
+    data_files = _load_external_data(model, path, keep_min=LAZY_MIN if lazy else None)
     _check_graph(model, path)
+    if skeleton is not None:
+        _refer_to_file(model, path.resolve(), skeleton.references)
     return model, [path.resolve(), *sorted(data_files)]
+
+
+def _refer_to_file(model: onnx.ModelProto, path: Path, references: list[Reference]) -> None:
+    """Point the initializers :func:`segc.lazy_load.read_skeleton` left out at their bytes in
+    ``path``. A tensor whose bytes do not fit its type and dims gets them back inline, as an
+    ordinary load would have it (the mismatch is onnxruntime's to report, as before)."""
+    size = path.stat().st_size
+    for ref in references:
+        tensor = model.graph.initializer[ref.index]
+        expected = _expected_nbytes(tensor)
+        if (expected is not None and expected != ref.length) or ref.offset + ref.length > size:
+            with open(path, "rb") as fh:
+                fh.seek(ref.offset)
+                tensor.raw_data = fh.read(ref.length)
+            continue
+        _refer_to(tensor, path, ref.offset, ref.length)
+    _remember_source(path)
 
 
 def _check_opsets(model: onnx.ModelProto, path: Path) -> None:
@@ -138,9 +174,10 @@ def _expected_nbytes(tensor: onnx.TensorProto) -> int | None:
         return None
 
 
-def _load_external_data(model: onnx.ModelProto, path: Path) -> set[Path]:
+def _load_external_data(model: onnx.ModelProto, path: Path, keep_min: int | None = None) -> set[Path]:
     """Read every tensor's external data, refusing paths outside the model's folder and data
-    files too short for what the tensor says it holds.
+    files too short for what the tensor says it holds. Tensors of ``keep_min`` bytes or more
+    stay on disk, by reference (all models over 2 GiB: ON_DISK_MIN).
 
     onnx's own loader reads ``length`` bytes at ``offset`` and keeps whatever comes back, so
     a truncated file gives a silently short tensor (and, with ``--verify none``, a corrupt
@@ -186,10 +223,12 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> set[Path]:
         checked.append((tensor, target, offset, want if want is not None else size - offset))
         files.add(target)
     inline = model.ByteSize() if checked else 0  # weightless tensors: cheap to measure
-    on_disk = inline + sum(n for *_, n in checked) > PROTOBUF_LIMIT
+    if keep_min is None and inline + sum(n for *_, n in checked) > PROTOBUF_LIMIT:
+        keep_min = ON_DISK_MIN
     for tensor, target, offset, nbytes in checked:
-        if on_disk and nbytes >= ON_DISK_MIN:
+        if keep_min is not None and nbytes >= keep_min:
             _refer_to(tensor, target, offset, nbytes)
+            _remember_source(target)
             continue
         try:
             with open(target, "rb") as fh:
@@ -247,6 +286,65 @@ def disk_tensor(tensor: onnx.TensorProto) -> DiskTensor | None:
 def disk_tensors(model: onnx.ModelProto) -> list[tuple[onnx.TensorProto, DiskTensor]]:
     """Every tensor of ``model`` whose data segc left on disk (empty for most models)."""
     return [(t, d) for t in _all_tensors(model) if (d := disk_tensor(t)) is not None]
+
+
+# The files whose bytes weights kept on disk refer to, as they were when segc read them:
+# (device, inode, size, mtime). A file changed during the compile would give a model
+# built from two versions of the weights, so every read of such bytes checks first.
+_SOURCES: dict[Path, tuple[int, int, int, int]] = {}
+
+
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    st = path.stat()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _remember_source(path: Path) -> None:
+    _SOURCES.setdefault(path, _identity(path))
+
+
+def check_source(path: Path) -> None:
+    """SegcError if a file weights refer to changed since it was read (see ``_SOURCES``)."""
+    known = _SOURCES.get(path)
+    try:
+        now = _identity(path)
+    except OSError:
+        now = None
+    if known is not None and now != known:
+        raise SegcError(f"{path}: the file changed while segc was using its weights; run the compile again")
+
+
+def read_disk_bytes(disk: DiskTensor, limit: int | None = None) -> Iterator[bytes]:
+    """The bytes of a weight kept on disk (the first ``limit`` of them), in chunks of at most
+    CHUNK (never all at once)."""
+    check_source(disk.file)
+    with open(disk.file, "rb") as fh:
+        fh.seek(disk.offset)
+        left = disk.length if limit is None else min(limit, disk.length)
+        while left:
+            chunk = fh.read(min(CHUNK, left))
+            if not chunk:
+                raise SegcError(f"{disk.file}: the file shrank while segc was reading it")
+            yield chunk
+            left -= len(chunk)
+
+
+def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
+    """A tensor's values as numpy, for tensors that hold them and weights kept on disk alike
+    (``numpy_helper.to_array`` refuses the absolute locations segc keeps in memory)."""
+    return numpy_helper.to_array(inline_copy(tensor) if disk_tensor(tensor) is not None else tensor)
+
+
+def inline_copy(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    """A copy of ``tensor`` that holds its data, read from disk if it was kept there."""
+    inline = onnx.TensorProto()
+    inline.CopyFrom(tensor)  # kilobytes for a weight kept on disk: the header
+    disk = disk_tensor(tensor)
+    if disk is not None:
+        del inline.external_data[:]
+        inline.ClearField("data_location")
+        inline.raw_data = b"".join(read_disk_bytes(disk))
+    return inline
 
 
 def has_disk_tensors(model: onnx.ModelProto) -> bool:
@@ -353,9 +451,10 @@ def save_model(model: onnx.ModelProto, path: str | Path, *, protect: Sequence[st
     """Write ``model`` to ``path`` through segc's atomic writer (:mod:`segc.outdir`);
     refuses a ``path`` that is, or links to, any file in ``protect``.
 
-    Models above protobuf's 2 GiB limit, and models whose weights segc kept on disk, are
-    written with their weights in ``<name>.data`` beside the model: both are written into a
-    private folder, then the weights and the model are renamed into place (the model last).
+    A model within protobuf's 2 GiB limit is one file, weights kept on disk copied into it
+    (:func:`serialised_chunks`). Models above the limit are written with their weights in
+    ``<name>.data`` beside the model: both are written into a private folder, then the
+    weights and the model are renamed into place (the model last).
     """
     path = Path(path)
     guarded = [Path(p) for p in protect]
@@ -366,7 +465,7 @@ def save_model(model: onnx.ModelProto, path: str | Path, *, protect: Sequence[st
         raise SegcError(f"{path}: cannot create its folder: {exc.strerror or type(exc).__name__}") from None
     model = readable_ir(model)
     # estimated from dims: protobuf's ByteSize walks every byte and costs seconds on big models
-    if not has_disk_tensors(model) and weight_bytes(model) <= PROTOBUF_LIMIT:
+    if weight_bytes(model) <= PROTOBUF_LIMIT:
         return write_chunks(path, serialised_chunks(model), protect=guarded)
     data_name = path.name + ".data"
     refuse_protected(path.parent / data_name, guarded, "the input's data")
@@ -404,10 +503,16 @@ def serialised_chunks(model: onnx.ModelProto) -> Iterator[bytes]:
 
     which every protobuf parser reads as the same message (only field order differs from
     the canonical encoding; tests/compiler/test_save_stream.py checks the round trip).
+
+    A top-level weight kept on disk (:func:`disk_tensor`) is written inline: its header
+    (name, type, dims) without the reference, then a ``raw_data`` field whose bytes are
+    copied from its file in chunks. Weights in subgraphs are never kept on disk.
     """
     graph = model.graph
     # sized from dims: reading ``t.raw_data`` in Python copies the bytes
-    if sum(tensor_nbytes(t) for t in graph.initializer if t.HasField("raw_data")) < STREAM_MIN:
+    if not has_disk_tensors(model) and (
+        sum(tensor_nbytes(t) for t in graph.initializer if t.HasField("raw_data")) < STREAM_MIN
+    ):
         yield model.SerializeToString()
         return
     head = onnx.ModelProto()
@@ -416,30 +521,51 @@ def serialised_chunks(model: onnx.ModelProto) -> Iterator[bytes]:
     copy_fields_except(graph, rest, skip="initializer")
     rest_bytes = rest.SerializeToString()
     del rest
-    sizes = [t.ByteSize() for t in graph.initializer]
-    body = len(rest_bytes) + sum(len(_INITIALIZER_TAG) + len(_varint(n)) + n for n in sizes)
+    pieces = [_InitializerPiece.of(t) for t in graph.initializer]
+    body = len(rest_bytes) + sum(len(_INITIALIZER_TAG) + len(varint_bytes(p.size)) + p.size for p in pieces)
     yield head.SerializeToString()
-    yield _GRAPH_TAG + _varint(body)
+    yield _GRAPH_TAG + varint_bytes(body)
     yield rest_bytes
-    for tensor, size in zip(graph.initializer, sizes, strict=True):
-        data = tensor.SerializeToString()
-        if len(data) != size:  # a tensor changed while it was written: never write a corrupt file
-            raise RuntimeError(f"initializer {tensor.name!r} encodes to {len(data)} bytes, not {size}")
-        yield _INITIALIZER_TAG + _varint(size)
-        yield data
+    for tensor, piece in zip(graph.initializer, pieces, strict=True):
+        yield _INITIALIZER_TAG + varint_bytes(piece.size)
+        yield from piece.chunks(tensor)
+
+
+@dataclass(frozen=True)
+class _InitializerPiece:
+    """How one initializer is encoded by :func:`serialised_chunks`: its size, known before
+    any byte of it is written, and where its bytes come from."""
+
+    size: int
+    disk: DiskTensor | None
+    header: bytes  # for a weight kept on disk: the TensorProto without data or reference
+
+    @classmethod
+    def of(cls, tensor: onnx.TensorProto) -> _InitializerPiece:
+        disk = disk_tensor(tensor)
+        if disk is None:
+            return cls(tensor.ByteSize(), None, b"")
+        head = onnx.TensorProto()
+        head.CopyFrom(tensor)
+        del head.external_data[:]
+        head.ClearField("data_location")
+        header = head.SerializeToString()
+        return cls(len(header) + len(_RAW_DATA_TAG) + len(varint_bytes(disk.length)) + disk.length, disk, header)
+
+    def chunks(self, tensor: onnx.TensorProto) -> Iterator[bytes]:
+        if self.disk is None:
+            data = tensor.SerializeToString()
+            if len(data) != self.size:  # a tensor changed while it was written: never write a corrupt file
+                raise RuntimeError(f"initializer {tensor.name!r} encodes to {len(data)} bytes, not {self.size}")
+            yield data
+            return
+        yield self.header + _RAW_DATA_TAG + varint_bytes(self.disk.length)
+        yield from read_disk_bytes(self.disk)
 
 
 _GRAPH_TAG = bytes([7 << 3 | 2])  # ModelProto.graph = 7, wire type 2 (length-delimited)
 _INITIALIZER_TAG = bytes([5 << 3 | 2])  # GraphProto.initializer = 5
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, n = n & 0x7F, n >> 7
-        out.append(low | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+_RAW_DATA_TAG = bytes([9 << 3 | 2])  # TensorProto.raw_data = 9
 
 
 ALIGN = 4096  # onnxruntime memory-maps external data whose offset is page aligned (no copy)
@@ -489,15 +615,8 @@ def _split_weights(model: onnx.ModelProto, data: _HashedSparseFile, data_name: s
             data.pad_to(ALIGN)
             offset = data.size
             if src is not None:
-                with open(src.file, "rb") as fh:
-                    fh.seek(src.offset)
-                    left = src.length
-                    while left:
-                        chunk = fh.read(min(CHUNK, left))
-                        if not chunk:
-                            raise SegcError(f"{src.file}: the input's data file shrank while segc was reading it")
-                        data.write(chunk)
-                        left -= len(chunk)
+                for chunk in read_disk_bytes(src):
+                    data.write(chunk)
                 undo.append((tensor, None, [(e.key, e.value) for e in tensor.external_data]))
                 length = src.length
             else:

@@ -36,7 +36,6 @@ import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import onnx
@@ -44,6 +43,7 @@ import onnx_graphsurgeon as gs
 
 from segc.errors import SegcError
 from segc.recipe import Recipe
+from segc.gs_import import import_graph
 
 
 class Contract(str, enum.Enum):
@@ -191,8 +191,7 @@ class PassContext:
     ``options`` holds this pass's own options, merged (target default < recipe < command
     line) and, once the pass is bound (``Pass.bind``), coerced with every default filled in.
     ``metadata`` is written into the model's ``metadata_props`` after the pass, which is how
-    e.g. ``set_shape_range`` tells the targets the range it set. ``source`` lets a pass that
-    hands the model to a file-based tool (``simplify``) skip re-serialising it.
+    e.g. ``set_shape_range`` tells the targets the range it set.
     """
 
     options: dict[str, Any] = field(default_factory=dict)
@@ -200,7 +199,6 @@ class PassContext:
     recipe: Recipe | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     model_metadata: dict[str, str] = field(default_factory=dict)  # the model's metadata_props, read-only
-    source: Path | None = None  # the file the model came from, set only while the model is exactly that file
     declared: Mapping[str, PassOption] | None = None  # set by Pass.bind: the pass's declarations
 
     def option(self, key: str) -> Any:
@@ -316,7 +314,7 @@ class ModelPass(Pass):
 def run_on_graph(model: onnx.ModelProto,
                  rewrite: Callable[[gs.Graph], PassResult]) -> tuple[onnx.ModelProto, PassResult]:
     """Import ``model``, let ``rewrite`` change the graph, export it (``model`` itself if unchanged)."""
-    graph = gs.import_onnx(model)
+    graph = import_graph(model)
     result = rewrite(graph)
     if not result.changed:
         return model, result

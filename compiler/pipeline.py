@@ -33,6 +33,7 @@ from segc.passbase import (Contract, GraphPass, ModelPass, OptionValue, Pass, Pa
 from segc.recipe import Recipe
 from segc.boundary_verify import BoundaryChecker
 from segc.verify import GraphState, Verifier
+from segc.gs_import import import_graph
 
 VERIFY_MODES = ("each", "each-full", "end", "none")
 
@@ -238,7 +239,6 @@ class WorkingModel:
         self._metadata: dict[str, str] = {}  # stored by passes since the graph became newer
         self.imports = 0
         self.exports = 0
-        self.is_input = True  # still exactly the model the pipeline was given (no pass changed it)
 
     @property
     def is_proto_current(self) -> bool:
@@ -279,7 +279,7 @@ class WorkingModel:
 
     def graph(self) -> gs.Graph:
         if self._graph is None:
-            self._graph = gs.import_onnx(self.proto())
+            self._graph = import_graph(self.proto())
             self.imports += 1
             self._base = _model_fields(self.proto())  # not the proto: it may be freed once the graph changes
         return self._graph
@@ -293,12 +293,10 @@ class WorkingModel:
         if model is not self._proto:
             self._proto, self._base, self._metadata = model, model, {}
             self._drop_graph()
-            self.is_input = False
             release_memory()  # the old proto, and any graph a whole-model pass made of it and left
 
     def graph_changed(self) -> None:
         self._proto = None
-        self.is_input = False
 
     def after_crash(self) -> tuple[onnx.ModelProto, str | None]:
         """The model to keep after a pass raised, and a note when it is not the state before it.
@@ -320,7 +318,6 @@ class WorkingModel:
             self._proto = self._base = _write_metadata(self._proto, metadata)
         else:
             self._metadata.update(metadata)
-        self.is_input = False
         return True
 
 
@@ -334,11 +331,9 @@ def _model_fields(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, target: str | None = None,
                  recipe: Recipe | None = None, verify: str = "each", verifier: Verifier | None = None,
-                 instruments: Sequence[Instrument] = (), source: Path | None = None) -> PipelineResult:
+                 instruments: Sequence[Instrument] = ()) -> PipelineResult:
     """Run ``specs`` over ``model``; never raises for a broken pass, the result says which.
 
-    ``source``: the file ``model`` was read from (self-contained, no external data); passes
-    see it in ``ctx.source`` for as long as the model is still exactly that file.
     ``model`` as a :class:`HandOver` lets the input be freed once a pass replaced it.
     """
     if isinstance(model, HandOver):
@@ -376,7 +371,6 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
             target=target,
             recipe=recipe,
             model_metadata=working.metadata(),
-            source=source if working.is_input else None,
             declared=type(pass_obj).options,
         )
         started = time.perf_counter()

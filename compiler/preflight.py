@@ -60,11 +60,11 @@ def validate_selectors(model: onnx.ModelProto, args: argparse.Namespace) -> None
     """
     if not args.outputs and not args.nearest_resize:
         return
-    import onnx_graphsurgeon as gs
+    from segc.gs_import import import_graph
 
     from segc.selectors import select_many
 
-    graph = gs.import_onnx(model)
+    graph = import_graph(model)
     if args.outputs:
         select_many(graph, args.outputs, kind="tensors")
     if args.nearest_resize:

@@ -4,15 +4,14 @@ Why not ``import onnxsim``: onnxsim 0.8's package ``__init__`` imports some two 
 modules of a quantisation/export toolkit, and ``onnxsim/ppq_integration.py`` imports torch
 when it is installed (measured 5.5 s of a 25 s compile on hrnet_w48_ocr; another
 profile 6.1 s), for a feature segc never uses. The simplifier itself is the extension
-module ``onnxsim_cpp2py_export``: ``simplify(executor, model_bytes, ...)`` and
-``simplify_path(executor, in_path, out_path, ...)``, where ``executor`` is a
+module ``onnxsim_cpp2py_export``: ``simplify(executor, model_bytes, ...)``, where ``executor`` is a
 ``ModelExecutor`` whose ``Run`` evaluates the small constant-folding sub-models the core
 builds. segc loads that extension straight from onnxsim's install folder (an
 ``ExtensionFileLoader``: no parent package is imported, nothing is stubbed) and supplies its
 own onnxruntime executor, configured as onnxsim's own ``backend.run_model(...,
 single_threaded=True)`` is (no graph optimisation, one thread: each fold is tiny).
 
-Argument order and meaning follow the extension's own signature (``simplify_path.__doc__``)
+Argument order and meaning follow the extension's own signature (``simplify.__doc__``)
 and the call in ``onnxsim/onnx_simplifier.py``'s fast path (pypi onnxsim 0.8).
 """
 
@@ -126,27 +125,6 @@ def _make_executor(c: ModuleType) -> Any:
             return [onnx.numpy_helper.from_array(np.asarray(v)).SerializeToString() for v in values]
 
     return OrtFolder()
-
-
-def simplify_file(in_path: Path, out_path: Path, settings: FoldSettings) -> None:
-    """Simplify the model file ``in_path`` into ``out_path`` (the C++ core reads and writes it)."""
-    core().simplify_path(
-        executor(),
-        str(in_path),
-        str(out_path),
-        list(SKIPPED_OPTIMIZERS),
-        settings.constant_folding,
-        True,
-        settings.tensor_size_threshold,
-        None,
-        None,
-        True,
-        False,
-        False,
-        None,
-        None,
-        None,
-    )
 
 
 def simplify_bytes(model_bytes: bytes, settings: FoldSettings) -> bytes:

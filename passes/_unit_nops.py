@@ -56,6 +56,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from segc.modelio import disk_tensor, read_disk_bytes, tensor_array
+
 BROADCAST_BINARY = ("Add", "Mul", "Div", "Sub", "Pow", "And", "Or")
 _ZERO_UNIT = ("Add", "Or")  # unit 0 / false on either side
 _ONE_UNIT = ("Mul", "And")  # unit 1 / true on either side
@@ -115,7 +117,7 @@ def _merge_duplicate_initializers(graph: onnx.GraphProto, pinned: set[str]) -> i
     io = {v.name for v in graph.input} | {v.name for v in graph.output}
     groups: dict[tuple[int, tuple[int, ...]], list[onnx.TensorProto]] = defaultdict(list)
     for t in graph.initializer:
-        if not t.name or t.name in io or t.data_location == onnx.TensorProto.EXTERNAL:
+        if not t.name or t.name in io or (t.data_location == onnx.TensorProto.EXTERNAL and disk_tensor(t) is None):
             continue
         if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
             continue
@@ -125,8 +127,8 @@ def _merge_duplicate_initializers(graph: onnx.GraphProto, pinned: set[str]) -> i
         if len(members) < 2:
             continue  # a unique (dtype, dims) is never hashed: most weights stop here
         first: dict[bytes, str] = {}
-        for t in members:
-            digest = hashlib.blake2b(_payload(t), digest_size=32).digest()
+        for t in _same_start(members):
+            digest = _digest(t)
             kept = first.setdefault(digest, t.name)
             if kept != t.name and t.name not in pinned:
                 replace[t.name] = kept
@@ -145,11 +147,43 @@ def _merge_duplicate_initializers(graph: onnx.GraphProto, pinned: set[str]) -> i
     return len(replace)
 
 
-def _payload(t: onnx.TensorProto) -> bytes:
-    """The tensor's values as little-endian bytes, whichever field holds them."""
-    if t.raw_data:
-        return t.raw_data
-    return bytes(numpy_helper.to_array(t).tobytes())
+_PREFIX = 256  # bytes of a weight kept on disk read to tell it from others of its shape
+
+
+def _same_start(members: list[onnx.TensorProto]) -> list[onnx.TensorProto]:
+    """``members`` less those whose first bytes no other member shares, when any of them is
+    a weight kept on disk (``segc.lazy_load``): hashing every same-shaped weight would read
+    most of hrnet_w48_ocr's 268 MiB from the file, while distinct trained or random weights
+    differ in their first bytes. Groups held in memory are hashed whole, as they are read."""
+    if all(disk_tensor(t) is None for t in members):
+        return members
+    keys = [_start(t) for t in members]
+    starts: dict[bytes, int] = defaultdict(int)
+    for key in keys:
+        starts[key] += 1
+    return [t for t, key in zip(members, keys, strict=True) if starts[key] > 1]
+
+
+def _start(t: onnx.TensorProto) -> bytes:
+    """The first bytes of the tensor's values as little-endian bytes (see :func:`_digest`)."""
+    disk = disk_tensor(t)
+    if disk is not None:
+        return b"".join(read_disk_bytes(disk, _PREFIX))
+    return (t.raw_data or numpy_helper.to_array(t).tobytes())[:_PREFIX]
+
+
+def _digest(t: onnx.TensorProto) -> bytes:
+    """A hash of the tensor's values as little-endian bytes, whichever field holds them."""
+    h = hashlib.blake2b(digest_size=32)
+    disk = disk_tensor(t)
+    if disk is not None:
+        for chunk in read_disk_bytes(disk):
+            h.update(chunk)
+    elif t.raw_data:
+        h.update(t.raw_data)
+    else:
+        h.update(numpy_helper.to_array(t).tobytes())
+    return h.digest()
 
 
 class _Shapes:
@@ -190,7 +224,7 @@ def _all_equal(t: onnx.TensorProto, value: int) -> bool:
     if t.data_type not in _UNIT_DTYPES:
         return False
     try:
-        data = numpy_helper.to_array(t)
+        data = tensor_array(t)
     except (ValueError, TypeError):  # a dtype this numpy/onnx cannot decode
         return False
     if t.data_type == onnx.TensorProto.BFLOAT16:

@@ -73,6 +73,7 @@ from segc.passes._sym_poly import Poly, float32_exact
 from segc.passes._shape_expr import ShapeAnalysis, topo_nodes
 from segc.passes._shape_stride import spatial_symbols, total_stride
 from segc.shapes import ShapeRange, ranges_from_metadata
+from segc.gs_import import import_graph
 
 
 def divisible_dims(graph: gs.Graph, ranges: list[ShapeRange]) -> dict[str, tuple[Poly, ...]]:
@@ -278,7 +279,7 @@ class StrideAdvice:
 def stride_advice(model: onnx.ModelProto) -> StrideAdvice:
     """The model's total stride (``total_stride``) and, when Resizes take their sizes from
     shapes, the ``/M`` range syntax that lets ``fold_resize_scales`` fold them."""
-    graph = gs.import_onnx(model)
+    graph = import_graph(model)
     analysis = ShapeAnalysis(graph)
     computed = 0
     for node in graph.nodes:

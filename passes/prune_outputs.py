@@ -38,6 +38,7 @@ import onnx_graphsurgeon as gs
 from segc.errors import SegcError, first_line
 from segc.passbase import Contract, GraphPass, OptionKind, PassContext, PassOption, PassResult, register_pass
 from segc.selectors import as_selector_list, select_ordered
+from segc.gs_import import import_graph
 
 
 class KeptTensorGone(RuntimeError):
@@ -110,7 +111,7 @@ def pin_selectors(model: onnx.ModelProto, selectors: str | list[str]) -> list[st
     wanted = as_selector_list(selectors)
     if not wanted:
         raise SegcError("--outputs needs at least one selector, e.g. 'Conv before output1'")
-    graph = gs.import_onnx(model)
+    graph = import_graph(model)
     tensors: list[gs.Tensor] = select_ordered(graph, wanted, kind="tensors")
     for t in tensors:
         if isinstance(t, gs.Constant):

@@ -79,6 +79,7 @@ from segc.passes._deform_forms import (
 )
 from segc.onnx_graph import default_opset, graph_opset
 from segc.passes._opset import convert_model_opset
+from segc.gs_import import import_graph
 from segc.passes._graph_build import (
     GraphBuilder,
     graph_opset_bump_is_safe,
@@ -318,7 +319,7 @@ def _lower_one(graph: gs.Graph, node: gs.Node) -> None:
 def _upgrade_graph_in_place(graph: gs.Graph, version: int) -> None:
     """Replace ``graph``'s contents by its version-converted self (see lower_to_reference)."""
     model = gs.export_onnx(graph, do_type_check=False)
-    upgraded = gs.import_onnx(convert_model_opset(model, version, who="rewrite_deform_conv"))
+    upgraded = import_graph(convert_model_opset(model, version, who="rewrite_deform_conv"))
     graph.nodes = upgraded.nodes
     graph.inputs = upgraded.inputs
     graph.outputs = upgraded.outputs

@@ -15,8 +15,8 @@ Ops onnx-simplifier does not know (vendor ops) make it fail: the pass then leave
 alone and says so; it does not guess.
 
 Only onnx-simplifier's C++ core is used (``segc.passes._onnxsim_core``: its Python package
-would import torch), and it is handed the input file itself when the model is still that
-file (``_OnnxsimInput``). The folding engine was chosen by measurement
+would import torch), and it gets the model without the weights it cannot use
+(``_OnnxsimInput``). The folding engine was chosen by measurement
 (bench/compile_floor.py): onnxruntime's basic optimisation written out with
 ``SessionOptions.optimized_model_filepath`` is the one alternative that keeps symbolic dims
 and emits only standard ops, but it leaves more nodes (ocrnet_hrnetw18: 1062 against
@@ -30,27 +30,26 @@ quadratic in graph size: the same rewrites run after it in linear time
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
+from collections import defaultdict
 from typing import Any
 
 import onnx
 
 from segc.errors import SegcError, first_line
-from segc.modelio import has_disk_tensors, tensor_nbytes, weight_bytes
+from segc.modelio import PROTOBUF_LIMIT, copy_fields_except, disk_tensor, inline_copy, tensor_nbytes, weight_bytes
 from segc.passbase import (Contract, ModelPass, OptionKind, PassContext, PassOption, PassResult, carry_model_fields,
                            register_pass)
-from segc.passes._onnxsim_core import FoldSettings, simplify_bytes, simplify_file
+from segc.passes._onnxsim_core import FoldSettings, simplify_bytes
 from segc.passes._unit_nops import eliminate_unit_nops
 
 GROWTH_ALLOWANCE = 1.02  # folding may legitimately add a little (e.g. a folded shape constant)
 GROWTH_SLACK = 4096  # bytes: small constants never count as growth
 
-# onnx-simplifier takes the whole model as one protobuf message, and protobuf cannot hold
-# more than 2 GiB: above that segc keeps the weights on disk (segc.modelio.ON_DISK_MIN) and
-# this pass leaves the graph as it is rather than fail the compile. The vendor tools fold
-# constants themselves.
-_OVER_LIMIT_NOTE = ("model over protobuf's 2 GiB limit: onnx-simplifier cannot take it, so constant folding and "
+# onnx-simplifier takes the model as one protobuf message, and protobuf cannot hold more than
+# 2 GiB. Weights it cannot use are left out (_OnnxsimInput), so a model over 2 GiB simplifies
+# like any other; if what it must get is still over the limit, this pass leaves the graph as
+# it is rather than fail the compile. The vendor tools fold constants themselves.
+_OVER_LIMIT_NOTE = ("the weights onnx-simplifier would need exceed protobuf's 2 GiB limit, so constant folding and "
                     "its shape inference were skipped (the graph is left as it was)")
 
 
@@ -63,7 +62,8 @@ class Simplify(ModelPass):
 
     def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[onnx.ModelProto, PassResult]:
         notes: list[str] = []
-        if has_disk_tensors(model):
+        source = _OnnxsimInput(model)
+        if source.inline_bytes() > PROTOBUF_LIMIT:
             return model, PassResult(changed=False, stats={"skipped": True}, notes=[_OVER_LIMIT_NOTE])
         size_before = weight_bytes(model)
         attempts = [FoldSettings()]
@@ -72,7 +72,6 @@ class Simplify(ModelPass):
         else:
             biggest = max((tensor_nbytes(t) for t in model.graph.initializer), default=0)
             attempts += [FoldSettings(tensor_size_threshold=max(biggest, 1024)), FoldSettings(constant_folding=False)]
-        source = _OnnxsimInput(model, ctx.source)
         for settings in attempts:
             simplified = source.simplify(settings, notes)
             if simplified is None:
@@ -105,7 +104,7 @@ class Simplify(ModelPass):
             "weight_bytes_before": size_before,
             "weight_bytes_after": size_after,
             "settings": settings.describe(),
-            "input": source.route,
+            "weights_left_out": len(source.opaque),
             "duplicate_initializers": nops.duplicate_initializers,
             "unit_nodes_removed": nops.unit_nodes,
             "empty_concat_inputs": nops.empty_concat_inputs,
@@ -121,43 +120,148 @@ def _new_domains(before: onnx.ModelProto, after: onnx.ModelProto) -> list[str]:
 
 
 class _OnnxsimInput:
-    """How the model reaches onnx-simplifier's C++ core, chosen once for all attempts.
+    """The model as onnx-simplifier's C++ core gets it: serialised once for every attempt,
+    without the weights it has no use for.
 
-    Handing the core the file the model was read from (``simplify_path``) skips a Python
-    ``SerializeToString`` of the whole model, measured at 2.1 s on hrnet_w48_ocr,
-    and 0.7 GiB peak for onnx-simplifier given the file against 1.5 GiB given a ModelProto.
-    The result is read back with one ``onnx.load``. When there is no such file (an earlier pass changed the model, or
-    its outputs lack a shape field onnxsim insists on) the model is serialised once and those
-    bytes serve every retry (``simplify``, in memory).
+    A weight that only feeds Conv, ConvTranspose, MatMul or Gemm as their weight operand,
+    beside a value computed at run time (:func:`_opaque_weights`), can take part in no fold
+    and in no rewrite of onnx-simplifier that reads values: it goes to the core as a graph
+    input of the same type and dims, and comes back by name afterwards. On hrnet_w48_ocr
+    that is every weight, and the core then parses, shape-infers and writes kilobytes instead
+    of 268 MiB::
+
+        model:    x -> Conv(W) -> ...         W: 70 MB (in memory, or kept on disk)
+        to core:  x, W: float[480,720,3,3]    graph inputs, no data
+                  x -> Conv(W) -> ...
+        result:   the core's nodes; W as it was (the same reference, or the same bytes)
+
+    Other weights kept on disk (``segc.modelio.disk_tensor``) are read for the call.
     """
 
-    def __init__(self, model: onnx.ModelProto, source: Path | None) -> None:
+    def __init__(self, model: onnx.ModelProto) -> None:
         self.model = model
-        self.path = source if source is not None and not _missing_output_shapes(model) else None
-        self.route = "file" if self.path is not None else "bytes"
+        self.opaque = _opaque_weights(model)
         self._bytes: bytes | None = None
+
+    def inline_bytes(self) -> int:
+        """Weight bytes the core gets (all but the opaque ones)."""
+        return sum(tensor_nbytes(t) for t in self.model.graph.initializer if t.name not in self.opaque)
 
     def simplify(self, settings: FoldSettings, notes: list[str]) -> onnx.ModelProto | None:
         try:
-            if self.path is not None:
-                with tempfile.TemporaryDirectory(prefix="segc-onnxsim-") as tmp:
-                    out = Path(tmp) / "simplified.onnx"
-                    simplify_file(self.path, out, settings)
-                    simplified = onnx.load(str(out))
-            else:
-                if self._bytes is None:
-                    self._bytes = _with_output_shapes(self.model).SerializeToString()
-                result = simplify_bytes(self._bytes, settings)
-                if not result:
-                    raise ValueError("the simplified model is larger than 2 GiB")
-                simplified = onnx.load_from_string(result)
+            if self._bytes is None:
+                self._bytes = _with_output_shapes(self._to_core()).SerializeToString()
+            result = simplify_bytes(self._bytes, settings)
+            if not result:
+                raise ValueError("the simplified model is larger than 2 GiB")
+            simplified = onnx.load_from_string(result)
         except SegcError:
             raise
         except Exception as exc:  # noqa: BLE001 - onnxsim raises bare RuntimeErrors from C++
             first = first_line(exc)
             notes.append(f"onnx-simplifier could not process the model: {first[:300]}")
             return None
+        self._restore(simplified)
         return simplified
+
+    def _to_core(self) -> onnx.ModelProto:
+        graph = self.model.graph
+        out = onnx.ModelProto()
+        copy_fields_except(self.model, out, "graph")
+        copy_fields_except(graph, out.graph, "initializer")
+        listed = {i.name for i in graph.input}
+        for t in graph.initializer:
+            if t.name in self.opaque:
+                if t.name not in listed:
+                    out.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+            elif disk_tensor(t) is not None:
+                out.graph.initializer.append(inline_copy(t))
+            else:
+                out.graph.initializer.append(t)
+        return out
+
+    def _restore(self, simplified: onnx.ModelProto) -> None:
+        """The opaque weights back into ``simplified``, in the input's order, where a node
+        still reads them (onnx-simplifier drops unused initializers; so is this)."""
+        if not self.opaque:
+            return
+        graph = simplified.graph
+        listed = {i.name for i in self.model.graph.input}
+        inputs = [i for i in graph.input if i.name not in self.opaque or i.name in listed]
+        del graph.input[:]
+        graph.input.extend(inputs)
+        read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        for t in self.model.graph.initializer:
+            if t.name in self.opaque and t.name in read:
+                graph.initializer.append(t)
+
+
+# (op, operand) pairs whose operand is a weight onnx-simplifier never reads the values of when
+# the op's first input is computed at run time: the op cannot fold, and no onnx-optimizer
+# rewrite it runs changes such a weight (BatchNormalization fusion does: see below). Not
+# MatMul's: onnx-simplifier turns MatMul + Add into Gemm only when the weight is an
+# initializer (segformer: 297 nodes with its weights, 285 without), and segc's result must
+# be onnx-simplifier's, node for node.
+_WEIGHT_OPERANDS = {("Conv", 1), ("ConvTranspose", 1)}
+_SHAPE_ONLY = {"Shape", "Size"}  # their outputs may fold whatever feeds them
+
+
+def _opaque_weights(model: onnx.ModelProto) -> set[str]:
+    """Initializers onnx-simplifier can take as graph inputs without changing its result.
+
+    A weight qualifies when every reader is in :data:`_WEIGHT_OPERANDS` and (1) the reader's
+    first input may not be a constant (an over-approximation: initializers, Constant, Shape
+    and Size outputs, and whatever is computed from those alone), so the reader never folds;
+    (2) the Conv's output does not feed a BatchNormalization (onnx-optimizer's
+    fuse_bn_into_conv rewrites the weight). It is not a graph output and no subgraph reads
+    it. tests/passes/test_simplify.py checks that the result is node for node what
+    onnx-simplifier gives with every weight, on the seed models and third-party ones.
+    """
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    constant = {t.name for t in graph.initializer}
+    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
+    nested: set[str] = set()
+    for node in graph.node:
+        if node.op_type in _SHAPE_ONLY or all(not n or n in constant for n in node.input):
+            constant.update(node.output)  # Constant, ConstantOfShape of a constant, ... too
+        for k, name in enumerate(node.input):
+            readers[name].append((node, k))
+        for attr in node.attribute:
+            if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                nested.update(_names_read(attr))
+    opaque = set()
+    for t in graph.initializer:
+        if t.name in outputs or t.name in nested or not readers.get(t.name):
+            continue
+        if all(_weight_operand(node, k, constant, readers) for node, k in readers[t.name]):
+            opaque.add(t.name)
+    return opaque
+
+
+def _weight_operand(node: onnx.NodeProto, k: int, constant: set[str],
+                    readers: dict[str, list[tuple[onnx.NodeProto, int]]]) -> bool:
+    if node.domain not in ("", "ai.onnx") or (node.op_type, k) not in _WEIGHT_OPERANDS:
+        return False
+    if not node.input or node.input[0] in constant or node.input[k] == node.input[0]:
+        return False
+    return not any(r.op_type == "BatchNormalization" for o in node.output for r, _ in readers.get(o, []))
+
+
+def _names_read(attr: onnx.AttributeProto) -> set[str]:
+    """Every name any node of a graph attribute reads (outer values a body captures)."""
+    names: set[str] = set()
+    stack = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+    while stack:
+        g = stack.pop()
+        for n in g.node:
+            names.update(n.input)
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    stack.append(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    stack.extend(a.graphs)
+    return names
 
 
 def _same_structure(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:

@@ -314,13 +314,13 @@ def _classify(
     ``resize_broadcast``, the input is not 1x1), and the names of 1x1 broadcasts, whose
     violation must name ``resize_broadcast``: an error never names a fix that has said it
     cannot apply. The rest fold with ``fold_resize_scales``, which their violation names."""
-    import onnx_graphsurgeon as gs
+    from segc.gs_import import import_graph
 
     from segc.passes._shape_expr import ShapeAnalysis
     from segc.passes.fold_resize_scales import divisible_dims, resize_fold
     from segc.passes.resize_broadcast import broadcast_shape
 
-    graph = gs.import_onnx(model)
+    graph = import_graph(model)
     by_name = {(n.name or (f"<{n.outputs[0].name}>" if n.outputs else "")): n for n in graph.nodes}
     analysis = ShapeAnalysis(graph, divisible_dims(graph, ranges)).run()
     left: list[Violation] = []
@@ -372,11 +372,11 @@ def _reaim_static(model: onnx.ModelProto, options: BuildOptions, found: list[Vio
 
 
 def _grid_hint(model: onnx.ModelProto, ranges: list[ShapeRange]) -> str:
-    import onnx_graphsurgeon as gs
+    from segc.gs_import import import_graph
 
     from segc.passes.fold_resize_scales import stride_hint
 
-    graph = gs.import_onnx(model)
+    graph = import_graph(model)
     nodes = [n for n in graph.nodes if n.op in ("Resize", "Upsample")]
     return stride_hint(graph, nodes, ranges).replace("it folds", "they fold").replace(
         "give --input-shape", "for one ranged build instead, give --input-shape")
@@ -388,11 +388,11 @@ GEARS_PER_DIM = 4  # "three to four profiles are recommended" (same pages)
 
 def _grid(model: onnx.ModelProto) -> int:
     """The spatial grid for gears: the model's total stride (32 when it has none to find)."""
-    import onnx_graphsurgeon as gs
+    from segc.gs_import import import_graph
 
     from segc.passes._shape_stride import total_stride
 
-    stride = total_stride(gs.import_onnx(model))
+    stride = total_stride(import_graph(model))
     return stride if stride and stride > 1 else 32
 
 

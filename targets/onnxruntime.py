@@ -21,7 +21,7 @@ import onnx
 import onnxruntime as ort
 
 from segc.errors import SegcError, first_line
-from segc.modelio import has_disk_tensors
+from segc.modelio import PROTOBUF_LIMIT, weight_bytes
 from segc.ortrun import inference_session
 from segc.outdir import replacing
 from segc.targets.base import Artefact, BuildOptions, Target, Violation, register_target
@@ -71,7 +71,7 @@ def write_optimised_copy(model: onnx.ModelProto, dest: Path) -> Path:
     with replacing(dest) as tmp:  # onnxruntime writes the file itself: give it a fresh name
         opts.optimized_model_filepath = str(tmp)
         try:
-            if has_disk_tensors(model):  # over 2 GiB: onnxruntime writes the weights beside the copy
+            if weight_bytes(model) > PROTOBUF_LIMIT:  # over 2 GiB: onnxruntime writes the weights beside the copy
                 opts.add_session_config_entry(
                     "session.optimized_model_external_initializers_file_name", f"{dest.name}.data"
                 )

@@ -7,8 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from segc.modelio import tensor_array
 from segc.ortrun import run_model
-from segc.passbase import PassContext
+from segc.passbase import PassContext, PassResult
 from segc.passes.simplify import Simplify, weight_bytes
 
 
@@ -42,18 +43,101 @@ def test_folds_and_keeps_dynamic_dims() -> None:
     assert not second.changed and again is out  # idempotent
 
 
-def test_file_route_matches_bytes_route(tmp_path) -> None:
-    """Given the file the model came from, onnx-simplifier reads it itself; same graph either way."""
-    model = foldable()
-    path = tmp_path / "m.onnx"
-    onnx.save(model, str(path))
-    from_file, by_file = Simplify().apply(model, PassContext(source=path))
-    from_bytes, by_bytes = Simplify().apply(model, PassContext())
-    assert (by_file.stats["input"], by_bytes.stats["input"]) == ("file", "bytes")
-    assert by_file.changed and by_bytes.changed
-    assert [n.op_type for n in from_file.graph.node] == [n.op_type for n in from_bytes.graph.node]
-    x = np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype(np.float32)
-    np.testing.assert_allclose(run_model(from_file, {"x": x})["y"], run_model(from_bytes, {"x": x})["y"], rtol=1e-6)
+def simplified_both_ways(model: onnx.ModelProto) -> tuple[onnx.ModelProto, onnx.ModelProto, PassResult]:
+    """``model`` simplified as segc does (weights it cannot use left out), and with every
+    weight handed to onnx-simplifier; and the first run's result."""
+    from segc.passes import simplify as mod
+
+    out, result = Simplify().apply(model, PassContext())
+    real = mod._opaque_weights
+    mod._opaque_weights = lambda m: set()
+    try:
+        full, _ = Simplify().apply(model, PassContext())
+    finally:
+        mod._opaque_weights = real
+    return out, full, result
+
+
+def assert_same_graph(a: onnx.ModelProto, b: onnx.ModelProto) -> None:
+    """Node for node, input for input, and the same initializers (names, types, dims, bytes)."""
+    assert [n.SerializeToString(deterministic=True) for n in a.graph.node] == \
+        [n.SerializeToString(deterministic=True) for n in b.graph.node]
+    assert [i.name for i in a.graph.input] == [i.name for i in b.graph.input]
+    def weights(m: onnx.ModelProto) -> dict[str, bytes]:
+        return {t.name: tensor_array(t).tobytes() + bytes(t.data_type) + str(list(t.dims)).encode()
+                for t in m.graph.initializer}
+    assert weights(a) == weights(b)
+
+
+def weights_graph() -> onnx.ModelProto:
+    """Four 3x3 convs: one whose weight onnx-simplifier cannot use (w_plain), one feeding a
+    BatchNormalization it fuses (w_bn), one on a constant input it folds (w_const), and one
+    whose weight an Add also reads (w_shared)."""
+    rng = np.random.default_rng(4)
+    def w(name: str, shape: tuple[int, ...] = (4, 4, 3, 3)) -> onnx.TensorProto:
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+    bn = [numpy_helper.from_array(v.astype(np.float32), n) for n, v in
+          (("s", rng.uniform(0.5, 2, 4)), ("b", rng.standard_normal(4)), ("m", rng.standard_normal(4)),
+           ("v", rng.uniform(0.5, 2, 4)))]
+    nodes = [helper.make_node("Conv", ["x", "w_plain"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["a", "w_bn"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["d"]),
+             helper.make_node("Conv", ["k", "w_const"], ["e"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["d", "e"], ["f"]),
+             helper.make_node("Conv", ["f", "w_shared"], ["g"], pads=[1, 1, 1, 1]),
+             helper.make_node("ReduceMean", ["w_shared"], ["h"], keepdims=0),
+             helper.make_node("Reshape", ["h", "shape"], ["h2"]),
+             helper.make_node("Add", ["g", "h2"], ["y"])]
+    g = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, "H", "W"])],
+        [w("w_plain"), w("w_bn"), w("w_const"), w("w_shared"), w("k", (1, 4, 1, 1)), *bn,
+         numpy_helper.from_array(np.array([1, 1, 1, 1], np.int64), "shape")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def test_only_weights_onnx_simplifier_cannot_use_are_left_out() -> None:
+    from segc.passes.simplify import _opaque_weights
+
+    assert _opaque_weights(weights_graph()) == {"w_plain"}
+
+
+def test_leaving_weights_out_changes_nothing() -> None:
+    """The BatchNormalization is fused and the constant conv folded, as with every weight."""
+    model = weights_graph()
+    out, full, result = simplified_both_ways(model)
+    assert result.stats["weights_left_out"] == 1
+    assert "BatchNormalization" not in [n.op_type for n in out.graph.node]
+    assert [n.op_type for n in out.graph.node].count("Conv") == 3  # the one on a constant input folded
+    assert_same_graph(out, full)
+    x = np.random.default_rng(5).standard_normal((2, 4, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(run_model(out, {"x": x})["y"], run_model(model, {"x": x})["y"], rtol=1e-4, atol=1e-4)
+    again, second = Simplify().apply(out, PassContext())
+    assert not second.changed and again is out
+
+
+def test_weights_kept_on_disk_come_back_as_references(tmp_path) -> None:
+    """A lazily loaded model: the weight left out returns as the same reference into the file,
+    the ones onnx-simplifier used come back with their (folded) values."""
+    from segc.modelio import disk_tensor, load_model_and_files
+
+    path = tmp_path / "w.onnx"
+    big = weights_graph()
+    rng = np.random.default_rng(6)
+    for t in big.graph.initializer:  # big enough to stay in the file
+        if t.name.startswith("w_"):
+            t.CopyFrom(numpy_helper.from_array(rng.standard_normal((4, 4, 33, 33)).astype(np.float32), t.name))
+    for n in big.graph.node:
+        if n.op_type == "Conv":
+            del n.attribute[:]
+            n.attribute.append(helper.make_attribute("pads", [16, 16, 16, 16]))
+    onnx.save(big, str(path))
+    model, _ = load_model_and_files(path, lazy=True)
+    out, full, result = simplified_both_ways(model)
+    assert_same_graph(out, full)
+    kept = {t.name: disk_tensor(t) for t in out.graph.initializer}
+    assert kept["w_plain"] == disk_tensor(next(t for t in model.graph.initializer if t.name == "w_plain"))
+    assert kept["w_shared"] is None  # read for onnx-simplifier, returned with its values
 
 
 def test_negative_case_nothing_to_fold() -> None:
@@ -88,9 +172,12 @@ def test_vendor_ops_survive() -> None:
 
 @pytest.mark.slow
 def test_seed_model_dbnet_dynamic(seed_onnx) -> None:
-    model = onnx.load(str(seed_onnx("dbnet_r50", shape=(1, 3, 128, 160), dynamic=True)))
-    out, result = Simplify().apply(model, PassContext())
-    assert result.changed
+    from segc.modelio import load_model
+
+    model = load_model(seed_onnx("dbnet_r50", shape=(1, 3, 128, 160), dynamic=True), lazy=True)
+    out, full, result = simplified_both_ways(model)
+    assert_same_graph(out, full)
+    assert result.changed and result.stats["weights_left_out"] > 50
     dims = [bool(d.dim_param) for d in out.graph.input[0].type.tensor_type.shape.dim]
     assert dims[2] and dims[3]  # H and W stay symbolic
     assert weight_bytes(out) <= weight_bytes(model) * 1.02 + 4096
