@@ -195,7 +195,7 @@ def test_duplicates_among_weights_kept_on_disk_merge(tmp_path: Path) -> None:
     nodes = [helper.make_node("Mul", ["x", n], [f"o{n}"]) for n in names]
     nodes.append(helper.make_node("Sum", [f"o{n}" for n in names], ["y"]))
     path = tmp_path / "d.onnx"
-    onnx.save(model_of(nodes, [const(n, v) for n, v in zip(names, values)], [8192]), str(path))
+    onnx.save(model_of(nodes, [const(n, v) for n, v in zip(names, values, strict=True)], [8192]), str(path))
     model, _ = load_model_and_files(path, lazy=True)
     assert all(disk_tensor(t) is not None for t in model.graph.initializer)
     inline = numpy_helper.from_array(w, "w3")  # a weight onnx-simplifier returned with its values
