@@ -3,8 +3,9 @@ default pipeline and verification on, and record each compile's peak memory agai
 model's size (the target: within 2x).
 
 The model is generated, not downloaded: three 1x1 convolutions whose weights are zeros in a
-sparse data file (no disk blocks, written in no time), with residual Adds so the outputs
-still carry the input's signal for the verifier::
+sparse data file (no disk blocks, written in no time) but for their first value, which
+differs (equal weights would be merged as copies), with residual Adds so the outputs still
+carry the input's signal for the verifier::
 
     x[1,16384,1,1] --Conv(W1 1 GiB)--> +x --Conv(W2 1 GiB)--> +  --> y
                                                               \\--Conv(W3 256 MiB)--> z
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from onnx import TensorProto, helper
 
 CHANNELS = 16384
@@ -49,12 +51,16 @@ def write_big_model(folder: Path, channels: int = CHANNELS) -> tuple[Path, int]:
     folder.mkdir(parents=True, exist_ok=True)
     c = channels
     sizes = {"W1": [c, c, 1, 1], "W2": [c, c, 1, 1], "W3": [c // 4, c, 1, 1]}
-    inits, offset = [], 0
+    inits, offset, starts = [], 0, []
     for name, dims in sizes.items():
         inits.append(_external(name, dims, "big.data", offset))
+        starts.append(offset)
         offset += 4 * dims[0] * dims[1]
     with open(folder / "big.data", "wb") as fh:
         fh.truncate(offset)  # a hole: zeros that take no disk space
+        for k, start in enumerate(starts):  # one value each: no two weights are equal (merged as copies)
+            fh.seek(start)
+            fh.write(np.float32(0.5 * (k + 1)).tobytes())
     nodes = [
         helper.make_node("Conv", ["x", "W1"], ["c1"], name="conv1"),
         helper.make_node("Add", ["x", "c1"], ["y1"], name="add1"),

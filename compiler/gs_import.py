@@ -6,7 +6,8 @@ locations of weights segc keeps on disk (``segc.modelio.disk_tensor``; every big
 a compiled model, see ``segc.lazy_load``). :func:`import_graph` gives those constants
 :class:`DiskValues`, which read the bytes from the file when (and only when) a pass asks for
 the values. Exporting the graph again keeps the reference, as graph-surgeon exports any
-``LazyValues`` by its tensor proto: a weight no pass looked at is never read.
+``LazyValues`` by its tensor proto: a weight no pass looked at is never read. One a pass
+read is exported with its values, like any constant held in memory.
 """
 
 from __future__ import annotations
@@ -34,4 +35,8 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
             if isinstance(tensor, gs.Constant) and isinstance(tensor._values, LazyValues):
                 if disk_tensor(tensor._values.tensor) is not None:
                     tensor._values = DiskValues(tensor._values.tensor)
+                    # graph-surgeon stamps an exported constant with the data_location it was
+                    # imported with: once a pass has loaded (or replaced) the values, it holds
+                    # them in memory and must be written as an ordinary tensor
+                    tensor.data_location = None
     return graph

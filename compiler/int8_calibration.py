@@ -132,17 +132,20 @@ def quantize_qdq(model: onnx.ModelProto, feeds: list[Feed]) -> onnx.ModelProto:
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    from segc.errors import SegcError
+    from segc.modelio import save_model
     from segc.onnx_graph import default_opset
+    from segc.passes._opset import convert_model_opset
 
     per_channel = True
     if (default_opset(model) or 0) < 13:  # absent: load_model refuses such models
         try:
-            model = onnx.version_converter.convert_version(model, 13)
-        except Exception:  # noqa: BLE001 - the converter raises many types; per tensor still works
+            model = convert_model_opset(model, 13, who="int8 estimate")
+        except SegcError:  # per tensor still works
             per_channel = False
     with tempfile.TemporaryDirectory(prefix="segc-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "qdq.onnx"
-        onnx.save(model, src)
+        save_model(model, src)  # weights kept on disk written in: the quantiser reads one file
         quantize_static(str(src), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax)

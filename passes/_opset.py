@@ -10,7 +10,7 @@ from __future__ import annotations
 import onnx
 
 from segc.errors import SegcError, first_line
-from segc.modelio import copy_fields_except, tensor_nbytes
+from segc.modelio import copy_fields_except, disk_tensor, tensor_nbytes
 from segc.onnx_graph import default_opset
 
 _PARKING_DOMAIN = "segc.unversioned"
@@ -66,7 +66,8 @@ def _skeleton(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, onnx.T
     kept: dict[str, onnx.TensorProto] = {}
     for t in model.graph.initializer:
         # sized from dims: reading ``t.raw_data`` in Python copies the bytes
-        if t.HasField("raw_data") and tensor_nbytes(t) >= WEIGHTLESS_MIN and t.name not in kept:
+        big = t.HasField("raw_data") and tensor_nbytes(t) >= WEIGHTLESS_MIN
+        if (big or disk_tensor(t) is not None) and t.name not in kept:  # weights kept on disk: their header too
             kept[t.name] = t
             skeleton.graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims, doc_string=t.doc_string)
         else:

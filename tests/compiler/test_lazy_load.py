@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -129,7 +130,14 @@ def test_graph_surgeon_reads_values_on_demand(path: Path) -> None:
     graph = import_graph(model)
     big = graph.tensors()["big"]
     assert isinstance(big._values, DiskValues)
+    untouched = gs.export_onnx(graph).graph.initializer
+    assert disk_tensor(next(t for t in untouched if t.name == "big")) is not None  # exported as the reference
     np.testing.assert_array_equal(big.values, numpy_helper.to_array(onnx.load(str(path)).graph.initializer[1]))
+    big.values = big.values * 2  # what a pass rewriting weights does
+    exported = next(t for t in gs.export_onnx(graph).graph.initializer if t.name == "big")
+    assert exported.data_location == TensorProto.DEFAULT and not exported.external_data
+    np.testing.assert_array_equal(numpy_helper.to_array(exported),
+                                  2 * numpy_helper.to_array(onnx.load(str(path)).graph.initializer[1]))
 
 
 def test_external_data_stays_on_disk_and_the_output_is_self_contained(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from segc.passes.simplify import Simplify
 def test_ppocrv4_simplify_matches_full_onnxsim(thirdparty_model) -> None:  # type: ignore[no-untyped-def]
     path = thirdparty_model(harness.MODELS_BY_NAME["ppocrv4_det"])
     model = onnx.load(str(path))
-    out, result = Simplify().apply(model, PassContext(source=path))
+    out, result = Simplify().apply(model, PassContext())
     full = onnx.load_from_string(core.core().simplify(core.executor(), model.SerializeToString(), ["fuse_attention"],
                                                       True, True, 1 << 30, None, None, True, False, False,
                                                       None, None, None))
