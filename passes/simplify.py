@@ -124,9 +124,9 @@ class _OnnxsimInput:
     """The model as onnx-simplifier's C++ core gets it: serialised once for every attempt,
     without the weights it has no use for.
 
-    A weight that only feeds Conv, ConvTranspose, MatMul or Gemm as their weight operand,
-    beside a value computed at run time (:func:`_opaque_weights`), can take part in no fold
-    and in no rewrite of onnx-simplifier that reads values: it goes to the core as a graph
+    A weight that only feeds Conv or ConvTranspose as their weight operand, beside a value
+    computed at run time (:func:`_opaque_weights`), can take part in no fold and in no
+    rewrite of onnx-simplifier that reads values: it goes to the core as a graph
     input of the same type and dims, and comes back by name afterwards. On hrnet_w48_ocr
     that is every weight, and the core then parses, shape-infers and writes kilobytes instead
     of 268 MiB::
