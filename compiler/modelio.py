@@ -228,7 +228,6 @@ def _load_external_data(model: onnx.ModelProto, path: Path, keep_min: int | None
     for tensor, target, offset, nbytes in checked:
         if keep_min is not None and nbytes >= keep_min:
             _refer_to(tensor, target, offset, nbytes)
-            _remember_source(target)
             continue
         try:
             with open(target, "rb") as fh:
@@ -241,6 +240,8 @@ def _load_external_data(model: onnx.ModelProto, path: Path, keep_min: int | None
         tensor.raw_data = data
         del tensor.external_data[:]
         tensor.data_location = onnx.TensorProto.DEFAULT
+    for target in files:
+        _remember_source(target)
     return files
 
 
@@ -300,7 +301,8 @@ def _identity(path: Path) -> tuple[int, int, int, int]:
 
 
 def _remember_source(path: Path) -> None:
-    _SOURCES.setdefault(path, _identity(path))
+    """Record ``path`` as it is now: each load of a file starts from what it holds then."""
+    _SOURCES[path] = _identity(path)
 
 
 def check_source(path: Path) -> None:

@@ -125,6 +125,15 @@ def test_a_file_changed_under_the_compile_is_not_saved(path: Path, tmp_path: Pat
     assert not (tmp_path / "out.onnx").exists()
 
 
+def test_a_file_rewritten_between_two_loads_is_read_as_it_is_now(path: Path, tmp_path: Path) -> None:
+    load_model_and_files(path, lazy=True)
+    m = _model()
+    m.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.ones((64, 16, 3, 3), np.float32), "big"))
+    onnx.save(m, str(path))
+    model, _ = load_model_and_files(path, lazy=True)
+    np.testing.assert_array_equal(tensor_array(model.graph.initializer[1]), 1)
+
+
 def test_graph_surgeon_reads_values_on_demand(path: Path) -> None:
     model, _ = load_model_and_files(path, lazy=True)
     graph = import_graph(model)
