@@ -31,6 +31,7 @@ from segc.recipe import RECIPE_METADATA_KEY, Recipe, TargetRecipe, get_recipe
 from segc.report import PASS_COLUMNS, build_report, pass_rows, unverified_lines, write_reports
 from segc.shapes import ShapeRange, parse_shape_range, parse_static_shape, ranges_from_metadata
 from segc.legalise import Plan, final_gate_lines, legalise
+from segc.memory import freeze_long_lived
 from segc.task_budget import judge_on_dataset
 from segc.int8_calibration import DEFAULT_SAMPLES
 from segc.pass_order import insertion_index
@@ -338,6 +339,7 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
     input_hash = (input_digest or BackgroundSha256(src)).hexdigest()  # joined before any pass: it names this file
     input_nodes = len(model.graph.node)
     del model  # `handed` gives the pipeline the only reference
+    freeze_long_lived()  # the plan is made: each collection of the run walks only what the passes make
     try:
         result = run_pipeline(handed, specs, target=target.name, recipe=recipe, verify=args.verify, verifier=verifier,
                               instruments=instruments)
