@@ -183,6 +183,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; ``argv`` None: this process's own command line (``segc``, ``python -m
+    segc``), and the process exits when this returns (``StartUp.close`` leaves the heap frozen)."""
+    process_exits = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     start_up = StartUp()  # no cyclic collections while the command's modules import (segc.memory)
@@ -217,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         return ExitStatus.INTERNAL
     finally:
-        start_up.close()
+        start_up.close(process_exits=process_exits)
 
 
 def _command_of(argv: list[str]) -> str | None:

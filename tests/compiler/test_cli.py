@@ -119,6 +119,20 @@ def test_a_command_hands_the_collector_back_as_it_found_it(model_path: Path, cap
         gc.enable()
 
 
+def test_segc_as_the_process_exits_with_the_heap_frozen(model_path: Path, capsys, monkeypatch) -> None:
+    """main() with no argv is the process's own command line, which exits next: the heap stays
+    frozen, so the interpreter's exit does not walk it again (segc.memory)."""
+    import gc
+
+    monkeypatch.setattr(sys, "argv", ["segc", "compile", str(model_path), "--target", "onnxruntime",
+                                      "-o", str(model_path.parent / "o"), "--passes", "cleanup"])
+    try:
+        assert main() == 0
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
 def test_dynamic_input_needs_a_shape_for_the_build(tmp_path: Path, capsys) -> None:
     path = tmp_path / "d.onnx"
     path.write_bytes(tiny(dynamic=True).SerializeToString())
