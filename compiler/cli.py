@@ -20,6 +20,7 @@ from typing import NoReturn, Sequence
 
 import segc
 from segc.errors import ExitStatus, InternalError, SegcError, first_line
+from segc.memory import StartUp
 
 
 class _Parser(argparse.ArgumentParser):
@@ -182,8 +183,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; ``argv`` None: this process's own command line (``segc``, ``python -m
+    segc``), and the process exits when this returns (``StartUp.close`` leaves the heap frozen)."""
+    process_exits = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    start_up = StartUp()  # no cyclic collections while the command's modules import (segc.memory)
     try:
         # inside the try: building the parser imports the export zoo (torch, seconds), and a
         # Ctrl-C during that start-up is an interruption like any other, not a traceback
@@ -192,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        return _dispatch(args, argv)
+        return _dispatch(args, argv, start_up)
     except SegcError as exc:
         print(f"segc: error: {exc}", file=sys.stderr)
         return ExitStatus.USAGE
@@ -214,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
         return ExitStatus.INTERNAL
+    finally:
+        start_up.close(process_exits=process_exits)
 
 
 def _command_of(argv: list[str]) -> str | None:
@@ -221,35 +228,43 @@ def _command_of(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
-def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
+def _dispatch(args: argparse.Namespace, argv: list[str], start_up: StartUp) -> int:
+    """Import the command's module, end start-up (``start_up.done``), run the command."""
     if args.command == "export":
         try:
             from segc.models.export import run_export
         except ImportError as exc:
             raise SegcError(f"`segc export` is not available: {exc}") from None
+        start_up.done()
         return run_export(args)
     if args.command == "compile":
         from segc.compile_cmd import run_compile
 
+        start_up.done()
         return run_compile(args, argv)
     if args.command == "batch":
         from segc.batch_run import run_batch
 
+        start_up.done()
         return run_batch(args)
     if args.command == "data":
         from segc.data_cmd import run_data
 
+        start_up.done()
         return run_data(args)
     if args.command == "evaluate":
         from segc.evaluate_cmd import run_evaluate
 
+        start_up.done()
         return run_evaluate(args)
     if args.command == "passes":
         from segc.passes_cmd import run_passes
 
+        start_up.done()
         return run_passes(args)
     from segc import inspect_cmd
 
+    start_up.done()
     if args.command == "inspect":
         return inspect_cmd.run_inspect(args)
     if args.command == "verify":

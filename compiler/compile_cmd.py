@@ -20,7 +20,7 @@ import segc
 from segc.errors import ExitStatus, InternalError, SegcError
 from segc.metrics import Tolerances
 from segc.modelio import file_sha256, load_model_and_files, save_model
-from segc.onnx_graph import real_inputs
+from segc.onnx_graph import input_dims, real_inputs
 from segc.outdir import FIXED_NAMES, BackgroundSha256, StagedOutput, check_dump_dir, require_utf8
 from segc.ortrun import SESSION_STATS, SessionConfig
 from segc.fp16_emulation import fp32_layers
@@ -31,14 +31,12 @@ from segc.recipe import RECIPE_METADATA_KEY, Recipe, TargetRecipe, get_recipe
 from segc.report import PASS_COLUMNS, build_report, pass_rows, unverified_lines, write_reports
 from segc.shapes import ShapeRange, parse_shape_range, parse_static_shape, ranges_from_metadata
 from segc.legalise import Plan, final_gate_lines, legalise
-from segc.task_budget import judge_on_dataset
+from segc.memory import freeze_long_lived
 from segc.int8_calibration import DEFAULT_SAMPLES
 from segc.pass_order import insertion_index
 from segc.preflight import validate_cli, validate_pass_plan, validate_selectors
 from segc.targets.base import BuildOptions, Target, get_target, target_values
 from segc.targets.legality import errors, group_violations, unconfirmed
-from segc.verify import Verifier
-from segc.verify_inputs import DEFAULT_PIXEL_BUDGET, input_dims
 
 
 class ProgressInstrument(Instrument):
@@ -326,7 +324,10 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
     # prune_outputs does, and have the verifier watch them through every pass
     chosen_outputs = pin_selectors(model, args.outputs) if args.outputs and args.no_prune else []
     verifier = None
-    if args.verify != "none":
+    if args.verify != "none":  # imported here: a --verify none compile never loads the verifier (issue 11)
+        from segc.verify import Verifier
+        from segc.verify_inputs import DEFAULT_PIXEL_BUDGET
+
         verifier = Verifier(recipe=recipe, ranges=ranges, tolerances=tolerances, config=config, seed=args.seed,
                             user_inputs=args.verify_inputs, pixel_budget=args.pixel_budget or DEFAULT_PIXEL_BUDGET,
                             watch=chosen_outputs)
@@ -338,6 +339,7 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
     input_hash = (input_digest or BackgroundSha256(src)).hexdigest()  # joined before any pass: it names this file
     input_nodes = len(model.graph.node)
     del model  # `handed` gives the pipeline the only reference
+    freeze_long_lived()  # the plan is made: each collection of the run walks only what the passes make
     try:
         result = run_pipeline(handed, specs, target=target.name, recipe=recipe, verify=args.verify, verifier=verifier,
                               instruments=instruments)
@@ -380,6 +382,8 @@ def _compile_into(out: StagedOutput, args: argparse.Namespace, argv: list[str], 
     save_model(result.model, out_model, protect=out.protect)
     if result.ok and args.verify_data:
         assert recipe is not None  # --verify-data without a recipe is refused before any work
+        from segc.task_budget import judge_on_dataset
+
         judgement = judge_on_dataset(src, out_model, args.verify_data, recipe, args.budget)
         report_fields["task_metric"] = judgement.to_dict()
         if not judgement.passed:

@@ -32,17 +32,22 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
 from segc.modelio import tensor_array
-from segc.localize import compare_runs, produced_tensors, run_exposing, shared_tensors
 from segc.metrics import Tolerances, Verdict, compare_output, judge
 from segc.passbase import Contract
-from segc.verify_inputs import Feed
+
+if TYPE_CHECKING:
+    from segc.verify_inputs import Feed
+
+# segc.localize (onnxruntime runs, the verifier) is imported by the functions that run the
+# model: every compile loads this module (emulate_fp16 registers, fp32_layers reads the
+# report's keep-set), and one without fp16 must not pay for the verifier (issue 11)
 
 FP16_MAX = 65504.0
 FP32_LAYERS_KEY = "segc.fp32_layers"  # model metadata: JSON list of node names kept fp32
@@ -244,6 +249,8 @@ def _overflow(values: np.ndarray) -> int:
 def run_emulation(model: onnx.ModelProto, keep: set[str], feed: Feed, budget: Tolerances,
                   ref_out: dict[str, np.ndarray] | None = None) -> Emulation:
     """Emulate with ``keep`` in fp32, run on ``feed`` and compare with the fp32 graph."""
+    from segc.localize import compare_runs, produced_tensors, run_exposing, shared_tensors
+
     rw = emulate(model, keep)
     shared = shared_tensors(model, rw.model)
     if ref_out is None:
@@ -281,6 +288,8 @@ def run_emulation(model: onnx.ModelProto, keep: set[str], feed: Feed, budget: To
 def plan_fp16(model: onnx.ModelProto, feeds: list[Feed], budget: Tolerances | None = None,
               max_keep: int = 16) -> Fp16Plan:
     """Emulate all-fp16; when it overflows or misses ``budget``, search the keep-set (greedy)."""
+    from segc.localize import run_exposing, shared_tensors
+
     budget = budget or FP16_BUDGET
     model = name_nodes(model)
     feed = feeds[0]

@@ -15,11 +15,10 @@ import onnx
 from segc.errors import SegcError
 from segc.metrics import VERIFY_INPUTS_FIX, Tolerances, Verdict
 from segc.modelio import load_model
-from segc.onnx_graph import default_opset, real_inputs
+from segc.onnx_graph import default_opset, input_dims, real_inputs
 from segc.passbase import Contract
 from segc.shapes import parse_shape_range, ranges_from_metadata
 from segc.verify import Verifier
-from segc.verify_inputs import input_dims
 
 if TYPE_CHECKING:
     from rich.console import Console

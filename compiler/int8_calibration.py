@@ -38,9 +38,11 @@ from segc.onnx_graph import real_input_names
 from segc.ortrun import run_model
 from segc.outdir import write_file
 from segc.recipe import Recipe
-from segc.verify_inputs import Feed, load_user_feeds
 
 if TYPE_CHECKING:
+    # segc.verify_inputs (probe inputs, images) only where calibration images are read: every
+    # compile imports this module for DEFAULT_SAMPLES (issue 11)
+    from segc.verify_inputs import Feed
     from segc.targets.base import BuildOptions
 
 NPY_FILE = "calib.npy"
@@ -61,6 +63,8 @@ def calibration_feeds(folder: str | Path, model: onnx.ModelProto, recipe: Recipe
     if len(names) != 1 or len(shape) != 4:
         raise SegcError(f"--calib-images needs a model with one NCHW image input; this one has {names}")
     name = names[0]
+    from segc.verify_inputs import load_user_feeds
+
     try:
         return load_user_feeds(folder, model, recipe, {name: tuple(shape)}, limit=limit)
     except SegcError as exc:

@@ -73,6 +73,22 @@ def real_inputs(graph: onnx.GraphProto | onnx.ModelProto) -> list[onnx.ValueInfo
     return [vi for vi in g.input if vi.name not in weights]
 
 
+def input_dims(vi: onnx.ValueInfoProto) -> list[int | str | None]:
+    """Each dim of ``vi``: its size, its symbolic name, or None when it has neither.
+
+    Here, not in ``segc.verify_inputs`` (which re-exports it), because every compile reads
+    input dims and only a verifying one needs the probe inputs (issue 11)."""
+    dims: list[int | str | None] = []
+    for d in vi.type.tensor_type.shape.dim:
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(d.dim_value)
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return dims
+
+
 def real_input_names(graph: onnx.GraphProto | onnx.ModelProto) -> list[str]:
     """Names of ``real_inputs``, in order."""
     return [vi.name for vi in real_inputs(graph)]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -31,9 +31,13 @@ from segc.pass_order import check_order
 from segc.passbase import (Contract, GraphPass, ModelPass, OptionValue, Pass, PassContext, PassResult,
                            carry_model_fields, get_pass)
 from segc.recipe import Recipe
-from segc.boundary_verify import BoundaryChecker
-from segc.verify import GraphState, Verifier
 from segc.gs_import import import_graph
+
+if TYPE_CHECKING:
+    # imported where a run verifies: a --verify none compile never loads the verifier's modules
+    # (onnxruntime sessions, probe inputs, localisation; issue 11, tests/compiler/test_compile_imports.py)
+    from segc.boundary_verify import BoundaryChecker
+    from segc.verify import GraphState, Verifier
 
 VERIFY_MODES = ("each", "each-full", "end", "none")
 
@@ -341,6 +345,8 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
     if verify not in VERIFY_MODES:
         raise SegcError(f"--verify must be one of {', '.join(VERIFY_MODES)}, not {verify!r}")
     if verify != "none" and verifier is None:
+        from segc.verify import Verifier
+
         verifier = Verifier(recipe=recipe)
     passes = _instantiate(specs)
     specs = _pin_outputs(model, specs, verifier)
@@ -354,7 +360,11 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
     state: GraphState | None = None
     if verify != "none" and verifier:
         state = verifier.initial_state(model, defer=verify == "each")
-    checker = BoundaryChecker(verifier, full=verify == "each-full") if verifier is not None else None
+    checker: BoundaryChecker | None = None
+    if verifier is not None:
+        from segc.boundary_verify import BoundaryChecker
+
+        checker = BoundaryChecker(verifier, full=verify == "each-full")
     reference = state if verify == "end" else None  # only --verify end reads the input state again
     history: list[onnx.ModelProto] = [model] if verify == "end" else []
     working = WorkingModel(model)

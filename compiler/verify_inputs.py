@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 from segc.errors import SegcError, first_line
-from segc.onnx_graph import real_inputs
+from segc.onnx_graph import input_dims, real_inputs
 from segc.input_roles import Role, derive_value, input_roles, static_shapes, underivable
 from segc.recipe import InputSpec, Recipe
 from segc.shapes import ShapeRange
@@ -52,18 +52,6 @@ class Feed:
     @property
     def shape_key(self) -> tuple[tuple[str, Shape], ...]:
         return tuple(sorted((k, tuple(v.shape)) for k, v in self.arrays.items()))
-
-
-def input_dims(vi: onnx.ValueInfoProto) -> list[int | str | None]:
-    dims: list[int | str | None] = []
-    for d in vi.type.tensor_type.shape.dim:
-        if d.HasField("dim_value") and d.dim_value > 0:
-            dims.append(d.dim_value)
-        elif d.HasField("dim_param"):
-            dims.append(d.dim_param)
-        else:
-            dims.append(None)
-    return dims
 
 
 def _pixels(shape: Shape) -> int:

@@ -103,13 +103,16 @@ class Poly:
     __slots__ = ("terms", "_hash")
 
     def __init__(self, terms: Mapping[Monomial, Fraction] | None = None) -> None:
-        self.terms: dict[Monomial, Fraction] = {m: Fraction(c) for m, c in (terms or {}).items() if c != 0}
+        # a coefficient that is already a Fraction is kept, not copied: Fraction() is ~1 us of
+        # pure Python and a shape analysis builds thousands of polynomials (issue 11)
+        self.terms: dict[Monomial, Fraction] = {m: c if type(c) is Fraction else Fraction(c)
+                                                for m, c in (terms or {}).items() if c != 0}
         self._hash: int | None = None
 
     # construction ----------------------------------------------------------------------------
     @staticmethod
     def const(value: int | float | Fraction) -> "Poly":
-        return Poly({(): Fraction(value)})
+        return Poly({(): value if type(value) is Fraction else Fraction(value)})
 
     @staticmethod
     def symbol(name: str) -> "Poly":

@@ -14,8 +14,6 @@ import onnx
 from segc.int8_calibration import DEFAULT_SAMPLES, calibration_feeds, int8_drop
 from segc.onnx_graph import real_input_names
 from segc.passbase import Contract, ModelPass, OptionKind, PassContext, PassOption, PassResult, register_pass
-from segc.verify import Verifier
-from segc.verify_inputs import verification_shapes
 
 from segc.passes.emulate_fp16 import SEARCH_PIXELS
 
@@ -36,6 +34,10 @@ class EmulateInt8(ModelPass):
         folder = ctx.option("calib_images")
         if not folder:
             raise RuntimeError("emulate_int8 needs the option calib_images (--calib-images DIR)")
+        # imported here: every compile registers this pass, few run it (issue 11)
+        from segc.verify import Verifier
+        from segc.verify_inputs import verification_shapes
+
         verifier = Verifier(recipe=ctx.recipe, pixel_budget=SEARCH_PIXELS)
         shapes = verification_shapes(model, verifier._ranges_for(model), ctx.recipe, SEARCH_PIXELS)
         inputs = real_input_names(model)

@@ -101,6 +101,38 @@ def test_compile_writes_everything_and_keeps_the_input(model_path: Path, capsys)
     )
 
 
+@pytest.mark.parametrize("argv_tail", [["--passes", "cleanup"], ["--passes", "no_such_pass"]])
+def test_a_command_hands_the_collector_back_as_it_found_it(model_path: Path, capsys, argv_tail: list[str]) -> None:
+    """main() switches the cyclic collector off while a command imports and freezes what start-up
+    made (segc.memory.StartUp): a caller in the same process gets it back on, nothing frozen,
+    whether the command ran or failed."""
+    import gc
+
+    main(["compile", str(model_path), "--target", "onnxruntime", "-o", str(model_path.parent / "o"), *argv_tail])
+    capsys.readouterr()
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    gc.disable()
+    try:
+        main(["compile", str(model_path), "--target", "onnxruntime", "-o", str(model_path.parent / "o2"), *argv_tail])
+        assert not gc.isenabled() and gc.get_freeze_count() == 0  # a caller's own choice is kept
+    finally:
+        gc.enable()
+
+
+def test_segc_as_the_process_exits_with_the_heap_frozen(model_path: Path, capsys, monkeypatch) -> None:
+    """main() with no argv is the process's own command line, which exits next: the heap stays
+    frozen, so the interpreter's exit does not walk it again (segc.memory)."""
+    import gc
+
+    monkeypatch.setattr(sys, "argv", ["segc", "compile", str(model_path), "--target", "onnxruntime",
+                                      "-o", str(model_path.parent / "o"), "--passes", "cleanup"])
+    try:
+        assert main() == 0
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
 def test_dynamic_input_needs_a_shape_for_the_build(tmp_path: Path, capsys) -> None:
     path = tmp_path / "d.onnx"
     path.write_bytes(tiny(dynamic=True).SerializeToString())

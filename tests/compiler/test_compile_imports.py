@@ -49,3 +49,34 @@ def test_compile_imports_neither_torch_nor_the_onnxsim_package(tmp_path: Path, v
     assert '"weights_left_out": 1' in report  # and was handed the model without the weight it cannot use
     loaded = [ln for ln in proc.stderr.splitlines() if ln.startswith("LOADED")]
     assert loaded == ["LOADED False False"], proc.stderr[-2000:]
+
+
+# Modules a ``--verify none`` compile never needs, each once on its path and taken off it (issue 11:
+# the fixed cost every compile pays, which small models feel). A change that brings one back
+# onto the path (a module-level import in a module every compile loads) fails here, with the
+# module's name. networkx: pass ordering is plain dicts; networkx words only the errors. The
+# verifier's modules (sessions, probe inputs, localisation, the dataset judge): imported where
+# a run verifies, not by the pipeline, compile_cmd or the emulate_* passes every compile registers.
+# ctypes.util: malloc_trim is found without find_library, which runs ldconfig in a subprocess.
+NOT_IMPORTED_WITHOUT_VERIFY = ("networkx", "segc.verify", "segc.boundary_verify", "segc.localize",
+                               "segc.verify_inputs", "segc.input_roles", "segc.text_images", "segc.task_budget",
+                               "segc.datasets", "ctypes.util")
+
+PROBE_MODULES = ("import atexit, sys\n"
+                 f"names = {NOT_IMPORTED_WITHOUT_VERIFY!r}\n"
+                 "atexit.register(lambda: print('LOADED', *[n for n in names if n in sys.modules], file=sys.stderr))\n"
+                 "from segc.cli import main\n"
+                 "sys.exit(main(sys.argv[1:]))\n")
+
+
+@pytest.mark.parametrize("target", ["onnxruntime", "ascend"])
+def test_compile_without_verification_imports_none_of_what_only_verification_needs(tmp_path: Path,
+                                                                                    target: str) -> None:
+    model = _foldable(tmp_path / "m.onnx")
+    proc = subprocess.run([sys.executable, "-c", PROBE_MODULES, "compile", str(model), "--target", target,
+                           "-o", str(tmp_path / "out"), "--verify", "none"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert '"changed": true' in (tmp_path / "out" / "report.json").read_text()  # the passes really ran
+    loaded = [ln for ln in proc.stderr.splitlines() if ln.startswith("LOADED")]
+    assert loaded == ["LOADED"], proc.stderr[-2000:]

@@ -23,7 +23,7 @@ from segc import passbase
 from segc.cli import main
 from segc.errors import SegcError
 from segc.legalise import insert_pass
-from segc.pass_order import canonical_order, check_order
+from segc.pass_order import Constraints, canonical_order, check_order, registered_graph
 from segc.passbase import (
     Contract,
     GraphPass,
@@ -249,6 +249,26 @@ def test_old_rank_order_satisfies_the_declared_constraints() -> None:
     order = canonical_order()
     assert set(order) == set(all_passes())
     check_order(order)
+
+
+def test_the_plain_constraint_graph_answers_as_networkx_does() -> None:
+    """Compiles read the order from plain dicts (no networkx import); errors and
+    canonical_order still word it with networkx: both must agree on every pass."""
+    import networkx as nx
+
+    plain, graph = Constraints(all_passes().values()), registered_graph()
+    assert set(plain.succ) == set(graph.nodes)
+    for name in graph.nodes:
+        assert plain.descendants(name) == nx.descendants(graph, name)
+        assert plain.ancestors(name) == nx.ancestors(graph, name)
+    assert not plain.has_cycle()
+
+    class Loop(GraphPass):
+        name = "test_loop_plain"
+        runs_after = ("cleanup",)
+        runs_before = ("simplify",)
+
+    assert Constraints([*all_passes().values(), Loop]).has_cycle()
 
 
 @pytest.mark.parametrize("target", ["onnxruntime", "ascend", "tensorrt", "magicmind"])
