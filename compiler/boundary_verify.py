@@ -46,12 +46,14 @@ before (renamed), a graph that is not well formed (a dangling input, a cycle), a
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import numpy_helper
 from segc.boundary_synth import (
     LeafKind,
@@ -302,6 +304,8 @@ class BoundaryChecker:
         self.synthesize = synthesize and verifier.user_inputs is None
         self._cache = _Cache()
         self._oracle: ShapeOracle | None = None
+        # region models run once per input shape, several alive at once: no arena (SessionConfig.arena)
+        self._region_config = dataclasses.replace(verifier.config, arena=False)
 
     def check(
         self,
@@ -497,37 +501,37 @@ class BoundaryChecker:
         p = plan(model, before_view, b, after_model, view, oracle)
         if isinstance(p, NoSynth):
             return p
-        shape_values = self._shape_values(model, before_view, p, feeds, oracle, self.verifier.config)
+        shape_values = self._shape_values(model, before_view, p, feeds, oracle, self._region_config)
         if isinstance(shape_values, NoSynth):
             return shape_values
         region_inputs = {leaf.name for leaf in p.leaves} & set(b.inputs)
         leaves0 = leaf_values(p, feeds[0], 0, self.verifier.seed, oracle, shape_values[0])
         if isinstance(leaves0, NoSynth):
             return leaves0
-        ref_model = extract(model, before_view, p.before_nodes, leaves0, list(b.outputs))
-        cand_model = extract(after_model, view, b.nodes, {k: v for k, v in leaves0.items() if k in region_inputs},
-                             list(b.outputs))
+        pairs: list[tuple[list[str], ort.InferenceSession, set[str], ort.InferenceSession, set[str]]] = []
+        for names in _output_groups(list(b.outputs), oracle, feeds):
+            ref_model = extract(model, before_view, _cone_within(before_view, p.before_nodes, names), leaves0, names)
+            cand_model = extract(after_model, view, _cone_within(view, b.nodes, names),
+                                 {k: v for k, v in leaves0.items() if k in region_inputs}, names)
+            pairs.append((names, make_session(ref_model, self._region_config), {i.name for i in ref_model.graph.input},
+                          make_session(cand_model, self._region_config), {i.name for i in cand_model.graph.input}))
         del leaves0
-        ref_session = make_session(ref_model, self.verifier.config)
-        cand_session = make_session(cand_model, self.verifier.config)
-        ref_wanted = {i.name for i in ref_model.graph.input}
-        cand_wanted = {i.name for i in cand_model.graph.input}
         metrics: list[OutputMetrics] = []
         for index, feed in enumerate(feeds):
             leaves = leaf_values(p, feed, index, self.verifier.seed, oracle, shape_values[index])
             if isinstance(leaves, NoSynth):
                 return leaves
-            ref = run_session(ref_session, {k: v for k, v in leaves.items() if k in ref_wanted}, list(b.outputs))
-            for name, value in ref.items():
-                known = oracle.shape(feed_shapes(feed), name)
-                if known is not None and known != tuple(value.shape):
-                    return NoSynth(f"{name!r} came out {tuple(value.shape)} at {feed.label}, the shape analysis "
-                                   f"said {known}")
-            cand = run_session(cand_session, {k: v for k, v in leaves.items() if k in cand_wanted}, list(b.outputs))
+            for names, ref_session, ref_wanted, cand_session, cand_wanted in pairs:
+                ref = run_session(ref_session, {k: v for k, v in leaves.items() if k in ref_wanted}, names)
+                for name, value in ref.items():
+                    known = oracle.shape(feed_shapes(feed), name)
+                    if known is not None and known != tuple(value.shape):
+                        return NoSynth(f"{name!r} came out {tuple(value.shape)} at {feed.label}, the shape analysis "
+                                       f"said {known}")
+                cand = run_session(cand_session, {k: v for k, v in leaves.items() if k in cand_wanted}, names)
+                metrics.extend(boundary_metrics(n, feed.label, ref[n], cand[n]) for n in names)
+                del ref, cand
             del leaves
-            for n in b.outputs:
-                metrics.append(boundary_metrics(n, feed.label, ref[n], cand[n]))
-            del ref, cand
         verdict = self._judge(contract, metrics, tolerances, len(b.outputs))
         counts = ", ".join(f"{p.count(k)} {k.value}" for k in LeafKind if p.count(k))
         verdict.warnings.append(f"region inputs synthesized ({counts}); the graph before ran "
@@ -595,7 +599,7 @@ class BoundaryChecker:
         feeds_in = [{n: ref[n] for n in b.inputs if n in ref} for ref in reference]
         model = extract(after_model, view, b.nodes, feeds_in[0], list(b.outputs))
         try:
-            session = make_session(model, self.verifier.config)
+            session = make_session(model, self._region_config)
         except Exception:  # noqa: BLE001 - onnxruntime raises many types; the whole graph is judged instead
             return None
         metrics: list[OutputMetrics] = []
@@ -748,6 +752,47 @@ def boundary_metrics(name: str, feed: str, ref: np.ndarray, cand: np.ndarray, *,
         max_rel=diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf")),
         compared=int(ref.size),
     )
+
+
+# Boundary outputs compared at once on synthesized inputs, in bytes at the largest input shape
+# (a larger one alone): both sides' outputs are alive together, so on DBNet's six Resize
+# outputs at 1280x1280 (206 MB a side) one run for all of them raised the peak by 500 MB.
+OUTPUT_GROUP_BYTES = 64 << 20
+
+
+def _output_groups(names: list[str], oracle: ShapeOracle, feeds: list[Feed]) -> list[list[str]]:
+    """``names`` in runs of at most OUTPUT_GROUP_BYTES (all in one when a size is unknown)."""
+    types = oracle.elem_types()
+    sizes: list[int] = []
+    for name in names:
+        shapes = [oracle.shape(feed_shapes(f), name) for f in feeds]
+        if name not in types or any(s is None for s in shapes):
+            return [names]
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(types[name])).itemsize
+        sizes.append(max(int(np.prod(s)) for s in shapes if s is not None) * itemsize)
+    groups: list[list[str]] = []
+    total = 0
+    for name, size in zip(names, sizes, strict=True):
+        if groups and total + size <= OUTPUT_GROUP_BYTES:
+            groups[-1].append(name)
+            total += size
+        else:
+            groups.append([name])
+            total = size
+    return groups
+
+
+def _cone_within(view: GraphView, nodes: frozenset[int] | set[int], names: list[str]) -> set[int]:
+    """The nodes of ``nodes`` that ``names`` depend on (their producers included)."""
+    out: set[int] = set()
+    stack = [p for p in (view.producer(n) for n in names) if p is not None and p in nodes]
+    while stack:
+        i = stack.pop()
+        if i in out:
+            continue
+        out.add(i)
+        stack.extend(p for p in view.predecessors(i) if p in nodes and p not in out)
+    return out
 
 
 # values per step of _max_abs_diff: a 4 MiB scratch buffer for float32
