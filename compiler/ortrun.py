@@ -36,6 +36,11 @@ class SessionConfig:
     # session's next run, so checks over several sessions stacked every output of every
     # session (DBNet at 1280x1280: +500 MB); without it a buffer is freed with its array.
     arena: bool = True
+    # Idle intra-op threads spin-wait for work by default. On a 2-core machine shared with
+    # another process that burnt the core the work needed: DBNet's boundary checks took 1.8
+    # CPU-s and 2.0-2.8 s with spinning, 1.2 and 1.2 s without (load 4.7, both two threads);
+    # the whole-model reference cone 10.4 against 9.4 CPU-s.
+    spinning: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"provider": "CPUExecutionProvider", "onnxruntime": ort.__version__}
@@ -68,6 +73,7 @@ def session_options(config: SessionConfig) -> ort.SessionOptions:
     opts.inter_op_num_threads = config.inter_op_threads
     opts.graph_optimization_level = _LEVELS[config.optimization]
     opts.enable_cpu_mem_arena = config.arena
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.spinning else "0")
     opts.log_severity_level = 3  # errors only: warnings about unused initializers are noise here
     return opts
 
