@@ -687,7 +687,7 @@ class BoundaryChecker:
             out: list[Values] = []
             for feed, known in zip(feeds, knowns, strict=True):
                 arrays = {**{k: v for k, v in feed.arrays.items() if k in wanted}, **{k: known[k] for k in given}}
-                out.append(run_session(session, arrays, outputs))
+                out.append(run_session(session, arrays, outputs, own=True))  # cached: must not hold the arena
             return out
         except Exception:  # noqa: BLE001 - the graph before cannot run on its own here
             if not before.checked:
