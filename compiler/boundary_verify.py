@@ -31,6 +31,14 @@ and checks only the changed region::
    Distant changes are checked as separate convex *parts* (``_parts``) when no part reads,
    through unchanged nodes, a value another part changed in any bit; else as one convex
    region. The convex region's inputs are kept from the reference run either way.
+   *Synthesized inputs first* (segc.boundary_synth): when the values entering the region
+   are not all cached, computing them costs a run of everything upstream (DBNet's first
+   check: the whole ResNet-50 at three shapes). An exact pass must keep the region's
+   function, so the region and the graph before's cone of the same outputs are run on the
+   same made-up inputs of the real shapes (random floats, exact shape-derived values) and
+   compared. Only a pass is taken from there: a failure, or a check without signal, is
+   decided on the real values as above, so every failure reported is one on real values.
+   report.json says which (``boundary_inputs``: ``synthesized`` or ``reference``).
 4. The cache moves on: values upstream of the region stay valid for the graph after the
    pass, the region's boundary outputs are the after-run's values, and values downstream of
    the region stay valid only when every boundary output was bit-identical.
