@@ -127,6 +127,7 @@ class ShapeOracle:
         self._types: dict[str, int] | None = None
         self._onnx: dict[tuple[tuple[str, Shape], ...], dict[str, tuple[int, Shape | None]]] = {}
         self._symbols: dict[tuple[str, int], str] = {}
+        self._known: dict[tuple[tuple[tuple[str, Shape], ...], str], Shape | None] = {}
 
     def elem_types(self) -> dict[str, int]:
         if self._types is None:
@@ -136,13 +137,16 @@ class ShapeOracle:
     def shape(self, inputs: dict[str, Shape], name: str) -> Shape | None:
         """``name``'s shape when the graph inputs have the shapes ``inputs``, or None."""
         key = tuple(sorted(inputs.items()))
+        if (key, name) in self._known:
+            return self._known[key, name]
         if key not in self._onnx:
             self._onnx[key] = _infer(self.model, inputs)
         theirs = self._onnx[key].get(name, (0, None))[1]
         ours = self._evaluate(inputs, name)
-        if ours is not None and theirs is not None and ours != theirs:
-            return None
-        return ours if ours is not None else theirs
+        found = None if ours is not None and theirs is not None and ours != theirs else \
+            ours if ours is not None else theirs
+        self._known[key, name] = found
+        return found
 
     def _evaluate(self, inputs: dict[str, Shape], name: str) -> Shape | None:
         analysis = self._run()

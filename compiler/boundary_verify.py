@@ -539,10 +539,12 @@ class BoundaryChecker:
                                        f"said {known}")
                 cand = run_session(cand_session, {k: v for k, v in leaves.items() if k in cand_wanted}, names)
                 metrics.extend(boundary_metrics(n, feed.label, ref[n], cand[n]) for n in names)
+                big = sum(v.nbytes for v in ref.values()) >= TRIM_BYTES
                 del ref, cand
-                # glibc keeps freed buffers under 32 MiB in its heap: returned now, the next
-                # group's outputs start from the same base (DBNet's fold check: 904 -> 700 MiB)
-                release_memory(collect=False)
+                if big:
+                    # glibc keeps freed buffers under 32 MiB in its heap: returned now, the next
+                    # group's outputs start from the same base (DBNet's fold check: 904 -> 700 MiB)
+                    release_memory(collect=False)
             del leaves
         verdict = self._judge(contract, metrics, tolerances, len(b.outputs))
         counts = ", ".join(f"{p.count(k)} {k.value}" for k in LeafKind if p.count(k))
@@ -770,6 +772,7 @@ def boundary_metrics(name: str, feed: str, ref: np.ndarray, cand: np.ndarray, *,
 # (a larger one alone): both sides' outputs are alive together, so on DBNet's six Resize
 # outputs at 1280x1280 (206 MB a side) one run for all of them raised the peak by 500 MB.
 OUTPUT_GROUP_BYTES = 64 << 20
+TRIM_BYTES = 8 << 20  # outputs this large are handed back to the system after their comparison
 
 
 def _output_groups(names: list[str], oracle: ShapeOracle, feeds: list[Feed]) -> list[list[str]]:
