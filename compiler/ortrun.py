@@ -197,29 +197,17 @@ def make_session(model: onnx.ModelProto, config: SessionConfig | None = None) ->
 
 def run_session(
     sess: ort.InferenceSession, feeds: dict[str, np.ndarray], outputs: list[str] | None = None, *,
-    shrink: bool = False, own: bool = False,
+    own: bool = False,
 ) -> dict[str, np.ndarray]:
     """Run and return outputs by name.
 
     ``own``: return arrays that own their memory. The arrays onnxruntime returns are views of
     its output buffers, and each keeps the session's *whole arena* alive, every chunk of it,
     until the array dies, even after the session is gone: a 19 MB output of hrnet_w48_ocr
-    kept 1.5 GiB. Copy when the outputs outlive the session (a whole-model reference, a
-    segment's hand-on tensors); a session without an arena frees each buffer with its array.
-
-    ``shrink``: hand the session's arena memory back after the run
-    ("memory.enable_memory_arena_shrinkage"). For a session run once per input shape beside
-    other live sessions and arrays (boundary checks): its arena would otherwise keep the
-    largest shape's activations until the session dies, under the next session's. On
-    DBNet's ``--verify each`` this took the peak from 907 to 733 MiB; here a process's first
-    touch of memory above its high-water mark is what costs (0.1 to 0.5 s per 100 MB under
-    load), reusing freed pages below it is cheap."""
+    kept 1.5 GiB. Copy when the outputs outlive the session (a whole-model reference, cached
+    boundary values); a session without an arena frees each buffer with its array."""
     names = outputs or [o.name for o in sess.get_outputs()]
-    options = None
-    if shrink:
-        options = ort.RunOptions()
-        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-    values = sess.run(names, feeds, options)
+    values = sess.run(names, feeds)
     SESSION_STATS.runs += 1
     if own:
         for k, value in enumerate(values):
