@@ -190,6 +190,9 @@ def render_verify(results: dict[str, Any]) -> str:
     for name, e in results["models"].items():
         m, r = e["modes"], e["ratios"]
         cell = {k: (f"{m[k]['seconds']:.1f}" if m[k]["seconds"] else "failed") if k in m else "-" for k in VERIFY_MODES}
+        def ratio(k: str, r: dict[str, float] = r) -> str:
+            return f"{r[k]:.2f}x" if k in r else "-"
+
         passes = ", ".join(
             " ".join(str(x) for x in (p["name"], p["verified_by"], p["region_nodes"], p.get("boundary_inputs"))
                      if x is not None)
@@ -197,7 +200,7 @@ def render_verify(results: dict[str, Any]) -> str:
         )
         lines.append(
             f"| {name} | {cell['none']} | {cell['each']} | {cell['each-full']} | "
-            f"{r.get('each', 0):.2f}x | {r.get('each-full', 0):.2f}x | {passes} |"
+            f"{ratio('each')} | {ratio('each-full')} | {passes} |"
         )
     return "\n".join(lines) + "\n"
 
