@@ -22,7 +22,10 @@ tests/thirdparty/harness.py). Writes ``OUT/floor.json`` and ``OUT/floor.md``.
 ``each`` (checked at the boundary of each pass's change) and ``each-full`` (the whole model
 after every pass), alternating in the same rotation, and reports each/none (goal: at most
 2.0x on dbnet_r50) and each-full/none, with each pass's ``verified_by`` and region size from
-the last ``each`` report. Writes ``OUT/verify_ratio.json`` and ``OUT/verify_ratio.md``.
+the last ``each`` report (``boundary_inputs``: synthesized or reference). ``--modes none,each``
+alternates only those (each-full costs 5x none). CPU seconds are recorded beside wall time:
+on a shared 2-core machine they move least with a neighbour's load. Writes
+``OUT/verify_ratio.json`` and ``OUT/verify_ratio.md``.
 """
 
 from __future__ import annotations
@@ -124,22 +127,23 @@ def bench_model(name: str, out: Path, rounds: int) -> dict[str, Any]:
 VERIFY_MODES = ("none", "each", "each-full")
 
 
-def verify_ratio(name: str, out: Path, rounds: int) -> dict[str, Any]:
+def verify_ratio(name: str, out: Path, rounds: int, modes: tuple[str, ...] = VERIFY_MODES) -> dict[str, Any]:
     """Medians of ``rounds`` alternating compiles per --verify mode (see module docstring)."""
     model, extra = model_path(name, out / "models")
     work = out / "work" / f"verify_{name}"
     cmds = {
         m: [*SEGC, "compile", str(model), "--target", "ascend", "-o", str(work / m), "--verify", m, "--force", *extra]
-        for m in VERIFY_MODES
+        for m in modes
     }
-    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in VERIFY_MODES}
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     for r in range(rounds):
-        order = VERIFY_MODES[r % len(VERIFY_MODES) :] + VERIFY_MODES[: r % len(VERIFY_MODES)]
+        order = modes[r % len(modes) :] + modes[: r % len(modes)]
         for mode in order:
             runs[mode].append(measure(cmds[mode]))
             last = runs[mode][-1]
             print(
-                f"  {name} round {r + 1} --verify {mode}: {last['seconds']:.2f}s {last['peak_mib']:.0f} MiB "
+                f"  {name} round {r + 1} --verify {mode}: {last['seconds']:.2f}s ({last['cpu_seconds']:.2f} CPU-s) "
+                f"{last['peak_mib']:.0f} MiB load {os.getloadavg()[0]:.1f} "
                 f"rc={last['rc']}{' ' + str(last['error']) if last['rc'] else ''}",
                 flush=True,
             )
@@ -148,12 +152,16 @@ def verify_ratio(name: str, out: Path, rounds: int) -> dict[str, Any]:
         ok = [x["seconds"] for x in rs if x["rc"] == 0]
         entry["modes"][mode] = {
             "rounds_s": [round(x["seconds"], 2) for x in rs],
+            "rounds_cpu_s": [round(x["cpu_seconds"], 2) for x in rs],
+            "rounds_mib": [round(x["peak_mib"]) for x in rs],
             "seconds": statistics.median(ok) if ok else None,
+            "cpu_seconds": statistics.median(x["cpu_seconds"] for x in rs if x["rc"] == 0) if ok else None,
             "peak_mib": statistics.median(x["peak_mib"] for x in rs),
         }
-    none = entry["modes"]["none"]["seconds"]
+    none = entry["modes"]["none"]["seconds"] if "none" in entry["modes"] else None
     entry["ratios"] = {
-        m: entry["modes"][m]["seconds"] / none for m in ("each", "each-full") if none and entry["modes"][m]["seconds"]
+        m: entry["modes"][m]["seconds"] / none for m in ("each", "each-full")
+        if none and m in entry["modes"] and entry["modes"][m]["seconds"]
     }
     report = work / "each" / "report.json"
     if report.exists():
@@ -164,6 +172,7 @@ def verify_ratio(name: str, out: Path, rounds: int) -> dict[str, Any]:
                 "verified_by": p.get("verified_by"),
                 "region_nodes": p.get("region_nodes"),
                 "verify_seconds": p["verify_seconds"],
+                "boundary_inputs": p.get("boundary_inputs"),
             }
             for p in passes
             if p["changed"]
@@ -175,19 +184,23 @@ def render_verify(results: dict[str, Any]) -> str:
     lines = [
         f"Load average at start {results['load_start']:.2f}, {results['rounds']} rounds, medians (s).",
         "",
-        "| model | none | each | each-full | each/none | each-full/none | passes (verified_by, region nodes) |",
+        "| model | none | each | each-full | each/none | each-full/none | passes (verified_by, region nodes, inputs) |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, e in results["models"].items():
         m, r = e["modes"], e["ratios"]
-        cell = {k: f"{m[k]['seconds']:.1f}" if m[k]["seconds"] else "failed" for k in VERIFY_MODES}
+        cell = {k: (f"{m[k]['seconds']:.1f}" if m[k]["seconds"] else "failed") if k in m else "-" for k in VERIFY_MODES}
+        def ratio(k: str, r: dict[str, float] = r) -> str:
+            return f"{r[k]:.2f}x" if k in r else "-"
+
         passes = ", ".join(
-            f"{p['name']} {p['verified_by']} {p['region_nodes'] if p['region_nodes'] is not None else ''}".strip()
+            " ".join(str(x) for x in (p["name"], p["verified_by"], p["region_nodes"], p.get("boundary_inputs"))
+                     if x is not None)
             for p in e.get("passes", [])
         )
         lines.append(
             f"| {name} | {cell['none']} | {cell['each']} | {cell['each-full']} | "
-            f"{r.get('each', 0):.2f}x | {r.get('each-full', 0):.2f}x | {passes} |"
+            f"{ratio('each')} | {ratio('each-full')} | {passes} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -224,12 +237,14 @@ def main() -> int:
     ap.add_argument("--models", default=",".join([*SEED_SHAPES, *THIRD_PARTY]))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--verify-ratio", action="store_true", help="time --verify none / each / each-full instead")
+    ap.add_argument("--modes", default=",".join(VERIFY_MODES), help="with --verify-ratio: the modes to alternate")
     args = ap.parse_args()
     precompile_segc()
     out = Path(args.out)
     (out / "models").mkdir(parents=True, exist_ok=True)
     if args.verify_ratio:
-        run_models(args, out, "verify_ratio", verify_ratio, render_verify)
+        modes = tuple(m for m in args.modes.split(",") if m)
+        run_models(args, out, "verify_ratio", lambda n, o, r: verify_ratio(n, o, r, modes), render_verify)
     else:
         run_models(args, out, "floor", bench_model, render)
     return 0

@@ -31,6 +31,14 @@ and checks only the changed region::
    Distant changes are checked as separate convex *parts* (``_parts``) when no part reads,
    through unchanged nodes, a value another part changed in any bit; else as one convex
    region. The convex region's inputs are kept from the reference run either way.
+   *Synthesized inputs first* (segc.boundary_synth): when the values entering the region
+   are not all cached, computing them costs a run of everything upstream (DBNet's first
+   check: the whole ResNet-50 at three shapes). An exact pass must keep the region's
+   function, so the region and the graph before's cone of the same outputs are run on the
+   same made-up inputs of the real shapes (random floats, exact shape-derived values) and
+   compared. Only a pass is taken from there: a failure, or a check without signal, is
+   decided on the real values as above, so every failure reported is one on real values.
+   report.json says which (``boundary_inputs``: ``synthesized`` or ``reference``).
 4. The cache moves on: values upstream of the region stay valid for the graph after the
    pass, the region's boundary outputs are the after-run's values, and values downstream of
    the region stay valid only when every boundary output was bit-identical.
@@ -46,17 +54,30 @@ before (renamed), a graph that is not well formed (a dangling input, a cycle), a
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+import onnxruntime as ort
+from segc.boundary_synth import (
+    LeafKind,
+    NoSynth,
+    ShapeOracle,
+    SynthPlan,
+    feed_shapes,
+    leaf_values,
+    plan,
+    shape_result,
+)
 from segc.errors import SegcError
 from segc.graph_view import Boundary, GraphView
+from segc.memory import release_memory
 from segc.metrics import OutputMetrics, Verdict, compare_output, judge
 from segc.modelio import tensor_array
-from segc.ortrun import make_session, run_session
+from segc.ortrun import SessionConfig, make_session, run_session
 from segc.passbase import Contract
 from segc.verify import GraphState, Verifier
 from segc.verify_inputs import Feed
@@ -71,6 +92,13 @@ Values = dict[str, np.ndarray]
 class VerifiedBy(str, enum.Enum):
     BOUNDARY = "boundary"
     WHOLE = "whole"
+
+
+class InputsFrom(str, enum.Enum):
+    """Where a boundary check's region inputs came from (report.json ``boundary_inputs``)."""
+
+    SYNTHESIZED = "synthesized"  # made up, both sides run on them (segc.boundary_synth)
+    REFERENCE = "reference"  # the real values in the graph before (cached, or its cone run)
 
 
 @dataclass(frozen=True)
@@ -100,6 +128,20 @@ class CheckOutcome:
     verified_by: VerifiedBy
     region_nodes: int | None = None  # the region's size when verified by boundary
     reason: str | None = None  # why whole, when it was
+    inputs_from: InputsFrom | None = None  # when verified by boundary
+    inputs_note: str | None = None  # why the reference route, when synthesis was tried
+
+
+@dataclass
+class RegionRun:
+    """One run of a region and its judgement; ``values``: the region's outputs per feed label,
+    to cache (None when they were computed on made-up inputs and say nothing about real ones)."""
+
+    verdict: Verdict
+    metrics: list[OutputMetrics]
+    values: dict[str, Values] | None
+    inputs_from: InputsFrom
+    note: str | None = None
 
 
 @dataclass
@@ -264,10 +306,15 @@ def extract(model: onnx.ModelProto, view: GraphView, nodes: set[int] | frozenset
 class BoundaryChecker:
     """Per-pass checks for ``--verify each`` (``each-full``: always whole-model)."""
 
-    def __init__(self, verifier: Verifier, *, full: bool = False) -> None:
+    def __init__(self, verifier: Verifier, *, full: bool = False, synthesize: bool = True) -> None:
         self.verifier = verifier
         self.full = full
+        # made-up region inputs first (segc.boundary_synth); never with the user's own data
+        self.synthesize = synthesize and verifier.user_inputs is None
         self._cache = _Cache()
+        self._oracle: ShapeOracle | None = None
+        # region models run once per input shape, several alive at once: no arena (SessionConfig.arena)
+        self._region_config = dataclasses.replace(verifier.config, arena=False)
 
     def check(
         self,
@@ -346,7 +393,7 @@ class BoundaryChecker:
             # the convex region's inputs ride along in the reference run (no extra compute: they
             # lie upstream of the parts' inputs) and stay cached for a later pass over the same area
             ran = self._run_region(before, after_model, view, region.parts, feeds, contract, tolerances, keep=b.inputs)
-            if ran is not None and not self._reads_a_changed_value(view, region.parts, ran[1]):
+            if ran is not None and not self._reads_a_changed_value(view, region.parts, ran.metrics):
                 return self._finish(after, after_model, region, region.parts, feeds, ran)
         ran = self._run_region(before, after_model, view, b, feeds, contract, tolerances)
         return None if ran is None else self._finish(after, after_model, region, b, feeds, ran)
@@ -367,21 +414,26 @@ class BoundaryChecker:
         region: Region,
         b: Boundary,
         feeds: list[Feed],
-        ran: tuple[Verdict, list[OutputMetrics], dict[str, Values]],
+        ran: RegionRun,
     ) -> CheckOutcome:
-        verdict, metrics, results = ran
+        verdict, metrics = ran.verdict, ran.metrics
         verdict.warnings.insert(
             0,
             f"verified at the boundary of {len(b.nodes)} changed node(s) of "
-            f"{region.after_nodes}: {len(b.inputs)} tensor(s) in, {len(b.outputs)} compared",
+            f"{region.after_nodes}: {len(b.inputs)} tensor(s) in ({ran.inputs_from.value}), "
+            f"{len(b.outputs)} compared",
         )
+        if ran.note:
+            verdict.warnings.insert(1, f"region inputs from the reference run: {ran.note}")
         if verdict.ok:
-            # bit-identical boundary: every downstream value is unchanged too (cache point 4)
-            exact = len(metrics) == len(feeds) * len(b.outputs) and all(
+            # bit-identical boundary on the real values: every downstream value is unchanged
+            # too (cache point 4); made-up inputs prove that for no real value
+            exact = ran.values is not None and len(metrics) == len(feeds) * len(b.outputs) and all(
                 m.max_abs == 0 and not m.ref_nonfinite for m in metrics
             )
-            self._carry(after, after_model, b, exact=exact, region_values=results)
-        return CheckOutcome(after, verdict, VerifiedBy.BOUNDARY, region_nodes=len(b.nodes))
+            self._carry(after, after_model, b, exact=exact, region_values=ran.values)
+        return CheckOutcome(after, verdict, VerifiedBy.BOUNDARY, region_nodes=len(b.nodes),
+                            inputs_from=ran.inputs_from, inputs_note=ran.note)
 
     def _run_region(
         self,
@@ -393,18 +445,175 @@ class BoundaryChecker:
         contract: Contract,
         tolerances: dict[str, float] | None,
         keep: tuple[str, ...] = (),
-    ) -> tuple[Verdict, list[OutputMetrics], dict[str, Values]] | None:
-        """Run ``b``'s nodes of the graph after on the reference values around them; judge."""
+    ) -> RegionRun | None:
+        """Judge ``b``'s nodes of the graph after: on made-up inputs when that passes, else on
+        the real values around them (which decide every failure; segc.boundary_synth)."""
+        note: str | None = None
+        if self.synthesize and not self._all_cached(before, self._needed(after_model, b), feeds):
+            try:
+                synth = self._run_synthesized(before, after_model, view, b, feeds, contract, tolerances)
+            except Exception as exc:  # noqa: BLE001 - a made-up input onnxruntime refuses: the real values decide
+                synth = NoSynth(f"the synthesized run raised {type(exc).__name__}: {_first_line(exc)}")
+            if isinstance(synth, RegionRun) and synth.verdict.ok and not synth.verdict.unverified:
+                return synth
+            if isinstance(synth, NoSynth):
+                note = synth.reason
+            elif synth.verdict.unverified:
+                note = "the check on synthesized inputs had no signal"
+            else:
+                note = (f"the check on synthesized inputs failed ({'; '.join(synth.verdict.reasons[:1])}); "
+                        "decided on the real values")
+        ran = self._run_on_reference(before, after_model, view, b, feeds, contract, tolerances, keep)
+        if ran is not None:
+            ran.note = note
+        return ran
+
+    @staticmethod
+    def _needed(after_model: onnx.ModelProto, b: Boundary) -> list[str]:
+        """The reference values a check of ``b`` on real values reads: its inputs (unchanged
+        constants the region reads travel inside the region model) and its outputs."""
         after_inits = {t.name for t in after_model.graph.initializer}
-        # unchanged constants the region reads travel inside the region model
-        needed = list(dict.fromkeys([*(n for n in b.inputs if n not in after_inits), *b.outputs]))
-        reference = self._reference(before, needed, feeds, keep)
+        return list(dict.fromkeys([*(n for n in b.inputs if n not in after_inits), *b.outputs]))
+
+    def _all_cached(self, before: GraphState, names: list[str], feeds: list[Feed]) -> bool:
+        """Whether the real values of ``names`` are all known without running anything (then
+        the region alone runs, on them: cheaper than both sides on made-up ones)."""
+        if self._cache.model is not before.model:
+            return False
+        inits = {t.name for t in before.model.graph.initializer}
+        for feed in feeds:
+            known = self._cache.values.get(feed.label, {})
+            outputs = before.outputs.get(feed.label) or {}
+            if any(n not in known and n not in outputs and n not in inits and n not in feed.shapes for n in names):
+                return False
+        return True
+
+    def _oracle_for(self, model: onnx.ModelProto) -> ShapeOracle:
+        if self._oracle is None or self._oracle.model is not model:
+            self._oracle = ShapeOracle(model)
+        return self._oracle
+
+    def _run_synthesized(
+        self,
+        before: GraphState,
+        after_model: onnx.ModelProto,
+        view: GraphView,
+        b: Boundary,
+        feeds: list[Feed],
+        contract: Contract,
+        tolerances: dict[str, float] | None,
+    ) -> RegionRun | NoSynth:
+        """Run the region and the graph before's cone of its outputs on the same made-up leaves."""
+        model = before.model
+        before_view = GraphView.from_onnx(model.graph)
+        oracle = self._oracle_for(model)
+        p = plan(model, before_view, b, after_model, view, oracle)
+        if isinstance(p, NoSynth):
+            return p
+        shape_values = self._shape_values(model, before_view, p, feeds, oracle, self._region_config)
+        if isinstance(shape_values, NoSynth):
+            return shape_values
+        region_inputs = {leaf.name for leaf in p.leaves} & set(b.inputs)
+        leaves0 = leaf_values(p, feeds[0], 0, self.verifier.seed, oracle, shape_values[0])
+        if isinstance(leaves0, NoSynth):
+            return leaves0
+        pairs: list[tuple[list[str], ort.InferenceSession, set[str], ort.InferenceSession, set[str]]] = []
+        for names in _output_groups(list(b.outputs), oracle, feeds):
+            ref_model = extract(model, before_view, _cone_within(before_view, p.before_nodes, names), leaves0, names)
+            cand_model = extract(after_model, view, _cone_within(view, b.nodes, names),
+                                 {k: v for k, v in leaves0.items() if k in region_inputs}, names)
+            pairs.append((names, make_session(ref_model, self._region_config), {i.name for i in ref_model.graph.input},
+                          make_session(cand_model, self._region_config), {i.name for i in cand_model.graph.input}))
+        del leaves0
+        metrics: list[OutputMetrics] = []
+        for index, feed in enumerate(feeds):
+            leaves = leaf_values(p, feed, index, self.verifier.seed, oracle, shape_values[index])
+            if isinstance(leaves, NoSynth):
+                return leaves
+            for names, ref_session, ref_wanted, cand_session, cand_wanted in pairs:
+                ref = run_session(ref_session, {k: v for k, v in leaves.items() if k in ref_wanted}, names)
+                for name, value in ref.items():
+                    known = oracle.shape(feed_shapes(feed), name)
+                    if known is not None and known != tuple(value.shape):
+                        return NoSynth(f"{name!r} came out {tuple(value.shape)} at {feed.label}, the shape analysis "
+                                       f"said {known}")
+                cand = run_session(cand_session, {k: v for k, v in leaves.items() if k in cand_wanted}, names)
+                metrics.extend(boundary_metrics(n, feed.label, ref[n], cand[n]) for n in names)
+                big = sum(v.nbytes for v in ref.values()) >= TRIM_BYTES
+                del ref, cand
+                if big:
+                    # glibc keeps freed buffers under 32 MiB in its heap: returned now, the next
+                    # group's outputs start from the same base (DBNet's fold check: 904 -> 700 MiB)
+                    release_memory(collect=False)
+            del leaves
+        verdict = self._judge(contract, metrics, tolerances, len(b.outputs))
+        counts = ", ".join(f"{p.count(k)} {k.value}" for k in LeafKind if p.count(k))
+        verdict.warnings.append(f"region inputs synthesized ({counts}); the graph before ran "
+                                f"{len(p.before_nodes)} node(s) on them")
+        return RegionRun(verdict, metrics, None, InputsFrom.SYNTHESIZED)
+
+    @staticmethod
+    def _shape_values(model: onnx.ModelProto, view: GraphView, p: SynthPlan, feeds: list[Feed],
+                      oracle: ShapeOracle, config: SessionConfig) -> list[Values] | NoSynth:
+        """The SHAPE_VALUE leaves per feed: Shape/Size results from the known shapes, the rest
+        by running their cone of the graph before on those (and on the real graph inputs)."""
+        wanted = [leaf.name for leaf in p.leaves if leaf.kind is LeafKind.SHAPE_VALUE]
+        out: list[Values] = []
+        for feed in feeds:
+            given: Values = {}
+            for i in p.shape_reads:
+                node = model.graph.node[i]
+                read = oracle.shape(feed_shapes(feed), node.input[0])
+                if read is None:
+                    return NoSynth(f"the shape of {node.input[0]!r} at {feed.label} is not known")
+                given[node.output[0]] = shape_result(node, read)
+            out.append(given)
+        rest = [n for n in wanted if n not in out[0]]
+        if not rest:
+            return out
+        cone = extract(model, view, set(p.shape_nodes), out[0], rest)
+        session = make_session(cone, config)
+        names = {i.name for i in cone.graph.input}
+        for feed, given in zip(feeds, out, strict=True):
+            real = {k: feed.arrays[k] for k in names if k in feed.shapes}  # (made only when read)
+            arrays = {**real, **{k: v for k, v in given.items() if k in names}}
+            given.update(run_session(session, arrays, rest))
+        return out
+
+    def _judge(self, contract: Contract, metrics: list[OutputMetrics], tolerances: dict[str, float] | None,
+               outputs: int) -> Verdict:
+        verdict = judge(
+            contract,
+            metrics,
+            self.verifier.tolerances.relaxed(tolerances or {}, keep=self.verifier.tolerances.user_set),
+        )
+        if verdict.unverified and len(verdict.unverified) < outputs:
+            # a constant boundary tensor (a folded scale) is a real check: only an all-silent
+            # boundary says nothing about the pass
+            verdict.warnings.extend(verdict.unverified)
+            verdict.unverified = []
+        verdict.ok = not verdict.reasons
+        return verdict
+
+    def _run_on_reference(
+        self,
+        before: GraphState,
+        after_model: onnx.ModelProto,
+        view: GraphView,
+        b: Boundary,
+        feeds: list[Feed],
+        contract: Contract,
+        tolerances: dict[str, float] | None,
+        keep: tuple[str, ...] = (),
+    ) -> RegionRun | None:
+        """Run ``b``'s nodes of the graph after on the reference values around them; judge."""
+        reference = self._reference(before, self._needed(after_model, b), feeds, keep)
         if reference is None:
             return None
         feeds_in = [{n: ref[n] for n in b.inputs if n in ref} for ref in reference]
         model = extract(after_model, view, b.nodes, feeds_in[0], list(b.outputs))
         try:
-            session = make_session(model, self.verifier.config)
+            session = make_session(model, self._region_config)
         except Exception:  # noqa: BLE001 - onnxruntime raises many types; the whole graph is judged instead
             return None
         metrics: list[OutputMetrics] = []
@@ -423,18 +632,8 @@ class BoundaryChecker:
                 metrics.append(boundary_metrics(n, feed.label, r, c, same=same))
                 if same:
                     cand[n] = r  # the same bits: the cache keeps one array, not two
-        verdict = judge(
-            contract,
-            metrics,
-            self.verifier.tolerances.relaxed(tolerances or {}, keep=self.verifier.tolerances.user_set),
-        )
-        if verdict.unverified and len(verdict.unverified) < len(b.outputs):
-            # a constant boundary tensor (a folded scale) is a real check: only an all-silent
-            # boundary says nothing about the pass
-            verdict.warnings.extend(verdict.unverified)
-            verdict.unverified = []
-        verdict.ok = not verdict.reasons
-        return verdict, metrics, results
+        verdict = self._judge(contract, metrics, tolerances, len(b.outputs))
+        return RegionRun(verdict, metrics, results, InputsFrom.REFERENCE)
 
     def _reference(
         self, before: GraphState, names: list[str], feeds: list[Feed], keep: tuple[str, ...] = ()
@@ -502,7 +701,7 @@ class BoundaryChecker:
             out: list[Values] = []
             for feed, known in zip(feeds, knowns, strict=True):
                 arrays = {**{k: v for k, v in feed.arrays.items() if k in wanted}, **{k: known[k] for k in given}}
-                out.append(run_session(session, arrays, outputs))
+                out.append(run_session(session, arrays, outputs, own=True))  # cached: must not hold the arena
             return out
         except Exception:  # noqa: BLE001 - the graph before cannot run on its own here
             if not before.checked:
@@ -550,11 +749,7 @@ def boundary_metrics(name: str, feed: str, ref: np.ndarray, cand: np.ndarray, *,
     if same if same is not None else _same_bits(ref, cand):  # usual for an exact pass: no difference array
         diff = 0.0
     else:
-        delta = np.subtract(ref, cand)
-        if isinstance(delta, np.ndarray):
-            np.abs(delta, out=delta)  # in place: one temporary the size of the tensor, not two
-        diff = float(np.max(np.abs(delta)) if not isinstance(delta, np.ndarray) else delta.max())
-        del delta
+        diff = _max_abs_diff(ref, cand)
     if not (np.isfinite(lo) and np.isfinite(hi) and np.isfinite(diff)):  # NaN/Inf somewhere: the full rule
         return compare_output(name, feed, ref, cand)
     scale = max(abs(lo), abs(hi))
@@ -573,15 +768,88 @@ def boundary_metrics(name: str, feed: str, ref: np.ndarray, cand: np.ndarray, *,
     )
 
 
+# Boundary outputs compared at once on synthesized inputs, in bytes at the largest input shape
+# (a larger one alone): both sides' outputs are alive together, so on DBNet's six Resize
+# outputs at 1280x1280 (206 MB a side) one run for all of them raised the peak by 500 MB.
+OUTPUT_GROUP_BYTES = 64 << 20
+TRIM_BYTES = 8 << 20  # outputs this large are handed back to the system after their comparison
+
+
+def _output_groups(names: list[str], oracle: ShapeOracle, feeds: list[Feed]) -> list[list[str]]:
+    """``names`` in runs of at most OUTPUT_GROUP_BYTES (all in one when a size is unknown)."""
+    types = oracle.elem_types()
+    sizes: list[int] = []
+    for name in names:
+        shapes = [oracle.shape(feed_shapes(f), name) for f in feeds]
+        if name not in types or any(s is None for s in shapes):
+            return [names]
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(types[name])).itemsize
+        sizes.append(max(int(np.prod(s)) for s in shapes if s is not None) * itemsize)
+    groups: list[list[str]] = []
+    total = 0
+    for name, size in zip(names, sizes, strict=True):
+        if groups and total + size <= OUTPUT_GROUP_BYTES:
+            groups[-1].append(name)
+            total += size
+        else:
+            groups.append([name])
+            total = size
+    return groups
+
+
+def _cone_within(view: GraphView, nodes: frozenset[int] | set[int], names: list[str]) -> set[int]:
+    """The nodes of ``nodes`` that ``names`` depend on (their producers included)."""
+    out: set[int] = set()
+    stack = [p for p in (view.producer(n) for n in names) if p is not None and p in nodes]
+    while stack:
+        i = stack.pop()
+        if i in out:
+            continue
+        out.add(i)
+        stack.extend(p for p in view.predecessors(i) if p in nodes and p not in out)
+    return out
+
+
+# values per step of _max_abs_diff: a 4 MiB scratch buffer for float32
+DIFF_CHUNK = 1 << 20
+
+
+def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| over two arrays of one shape, a chunk at a time: one small scratch buffer
+    instead of a difference array the size of the tensor (105 MB for a DBNet boundary output
+    at 1280x1280, whose fresh pages cost more than the arithmetic). NaN when any is NaN."""
+    fa, fb = a.reshape(-1), b.reshape(-1)
+    buf = np.empty(min(DIFF_CHUNK, max(1, fa.size)), dtype=np.result_type(a, b))
+    worst = 0.0
+    for start in range(0, fa.size, DIFF_CHUNK):
+        part = buf[: min(DIFF_CHUNK, fa.size - start)]
+        np.subtract(fa[start : start + part.size], fb[start : start + part.size], out=part)
+        np.abs(part, out=part)
+        value = float(part.max())
+        if value != value:  # NaN
+            return value
+        worst = max(worst, value)
+    return worst
+
+
 def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two float arrays of one shape and type hold the same bits (compared as
-    unsigned integers of the same width: one read of each, a boolean array of 1 byte per
-    element, no float arithmetic; -0.0 and 0.0 differ, which only sends them to the
-    subtraction)."""
+    unsigned integers of the same width: one read of each, no float arithmetic; -0.0 and 0.0
+    differ, which only sends them to the subtraction). A chunk at a time into one small
+    boolean buffer (a 100 MB output's 26 MB of fresh boolean pages cost more than the
+    comparison), stopping at the first chunk that differs."""
     width = {2: np.uint16, 4: np.uint32, 8: np.uint64}.get(a.dtype.itemsize)
     if width is None:
         return False
-    return bool(np.array_equal(np.ascontiguousarray(a).view(width), np.ascontiguousarray(b).view(width)))
+    fa = np.ascontiguousarray(a).reshape(-1).view(width)
+    fb = np.ascontiguousarray(b).reshape(-1).view(width)
+    buf = np.empty(min(DIFF_CHUNK, max(1, fa.size)), dtype=bool)
+    for start in range(0, fa.size, DIFF_CHUNK):
+        part = buf[: min(DIFF_CHUNK, fa.size - start)]
+        np.equal(fa[start : start + part.size], fb[start : start + part.size], out=part)
+        if not part.all():
+            return False
+    return True
 
 
 def _first_line(exc: BaseException) -> str:

@@ -68,6 +68,7 @@ class PassRecord:
     error: str | None = None
     verified_by: str | None = None  # "boundary" | "whole" under --verify each (segc.boundary_verify)
     region_nodes: int | None = None  # the changed region's size, when verified by boundary
+    boundary_inputs: str | None = None  # "synthesized" | "reference": where the region's inputs came from
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,6 +86,7 @@ class PassRecord:
             "verdict": self.verdict.to_dict() if self.verdict else None,
             "verified_by": self.verified_by,
             "region_nodes": self.region_nodes,
+            "boundary_inputs": self.boundary_inputs,
         }
 
 
@@ -419,6 +421,7 @@ def run_pipeline(model: onnx.ModelProto | HandOver, specs: list[PassSpec], *, ta
             )
             after, record.verdict = checked.state, checked.verdict
             record.verified_by, record.region_nodes = checked.verified_by.value, checked.region_nodes
+            record.boundary_inputs = checked.inputs_from.value if checked.inputs_from else None
             record.verify_seconds = time.perf_counter() - t0
             record.status = record.verdict.status
             if not record.verdict.ok:

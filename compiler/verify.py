@@ -16,6 +16,7 @@ import onnx
 import onnxruntime as ort
 
 from segc.errors import SegcError, first_line
+from segc.memory import release_memory
 from segc.metrics import OutputMetrics, Tolerances, Verdict, compare_output, judge
 from segc.modelio import readable_ir
 from segc.onnx_graph import real_inputs
@@ -55,16 +56,22 @@ class GraphState:
         """Drop the session, keep the outputs: a session holds its memory arena (about one
         run's activations, 2.3 GiB for hrnet_w48_ocr at 1024x2048) until it is destroyed, and
         a state whose outputs are computed for every feed rarely runs again (:meth:`run`
-        opens it anew when it must)."""
-        self.session = None
+        opens it anew when it must). The freed arena goes back to the system at once
+        (segc.memory): glibc would keep most of it for the next session to grow beside."""
+        if self.session is not None:
+            self.session = None
+            release_memory(collect=False)
 
     def run(self, feed: Feed) -> Outputs | None:
-        """Outputs for ``feed``; None (with the error kept) when onnxruntime cannot run it."""
+        """Outputs for ``feed``; None (with the error kept) when onnxruntime cannot run it.
+
+        The outputs own their memory (``run_session(own=True)``): onnxruntime's own arrays
+        would keep the session's whole arena alive after :meth:`close`."""
         if feed.label not in self.outputs:
             self.open()
             assert self.session is not None
             try:
-                self.outputs[feed.label] = run_session(self.session, feed.arrays)
+                self.outputs[feed.label] = run_session(self.session, feed.arrays, own=True)
             except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no useful base class
                 self.outputs[feed.label] = None
                 self.errors[feed.label] = first_line(exc)

@@ -167,19 +167,30 @@ def test_fallbacks_to_the_whole_model() -> None:
 
 
 def test_the_cache_serves_the_next_pass_without_a_reference_run() -> None:
-    """Pass 1 rewrites a3, pass 2 rewrites it back: pass 2's boundary (a2 in, a3 out) is cached."""
+    """Pass 1 rewrites a3, pass 2 rewrites it back: pass 2's boundary (a2 in, a3 out) is cached.
+
+    On the reference route (synthesized inputs say nothing about real values, so a pass
+    checked on them caches nothing)."""
     before = chains()
     mid = _copy(before)
     _relu_as_max(mid, "a3")
     verifier = Verifier()
     state = verifier.initial_state(before, defer=True)
-    checker = BoundaryChecker(verifier)
+    checker = BoundaryChecker(verifier, synthesize=False)
     first = checker.check(state, mid, "after 1", Contract.EXACT, None)
     assert first.verdict.ok
     SESSION_STATS.reset()
     second = checker.check(first.state, before, "after 2", Contract.EXACT, None)
     assert second.verdict.ok and second.verified_by.value == "boundary"
     assert SESSION_STATS.sessions == 1  # the region's own session; no run of the graph before
+    # with synthesis on, a fully cached boundary still takes the cached values (one session, not two)
+    checker = BoundaryChecker(verifier, synthesize=False)
+    first = checker.check(verifier.initial_state(before, defer=True), mid, "after 1", Contract.EXACT, None)
+    checker.synthesize = True
+    SESSION_STATS.reset()
+    second = checker.check(first.state, before, "after 2", Contract.EXACT, None)
+    assert second.verdict.ok and second.inputs_from is not None and second.inputs_from.value == "reference"
+    assert SESSION_STATS.sessions == 1
 
 
 def test_the_pipeline_reports_how_each_pass_was_verified() -> None:
@@ -192,6 +203,7 @@ def test_the_pipeline_reports_how_each_pass_was_verified() -> None:
     assert each.ok and each.records[0].changed
     record = each.records[0].to_dict()
     assert record["verified_by"] == "boundary" and record["region_nodes"] == 1  # a4, now reading a3
+    assert record["boundary_inputs"] == "synthesized"
     full = run_pipeline(_copy(model), [PassSpec("cleanup")], verify="each-full")
     assert full.ok and full.records[0].to_dict()["verified_by"] == "whole"
 
@@ -326,7 +338,7 @@ def test_a_bit_identical_boundary_output_is_cached_once() -> None:
     _relu_as_max(after, "a3")
     verifier = Verifier()
     state = verifier.initial_state(before, defer=True)
-    checker = BoundaryChecker(verifier)
+    checker = BoundaryChecker(verifier, synthesize=False)  # (made-up inputs cache nothing)
     seen: dict[str, object] = {}
     real_carry = checker._carry
 
