@@ -164,8 +164,9 @@ class FoldResizeScales(GraphPass):
         for node, decision in left:
             stats["left"] += 1
             notes.append(f"left {node.op} {node.name!r}: {decision.reason}{hint}")
+        taken = set(graph.tensors())  # once: each graph.tensors() walks the whole graph
         for node, decision in decisions:
-            self._fold(graph, node, decision, analysis)
+            self._fold(graph, node, decision, analysis, taken)
             stats["folded"] += 1
             stats["from_sizes"] += int(decision.from_sizes)
         return PassResult(changed=bool(decisions), stats=stats, notes=notes)
@@ -249,9 +250,14 @@ class FoldResizeScales(GraphPass):
         return _Decision(scales=consts)
 
     @staticmethod
-    def _fold(graph: gs.Graph, node: gs.Node, decision: _Decision, analysis: ShapeAnalysis) -> None:
+    def _fold(graph: gs.Graph, node: gs.Node, decision: _Decision, analysis: ShapeAnalysis,
+              taken: set[str] | None = None) -> None:
+        """Rewrite ``node`` to constant scales. ``taken``: the graph's tensor names, which
+        ``unique_name`` keeps up to date (one ``graph.tensors()`` per new name walked
+        ocrnet_hrnetw18's whole graph 72 times: 0.19 s)."""
+        taken = set(graph.tensors()) if taken is None else taken
         values = np.array([float(k) for k in decision.scales or []], dtype=np.float32)
-        const = gs.Constant(unique_name(f"{node.name or node.outputs[0].name}_scales", set(graph.tensors())), values)
+        const = gs.Constant(unique_name(f"{node.name or node.outputs[0].name}_scales", taken), values)
         if node.op == "Upsample" or analysis.opset <= 10:
             node.inputs[1] = const
             return
@@ -263,7 +269,7 @@ class FoldResizeScales(GraphPass):
             del node.inputs[3]
         if is_absent(node.inputs[1]) and analysis.opset < 13:
             # opsets 11/12 require roi as an input; an empty float tensor means "unused"
-            roi_name = unique_name(f"{node.name or 'resize'}_roi", set(graph.tensors()))
+            roi_name = unique_name(f"{node.name or 'resize'}_roi", taken)
             node.inputs[1] = gs.Constant(roi_name, np.zeros(0, np.float32))
 
 

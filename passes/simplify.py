@@ -124,7 +124,7 @@ class _OnnxsimInput:
     """The model as onnx-simplifier's C++ core gets it: serialised once for every attempt,
     without the weights it has no use for.
 
-    A weight that only feeds Conv or ConvTranspose as their weight operand, beside a value
+    A weight that only feeds Conv, ConvTranspose or DeformConv as their weight operand, beside a value
     computed at run time (:func:`_opaque_weights`), can take part in no fold and in no
     rewrite of onnx-simplifier that reads values: it goes to the core as a graph
     input of the same type and dims, and comes back by name afterwards. On hrnet_w48_ocr
@@ -203,7 +203,7 @@ class _OnnxsimInput:
 # MatMul's: onnx-simplifier turns MatMul + Add into Gemm only when the weight is an
 # initializer (segformer: 297 nodes with its weights, 285 without), and segc's result must
 # be onnx-simplifier's, node for node.
-_WEIGHT_OPERANDS = {("Conv", 1), ("ConvTranspose", 1)}
+_WEIGHT_OPERANDS = {("Conv", 1), ("ConvTranspose", 1), ("DeformConv", 1)}
 _SHAPE_ONLY = {"Shape", "Size"}  # their outputs may fold whatever feeds them
 
 
@@ -213,9 +213,10 @@ def _opaque_weights(model: onnx.ModelProto) -> set[str]:
     A weight qualifies when every reader is in :data:`_WEIGHT_OPERANDS` and (1) the reader's
     first input may not be a constant (an over-approximation: initializers, Constant, Shape
     and Size outputs, and whatever is computed from those alone), so the reader never folds;
-    (2) the Conv's output does not feed a BatchNormalization (onnx-optimizer's
-    fuse_bn_into_conv rewrites the weight). It is not a graph output and no subgraph reads
-    it. tests/passes/test_simplify.py checks that the result is node for node what
+    (2) a Conv's output does not feed a BatchNormalization (onnx-optimizer's
+    fuse_bn_into_conv rewrites the weight; ConvTranspose is held to the same rule, DeformConv
+    is matched by no rewrite). It is not a graph output and no subgraph reads it.
+    tests/passes/test_simplify.py checks that the result is node for node what
     onnx-simplifier gives with every weight, on the seed models and third-party ones.
     """
     graph = model.graph
@@ -246,6 +247,8 @@ def _weight_operand(node: onnx.NodeProto, k: int, constant: set[str],
         return False
     if not node.input or node.input[0] in constant or node.input[k] == node.input[0]:
         return False
+    if node.op_type == "DeformConv":
+        return True  # no onnx-optimizer rewrite matches it
     return not any(r.op_type == "BatchNormalization" for o in node.output for r, _ in readers.get(o, []))
 
 
