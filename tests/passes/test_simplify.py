@@ -7,10 +7,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from segc.modelio import tensor_array
 from segc.ortrun import run_model
-from segc.passbase import PassContext, PassResult
+from segc.passbase import PassContext
 from segc.passes.simplify import Simplify, weight_bytes
+from tests.onnxsim_parity import assert_same_graph, simplified_both_ways
 
 
 def foldable(dynamic: bool = True) -> onnx.ModelProto:
@@ -41,32 +41,6 @@ def test_folds_and_keeps_dynamic_dims() -> None:
         np.testing.assert_allclose(run_model(out, {"x": x})["y"], run_model(model, {"x": x})["y"], rtol=1e-5, atol=1e-5)
     again, second = Simplify().apply(out, PassContext())
     assert not second.changed and again is out  # idempotent
-
-
-def simplified_both_ways(model: onnx.ModelProto) -> tuple[onnx.ModelProto, onnx.ModelProto, PassResult]:
-    """``model`` simplified as segc does (weights it cannot use left out), and with every
-    weight handed to onnx-simplifier; and the first run's result."""
-    from segc.passes import simplify as mod
-
-    out, result = Simplify().apply(model, PassContext())
-    real = mod._opaque_weights
-    mod._opaque_weights = lambda m: set()
-    try:
-        full, _ = Simplify().apply(model, PassContext())
-    finally:
-        mod._opaque_weights = real
-    return out, full, result
-
-
-def assert_same_graph(a: onnx.ModelProto, b: onnx.ModelProto) -> None:
-    """Node for node, input for input, and the same initializers (names, types, dims, bytes)."""
-    assert [n.SerializeToString(deterministic=True) for n in a.graph.node] == \
-        [n.SerializeToString(deterministic=True) for n in b.graph.node]
-    assert [i.name for i in a.graph.input] == [i.name for i in b.graph.input]
-    def weights(m: onnx.ModelProto) -> dict[str, bytes]:
-        return {t.name: tensor_array(t).tobytes() + bytes(t.data_type) + str(list(t.dims)).encode()
-                for t in m.graph.initializer}
-    assert weights(a) == weights(b)
 
 
 def weights_graph() -> onnx.ModelProto:
