@@ -176,8 +176,10 @@ def _expected_nbytes(tensor: onnx.TensorProto) -> int | None:
 
 def _load_external_data(model: onnx.ModelProto, path: Path, keep_min: int | None = None) -> set[Path]:
     """Read every tensor's external data, refusing paths outside the model's folder and data
-    files too short for what the tensor says it holds. Tensors of ``keep_min`` bytes or more
-    stay on disk, by reference (all models over 2 GiB: ON_DISK_MIN).
+    files too short for what the tensor says it holds. Top-level initializers of ``keep_min``
+    bytes or more stay on disk, by reference (a lazy load: the one-file save inlines exactly
+    those, ``serialised_chunks``); over 2 GiB, every tensor of ON_DISK_MIN bytes or more does
+    (the split save writes them all to the data file).
 
     onnx's own loader reads ``length`` bytes at ``offset`` and keeps whatever comes back, so
     a truncated file gives a silently short tensor (and, with ``--verify none``, a corrupt
@@ -223,10 +225,11 @@ def _load_external_data(model: onnx.ModelProto, path: Path, keep_min: int | None
         checked.append((tensor, target, offset, want if want is not None else size - offset))
         files.add(target)
     inline = model.ByteSize() if checked else 0  # weightless tensors: cheap to measure
-    if keep_min is None and inline + sum(n for *_, n in checked) > PROTOBUF_LIMIT:
-        keep_min = ON_DISK_MIN
+    keepable = {id(t) for t in model.graph.initializer}
+    if inline + sum(n for *_, n in checked) > PROTOBUF_LIMIT:
+        keep_min, keepable = ON_DISK_MIN, {id(t) for t in _all_tensors(model)}
     for tensor, target, offset, nbytes in checked:
-        if keep_min is not None and nbytes >= keep_min:
+        if keep_min is not None and nbytes >= keep_min and id(tensor) in keepable:
             _refer_to(tensor, target, offset, nbytes)
             continue
         try:

@@ -166,6 +166,27 @@ def test_external_data_stays_on_disk_and_the_output_is_self_contained(tmp_path: 
                                   numpy_helper.to_array(_model().graph.initializer[1]))
 
 
+def test_external_tensors_outside_the_initializers_are_read(tmp_path: Path) -> None:
+    """A Constant node's tensor in the data file is read in: the one-file save inlines only
+    top-level initializers, so a reference there would reach the output as an absolute path."""
+    m = _model()
+    value = np.random.default_rng(2).standard_normal((1, 64, 8, 8)).astype(np.float32)  # 16 KiB
+    m.graph.node.append(helper.make_node("Constant", [], ["bias"], value=numpy_helper.from_array(value)))
+    m.graph.node.append(helper.make_node("Add", ["y", "bias"], ["z"]))
+    m.graph.output[0].name = "z"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    p = folder / "c.onnx"
+    onnx.save(m, str(p), save_as_external_data=True, location="c.data", size_threshold=0, convert_attribute=True)
+    model, _ = load_model_and_files(p, lazy=True)
+    assert {t.name for t, _ in disk_tensors(model)} == {"big"}
+    out = save_model(model, tmp_path / "out.onnx", protect=[p])
+    saved = onnx.load(str(out), load_external_data=False)
+    assert not any(t.data_location == TensorProto.EXTERNAL for t in saved.graph.initializer)
+    assert saved.graph.node[-2].attribute[0].t.data_location == TensorProto.DEFAULT
+    np.testing.assert_array_equal(numpy_helper.to_array(saved.graph.node[-2].attribute[0].t), value)
+
+
 def test_compile_leaves_the_input_alone_and_writes_a_model_that_runs_as_it(path: Path, tmp_path: Path) -> None:
     before = hashlib.sha256(path.read_bytes()).hexdigest()
     rc = main(["compile", str(path), "--target", "ascend", "-o", str(tmp_path / "out"), "--verify", "each"])
