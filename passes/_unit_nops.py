@@ -117,7 +117,7 @@ def _merge_duplicate_initializers(graph: onnx.GraphProto, pinned: set[str]) -> i
     io = {v.name for v in graph.input} | {v.name for v in graph.output}
     groups: dict[tuple[int, tuple[int, ...]], list[onnx.TensorProto]] = defaultdict(list)
     for t in graph.initializer:
-        if not t.name or t.name in io or (t.data_location == onnx.TensorProto.EXTERNAL and disk_tensor(t) is None):
+        if not t.name or t.name in io:  # an external tensor in memory is always a weight kept on disk
             continue
         if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
             continue
@@ -147,7 +147,7 @@ def _merge_duplicate_initializers(graph: onnx.GraphProto, pinned: set[str]) -> i
     return len(replace)
 
 
-_PREFIX = 256  # bytes of a weight kept on disk read to tell it from others of its shape
+_PREFIX = 256  # first bytes compared before a same-shaped group is hashed whole (see _same_start)
 
 
 def _same_start(members: list[onnx.TensorProto]) -> list[onnx.TensorProto]:
