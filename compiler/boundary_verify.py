@@ -74,10 +74,9 @@ from segc.boundary_synth import (
 )
 from segc.errors import SegcError
 from segc.graph_view import Boundary, GraphView
-from segc.memory import release_memory
 from segc.metrics import OutputMetrics, Verdict, compare_output, judge
 from segc.modelio import tensor_array
-from segc.ortrun import SessionConfig, make_session, run_session
+from segc.ortrun import SessionConfig, make_session, run_pair, run_session
 from segc.passbase import Contract
 from segc.verify import GraphState, Verifier
 from segc.verify_inputs import Feed
@@ -260,9 +259,7 @@ def _parts(view: GraphView, seeds: set[int]) -> set[int]:
     convex region instead when it does not hold)."""
     if not seeds:
         return set()
-    import networkx as nx
-
-    groups = [view.convex(g) for g in nx.weakly_connected_components(view.graph.subgraph(seeds))]
+    groups = [view.convex(g) for g in view.components(seeds)]
     merged = True
     while merged:
         merged = False
@@ -531,20 +528,15 @@ class BoundaryChecker:
             if isinstance(leaves, NoSynth):
                 return leaves
             for names, ref_session, ref_wanted, cand_session, cand_wanted in pairs:
-                ref = run_session(ref_session, {k: v for k, v in leaves.items() if k in ref_wanted}, names)
+                ref, cand = run_pair((ref_session, {k: v for k, v in leaves.items() if k in ref_wanted}, names),
+                                     (cand_session, {k: v for k, v in leaves.items() if k in cand_wanted}, names))
                 for name, value in ref.items():
                     known = oracle.shape(feed_shapes(feed), name)
                     if known is not None and known != tuple(value.shape):
                         return NoSynth(f"{name!r} came out {tuple(value.shape)} at {feed.label}, the shape analysis "
                                        f"said {known}")
-                cand = run_session(cand_session, {k: v for k, v in leaves.items() if k in cand_wanted}, names)
                 metrics.extend(boundary_metrics(n, feed.label, ref[n], cand[n]) for n in names)
-                big = sum(v.nbytes for v in ref.values()) >= TRIM_BYTES
-                del ref, cand
-                if big:
-                    # glibc keeps freed buffers under 32 MiB in its heap: returned now, the next
-                    # group's outputs start from the same base (DBNet's fold check: 904 -> 700 MiB)
-                    release_memory(collect=False)
+                del ref, cand  # (buffers of 1 MiB or more are unmapped as they go: segc.memory.map_big_blocks)
             del leaves
         verdict = self._judge(contract, metrics, tolerances, len(b.outputs))
         counts = ", ".join(f"{p.count(k)} {k.value}" for k in LeafKind if p.count(k))
@@ -772,7 +764,6 @@ def boundary_metrics(name: str, feed: str, ref: np.ndarray, cand: np.ndarray, *,
 # (a larger one alone): both sides' outputs are alive together, so on DBNet's six Resize
 # outputs at 1280x1280 (206 MB a side) one run for all of them raised the peak by 500 MB.
 OUTPUT_GROUP_BYTES = 64 << 20
-TRIM_BYTES = 8 << 20  # outputs this large are handed back to the system after their comparison
 
 
 def _output_groups(names: list[str], oracle: ShapeOracle, feeds: list[Feed]) -> list[list[str]]:

@@ -124,9 +124,9 @@ def _outputs(
     reader = OutputReader(Path(outputs_dir), model, index, name) if outputs_dir else None
     session = None
     if reader is None:
-        from segc.ortrun import make_session
+        from segc.ortrun import SessionConfig, make_session
 
-        session = make_session(model)
+        session = make_session(model, SessionConfig(arena=True))  # one session, many runs (SessionConfig.arena)
     groups = list(batches(dataset.samples, batch))
     desc = f"evaluating {Path(label).name}"
     for group in track(groups, description=desc, transient=True, console=Console(stderr=True)):

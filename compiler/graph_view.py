@@ -1,11 +1,10 @@
-"""One view of an ONNX graph as a networkx DiGraph: the walks segc needs, written once.
+"""One view of an ONNX graph as a dependency graph of its nodes: the walks segc needs, written once.
 
-Nodes of the DiGraph are the ONNX nodes, numbered in file order (0..n-1); an edge ``p -> c``
-means some tensor ``p`` produces is an input of ``c``. The edge keeps the names of those
-tensors (``tensors``) and whether any of them carries a *value* into ``c`` (``value``): a
+Nodes are the ONNX nodes, numbered in file order (0..n-1); an edge ``p -> c`` means some
+tensor ``p`` produces is an input of ``c``. Which inputs carry a *value* is kept per node: a
 caller that only follows data (``segc.selectors``: not weights, not the sizes of a Resize)
-says which inputs count when it builds the view. Graph inputs and initializers are not nodes;
-``producer`` is None for them.
+says which inputs count when it builds the view (``predecessors(values_only=True)``). Graph
+inputs and initializers are not nodes; ``producer`` is None for them.
 
 Subgraphs (If/Loop/Scan bodies) are not expanded: the If/Loop node is one node, and every
 tensor its bodies read from the enclosing graph (at any depth) is an implicit input of that
@@ -15,22 +14,22 @@ producer of ``x``) without the body's own nodes appearing in the view::
     x -> Relu -> r ----------.           view:  Relu -> If   (edge r: implicit,
     c -> If(then: Add(r, 1)) -> y                           read by the then-branch)
 
-Why networkx: it is a declared dependency and gives tested, linear-time topological sorts and
-breadth-first layers over sets of sources; the walks below are thin, named wrappers so that
-every caller asks the same question the same way.
+The walks are plain breadth-first searches and Kahn's algorithm over successor and
+predecessor lists, linear in nodes and edges, written here so that every caller asks the same
+question the same way. They were networkx calls on a DiGraph once; importing networkx and
+building the DiGraph cost each ``--verify each`` compile about 0.13 s (issue 11), more than
+the walks themselves. networkx still orders the nodes of a graph with a cycle (an invalid
+graph: see ``topological``), where its strongly connected components are worth the import.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import onnx
 import onnx_graphsurgeon as gs
-
-if TYPE_CHECKING:
-    import networkx as nx
 
 InputFilter = Callable[[int], Sequence[str]]
 
@@ -50,7 +49,7 @@ class Boundary:
 
 
 class GraphView:
-    """A networkx DiGraph over one graph's nodes (see module docstring)."""
+    """The dependency graph of one graph's nodes (see module docstring)."""
 
     def __init__(self, inputs: Sequence[Sequence[str]], outputs: Sequence[Sequence[str]],
                  value_inputs: Sequence[Sequence[str]] | None = None, graph_outputs: Sequence[str] = ()) -> None:
@@ -64,31 +63,18 @@ class GraphView:
                 if name:
                     self._producer.setdefault(name, i)
         self._consumers: dict[str, list[int]] = {}
-        self._edges: dict[tuple[int, int], set[str]] = {}
+        self._succ: list[list[int]] = [[] for _ in self.inputs]  # each node's readers, once each
+        self._pred: list[list[int]] = [[] for _ in self.inputs]  # each node's producers, once each
         for c, names in enumerate(self.inputs):
             for name in dict.fromkeys(names):
                 if not name:
                     continue
                 self._consumers.setdefault(name, []).append(c)
                 p = self._producer.get(name)
-                if p is not None and p != c:
-                    self._edges.setdefault((p, c), set()).add(name)
+                if p is not None and p != c and p not in self._pred[c]:
+                    self._succ[p].append(c)
+                    self._pred[c].append(p)
         self._values = values
-        self._graph: nx.DiGraph[int] | None = None
-
-    @property
-    def graph(self) -> nx.DiGraph[int]:
-        """The networkx DiGraph, built on first use: networkx costs 0.1 to 0.2 s to import, which a
-        compile that only looks up producers and consumers (``--verify none``) need not pay."""
-        if self._graph is None:
-            import networkx as nx
-
-            graph: nx.DiGraph[int] = nx.DiGraph()
-            graph.add_nodes_from(range(len(self.inputs)))
-            for (p, c), names in self._edges.items():
-                graph.add_edge(p, c, tensors=frozenset(names), value=bool(names & self._values[c]))
-            self._graph = graph
-        return self._graph
 
     # ---------------------------------------------------------------- constructors
     @classmethod
@@ -134,57 +120,97 @@ class GraphView:
                 out.append(p)
         return out
 
+    def successors(self, node: int) -> list[int]:
+        """Readers of ``node``'s outputs (once each)."""
+        return list(self._succ[node])
+
+    def has_edge(self, producer: int, consumer: int) -> bool:
+        return consumer in self._succ[producer]
+
     # ---------------------------------------------------------------- walks
     def topological(self) -> list[int]:
         """Stable topological order: among ready nodes, file order first.
 
         A cycle (an invalid graph) does not raise: the nodes of each cycle come together, in
         file order, where the cycle as a whole sits (so a selector still resolves)."""
+        order = self._kahn()
+        if len(order) == len(self.inputs):
+            return order
         import networkx as nx
 
-        try:
-            return list(nx.lexicographical_topological_sort(self.graph, key=int))
-        except nx.NetworkXUnfeasible:
-            condensed = nx.condensation(self.graph)
-            members = condensed.graph["mapping"]
-            groups: dict[int, list[int]] = {}
-            for node, comp in members.items():
-                groups.setdefault(comp, []).append(node)
-            first = {comp: min(nodes) for comp, nodes in groups.items()}
-            order = nx.lexicographical_topological_sort(condensed, key=lambda comp: first[comp])
-            return [n for comp in order for n in sorted(groups[comp])]
+        graph: nx.DiGraph[int] = nx.DiGraph()
+        graph.add_nodes_from(range(len(self.inputs)))
+        graph.add_edges_from((p, c) for p, readers in enumerate(self._succ) for c in readers)
+        condensed = nx.condensation(graph)
+        members = condensed.graph["mapping"]
+        groups: dict[int, list[int]] = {}
+        for node, comp in members.items():
+            groups.setdefault(comp, []).append(node)
+        first = {comp: min(nodes) for comp, nodes in groups.items()}
+        comps = nx.lexicographical_topological_sort(condensed, key=lambda comp: first[comp])
+        return [n for comp in comps for n in sorted(groups[comp])]
 
     def is_acyclic(self) -> bool:
-        import networkx as nx
+        return len(self._kahn()) == len(self.inputs)
 
-        return bool(nx.is_directed_acyclic_graph(self.graph))
+    def _kahn(self) -> list[int]:
+        """Kahn's algorithm, the smallest ready node first; stops short of any cycle's nodes."""
+        waiting = [len(p) for p in self._pred]
+        ready = [i for i, n in enumerate(waiting) if n == 0]  # ascending: already a heap
+        order: list[int] = []
+        while ready:
+            node = heapq.heappop(ready)
+            order.append(node)
+            for c in self._succ[node]:
+                waiting[c] -= 1
+                if waiting[c] == 0:
+                    heapq.heappush(ready, c)
+        return order
 
     def downstream(self, sources: Iterable[int]) -> set[int]:
         """Every node reachable from ``sources`` (the sources not included unless on a cycle)."""
-        return self._reach(self.graph, sources)
+        return set(self._layers(self._succ, sources))
 
     def upstream(self, sources: Iterable[int]) -> set[int]:
         """Every node ``sources`` depend on (the sources not included unless on a cycle)."""
-        return self._reach(self.graph.reverse(copy=False), sources)
-
-    @staticmethod
-    def _reach(graph: nx.DiGraph[int], sources: Iterable[int]) -> set[int]:
-        """Nodes reachable from ``sources`` by at least one edge: breadth first from their successors."""
-        import networkx as nx
-
-        firsts = list(dict.fromkeys(m for s in dict.fromkeys(sources) for m in graph.successors(s)))
-        if not firsts:
-            return set()
-        return {n for layer in nx.bfs_layers(graph, firsts) for n in layer}
+        return set(self._layers(self._pred, sources))
 
     def walk_upstream(self, node: int) -> Iterator[int]:
         """The nodes ``node`` depends on, nearest first (breadth first; each once)."""
-        import networkx as nx
+        return iter(self._layers(self._pred, [node]))
 
-        firsts = self.predecessors(node)
-        if firsts:
-            for layer in nx.bfs_layers(self.graph.reverse(copy=False), firsts):
-                yield from layer
+    @staticmethod
+    def _layers(edges: list[list[int]], sources: Iterable[int]) -> list[int]:
+        """Nodes reachable from ``sources`` by at least one edge along ``edges``, breadth first
+        from the sources' neighbours (in the order first met)."""
+        seen: dict[int, None] = {}
+        for s in dict.fromkeys(sources):
+            for m in edges[s]:
+                seen.setdefault(m)
+        queue = list(seen)
+        for node in queue:  # (grows as it goes)
+            for m in edges[node]:
+                if m not in seen:
+                    seen[m] = None
+                    queue.append(m)
+        return queue
+
+    def components(self, nodes: Iterable[int]) -> list[set[int]]:
+        """``nodes`` split into groups joined by edges among them (either direction)."""
+        left = set(nodes)
+        groups: list[set[int]] = []
+        while left:
+            group = {left.pop()}
+            stack = list(group)
+            while stack:
+                node = stack.pop()
+                for m in (*self._succ[node], *self._pred[node]):
+                    if m in left:
+                        left.discard(m)
+                        group.add(m)
+                        stack.append(m)
+            groups.append(group)
+        return groups
 
     def convex(self, region: Iterable[int]) -> set[int]:
         """``region`` plus every node on a path between two of its nodes.

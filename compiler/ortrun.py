@@ -11,6 +11,8 @@ graph state gets one session and each input shape one reference run.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor, wait
+from functools import lru_cache
 from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -21,6 +23,7 @@ import onnxruntime as ort
 
 from segc.lowering import lower_for_reference
 from segc.errors import SegcError
+from segc.memory import map_big_blocks
 from segc.modelio import disk_tensor, disk_tensors, has_disk_tensors, readable_ir
 
 
@@ -31,11 +34,15 @@ class SessionConfig:
     intra_op_threads: int = min(4, os.cpu_count() or 1)
     inter_op_threads: int = 1
     optimization: str = "basic"  # disable | basic | extended | all
-    # onnxruntime's CPU memory arena. Off for the small region models of boundary checks: an
-    # arena keeps each run's output buffers (the arrays returned share them) until the
-    # session's next run, so checks over several sessions stacked every output of every
-    # session (DBNet at 1280x1280: +500 MB); without it a buffer is freed with its array.
-    arena: bool = True
+    # onnxruntime's CPU memory arena, off for verification, which runs each session a few
+    # times: an arena keeps each run's output buffers (the arrays returned share them) until
+    # the session's next run, so checks over several sessions stacked every output of every
+    # session (DBNet at 1280x1280: +500 MB), and it grows in chunks that outlast the tensors
+    # they held (hrnet_w48_ocr at 1x3x1024x2048, one bare session and run: peak 1961 MiB with
+    # it, 1520 without, 15.9 against 16.9 s; its --verify each peak 2.23 -> 1.78 GiB). A
+    # session run over many inputs (``segc evaluate``) keeps it: DBNet at 736x1280 ran 8%
+    # faster with it, at a lower peak (652 against 746 MiB, 6 runs).
+    arena: bool = False
     # Idle intra-op threads spin-wait for work by default. On a 2-core machine shared with
     # another process that burnt the core the work needed: DBNet's boundary checks took 1.8
     # CPU-s and 2.0-2.8 s with spinning, 1.2 and 1.2 s without (load 4.7, both two threads);
@@ -190,6 +197,8 @@ def _shared_weight(tensor: onnx.TensorProto) -> ort.OrtValue | None:
 def make_session(model: onnx.ModelProto, config: SessionConfig | None = None) -> ort.InferenceSession:
     """One CPU session for ``model`` (vendor ops lowered first, see segc.lowering)."""
     config = config or SessionConfig()
+    if not config.arena:
+        map_big_blocks()  # its buffers are plain mallocs: each big one goes back when freed
     sess = inference_session(model, session_options(config), share_weights=True)
     SESSION_STATS.sessions += 1
     return sess
@@ -215,6 +224,32 @@ def run_session(
                 values[k] = np.array(value, copy=True)
                 del value
     return dict(zip(names, values, strict=False))
+
+
+def run_pair(
+    first: tuple[ort.InferenceSession, dict[str, np.ndarray], list[str]],
+    second: tuple[ort.InferenceSession, dict[str, np.ndarray], list[str]],
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Two independent runs at once: ``first`` on a helper thread, ``second`` on this one.
+
+    Why: a boundary check runs the graph before and the graph after on the same inputs, and
+    onnxruntime keeps one core busy on most small region models (a ConvTranspose, a Resize
+    write their output on one thread), so on 2 cores the second core idled through half the
+    check. onnxruntime lets go of the GIL while it runs, so a thread is enough. On one core
+    they run one after the other."""
+    if (os.cpu_count() or 1) < 2:
+        return run_session(*first), run_session(*second)
+    pending = _helper().submit(run_session, *first)
+    try:
+        other = run_session(*second)
+    finally:
+        wait([pending])  # also when the second raised: the caller's inputs must outlive the first
+    return pending.result(), other
+
+
+@lru_cache(maxsize=1)
+def _helper() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="segc-ort")
 
 
 def run_model(

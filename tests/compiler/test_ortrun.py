@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from segc.ortrun import (
@@ -11,6 +12,7 @@ from segc.ortrun import (
     SessionConfig,
     make_session,
     run_model,
+    run_pair,
     run_session,
     runnable,
     session_options,
@@ -88,3 +90,32 @@ def test_sessions_do_not_spin_and_may_go_without_an_arena() -> None:
     assert session_options(SessionConfig(spinning=True)).get_session_config_entry(
         "session.intra_op.allow_spinning") == "1"
     assert SessionConfig().to_dict()["spinning"] is False
+
+
+def test_verification_sessions_go_without_an_arena() -> None:
+    """The arena's chunks outlast the tensors they held (hrnet_w48_ocr's --verify each: 2.23 ->
+    1.78 GiB without it); ``segc evaluate``, one session over many images, asks for one."""
+    assert SessionConfig().arena is False and session_options(SessionConfig()).enable_cpu_mem_arena is False
+    assert SessionConfig(arena=True).to_dict()["arena"] is True
+
+
+def test_run_pair_runs_both_and_waits_for_the_first_when_the_second_fails() -> None:
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    first, second = make_session(affine()), make_session(affine())
+    a, b = run_pair((first, {"x": x}, ["y"]), (second, {"x": -x}, ["r"]))
+    np.testing.assert_allclose(a["y"], x * [2.0, -1.0, 0.5] + [1.0, 0.0, -3.0])
+    np.testing.assert_allclose(b["r"], np.maximum(-x * [2.0, -1.0, 0.5] + [1.0, 0.0, -3.0], 0))
+    runs = SESSION_STATS.runs
+    with pytest.raises(Exception, match="x"):  # a missing feed: onnxruntime refuses the second run
+        run_pair((first, {"x": x}, ["y"]), (second, {}, ["y"]))
+    assert SESSION_STATS.runs == runs + 1  # the first ran to its end before the error came back
+
+
+def test_run_pair_runs_in_turn_on_one_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    import segc.ortrun as ortrun
+
+    monkeypatch.setattr(ortrun.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(ortrun, "_helper", lambda: pytest.fail("no helper thread on one core"))
+    x = np.ones((2, 3), np.float32)
+    a, b = run_pair((make_session(affine()), {"x": x}, ["y"]), (make_session(affine()), {"x": x}, ["y"]))
+    np.testing.assert_array_equal(a["y"], b["y"])
