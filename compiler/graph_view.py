@@ -80,7 +80,7 @@ class GraphView:
     @classmethod
     def from_onnx(cls, graph: onnx.GraphProto) -> GraphView:
         """The view of a GraphProto; subgraph bodies' outer reads are implicit inputs."""
-        inputs = [[*n.input, *_outer_reads_proto(n)] for n in graph.node]
+        inputs = [node_reads(n) for n in graph.node]
         return cls(inputs, [list(n.output) for n in graph.node], graph_outputs=[o.name for o in graph.output])
 
     @classmethod
@@ -237,6 +237,11 @@ class GraphView:
                 if name and (name in watch or any(c not in nodes for c in self._consumers.get(name, []))):
                     outputs.setdefault(name)
         return Boundary(nodes, tuple(inputs), tuple(outputs))
+
+
+def node_reads(node: onnx.NodeProto) -> list[str]:
+    """The tensors ``node`` reads: its inputs, then what its bodies read from outside them."""
+    return [*node.input, *_outer_reads_proto(node)] if node.attribute else list(node.input)
 
 
 def _outer_reads_proto(node: onnx.NodeProto) -> list[str]:

@@ -385,17 +385,17 @@ def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     full serialisation: seconds on a 250 MB network, at every load.
     """
     skeleton = onnx.ModelProto()
-    copy_fields_except(model, skeleton, skip="graph")
-    copy_fields_except(model.graph, skeleton.graph, skip="initializer")
+    copy_fields_except(model, skeleton, "graph")
+    copy_fields_except(model.graph, skeleton.graph, "initializer")
     for t in model.graph.initializer:
         skeleton.graph.initializer.add(name=t.name, data_type=t.data_type, dims=[0])
     return skeleton
 
 
-def copy_fields_except(src: Message, dst: Message, skip: str) -> None:
-    """Copy every set field of message ``src`` into ``dst`` but ``skip`` (repeated fields appended)."""
+def copy_fields_except(src: Message, dst: Message, *skip: str) -> None:
+    """Copy every set field of message ``src`` into ``dst`` but those named in ``skip`` (repeated fields appended)."""
     for fd, value in src.ListFields():
-        if fd.name == skip:
+        if fd.name in skip:
             continue
         if hasattr(value, "extend"):  # a repeated field (FieldDescriptor.label is gone in protobuf 6)
             getattr(dst, fd.name).extend(value)
@@ -521,9 +521,9 @@ def serialised_chunks(model: onnx.ModelProto) -> Iterator[bytes]:
         yield model.SerializeToString()
         return
     head = onnx.ModelProto()
-    copy_fields_except(model, head, skip="graph")
+    copy_fields_except(model, head, "graph")
     rest = onnx.GraphProto()
-    copy_fields_except(graph, rest, skip="initializer")
+    copy_fields_except(graph, rest, "initializer")
     rest_bytes = rest.SerializeToString()
     del rest
     pieces = [_InitializerPiece.of(t) for t in graph.initializer]

@@ -25,7 +25,9 @@ onnx-simplifier's 944; dbnet_r50: 239 against 243) and saved about 1.2 s of 4.4 
 vendor tools' op lists are written against onnx-simplifier's output. So onnx-simplifier
 stays, paid for only in what it does, less two of its onnx-optimizer passes that are
 quadratic in graph size: the same rewrites run after it in linear time
-(``segc.passes._unit_nops``).
+(``segc.passes._unit_nops``). The rest of its core still grows faster than the graph, so a
+graph of over 8192 nodes goes to it in segments of at least 4096, cut where the result is the
+same node for node (``segc.passes._simplify_segments``; the ``segments`` stat says how many).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from segc.modelio import copy_fields_except, disk_tensor, inline_copy, tensor_nb
 from segc.passbase import (Contract, ModelPass, OptionKind, PassContext, PassOption, PassResult, carry_model_fields,
                            register_pass)
 from segc.passes._onnxsim_core import FoldSettings, simplify_bytes
+from segc.passes._simplify_segments import SegmentPlan, plan_segments, simplify_in_segments
 from segc.passes._unit_nops import eliminate_unit_nops
 
 GROWTH_ALLOWANCE = 1.02  # folding may legitimately add a little (e.g. a folded shape constant)
@@ -106,11 +109,19 @@ class Simplify(ModelPass):
             "weight_bytes_after": size_after,
             "settings": settings.describe(),
             "weights_left_out": len(source.opaque),
+            "segments": source.segments,
             "duplicate_initializers": nops.duplicate_initializers,
             "unit_nodes_removed": nops.unit_nodes,
             "empty_concat_inputs": nops.empty_concat_inputs,
         }
         return (simplified if changed else model), PassResult(changed=changed, stats=stats, notes=notes)
+
+
+def _whole_result(result: bytes) -> bytes:
+    """The core's result; it returns nothing for a result it could not serialise."""
+    if not result:
+        raise ValueError("the simplified model is larger than 2 GiB")
+    return result
 
 
 def _new_domains(before: onnx.ModelProto, after: onnx.ModelProto) -> list[str]:
@@ -143,6 +154,9 @@ class _OnnxsimInput:
         self.model = model
         self.opaque = _opaque_weights(model)
         self._bytes: bytes | None = None
+        self._plan: SegmentPlan | None = None
+        self._core: onnx.ModelProto | None = None  # kept only when it goes in segments
+        self.segments = 1  # how many the last result was simplified in
 
     def inline_bytes(self) -> int:
         """Weight bytes the core gets (all but the opaque ones)."""
@@ -151,11 +165,17 @@ class _OnnxsimInput:
     def simplify(self, settings: FoldSettings, notes: list[str]) -> onnx.ModelProto | None:
         try:
             if self._bytes is None:
-                self._bytes = _with_output_shapes(self._to_core()).SerializeToString()
-            result = simplify_bytes(self._bytes, settings)
-            if not result:
-                raise ValueError("the simplified model is larger than 2 GiB")
-            simplified = onnx.load_from_string(result)
+                core = _with_output_shapes(self._to_core())
+                self._plan = plan_segments(core.graph)
+                self._core = core if self._plan is not None else None
+                self._bytes = core.SerializeToString()
+            simplified = None
+            if self._core is not None and self._plan is not None:
+                simplified = simplify_in_segments(self._core, self._plan, lambda segment: onnx.load_from_string(
+                    _whole_result(simplify_bytes(_with_output_shapes(segment).SerializeToString(), settings))))
+            self.segments = len(self._plan.cuts) + 1 if simplified is not None and self._plan is not None else 1
+            if simplified is None:
+                simplified = onnx.load_from_string(_whole_result(simplify_bytes(self._bytes, settings)))
         except SegcError:
             raise
         except Exception as exc:  # noqa: BLE001 - onnxsim raises bare RuntimeErrors from C++

@@ -1,5 +1,7 @@
-"""simplify with the weights onnx-simplifier cannot use left out, against onnx-simplifier
-given every weight: the two must agree node for node (segc.passes.simplify._opaque_weights).
+"""simplify against onnx-simplifier as it would be called plainly: with every weight (segc
+leaves out those it cannot use, segc.passes.simplify._opaque_weights) and on the whole graph
+(segc cuts big graphs into segments, segc.passes._simplify_segments); the results must agree
+node for node.
 Shared by tests/passes and tests/thirdparty (imported as tests.onnxsim_parity)."""
 
 from __future__ import annotations
@@ -26,12 +28,56 @@ def simplified_both_ways(model: onnx.ModelProto) -> tuple[onnx.ModelProto, onnx.
     return out, full, result
 
 
-def assert_same_graph(a: onnx.ModelProto, b: onnx.ModelProto) -> None:
-    """Node for node, input for input, and the same initializers (names, types, dims, bytes)."""
-    assert [n.SerializeToString(deterministic=True) for n in a.graph.node] == \
-        [n.SerializeToString(deterministic=True) for n in b.graph.node]
+def assert_same_graph(a: onnx.ModelProto, b: onnx.ModelProto, *, core_names: bool = False) -> None:
+    """Node for node, input for input, and the same initializers (names, types, dims, bytes).
+
+    ``core_names``: names onnx-simplifier made up (``_v_12``: a folded value, a fused node's
+    output) count as the same when they stand in the same places. It numbers them with a
+    counter that runs across calls, so a graph simplified in segments gets other numbers."""
+    rename = _core_names(a) if core_names else {}
+    other = _core_names(b) if core_names else {}
+    assert [_node_bytes(n, rename) for n in a.graph.node] == [_node_bytes(n, other) for n in b.graph.node]
     assert [i.name for i in a.graph.input] == [i.name for i in b.graph.input]
-    def weights(m: onnx.ModelProto) -> dict[str, bytes]:
-        return {t.name: tensor_array(t).tobytes() + bytes(t.data_type) + str(list(t.dims)).encode()
+    def weights(m: onnx.ModelProto, names: dict[str, str]) -> dict[str, bytes]:
+        return {names.get(t.name, t.name): tensor_array(t).tobytes() + bytes(t.data_type) + str(list(t.dims)).encode()
                 for t in m.graph.initializer}
-    assert weights(a) == weights(b)
+    assert weights(a, rename) == weights(b, other)
+
+
+def _core_names(model: onnx.ModelProto) -> dict[str, str]:
+    """Each ``_v_*`` name to its order of first appearance in the nodes."""
+    names: dict[str, str] = {}
+    for node in model.graph.node:
+        for name in (*node.input, *node.output):
+            if name.startswith("_v_"):
+                names.setdefault(name, f"core#{len(names)}")
+    return names
+
+
+def _node_bytes(node: onnx.NodeProto, rename: dict[str, str]) -> bytes:
+    if not rename:
+        return node.SerializeToString(deterministic=True)
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    for field in (copy.input, copy.output):
+        for k, name in enumerate(field):
+            field[k] = rename.get(name, name)
+    return copy.SerializeToString(deterministic=True)
+
+
+def simplified_whole_and_in_segments(model: onnx.ModelProto, segment_nodes: int
+                                     ) -> tuple[onnx.ModelProto, onnx.ModelProto, PassResult]:
+    """``model`` simplified with graphs cut into segments of ``segment_nodes`` nodes, and whole;
+    and the first run's result (its ``segments`` stat says how many there were)."""
+    from segc.passes import _simplify_segments as seg
+    from segc.passes import simplify as mod
+
+    real_size, real_plan = seg.SEGMENT_NODES, mod.plan_segments
+    seg.SEGMENT_NODES = segment_nodes
+    try:
+        cut, result = Simplify().apply(model, PassContext())
+        mod.plan_segments = lambda graph: None
+        whole, _ = Simplify().apply(model, PassContext())
+    finally:
+        seg.SEGMENT_NODES, mod.plan_segments = real_size, real_plan
+    return cut, whole, result
