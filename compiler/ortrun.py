@@ -252,6 +252,11 @@ def _helper() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="segc-ort")
 
 
+# A forked child (a `segc batch` worker) has none of its parent's threads, but an executor
+# copied from the parent would count its idle worker and queue work that never runs.
+os.register_at_fork(after_in_child=_helper.cache_clear)
+
+
 def run_model(
     model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: SessionConfig | None = None
 ) -> dict[str, np.ndarray]:

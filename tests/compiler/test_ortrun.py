@@ -119,3 +119,27 @@ def test_run_pair_runs_in_turn_on_one_core(monkeypatch: pytest.MonkeyPatch) -> N
     x = np.ones((2, 3), np.float32)
     a, b = run_pair((make_session(affine()), {"x": x}, ["y"]), (make_session(affine()), {"x": x}, ["y"]))
     np.testing.assert_array_equal(a["y"], b["y"])
+
+
+def test_run_pair_in_a_forked_child() -> None:
+    """A child forked after the helper thread started gets a helper of its own (the parent's
+    thread is not in the child: work queued for it would never run)."""
+    import multiprocessing
+
+    x = np.ones((2, 3), np.float32)
+    run_pair((make_session(affine()), {"x": x}, ["y"]), (make_session(affine()), {"x": x}, ["y"]))  # helper started
+
+    def child(queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+        a, b = run_pair((make_session(affine()), {"x": x}, ["y"]), (make_session(affine()), {"x": x}, ["y"]))
+        queue.put(float(a["y"].sum() + b["y"].sum()))
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=child, args=(queue,))
+    proc.start()
+    proc.join(timeout=60)
+    alive = proc.is_alive()
+    if alive:
+        proc.kill()
+    assert not alive and proc.exitcode == 0
+    assert queue.get(timeout=5) == pytest.approx(2 * float((x * [2.0, -1.0, 0.5] + [1.0, 0.0, -3.0]).sum()))
