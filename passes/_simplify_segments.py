@@ -26,11 +26,20 @@ A cut after node ``i`` is taken only when the segments simplify as the whole gra
   has node ``i``'s op (consecutive idempotent ops such as Relu, Relu are merged).
 
 Each segment is a model of its own: its nodes, the initializers and graph inputs they read,
-``t`` of the cut before as an input of the type the previous segment's result gave it, and as
-outputs the next cut's tensor and the graph outputs it produces. The results are joined in
-order, nameless nodes named by their place in the whole result as the core names them
-(``Relu_1234``). If a segment fails, or two segments return different initializers of one name, the
-whole graph goes to the core as one, so a segmented result is never worse than no result.
+``t`` of the cut before as an input (typed as far as onnx's inference with data propagation
+finds, see ``_cut_type``), and as outputs the next cut's tensor and the graph outputs it
+produces. The results are joined in order, and three things the core does across a whole
+graph are done across the joins:
+
+- names it makes up (``_v_12``) are numbered on from segment to segment (``_renumber``);
+- a node repeating one of an earlier segment is merged into it (``_merge_repeats``: a
+  Constant of the same value, a Shape of the same graph input);
+- nameless nodes are named by their place in the joined result (``Relu_1234``).
+
+If a segment fails, or two segments return different initializers of one name, the whole
+graph goes to the core as one, so a segmented result is never worse than no result. The
+tests compare the two node for node (tests/passes/test_simplify_segments.py, and on
+third-party exports tests/thirdparty/test_simplify_parity.py).
 """
 
 from __future__ import annotations
@@ -179,7 +188,7 @@ def simplify_in_segments(model: onnx.ModelProto, plan: SegmentPlan,
             if t.name not in kept:
                 kept[t.name] = data
                 merged.graph.initializer.append(t)
-            elif kept[t.name] != data:  # the core's own names for folded values (_v_12) restart per segment
+            elif kept[t.name] != data:  # one weight, changed in one segment only
                 return None
         merged.graph.value_info.extend(og.value_info)
         results.update((o.name, o) for o in og.output if o.name not in leaving)
@@ -207,12 +216,17 @@ def _renumber(graph: onnx.GraphProto, original: set[str], start: int) -> int:
     number. The core numbers them from the same start in every call, so two segments' made-up
     names would clash (the BatchNorm-fused weights of two segments both named ``_v_27``)."""
     renamed: dict[str, str] = {}
+    number = start
 
     def new(name: str) -> str:
+        nonlocal number
         if not name.startswith("_v_") or name in original:
             return name
         if name not in renamed:
-            renamed[name] = f"_v_{start + len(renamed)}"
+            while f"_v_{number}" in original:  # (an input simplified before has names like these)
+                number += 1
+            renamed[name] = f"_v_{number}"
+            number += 1
         return renamed[name]
 
     for node in graph.node:
@@ -223,7 +237,7 @@ def _renumber(graph: onnx.GraphProto, original: set[str], start: int) -> int:
         t.name = new(t.name)
     for vi in (*graph.value_info, *graph.output):
         vi.name = new(vi.name)
-    return start + len(renamed)
+    return number
 
 
 def _cut_type(segment: onnx.ModelProto, name: str) -> onnx.ValueInfoProto:

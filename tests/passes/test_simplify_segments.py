@@ -179,3 +179,14 @@ def test_seed_model_ocrnet_in_segments(seed_onnx) -> None:  # type: ignore[no-un
     cut, whole, result = simplified_whole_and_in_segments(model, 5)
     assert result.stats["segments"] == 2
     assert_same_graph(cut, whole, core_names=True)
+
+
+def test_made_up_names_are_numbered_on_past_the_inputs_own() -> None:
+    """The core numbers its names from the same start in every call; joined, they must not
+    clash with each other or with names an input simplified before already has."""
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["_v_0"]), helper.make_node("Neg", ["_v_0"], ["_v_1"]),
+                           helper.make_node("Add", ["_v_1", "_v_5"], ["y"])], "g", [], [],
+                          [numpy_helper.from_array(np.zeros(1, np.float32), "_v_5")])
+    nxt = seg._renumber(g, original={"x", "y", "_v_5", "_v_3"}, start=3)
+    assert [list(n.output) for n in g.node] == [["_v_4"], ["_v_6"], ["y"]]  # 3 and 5 are the input's
+    assert list(g.node[2].input) == ["_v_6", "_v_5"] and nxt == 7
