@@ -26,7 +26,7 @@ vendor tools' op lists are written against onnx-simplifier's output. So onnx-sim
 stays, paid for only in what it does, less two of its onnx-optimizer passes that are
 quadratic in graph size: the same rewrites run after it in linear time
 (``segc.passes._unit_nops``). The rest of its core still grows faster than the graph, so a
-graph of over 8192 nodes goes to it in segments of at least 4096, cut where the result is the
+graph of over 4096 nodes goes to it in segments of at least 2048, cut where the result is the
 same node for node (``segc.passes._simplify_segments``; the ``segments`` stat says how many).
 """
 
