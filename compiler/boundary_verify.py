@@ -521,12 +521,14 @@ class BoundaryChecker:
                                  {k: v for k, v in leaves0.items() if k in region_inputs}, names)
             pairs.append((names, make_session(ref_model, self._region_config), {i.name for i in ref_model.graph.input},
                           make_session(cand_model, self._region_config), {i.name for i in cand_model.graph.input}))
-        del leaves0
         metrics: list[OutputMetrics] = []
         for index, feed in enumerate(feeds):
-            leaves = leaf_values(p, feed, index, self.verifier.seed, oracle, shape_values[index])
+            leaves = leaves0 if index == 0 else leaf_values(p, feed, index, self.verifier.seed, oracle,
+                                                             shape_values[index])
             if isinstance(leaves, NoSynth):
                 return leaves
+            if index == 0:
+                del leaves0  # (the loop's reference is the one left)
             for names, ref_session, ref_wanted, cand_session, cand_wanted in pairs:
                 ref, cand = run_pair((ref_session, {k: v for k, v in leaves.items() if k in ref_wanted}, names),
                                      (cand_session, {k: v for k, v in leaves.items() if k in cand_wanted}, names))
