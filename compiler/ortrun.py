@@ -11,10 +11,11 @@ graph state gets one session and each input shape one reference run.
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from functools import lru_cache
 from pathlib import Path
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,9 +40,11 @@ class SessionConfig:
     # the session's next run, so checks over several sessions stacked every output of every
     # session (DBNet at 1280x1280: +500 MB), and it grows in chunks that outlast the tensors
     # they held (hrnet_w48_ocr at 1x3x1024x2048, one bare session and run: peak 1961 MiB with
-    # it, 1520 without, 15.9 against 16.9 s; its --verify each peak 2.23 -> 1.78 GiB). A
-    # session run over many inputs (``segc evaluate``) keeps it: DBNet at 736x1280 ran 8%
-    # faster with it, at a lower peak (652 against 746 MiB, 6 runs).
+    # it, 1520 without, 15.9 against 16.9 s; its --verify each peak 2.23 -> 1.78 GiB, 1.46 with
+    # segc.memory.map_big_blocks). The price is speed where a whole model runs several times
+    # (dbnet_r50_dcn's whole-model checks for onnxruntime: 9.2 to 9.5 s with it, 14.5 to 17.0
+    # without, at 885 against 615 MiB). A session run over many inputs (``segc evaluate``)
+    # keeps it: DBNet at 736x1280 ran 8% faster with it, at a lower peak (652 against 746 MiB).
     arena: bool = False
     # Idle intra-op threads spin-wait for work by default. On a 2-core machine shared with
     # another process that burnt the core the work needed: DBNet's boundary checks took 1.8
@@ -65,10 +68,15 @@ _LEVELS = {
 class SessionStats:
     sessions: int = 0
     runs: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def reset(self) -> None:
         self.sessions = 0
         self.runs = 0
+
+    def count_run(self) -> None:
+        with self._lock:  # (run_pair runs two at once)
+            self.runs += 1
 
 
 SESSION_STATS = SessionStats()
@@ -217,7 +225,7 @@ def run_session(
     boundary values); a session without an arena frees each buffer with its array."""
     names = outputs or [o.name for o in sess.get_outputs()]
     values = sess.run(names, feeds)
-    SESSION_STATS.runs += 1
+    SESSION_STATS.count_run()
     if own:
         for k, value in enumerate(values):
             if isinstance(value, np.ndarray) and not value.flags["OWNDATA"]:
