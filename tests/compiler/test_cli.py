@@ -186,6 +186,9 @@ def test_real_sigint_during_start_up(tmp_path: Path) -> None:
     how fast the machine is."""
     script = (
         "import builtins, os, signal, sys\n"
+        # as at a terminal: a shell starts background jobs (nohup, &) with SIGINT ignored, and
+        # Python then leaves it ignored, so this test run from one would see no interrupt at all
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "import segc.cli\n"
         "real = builtins.__import__\n"
         "def hook(name, *args, **kwargs):\n"
