@@ -300,6 +300,19 @@ def extract(model: onnx.ModelProto, view: GraphView, nodes: set[int] | frozenset
     return out
 
 
+@dataclass(frozen=True)
+class _PassCheck:
+    """What every region check of one pass shares: the graph before (its state), the graph
+    after and its view, the inputs it is verified at, and the pass's rule."""
+
+    before: GraphState
+    after_model: onnx.ModelProto
+    view: GraphView
+    feeds: list[Feed]
+    contract: Contract
+    tolerances: dict[str, float] | None
+
+
 class BoundaryChecker:
     """Per-pass checks for ``--verify each`` (``each-full``: always whole-model)."""
 
@@ -386,13 +399,14 @@ class BoundaryChecker:
             verdict.warnings.append("verified at the boundary: no node or constant changed")
             return CheckOutcome(after, verdict, VerifiedBy.BOUNDARY, region_nodes=0)
         view = GraphView.from_onnx(after_model.graph)
+        check = _PassCheck(before, after_model, view, feeds, contract, tolerances)
         if region.parts is not None:
             # the convex region's inputs ride along in the reference run (no extra compute: they
             # lie upstream of the parts' inputs) and stay cached for a later pass over the same area
-            ran = self._run_region(before, after_model, view, region.parts, feeds, contract, tolerances, keep=b.inputs)
+            ran = self._run_region(check, region.parts, keep=b.inputs)
             if ran is not None and not self._reads_a_changed_value(view, region.parts, ran.metrics):
                 return self._finish(after, after_model, region, region.parts, feeds, ran)
-        ran = self._run_region(before, after_model, view, b, feeds, contract, tolerances)
+        ran = self._run_region(check, b)
         return None if ran is None else self._finish(after, after_model, region, b, feeds, ran)
 
     @staticmethod
@@ -432,23 +446,13 @@ class BoundaryChecker:
         return CheckOutcome(after, verdict, VerifiedBy.BOUNDARY, region_nodes=len(b.nodes),
                             inputs_from=ran.inputs_from, inputs_note=ran.note)
 
-    def _run_region(
-        self,
-        before: GraphState,
-        after_model: onnx.ModelProto,
-        view: GraphView,
-        b: Boundary,
-        feeds: list[Feed],
-        contract: Contract,
-        tolerances: dict[str, float] | None,
-        keep: tuple[str, ...] = (),
-    ) -> RegionRun | None:
+    def _run_region(self, check: _PassCheck, b: Boundary, keep: tuple[str, ...] = ()) -> RegionRun | None:
         """Judge ``b``'s nodes of the graph after: on made-up inputs when that passes, else on
         the real values around them (which decide every failure; segc.boundary_synth)."""
         note: str | None = None
-        if self.synthesize and not self._all_cached(before, self._needed(after_model, b), feeds):
+        if self.synthesize and not self._all_cached(check.before, self._needed(check.after_model, b), check.feeds):
             try:
-                synth = self._run_synthesized(before, after_model, view, b, feeds, contract, tolerances)
+                synth = self._run_synthesized(check, b)
             except Exception as exc:  # noqa: BLE001 - a made-up input onnxruntime refuses: the real values decide
                 synth = NoSynth(f"the synthesized run raised {type(exc).__name__}: {_first_line(exc)}")
             if isinstance(synth, RegionRun) and synth.verdict.ok and not synth.verdict.unverified:
@@ -460,7 +464,7 @@ class BoundaryChecker:
             else:
                 note = (f"the check on synthesized inputs failed ({'; '.join(synth.verdict.reasons[:1])}); "
                         "decided on the real values")
-        ran = self._run_on_reference(before, after_model, view, b, feeds, contract, tolerances, keep)
+        ran = self._run_on_reference(check, b, keep)
         if ran is not None:
             ran.note = note
         return ran
@@ -490,18 +494,10 @@ class BoundaryChecker:
             self._oracle = ShapeOracle(model)
         return self._oracle
 
-    def _run_synthesized(
-        self,
-        before: GraphState,
-        after_model: onnx.ModelProto,
-        view: GraphView,
-        b: Boundary,
-        feeds: list[Feed],
-        contract: Contract,
-        tolerances: dict[str, float] | None,
-    ) -> RegionRun | NoSynth:
+    def _run_synthesized(self, check: _PassCheck, b: Boundary) -> RegionRun | NoSynth:
         """Run the region and the graph before's cone of its outputs on the same made-up leaves."""
-        model = before.model
+        after_model, view, feeds = check.after_model, check.view, check.feeds
+        model = check.before.model
         before_view = GraphView.from_onnx(model.graph)
         oracle = self._oracle_for(model)
         p = plan(model, before_view, b, after_model, view, oracle)
@@ -540,7 +536,7 @@ class BoundaryChecker:
                 metrics.extend(boundary_metrics(n, feed.label, ref[n], cand[n]) for n in names)
                 del ref, cand  # (buffers of 1 MiB or more are unmapped as they go: segc.memory.map_big_blocks)
             del leaves
-        verdict = self._judge(contract, metrics, tolerances, len(b.outputs))
+        verdict = self._judge(check.contract, metrics, check.tolerances, len(b.outputs))
         counts = ", ".join(f"{p.count(k)} {k.value}" for k in LeafKind if p.count(k))
         verdict.warnings.append(f"region inputs synthesized ({counts}); the graph before ran "
                                 f"{len(p.before_nodes)} node(s) on them")
@@ -589,19 +585,10 @@ class BoundaryChecker:
         verdict.ok = not verdict.reasons
         return verdict
 
-    def _run_on_reference(
-        self,
-        before: GraphState,
-        after_model: onnx.ModelProto,
-        view: GraphView,
-        b: Boundary,
-        feeds: list[Feed],
-        contract: Contract,
-        tolerances: dict[str, float] | None,
-        keep: tuple[str, ...] = (),
-    ) -> RegionRun | None:
+    def _run_on_reference(self, check: _PassCheck, b: Boundary, keep: tuple[str, ...] = ()) -> RegionRun | None:
         """Run ``b``'s nodes of the graph after on the reference values around them; judge."""
-        reference = self._reference(before, self._needed(after_model, b), feeds, keep)
+        after_model, view, feeds = check.after_model, check.view, check.feeds
+        reference = self._reference(check.before, self._needed(after_model, b), feeds, keep)
         if reference is None:
             return None
         feeds_in = [{n: ref[n] for n in b.inputs if n in ref} for ref in reference]
@@ -626,7 +613,7 @@ class BoundaryChecker:
                 metrics.append(boundary_metrics(n, feed.label, r, c, same=same))
                 if same:
                     cand[n] = r  # the same bits: the cache keeps one array, not two
-        verdict = self._judge(contract, metrics, tolerances, len(b.outputs))
+        verdict = self._judge(check.contract, metrics, check.tolerances, len(b.outputs))
         return RegionRun(verdict, metrics, results, InputsFrom.REFERENCE)
 
     def _reference(

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from segc.boundary_synth import LeafKind, NoSynth, ShapeOracle, feed_shapes, leaf_values, plan
-from segc.boundary_verify import BoundaryChecker, InputsFrom, RegionRun, find_region, Region
+from segc.boundary_verify import BoundaryChecker, InputsFrom, RegionRun, Region, _PassCheck, find_region
 from segc.graph_view import GraphView
 from segc.ortrun import SESSION_STATS, run_model
 from segc.passbase import Contract
@@ -147,8 +147,8 @@ def test_a_broken_exact_pass_fails_on_synthesized_inputs_and_is_confirmed_on_rea
     region = find_region(before, after)
     assert isinstance(region, Region)
     view = GraphView.from_onnx(after.graph)
-    synth = checker._run_synthesized(state, after, view, region.boundary, verifier.feeds_for(before),
-                                     Contract.EXACT, None)
+    synth = checker._run_synthesized(_PassCheck(state, after, view, verifier.feeds_for(before), Contract.EXACT, None),
+                                     region.boundary)
     assert isinstance(synth, RegionRun) and not synth.verdict.ok
     assert any("shape" in r for r in synth.verdict.reasons), synth.verdict.reasons  # odd sizes: 2 * 9 != 17
     out = checker.check(state, after, "after", Contract.EXACT, None)
@@ -165,8 +165,8 @@ def test_a_wrong_value_is_caught_on_synthesized_inputs() -> None:
     state = verifier.initial_state(before, defer=True)
     region = find_region(before, after)
     assert isinstance(region, Region)
-    synth = checker._run_synthesized(state, after, GraphView.from_onnx(after.graph), region.boundary,
-                                     verifier.feeds_for(before), Contract.EXACT, None)
+    check = _PassCheck(state, after, GraphView.from_onnx(after.graph), verifier.feeds_for(before), Contract.EXACT, None)
+    synth = checker._run_synthesized(check, region.boundary)
     assert isinstance(synth, RegionRun) and not synth.verdict.ok
     assert all(m.compared > 0 for m in synth.metrics)
 
