@@ -6,21 +6,29 @@ only, no fused CPU kernels that would change float rounding) unless asked otherw
 thread count (so figures are repeatable), and the CPU provider. The options are recorded in
 every report. ``SESSION_STATS`` counts sessions and runs so the benchmark can check that each
 graph state gets one session and each input shape one reference run.
+
+onnxruntime itself is imported by the functions that make a session, not with this module:
+a compile with ``--verify none`` for a vendor target needs the settings and counters here
+but never a session, and the import is about 0.12 s of such a compile.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from functools import lru_cache
+from importlib import metadata as importlib_metadata
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 from segc.lowering import lower_for_reference
 from segc.errors import SegcError
@@ -53,14 +61,28 @@ class SessionConfig:
     spinning: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"provider": "CPUExecutionProvider", "onnxruntime": ort.__version__}
+        return asdict(self) | {"provider": "CPUExecutionProvider", "onnxruntime": onnxruntime_version()}
 
 
+def onnxruntime_version() -> str:
+    """onnxruntime's version, read from its package metadata unless it is already imported
+    (every report records it; a compile that runs no session never imports onnxruntime)."""
+    if "onnxruntime" not in sys.modules:
+        try:
+            return importlib_metadata.version("onnxruntime")
+        except importlib_metadata.PackageNotFoundError:  # a build under another name (onnxruntime-gpu)
+            pass
+    import onnxruntime as ort
+
+    return str(ort.__version__)
+
+
+# SessionConfig.optimization -> the name of onnxruntime's GraphOptimizationLevel member
 _LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
 }
 
 
@@ -83,10 +105,12 @@ SESSION_STATS = SessionStats()
 
 
 def session_options(config: SessionConfig) -> ort.SessionOptions:
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = config.intra_op_threads
     opts.inter_op_num_threads = config.inter_op_threads
-    opts.graph_optimization_level = _LEVELS[config.optimization]
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[config.optimization])
     opts.enable_cpu_mem_arena = config.arena
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.spinning else "0")
     opts.log_severity_level = 3  # errors only: warnings about unused initializers are noise here
@@ -140,6 +164,8 @@ def inference_session(
     mapped separately). Not for a session that writes an optimised model, which must
     contain its weights.
     """
+    import onnxruntime as ort
+
     run = runnable(model)
     if run.data_folder is not None:
         opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(run.data_folder))
@@ -195,6 +221,8 @@ def _shared_weight(tensor: onnx.TensorProto) -> ort.OrtValue | None:
         tuple(tensor.dims),
     )
     if key not in _SHARED:
+        import onnxruntime as ort
+
         array = np.memmap(
             disk.file, dtype=dtype.newbyteorder("<"), mode="r", offset=disk.offset, shape=tuple(tensor.dims)
         )

@@ -8,8 +8,8 @@ module ``onnxsim_cpp2py_export``: ``simplify(executor, model_bytes, ...)``, wher
 ``ModelExecutor`` whose ``Run`` evaluates the small constant-folding sub-models the core
 builds. segc loads that extension straight from onnxsim's install folder (an
 ``ExtensionFileLoader``: no parent package is imported, nothing is stubbed) and supplies its
-own onnxruntime executor, configured as onnxsim's own ``backend.run_model(...,
-single_threaded=True)`` is (no graph optimisation, one thread: each fold is tiny).
+own executor: numpy for the folds it computes exactly as onnxruntime does, onnxruntime for
+the rest.
 
 Argument order and meaning follow the extension's own signature (``simplify.__doc__``)
 and the call in ``onnxsim/onnx_simplifier.py``'s fast path (pypi onnxsim 0.8).
@@ -86,29 +86,42 @@ def core() -> ModuleType:
 
 
 def executor() -> Any:
-    """A process-wide ``ModelExecutor`` that runs fold sub-models on onnxruntime's CPU."""
+    """A process-wide ``ModelExecutor`` for the core's constant folds (see :func:`_make_executor`)."""
     global _executor
     if _executor is None:
         _executor = _make_executor(core())
     return _executor
 
 
+@dataclass
+class FoldCounts:
+    """How the folds of this process were evaluated (tests read it: a fold that numpy cannot
+    compute exactly must reach onnxruntime)."""
+
+    numpy: int = 0
+    onnxruntime: int = 0
+
+
+FOLDS = FoldCounts()
+
+
 def _make_executor(c: ModuleType) -> Any:
+    """The executor: numpy where it computes exactly what onnxruntime would, onnxruntime otherwise.
+
+    Why two: a fold is almost always a little shape arithmetic (``segc.passes._fold_numpy``),
+    and onnxruntime's import alone cost more than the whole fold; the rest goes to an
+    onnxruntime session configured as onnxsim's own ``backend.run_model(...,
+    single_threaded=True)`` is (no graph optimisation, one thread: each fold is tiny).
+    """
     import numpy as np
     import onnx
     import onnx.numpy_helper
-    import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    options.enable_mem_pattern = False
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
+    from segc.passes._fold_numpy import evaluate
 
     base: Any = c.ModelExecutor  # onnxsim's C++ extension: no stubs, so the base is Any
 
-    class OrtFolder(base):  # type: ignore[misc]  # subclassing Any (disallow_subclassing_any)
+    class Folder(base):  # type: ignore[misc]  # subclassing Any (disallow_subclassing_any)
         """Evaluates one constant-folding sub-model: inputs and outputs are serialised TensorProtos."""
 
         def Run(self, model_bytes: bytes, inputs: list[bytes]) -> list[bytes]:  # noqa: N802 - the C++ interface's name
@@ -120,11 +133,29 @@ def _make_executor(c: ModuleType) -> Any:
                 tensor = onnx.TensorProto()
                 tensor.ParseFromString(raw)
                 feed[name] = onnx.numpy_helper.to_array(tensor)
-            session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-            values = session.run(None, feed)
+            values = evaluate(model, feed)
+            if values is not None:
+                FOLDS.numpy += 1
+            else:
+                values = _run_on_onnxruntime(model_bytes, feed)
+                FOLDS.onnxruntime += 1
             return [onnx.numpy_helper.from_array(np.asarray(v)).SerializeToString() for v in values]
 
-    return OrtFolder()
+    return Folder()
+
+
+def _run_on_onnxruntime(model_bytes: bytes, feed: dict[str, Any]) -> list[Any]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    options.enable_mem_pattern = False
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    values: list[Any] = session.run(None, feed)
+    return values
 
 
 def simplify_bytes(model_bytes: bytes, settings: FoldSettings) -> bytes:

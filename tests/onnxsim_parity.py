@@ -1,15 +1,21 @@
 """simplify against onnx-simplifier as it would be called plainly: with every weight (segc
 leaves out those it cannot use, segc.passes.simplify._opaque_weights) and on the whole graph
 (segc cuts big graphs into segments, segc.passes._simplify_segments); the results must agree
-node for node.
+node for node. And its folds: numpy's (segc.passes._fold_numpy) against onnxruntime's.
 Shared by tests/passes and tests/thirdparty (imported as tests.onnxsim_parity)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import onnx
+import onnx.numpy_helper
 
 from segc.modelio import tensor_array
 from segc.passbase import PassContext, PassResult
+from segc.passes import _onnxsim_core as core
 from segc.passes.simplify import Simplify
 
 
@@ -81,3 +87,39 @@ def simplified_whole_and_in_segments(model: onnx.ModelProto, segment_nodes: int
     finally:
         seg.SEGMENT_NODES, mod.plan_segments = real_size, real_plan
     return cut, whole, result
+
+
+def fold_bytes(values: list[np.ndarray]) -> list[bytes]:
+    """Fold results as onnx-simplifier's core receives them: serialised tensors."""
+    return [onnx.numpy_helper.from_array(np.asarray(v)).SerializeToString() for v in values]
+
+
+def folds_checked_against_onnxruntime(path: Path) -> int:
+    """Run onnx-simplifier's core on ``path``; every fold numpy computed must equal onnxruntime's
+    bytes. Returns how many were compared (a caller asserts it is not zero)."""
+    compared = 0
+    folder = core.executor()
+    cls = type(folder)
+    run = cls.Run
+
+    def checked(self: Any, model_bytes: bytes, inputs: list[bytes]) -> list[bytes]:
+        nonlocal compared
+        before = core.FOLDS.numpy
+        out: list[bytes] = run(self, model_bytes, inputs)
+        if core.FOLDS.numpy > before:
+            model = onnx.load_from_string(model_bytes)
+            feeds = {}
+            for i, raw in zip(model.graph.input, inputs, strict=True):
+                t = onnx.TensorProto()
+                t.ParseFromString(raw)
+                feeds[i.name] = onnx.numpy_helper.to_array(t)
+            assert out == fold_bytes(core._run_on_onnxruntime(model_bytes, feeds))
+            compared += 1
+        return out
+
+    cls.Run = checked
+    try:
+        core.simplify_bytes(path.read_bytes(), core.FoldSettings())
+    finally:
+        cls.Run = run
+    return compared
