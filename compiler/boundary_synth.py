@@ -401,12 +401,15 @@ def random_leaf(name: str, feed_index: int, seed: int, shape: Shape, elem: int) 
 
 
 def leaf_values(plan: SynthPlan, feed: Feed, feed_index: int, seed: int, oracle: ShapeOracle,
-                shape_values: Values) -> Values | NoSynth:
+                shape_values: Values, only: set[str] | None = None) -> Values | NoSynth:
     """The leaves' values for one feed: ``shape_values`` holds the SHAPE_VALUE leaves (computed
-    by the caller on the shape cone), ``oracle`` the graph before's shapes."""
+    by the caller on the shape cone), ``oracle`` the graph before's shapes. ``only``: just
+    these leaves (what the checks run at this feed read)."""
     inputs = feed_shapes(feed)
     out: Values = {}
     for leaf in plan.leaves:
+        if only is not None and leaf.name not in only:
+            continue
         if leaf.kind is LeafKind.GRAPH_INPUT:
             if leaf.name not in feed.arrays:
                 return NoSynth(f"graph input {leaf.name!r} has no value in {feed.label}")

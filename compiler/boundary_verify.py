@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -78,6 +79,7 @@ from segc.metrics import OutputMetrics, Verdict, compare_output, judge
 from segc.modelio import tensor_array
 from segc.ortrun import SessionConfig, make_session, run_pair, run_session
 from segc.passbase import Contract
+from segc.shape_blind import big_enough, reach
 from segc.verify import GraphState, Verifier
 from segc.verify_inputs import Feed
 
@@ -510,36 +512,52 @@ class BoundaryChecker:
         leaves0 = leaf_values(p, feeds[0], 0, self.verifier.seed, oracle, shape_values[0])
         if isinstance(leaves0, NoSynth):
             return leaves0
-        pairs: list[tuple[list[str], ort.InferenceSession, set[str], ort.InferenceSession, set[str]]] = []
+        kinds = {leaf.name: leaf.kind for leaf in p.leaves}
+        smallest = min(range(len(feeds)), key=lambda k: sum(math.prod(s) for s in feed_shapes(feeds[k]).values()))
+        groups: list[_OutputGroup] = []
         for names in _output_groups(list(b.outputs), oracle, feeds):
-            ref_model = extract(model, before_view, _cone_within(before_view, p.before_nodes, names), leaves0, names)
-            cand_model = extract(after_model, view, _cone_within(view, b.nodes, names),
-                                 {k: v for k, v in leaves0.items() if k in region_inputs}, names)
-            pairs.append((names, make_session(ref_model, self._region_config), {i.name for i in ref_model.graph.input},
-                          make_session(cand_model, self._region_config), {i.name for i in cand_model.graph.input}))
+            ref_nodes = _cone_within(before_view, p.before_nodes, names)
+            cand_nodes = _cone_within(view, b.nodes, names)
+            ref_model = extract(model, before_view, ref_nodes, leaves0, names)
+            given = {k: v for k, v in leaves0.items() if k in region_inputs}
+            cand_model = extract(after_model, view, cand_nodes, given, names)
+            ref_wanted, cand_wanted = {i.name for i in ref_model.graph.input}, {i.name for i in cand_model.graph.input}
+            at = _feeds_to_run(model, ref_nodes, after_model, cand_nodes, ref_wanted | cand_wanted, kinds,
+                               shape_values, oracle, feeds, smallest)
+            groups.append(_OutputGroup(names, make_session(ref_model, self._region_config), ref_wanted,
+                                       make_session(cand_model, self._region_config), cand_wanted, at))
         metrics: list[OutputMetrics] = []
         for index, feed in enumerate(feeds):
+            running = [g for g in groups if index in g.at]
+            if not running:
+                continue
+            read = {n for g in running for n in g.ref_wanted | g.cand_wanted}
             leaves = leaves0 if index == 0 else leaf_values(p, feed, index, self.verifier.seed, oracle,
-                                                             shape_values[index])
+                                                             shape_values[index], read)
             if isinstance(leaves, NoSynth):
                 return leaves
             if index == 0:
                 del leaves0  # (the loop's reference is the one left)
-            for names, ref_session, ref_wanted, cand_session, cand_wanted in pairs:
-                ref, cand = run_pair((ref_session, {k: v for k, v in leaves.items() if k in ref_wanted}, names),
-                                     (cand_session, {k: v for k, v in leaves.items() if k in cand_wanted}, names))
+            for g in running:
+                ref, cand = run_pair((g.ref_session, {k: v for k, v in leaves.items() if k in g.ref_wanted}, g.names),
+                                     (g.cand_session, {k: v for k, v in leaves.items() if k in g.cand_wanted}, g.names))
                 for name, value in ref.items():
                     known = oracle.shape(feed_shapes(feed), name)
                     if known is not None and known != tuple(value.shape):
                         return NoSynth(f"{name!r} came out {tuple(value.shape)} at {feed.label}, the shape analysis "
                                        f"said {known}")
-                metrics.extend(boundary_metrics(n, feed.label, ref[n], cand[n]) for n in names)
+                metrics.extend(boundary_metrics(n, feed.label, ref[n], cand[n]) for n in g.names)
                 del ref, cand  # (buffers of 1 MiB or more are unmapped as they go: segc.memory.map_big_blocks)
             del leaves
         verdict = self._judge(check.contract, metrics, check.tolerances, len(b.outputs))
         counts = ", ".join(f"{p.count(k)} {k.value}" for k in LeafKind if p.count(k))
         verdict.warnings.append(f"region inputs synthesized ({counts}); the graph before ran "
                                 f"{len(p.before_nodes)} node(s) on them")
+        once = [n for g in groups if len(g.at) < len(feeds) for n in g.names]
+        if once:
+            verdict.warnings.append(f"{len(once)} of {len(b.outputs)} output(s) checked at {feeds[smallest].label} "
+                                    "alone: computed by a shape-blind part of the region (segc.shape_blind), the same "
+                                    "function at every shape")
         return RegionRun(verdict, metrics, None, InputsFrom.SYNTHESIZED)
 
     @staticmethod
@@ -775,6 +793,49 @@ def _output_groups(names: list[str], oracle: ShapeOracle, feeds: list[Feed]) -> 
             groups.append([name])
             total = size
     return groups
+
+
+@dataclass(frozen=True)
+class _OutputGroup:
+    """Boundary outputs checked together on synthesized inputs: both sides' sessions, the
+    leaves each reads, and the feeds (by index) it runs at."""
+
+    names: list[str]
+    ref_session: ort.InferenceSession
+    ref_wanted: set[str]
+    cand_session: ort.InferenceSession
+    cand_wanted: set[str]
+    at: frozenset[int]
+
+
+def _feeds_to_run(before: onnx.ModelProto, ref_nodes: set[int], after: onnx.ModelProto, cand_nodes: set[int],
+                  leaves: set[str], kinds: dict[str, LeafKind], shape_values: list[Values], oracle: ShapeOracle,
+                  feeds: list[Feed], smallest: int) -> frozenset[int]:
+    """Every feed, or only the smallest where both sides of the group are shape-blind, read
+    made-up activations and values the same at every shape (a weight the graph before
+    computes from constants), and that feed's leaves are large enough to hold every border
+    pattern (segc.shape_blind)."""
+    every = frozenset(range(len(feeds)))
+    if len(feeds) < 2:
+        return every
+    constants: dict[str, list[int]] = {}
+    for name in leaves:
+        if kinds.get(name) is LeafKind.SHAPE_VALUE:
+            values = [v.get(name) for v in shape_values]
+            first = values[0]
+            if first is None or any(v is None or not np.array_equal(v, first) for v in values):
+                return every  # a value that follows the shape
+            constants[name] = list(first.shape)
+        elif kinds.get(name) not in (LeafKind.RANDOM, LeafKind.GRAPH_INPUT):
+            return every
+    ref_reach, cand_reach = reach(before, ref_nodes, constants), reach(after, cand_nodes, constants)
+    if ref_reach is None or cand_reach is None:
+        return every
+    shapes = [oracle.shape(feed_shapes(feeds[smallest]), n) for n in leaves if n not in constants]
+    if any(s is None for s in shapes) or not big_enough([s for s in shapes if s is not None],
+                                                        max(ref_reach, cand_reach)):
+        return every
+    return frozenset({smallest})
 
 
 def _cone_within(view: GraphView, nodes: frozenset[int] | set[int], names: list[str]) -> set[int]:

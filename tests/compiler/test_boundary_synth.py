@@ -85,24 +85,49 @@ def _checker() -> tuple[Verifier, BoundaryChecker]:
     return verifier, BoundaryChecker(verifier)
 
 
+def _explicit_nearest_mode(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A correct rewrite of the Resize: its default nearest_mode written out."""
+    after = _copy(model)
+    _node(after, "resize").attribute.append(helper.make_attribute("nearest_mode", "round_prefer_floor"))
+    return after
+
+
 def test_a_correct_rewrite_is_checked_on_synthesized_inputs_without_the_upstream_run() -> None:
+    before = neck()
+    verifier, checker = _checker()
+    state = verifier.initial_state(before, defer=True)
+    SESSION_STATS.reset()
+    out = checker.check(state, _explicit_nearest_mode(before), "after", Contract.EXACT, None)
+    assert out.verdict.ok, out.verdict.reasons
+    assert out.verified_by.value == "boundary" and out.inputs_from is InputsFrom.SYNTHESIZED
+    # the graph before's cone (the Resize), the region, and the Slice its sizes come from (the
+    # Shape read is the shape analysis's): no run of the convolutions upstream
+    assert SESSION_STATS.sessions == 3 and SESSION_STATS.runs == 3 * 3
+    feeds = verifier.feeds_for(before)
+    assert len({f.shape_key for f in feeds}) == 3
+    # something was compared, at each verification shape (a Resize to a computed size is not
+    # shape-blind), at the real shape of up there
+    real = _real_values(before, ["up"], verifier)
+    assert [m.output for m in out.verdict.metrics] == ["up"] * 3
+    for m, feed in zip(out.verdict.metrics, feeds, strict=True):
+        assert m.feed == feed.label and m.compared == real[feed.label]["up"].size > 0
+        assert tuple(m.shape) == tuple(m.ref_shape) == real[feed.label]["up"].shape
+
+
+def test_a_shape_blind_rewrite_is_checked_at_the_smallest_shape_alone() -> None:
+    """Add(up, c1) -> Add(c1, up): elementwise on two made-up activations, the same function at
+    every shape (segc.shape_blind), so one shape is run, the smallest."""
     before = neck()
     verifier, checker = _checker()
     state = verifier.initial_state(before, defer=True)
     SESSION_STATS.reset()
     out = checker.check(state, _swap_add(before), "after", Contract.EXACT, None)
     assert out.verdict.ok, out.verdict.reasons
-    assert out.verified_by.value == "boundary" and out.inputs_from is InputsFrom.SYNTHESIZED
-    # the graph before's cone (the Add) and the region: no run of the convolutions upstream
-    assert SESSION_STATS.sessions == 2 and SESSION_STATS.runs == 2 * 3
-    feeds = verifier.feeds_for(before)
-    assert len({f.shape_key for f in feeds}) == 3
-    # something was compared, at each verification shape, at the real shape of s there
-    real = _real_values(before, ["s"], verifier)
-    assert [m.output for m in out.verdict.metrics] == ["s"] * 3
-    for m, feed in zip(out.verdict.metrics, feeds, strict=True):
-        assert m.feed == feed.label and m.compared == real[feed.label]["s"].size > 0
-        assert tuple(m.shape) == tuple(m.ref_shape) == real[feed.label]["s"].shape
+    assert SESSION_STATS.sessions == 2 and SESSION_STATS.runs == 2
+    smallest = min(verifier.feeds_for(before), key=lambda f: int(np.prod(feed_shapes(f)["x"])))
+    assert [(m.output, m.feed) for m in out.verdict.metrics] == [("s", smallest.label)]
+    assert out.verdict.metrics[0].compared > 0
+    assert any("alone" in w and "shape-blind" in w for w in out.verdict.warnings), out.verdict.warnings
 
 
 def _real_values(model: onnx.ModelProto, names: list[str], verifier: Verifier) -> dict[str, dict[str, np.ndarray]]:
