@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from segc.boundary_synth import LeafKind, NoSynth, ShapeOracle, feed_shapes, leaf_values, plan
-from segc.boundary_verify import BoundaryChecker, InputsFrom, RegionRun, Region, _PassCheck, find_region
+from segc.boundary_verify import BoundaryChecker, CheckOutcome, InputsFrom, RegionRun, Region, _PassCheck, find_region
 from segc.graph_view import GraphView
 from segc.ortrun import SESSION_STATS, run_model
 from segc.passbase import Contract
@@ -92,13 +92,19 @@ def _explicit_nearest_mode(model: onnx.ModelProto) -> onnx.ModelProto:
     return after
 
 
+def _checked_right(after: onnx.ModelProto) -> tuple[CheckOutcome, Verifier]:
+    """A right rewrite of the neck, checked with the session counts reset first."""
+    verifier, checker = _checker()
+    state = verifier.initial_state(neck(), defer=True)
+    SESSION_STATS.reset()
+    out = checker.check(state, after, "after", Contract.EXACT, None)
+    assert out.verdict.ok, out.verdict.reasons
+    return out, verifier
+
+
 def test_a_correct_rewrite_is_checked_on_synthesized_inputs_without_the_upstream_run() -> None:
     before = neck()
-    verifier, checker = _checker()
-    state = verifier.initial_state(before, defer=True)
-    SESSION_STATS.reset()
-    out = checker.check(state, _explicit_nearest_mode(before), "after", Contract.EXACT, None)
-    assert out.verdict.ok, out.verdict.reasons
+    out, verifier = _checked_right(_explicit_nearest_mode(before))
     assert out.verified_by.value == "boundary" and out.inputs_from is InputsFrom.SYNTHESIZED
     # the graph before's cone (the Resize), the region, and the Slice its sizes come from (the
     # Shape read is the shape analysis's): no run of the convolutions upstream
@@ -118,11 +124,7 @@ def test_a_shape_blind_rewrite_is_checked_at_the_smallest_shape_alone() -> None:
     """Add(up, c1) -> Add(c1, up): elementwise on two made-up activations, the same function at
     every shape (segc.shape_blind), so one shape is run, the smallest."""
     before = neck()
-    verifier, checker = _checker()
-    state = verifier.initial_state(before, defer=True)
-    SESSION_STATS.reset()
-    out = checker.check(state, _swap_add(before), "after", Contract.EXACT, None)
-    assert out.verdict.ok, out.verdict.reasons
+    out, verifier = _checked_right(_swap_add(before))
     assert SESSION_STATS.sessions == 2 and SESSION_STATS.runs == 2
     smallest = min(verifier.feeds_for(before), key=lambda f: int(np.prod(feed_shapes(f)["x"])))
     assert [(m.output, m.feed) for m in out.verdict.metrics] == [("s", smallest.label)]
