@@ -21,6 +21,7 @@ to the session's bytes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,8 @@ import onnx
 import onnx.numpy_helper
 
 Array = np.ndarray[Any, Any]
+
+MADE_ELEMENTS_MAX = 1 << 24
 
 # onnx-simplifier marks the Constant nodes it makes of a fold's inputs with this attribute
 IGNORED_ATTRIBUTES = frozenset({"onnxsim_transient_constant"})
@@ -230,15 +233,23 @@ def _transpose(c: Call) -> Array:
     return np.transpose(data, None if perm is None else tuple(perm))
 
 
+def _made(shape: Sequence[int]) -> tuple[int, ...]:
+    """A shape an op makes from a few numbers (Expand, ConstantOfShape): a huge one is
+    onnxruntime's to allocate or refuse, as it was before numpy evaluated folds."""
+    if math.prod(shape) > MADE_ELEMENTS_MAX:
+        raise NotExact("a folded tensor of over 2**24 elements")
+    return tuple(shape)
+
+
 def _expand(c: Call) -> Array:
     data = c.arg(0)
-    shape = np.broadcast_shapes(data.shape, tuple(c.ints(1)))
+    shape = _made(np.broadcast_shapes(data.shape, tuple(c.ints(1))))
     return np.array(np.broadcast_to(data, shape))
 
 
 def _constant_of_shape(c: Call) -> Array:
     value = onnx.numpy_helper.to_array(c.attrs["value"]) if "value" in c.attrs else np.zeros(1, np.float32)
-    return np.full(c.ints(0), value.reshape(-1)[0], dtype=value.dtype)
+    return np.full(_made(c.ints(0)), value.reshape(-1)[0], dtype=value.dtype)
 
 
 HANDLERS: dict[str, Op] = {
@@ -280,7 +291,7 @@ def evaluate(model: onnx.ModelProto, feeds: dict[str, Array]) -> list[Array] | N
         # when a session asks it to), and weight scaling folds make them (PP-OCRv4).
         with np.errstate(over="raise", divide="raise", invalid="raise", under="ignore"):
             return _evaluate(model, feeds)
-    except (NotExact, ArithmeticError, ValueError, IndexError, KeyError, TypeError):
+    except (NotExact, ArithmeticError, ValueError, IndexError, KeyError, TypeError, MemoryError):
         return None
 
 
